@@ -1,0 +1,1 @@
+"""QGIS-free HyperNet engine: network, loss, training, detection, metrics, raster I/O."""
