@@ -1,0 +1,55 @@
+"""The focal cosine loss of HyperNet and one training-mode loss evaluation the published way."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+#: eps of the per-pixel cosine similarity, as published.
+COS_EPS = 1e-6
+
+
+def _focal_term(p: torch.Tensor, z: torch.Tensor, index: torch.Tensor, gamma: float) -> torch.Tensor:
+    """mean over the indexed pixels of (2 - cos)^gamma * cos, with cos = cos(p, stopgrad(z)) per pixel."""
+    cos = F.cosine_similarity(p, z.detach(), dim=1, eps=COS_EPS)  # (N, H, W)
+    cos = cos.reshape(-1)[index]
+    return ((2.0 - cos) ** gamma * cos).mean()
+
+
+def focal_cosine_loss(
+    p1: torch.Tensor, z1: torch.Tensor, p2: torch.Tensor, z2: torch.Tensor, index: torch.Tensor, gamma: float
+) -> torch.Tensor:
+    """L = -0.5 * (mean_g (2 - cos1)^gamma cos1 + mean_g (2 - cos2)^gamma cos2).
+
+    ``cos1 = cos(p1, z2)``, ``cos2 = cos(p2, z1)`` per pixel along the channel axis (eps 1e-6), with no gradient
+    into ``z`` (stop-gradient). ``p*, z*`` are (N, C, H, W); ``index`` holds flat indices into the (N*H*W) pixels
+    (row-major ``r * W + c`` for N = 1): the training pixels (mask g) the means run over. ``gamma = 0`` gives the
+    SimSiam negative cosine similarity.
+    """
+    if index.numel() == 0:
+        raise ValueError("focal_cosine_loss needs at least one training pixel")
+    index = index.to(device=p1.device, dtype=torch.long)
+    return -0.5 * (_focal_term(p1, z2, index, gamma) + _focal_term(p2, z1, index, gamma))
+
+
+def training_loss(model, x1: torch.Tensor, x2: torch.Tensor, index: torch.Tensor, gamma: float) -> torch.Tensor:
+    """The loss of one training step, computed the published way.
+
+    Each date goes through the model in its own forward pass (date 1, then date 2), so every BatchNorm normalises
+    a date with that date's own batch statistics and, in training mode, updates its running statistics twice.
+    Batching the two dates together would change the result.
+    """
+    _, z1, p1 = model.features_and_projections(x1)
+    _, z2, p2 = model.features_and_projections(x2)
+    return focal_cosine_loss(p1, z1, p2, z2, index, gamma)
+
+
+def training_step(model, optimizer: torch.optim.Optimizer, x1: torch.Tensor, x2: torch.Tensor,
+                  index: torch.Tensor, gamma: float) -> float:
+    """One optimiser step on :func:`training_loss` (model put in training mode); returns the loss value."""
+    model.train()
+    optimizer.zero_grad(set_to_none=True)
+    loss = training_loss(model, x1, x2, index, gamma)
+    loss.backward()
+    optimizer.step()
+    return float(loss.detach())
