@@ -1,0 +1,646 @@
+"""Raster input/output with GDAL: any raster GDAL opens in, tiled DEFLATE GeoTIFF out.
+
+Reading gives ``float32`` arrays shaped ``(bands, rows, cols)`` with invalid pixels (nodata, NaN, inf, masked)
+set to NaN, and a ``valid`` mask ``bool (rows, cols)`` that is True where every band is usable.
+Bands are 1-based everywhere the user sees them. Wavelengths are returned in nanometres when the file has them
+(per-band ``wavelength``/``wavelength_units``, the IMAGERY domain's ``CENTRAL_WAVELENGTH_UM``, a dataset-level
+``wavelength`` list, or the ENVI header read with ``spectral``).
+
+Writing goes to a temporary file in the output folder that is renamed over the target only when complete,
+so a failed run never leaves a partial output. Every GDAL dataset is closed before a function returns.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import re
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Iterator, Sequence
+
+import numpy as np
+from osgeo import gdal, osr
+
+from .errors import InputError
+
+__all__ = [
+    "RasterInfo",
+    "raster_info",
+    "read_raster",
+    "read_window",
+    "read_mask",
+    "check_same_grid",
+    "require_bands",
+    "constant_bands",
+    "write_raster",
+    "refuse_overwriting_inputs",
+    "resolve_raster_path",
+]
+
+_DEFAULT_GT = (0.0, 1.0, 0.0, 0.0, 0.0, 1.0)
+_ENVI_DATA_SUFFIXES = ("", ".img", ".IMG", ".dat", ".DAT", ".bsq", ".BSQ", ".bil", ".BIL", ".bip", ".BIP",
+                       ".raw", ".RAW", ".bin", ".BIN")
+
+
+@dataclass
+class RasterInfo:
+    """What the engine needs to know about a raster (no pixel data)."""
+
+    path: str
+    rows: int
+    cols: int
+    bands: int
+    geotransform: tuple[float, ...]
+    crs_wkt: str
+    nodata: list[float | None]
+    wavelengths_nm: list[float] | None
+    band_names: list[str]
+    dtype: str
+    driver: str = ""
+    files: list[str] = field(default_factory=list)
+
+    @property
+    def name(self) -> str:
+        """File name for messages."""
+        return os.path.basename(self.path)
+
+    @property
+    def has_georeference(self) -> bool:
+        """True when the file carries a geotransform other than GDAL's default."""
+        return tuple(self.geotransform) != _DEFAULT_GT
+
+
+# --------------------------------------------------------------------------------------------- opening
+
+@contextlib.contextmanager
+def _quiet_gdal() -> Iterator[None]:
+    """Silence GDAL's stderr chatter; errors are reported through InputError instead."""
+    gdal.PushErrorHandler("CPLQuietErrorHandler")
+    gdal.ErrorReset()
+    try:
+        yield
+    finally:
+        gdal.PopErrorHandler()
+
+
+def resolve_raster_path(path: str | os.PathLike) -> str:
+    """The file GDAL should open. An ENVI ``.hdr`` given by the user is replaced by its data file.
+
+    Raises InputError when the file does not exist.
+    """
+    p = Path(os.fspath(path)).expanduser()
+    if p.suffix.lower() == ".hdr":
+        stem = p.with_suffix("")
+        for suffix in _ENVI_DATA_SUFFIXES:
+            candidate = Path(str(stem) + suffix)
+            if candidate.is_file() and candidate != p:
+                return str(candidate)
+        raise InputError(
+            f"{p.name} is an ENVI header but no data file was found next to it (looked for {stem.name}, "
+            f"{stem.name}.img, .dat, .bsq, .bil, .bip, .raw). Put the data file beside the header, or pass the "
+            "data file itself."
+        )
+    if not p.exists():
+        raise InputError(f"{p} does not exist. Check the path (and that the drive or folder is available).")
+    if p.is_dir():
+        raise InputError(f"{p} is a folder, not a raster file. Choose the raster file inside it.")
+    return str(p)
+
+
+@contextlib.contextmanager
+def _open(path: str | os.PathLike) -> Iterator[tuple[gdal.Dataset, str]]:
+    """Open a raster read-only; yields (dataset, resolved path) and closes the dataset afterwards."""
+    resolved = resolve_raster_path(path)
+    ds = None
+    with _quiet_gdal():
+        try:
+            ds = gdal.Open(resolved, gdal.GA_ReadOnly)
+        except RuntimeError:  # when some other code turned GDAL exceptions on
+            ds = None
+        message = gdal.GetLastErrorMsg()
+    if ds is None:
+        detail = f" (GDAL: {message})" if message else ""
+        raise InputError(
+            f"{os.path.basename(resolved)} could not be read as a raster{detail}. Use a raster format GDAL "
+            "reads (GeoTIFF, ENVI, VRT, ...); for ENVI, keep the .hdr beside the data file."
+        )
+    try:
+        yield ds, resolved
+    finally:
+        ds = None  # noqa: F841  (closes the GDAL dataset)
+
+
+# ------------------------------------------------------------------------------------------ wavelengths
+
+_UNIT_TO_NM = {
+    "nm": 1.0, "nanometer": 1.0, "nanometers": 1.0, "nanometre": 1.0, "nanometres": 1.0,
+    "um": 1000.0, "µm": 1000.0, "μm": 1000.0, "micrometer": 1000.0, "micrometers": 1000.0,
+    "micrometre": 1000.0, "micrometres": 1000.0, "micron": 1000.0, "microns": 1000.0, "microm": 1000.0,
+    "mm": 1.0e6, "millimeter": 1.0e6, "millimeters": 1.0e6,
+    "wavenumber": float("nan"), "ghz": float("nan"), "mhz": float("nan"), "index": float("nan"),
+    "unknown": 0.0,
+}
+
+
+def _unit_factor(units: str | None, values: Sequence[float]) -> float | None:
+    """nm per unit; guess from the magnitude when the unit is missing (< 30 means micrometres)."""
+    if units:
+        factor = _UNIT_TO_NM.get(units.strip().lower())
+        if factor is None or math.isnan(factor):
+            return None
+        if factor > 0:
+            return factor
+    finite = [v for v in values if math.isfinite(v)]
+    if not finite:
+        return None
+    return 1000.0 if max(finite) < 30.0 else 1.0
+
+
+def _parse_number_list(text: str) -> list[float] | None:
+    """'{0.48, 0.56}' or '0.48,0.56' -> floats; None if anything is not a number."""
+    parts = [t for t in re.split(r"[\s,{}]+", text.strip()) if t]
+    try:
+        return [float(t) for t in parts]
+    except ValueError:
+        return None
+
+
+def _wavelengths_nm(ds: gdal.Dataset, resolved: str) -> list[float] | None:
+    """Per-band centre wavelengths in nm, or None when the file does not give one for every band."""
+    n = ds.RasterCount
+    # 1. per-band metadata (GDAL's ENVI driver writes these too)
+    values: list[float] = []
+    for i in range(1, n + 1):
+        md = ds.GetRasterBand(i).GetMetadata() or {}
+        w = md.get("wavelength") or md.get("WAVELENGTH")
+        units = md.get("wavelength_units") or md.get("WAVELENGTH_UNITS") or ds.GetMetadataItem("wavelength_units")
+        try:
+            value = float(w) if w is not None else None
+        except ValueError:
+            value = None
+        if value is None:
+            break
+        factor = _unit_factor(units, [value])
+        if factor is None:
+            break
+        values.append(value * factor)
+    if len(values) == n:
+        return values
+    # 2. IMAGERY domain (GDAL >= 3.10 convention), micrometres
+    values = []
+    for i in range(1, n + 1):
+        w = ds.GetRasterBand(i).GetMetadataItem("CENTRAL_WAVELENGTH_UM", "IMAGERY")
+        try:
+            values.append(float(w) * 1000.0)
+        except (TypeError, ValueError):
+            break
+    if len(values) == n:
+        return values
+    # 3. a dataset-level list
+    for domain in ("", "ENVI"):
+        md = ds.GetMetadata(domain) or {}
+        text = md.get("wavelength") or md.get("WAVELENGTH")
+        if text:
+            nums = _parse_number_list(text)
+            if nums and len(nums) == n:
+                factor = _unit_factor(md.get("wavelength_units") or md.get("wavelength units"), nums)
+                if factor is not None:
+                    return [v * factor for v in nums]
+    # 4. an ENVI header next to the data file, read with spectral
+    if ds.GetDriver().ShortName == "ENVI":
+        for f in ds.GetFileList() or []:
+            if f.lower().endswith(".hdr"):
+                try:
+                    from spectral.io import envi
+
+                    header = envi.read_envi_header(f)
+                except Exception:  # noqa: BLE001  (a malformed header only means: no wavelengths)
+                    return None
+                w = header.get("wavelength")
+                if w and len(w) == n:
+                    try:
+                        nums = [float(v) for v in w]
+                    except ValueError:
+                        return None
+                    factor = _unit_factor(header.get("wavelength units"), nums)
+                    if factor is not None:
+                        return [v * factor for v in nums]
+    return None
+
+
+# ------------------------------------------------------------------------------------------------- info
+
+def _info_from_dataset(ds: gdal.Dataset, resolved: str) -> RasterInfo:
+    name = os.path.basename(resolved)
+    rows, cols, bands = ds.RasterYSize, ds.RasterXSize, ds.RasterCount
+    if bands == 0:
+        raise InputError(
+            f"{name} has no raster bands (it may be a vector file or a container of subdatasets). "
+            "Choose a raster with image bands."
+        )
+    if rows == 0 or cols == 0:
+        raise InputError(f"{name} has no pixels ({cols} x {rows}). Choose a non-empty raster.")
+    nodata: list[float | None] = []
+    names: list[str] = []
+    for i in range(1, bands + 1):
+        b = ds.GetRasterBand(i)
+        nd = b.GetNoDataValue()
+        nodata.append(None if nd is None else float(nd))
+        names.append(b.GetDescription() or f"band {i}")
+    gt = ds.GetGeoTransform(can_return_null=True)
+    return RasterInfo(
+        path=resolved,
+        rows=rows,
+        cols=cols,
+        bands=bands,
+        geotransform=tuple(float(v) for v in gt) if gt else _DEFAULT_GT,
+        crs_wkt=ds.GetProjection() or "",
+        nodata=nodata,
+        wavelengths_nm=_wavelengths_nm(ds, resolved),
+        band_names=names,
+        dtype=gdal.GetDataTypeName(ds.GetRasterBand(1).DataType),
+        driver=ds.GetDriver().ShortName,
+        files=list(ds.GetFileList() or [resolved]),
+    )
+
+
+def raster_info(path: str | os.PathLike) -> RasterInfo:
+    """Size, bands, georeference, nodata and wavelengths of a raster. InputError if unreadable or empty."""
+    with _open(path) as (ds, resolved):
+        return _info_from_dataset(ds, resolved)
+
+
+def require_bands(info: RasterInfo, minimum: int, what: str | None = None) -> None:
+    """InputError when ``info`` has fewer than ``minimum`` bands."""
+    if info.bands < minimum:
+        label = what or info.name
+        raise InputError(
+            f"{label} ({info.name}) has {info.bands} band{'s' if info.bands != 1 else ''} but at least {minimum} "
+            "are needed. Use a multi- or hyperspectral image (all bands in one file; build one with "
+            "gdalbuildvrt -separate or Processing 'Build virtual raster')."
+        )
+
+
+def _band_list(bands: Sequence[int] | None, info: RasterInfo) -> list[int]:
+    if bands is None:
+        return list(range(1, info.bands + 1))
+    out = []
+    for b in bands:
+        if isinstance(b, bool) or int(b) != b:
+            raise InputError(f"Band numbers must be whole numbers; got {b!r}.")
+        b = int(b)
+        if b < 1 or b > info.bands:
+            raise InputError(
+                f"BANDS asks for band {b} but {info.name} has {info.bands} band{'s' if info.bands != 1 else ''}. "
+                f"Use band numbers from 1 to {info.bands}."
+            )
+        out.append(b)
+    if not out:
+        raise InputError("BANDS is empty. Give at least one band number, or leave it empty to use every band.")
+    if len(set(out)) != len(out):
+        dup = sorted({b for b in out if out.count(b) > 1})
+        raise InputError(f"BANDS lists band {dup[0]} more than once. List each band once.")
+    return out
+
+
+# ---------------------------------------------------------------------------------------------- reading
+
+def _read_block(ds: gdal.Dataset, band_list: Sequence[int], row0: int, nrows: int, col0: int,
+                ncols: int) -> tuple[np.ndarray, np.ndarray]:
+    """float32 data (NaN invalid) and valid mask for a window; every band of a pixel must be usable."""
+    data = np.empty((len(band_list), nrows, ncols), dtype=np.float32)
+    valid = np.ones((nrows, ncols), dtype=bool)
+    for k, b in enumerate(band_list):
+        band = ds.GetRasterBand(b)
+        with _quiet_gdal():
+            arr = band.ReadAsArray(col0, row0, ncols, nrows)
+            message = gdal.GetLastErrorMsg()
+        if arr is None:
+            raise InputError(
+                f"Band {b} of {os.path.basename(ds.GetDescription())} could not be read (GDAL: {message}). "
+                "The file may be truncated or corrupt; re-export it."
+            )
+        bad = ~np.isfinite(arr) if arr.dtype.kind in "fc" else np.zeros(arr.shape, dtype=bool)
+        nd = band.GetNoDataValue()
+        if nd is not None and not math.isnan(nd) and _representable(nd, arr.dtype):  # NaN: caught above
+            bad |= arr == np.asarray(nd).astype(arr.dtype)
+        flags = band.GetMaskFlags()
+        if not (flags & gdal.GMF_ALL_VALID) and not (flags & gdal.GMF_NODATA):
+            mask = band.GetMaskBand().ReadAsArray(col0, row0, ncols, nrows)
+            if mask is not None:
+                bad |= mask == 0
+        data[k] = arr
+        valid &= ~bad
+    data[:, ~valid] = np.nan
+    return data, valid
+
+
+def _representable(value: float, dtype: np.dtype) -> bool:
+    """True when the nodata value can occur in an array of ``dtype``."""
+    if np.dtype(dtype).kind in "iu":
+        info = np.iinfo(dtype)
+        return float(value).is_integer() and info.min <= value <= info.max
+    return True
+
+
+def read_raster(path: str | os.PathLike, bands: Sequence[int] | None = None
+                ) -> tuple[np.ndarray, np.ndarray, RasterInfo]:
+    """Read a whole raster: (float32 (b, r, c) with invalid = NaN, valid bool (r, c), info).
+
+    ``bands`` are 1-based; ``info`` describes the file as a whole (all its bands), except that
+    ``info.wavelengths_nm``, ``band_names`` and ``nodata`` are reduced to the selected bands.
+    Raises InputError for a missing/unreadable file, bad band numbers, or when no pixel is valid.
+    """
+    with _open(path) as (ds, resolved):
+        info = _info_from_dataset(ds, resolved)
+        band_list = _band_list(bands, info)
+        data, valid = _read_block(ds, band_list, 0, info.rows, 0, info.cols)
+    info = _subset_info(info, band_list)
+    if not valid.any():
+        raise InputError(
+            f"{info.name} has no valid pixel: every pixel is nodata, NaN or masked in at least one band. "
+            "Check the nodata value (gdal_edit -unsetnodata or Layer Properties) and the band selection."
+        )
+    return data, valid, info
+
+
+def _subset_info(info: RasterInfo, band_list: Sequence[int]) -> RasterInfo:
+    if list(band_list) == list(range(1, info.bands + 1)):
+        return info
+    idx = [b - 1 for b in band_list]
+    return RasterInfo(
+        path=info.path, rows=info.rows, cols=info.cols, bands=len(idx), geotransform=info.geotransform,
+        crs_wkt=info.crs_wkt, nodata=[info.nodata[i] for i in idx],
+        wavelengths_nm=None if info.wavelengths_nm is None else [info.wavelengths_nm[i] for i in idx],
+        band_names=[info.band_names[i] for i in idx], dtype=info.dtype, driver=info.driver, files=info.files,
+    )
+
+
+def read_window(path: str | os.PathLike, bands: Sequence[int] | None, row0: int, nrows: int, col0: int,
+                ncols: int) -> tuple[np.ndarray, np.ndarray]:
+    """Read a window for tiled work: (float32 (b, nrows, ncols) with invalid = NaN, valid bool (nrows, ncols)).
+
+    Unlike read_raster it does not fail on an all-invalid window (a tile may lie in a nodata corner).
+    """
+    with _open(path) as (ds, resolved):
+        info = _info_from_dataset(ds, resolved)
+        band_list = _band_list(bands, info)
+        if row0 < 0 or col0 < 0 or nrows < 1 or ncols < 1 or row0 + nrows > info.rows or col0 + ncols > info.cols:
+            raise ValueError(
+                f"window rows {row0}:{row0 + nrows}, cols {col0}:{col0 + ncols} is outside "
+                f"{info.name} ({info.rows} x {info.cols})"
+            )
+        return _read_block(ds, band_list, row0, nrows, col0, ncols)
+
+
+def constant_bands(x: np.ndarray, valid: np.ndarray, rtol: float = 0.0) -> list[int]:
+    """1-based numbers of the bands whose valid pixels all have the same value (no information in them)."""
+    out = []
+    for i in range(x.shape[0]):
+        v = x[i][valid]
+        if v.size == 0:
+            out.append(i + 1)
+            continue
+        lo, hi = float(v.min()), float(v.max())
+        if hi - lo <= rtol * max(abs(lo), abs(hi)):
+            out.append(i + 1)
+    return out
+
+
+def read_mask(path: str | os.PathLike, like: RasterInfo) -> np.ndarray:
+    """A 1-band mask on the grid of ``like``: any nonzero value = True; nodata/NaN = False.
+
+    Masks without georeference (e.g. BMP/PNG reference masks) only need the same size.
+    """
+    with _open(path) as (ds, resolved):
+        info = _info_from_dataset(ds, resolved)
+        if (info.rows, info.cols) != (like.rows, like.cols):
+            raise InputError(
+                f"The mask {info.name} is {info.cols} x {info.rows} pixels but {like.name} is {like.cols} x "
+                f"{like.rows}. Make the mask on the image's grid (e.g. warp it with gdalwarp or Processing "
+                "'Align rasters')."
+            )
+        if info.has_georeference and like.has_georeference:
+            _check_geotransform(info, like, (info.name, like.name))
+        band = ds.GetRasterBand(1)
+        arr = band.ReadAsArray()
+        if arr is None:
+            raise InputError(f"The mask {info.name} could not be read. Re-export it as a GeoTIFF.")
+        out = arr != 0
+        if arr.dtype.kind == "f":
+            out &= np.isfinite(arr)
+        nd = band.GetNoDataValue()
+        if nd is not None and not math.isnan(nd) and _representable(nd, arr.dtype):
+            out &= arr != np.asarray(nd).astype(arr.dtype)
+    return out
+
+
+# ------------------------------------------------------------------------------------------ grid checks
+
+def _same_crs(a: str, b: str) -> bool:
+    if not a and not b:
+        return True
+    if not a or not b:
+        return False
+    sa, sb = osr.SpatialReference(), osr.SpatialReference()
+    with _quiet_gdal():
+        if sa.ImportFromWkt(a) != 0 or sb.ImportFromWkt(b) != 0:
+            return a == b
+        return bool(sa.IsSame(sb))
+
+
+def _check_geotransform(a: RasterInfo, b: RasterInfo, what: Sequence[str]) -> None:
+    ga, gb = a.geotransform, b.geotransform
+    px = max(abs(ga[1]), abs(ga[5]), abs(gb[1]), abs(gb[5]), 1e-12)
+    size_ok = all(math.isclose(ga[i], gb[i], rel_tol=1e-6, abs_tol=1e-9 * px) for i in (1, 2, 4, 5))
+    origin_ok = abs(ga[0] - gb[0]) <= 0.01 * px and abs(ga[3] - gb[3]) <= 0.01 * px
+    if not size_ok:
+        raise InputError(
+            f"{what[0]} and {what[1]} have different pixel sizes ({abs(ga[1]):g} x {abs(ga[5]):g} vs "
+            f"{abs(gb[1]):g} x {abs(gb[5]):g}). Resample {what[1]} onto {what[0]}'s grid with gdalwarp or "
+            "Processing 'Align rasters'."
+        )
+    if not origin_ok:
+        raise InputError(
+            f"{what[0]} and {what[1]} are not on the same grid: their origins differ by "
+            f"({gb[0] - ga[0]:g}, {gb[3] - ga[3]:g}) map units. Warp {what[1]} onto {what[0]}'s grid with gdalwarp "
+            "or Processing 'Align rasters'."
+        )
+
+
+def check_same_grid(a: RasterInfo, b: RasterInfo, what: Sequence[str] = ("T1", "T2")) -> None:
+    """InputError unless the two rasters share size, band count, geotransform (within 1% of a pixel) and CRS."""
+    na, nb = f"{what[0]} ({a.name})", f"{what[1]} ({b.name})"
+    if (a.rows, a.cols) != (b.rows, b.cols):
+        raise InputError(
+            f"{na} is {a.cols} x {a.rows} pixels but {nb} is {b.cols} x {b.rows}. Warp {what[1]} onto "
+            f"{what[0]}'s grid with gdalwarp or Processing 'Align rasters'."
+        )
+    if a.bands != b.bands:
+        raise InputError(
+            f"{na} has {a.bands} bands but {nb} has {b.bands}. Both dates need the same bands in the same order; "
+            "select matching bands (BANDS) or rebuild one image."
+        )
+    if not _same_crs(a.crs_wkt, b.crs_wkt):
+        missing = [w for w, i in zip(what, (a, b)) if not i.crs_wkt]
+        if missing:
+            raise InputError(
+                f"{missing[0]} has no coordinate reference system but the other date has one. Assign the CRS "
+                "(gdal_edit -a_srs or Processing 'Assign projection') if both are on the same grid."
+            )
+        raise InputError(
+            f"{na} and {nb} have different coordinate reference systems. Reproject {what[1]} onto {what[0]}'s "
+            "grid with gdalwarp or Processing 'Align rasters'."
+        )
+    _check_geotransform(a, b, (na, nb))
+
+
+# ---------------------------------------------------------------------------------------------- writing
+
+_GDAL_TYPES = {
+    np.dtype("uint8"): gdal.GDT_Byte, np.dtype("uint16"): gdal.GDT_UInt16, np.dtype("int16"): gdal.GDT_Int16,
+    np.dtype("uint32"): gdal.GDT_UInt32, np.dtype("int32"): gdal.GDT_Int32,
+    np.dtype("float32"): gdal.GDT_Float32, np.dtype("float64"): gdal.GDT_Float64,
+}
+
+
+def _check_writable_folder(path: str) -> str:
+    folder = os.path.dirname(os.path.abspath(path)) or "."
+    if not os.path.isdir(folder):
+        raise InputError(f"The output folder {folder} does not exist. Create it or choose another output path.")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise InputError(f"The output folder {folder} is not writable. Choose a folder you can write to.")
+    if os.path.isdir(path):
+        raise InputError(f"The output {path} is a folder. Give a file name such as change.tif.")
+    return folder
+
+
+def write_raster(path: str | os.PathLike, array: np.ndarray, like: RasterInfo, nodata: float | None = None,
+                 dtype: str | np.dtype | None = None, *, band_names: Sequence[str] | None = None,
+                 metadata: dict[str, str] | None = None, wavelengths_nm: Sequence[float] | None = None) -> None:
+    """Write a tiled DEFLATE GeoTIFF on ``like``'s grid (CRS + geotransform), atomically.
+
+    ``array`` is (rows, cols) for one band or (bands, rows, cols). ``dtype`` defaults to the array's.
+    Float NaN written to an integer type becomes ``nodata`` (which must then be given). The file is written
+    under a temporary name in the target folder and renamed when complete, so no partial output is left.
+    """
+    path = os.fspath(path)
+    arr = np.asarray(array)
+    if arr.ndim == 2:
+        arr = arr[None]
+    if arr.ndim != 3:
+        raise ValueError(f"write_raster needs a 2-D or 3-D array, got shape {arr.shape}")
+    if arr.shape[1:] != (like.rows, like.cols):
+        raise ValueError(f"array is {arr.shape[2]} x {arr.shape[1]} but the grid is {like.cols} x {like.rows}")
+    out_dtype = np.dtype(dtype) if dtype is not None else arr.dtype
+    if out_dtype == np.dtype(bool):
+        out_dtype = np.dtype("uint8")
+    if out_dtype not in _GDAL_TYPES:
+        raise ValueError(f"unsupported output dtype {out_dtype}")
+    if out_dtype.kind in "iu" and arr.dtype.kind == "f":
+        bad = ~np.isfinite(arr)
+        if bad.any():
+            if nodata is None:
+                raise ValueError("NaN values cannot be written to an integer raster without a nodata value")
+            arr = np.where(bad, nodata, arr)
+        arr = np.rint(arr)
+    folder = _check_writable_folder(path)
+    tmp = os.path.join(folder, f".{os.path.basename(path)}.{uuid.uuid4().hex[:8]}.part.tif")
+    options = ["TILED=YES", "COMPRESS=DEFLATE", "BIGTIFF=IF_SAFER",
+               "PREDICTOR=" + ("3" if out_dtype.kind == "f" else "2")]
+    if arr.shape[0] > 1:
+        options.append("INTERLEAVE=BAND")
+    driver = gdal.GetDriverByName("GTiff")
+    try:
+        with _quiet_gdal():
+            ds = driver.Create(tmp, like.cols, like.rows, arr.shape[0], _GDAL_TYPES[out_dtype], options)
+            message = gdal.GetLastErrorMsg()
+        if ds is None:
+            raise InputError(f"Could not create {path} (GDAL: {message}). Check the folder and the free disk space.")
+        try:
+            ds.SetGeoTransform(list(like.geotransform))
+            if like.crs_wkt:
+                ds.SetProjection(like.crs_wkt)
+            if metadata:
+                ds.SetMetadata({str(k): str(v) for k, v in metadata.items()})
+            for i in range(arr.shape[0]):
+                band = ds.GetRasterBand(i + 1)
+                if nodata is not None:
+                    band.SetNoDataValue(float(nodata))
+                if band_names is not None:
+                    band.SetDescription(str(band_names[i]))
+                if wavelengths_nm is not None:
+                    w = float(wavelengths_nm[i])
+                    band.SetMetadata({"wavelength": f"{w:.4f}", "wavelength_units": "nm"})
+                    band.SetMetadataItem("CENTRAL_WAVELENGTH_UM", f"{w / 1000.0:.6f}", "IMAGERY")
+                if band.WriteArray(arr[i].astype(out_dtype, copy=False)) != 0:
+                    raise InputError(f"Writing band {i + 1} of {path} failed. Check the free disk space.")
+            ds.FlushCache()
+        finally:
+            ds = None  # closes and finishes the file
+        with _quiet_gdal():
+            check = gdal.Open(tmp)
+            ok = check is not None and check.RasterCount == arr.shape[0]
+            check = None  # noqa: F841
+        if not ok:
+            raise InputError(f"Writing {path} failed (the file could not be read back). Check the free disk space.")
+        os.replace(tmp, path)
+        stale = path + ".aux.xml"  # statistics of a previous file of that name would be wrong now
+        if os.path.exists(stale):
+            with contextlib.suppress(OSError):
+                os.remove(stale)
+    except OSError as exc:
+        raise InputError(f"Could not write {path}: {exc.strerror or exc}. Choose another output path.") from exc
+    finally:
+        for leftover in (tmp, tmp + ".aux.xml"):
+            if os.path.exists(leftover):
+                with contextlib.suppress(OSError):
+                    os.remove(leftover)
+
+
+# --------------------------------------------------------------------------------- overwriting inputs
+
+def _related_files(path: str) -> set[str]:
+    """Resolved paths of a file and of the files that belong to it (ENVI .hdr <-> data)."""
+    p = Path(os.path.abspath(os.path.expanduser(path)))
+    out = {str(p.resolve())}
+    if p.suffix.lower() == ".hdr":
+        stem = p.with_suffix("")
+        out |= {str(Path(str(stem) + s).resolve()) for s in _ENVI_DATA_SUFFIXES}
+    else:
+        for s in (".hdr", ".HDR", ".Hdr"):
+            out.add(str(Path(str(p) + s).resolve()))
+            out.add(str(p.with_suffix(s).resolve()))
+    return out
+
+
+def refuse_overwriting_inputs(outputs: Iterable[str | os.PathLike | None],
+                              inputs: Iterable[str | os.PathLike | None]) -> None:
+    """InputError when an output path is one of the inputs (or an input's ENVI header/data partner).
+
+    Also refuses two outputs with the same path.
+    """
+    taken: dict[str, str] = {}
+    for inp in inputs:
+        if inp is None:
+            continue
+        for f in _related_files(os.fspath(inp)):
+            taken[f] = os.fspath(inp)
+    seen: dict[str, str] = {}
+    for out in outputs:
+        if out is None:
+            continue
+        resolved = str(Path(os.path.abspath(os.path.expanduser(os.fspath(out)))).resolve())
+        if resolved in taken:
+            raise InputError(
+                f"The output {os.fspath(out)} would overwrite the input {taken[resolved]}. "
+                "Choose another output file name; inputs are never modified."
+            )
+        if resolved in seen:
+            raise InputError(
+                f"Two outputs have the same path ({os.fspath(out)}). Give each output its own file name."
+            )
+        seen[resolved] = os.fspath(out)
