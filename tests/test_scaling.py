@@ -1,0 +1,80 @@
+"""Per-date standardisation: hand-computed z-scores, invalid pixels, constant bands, pooled option."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+from hypernet_qgis.core.errors import InputError
+from hypernet_qgis.core.scaling import apply_stats, standardize, standardize_joint
+
+
+def _pair():
+    x = np.array([[[1, 2], [3, 4]], [[5, 5], [5, 5]]], dtype=np.float32)  # band 2 constant
+    return x, np.ones((2, 2), bool)
+
+
+def test_hand_computed_zscores_and_constant_band():
+    x, valid = _pair()
+    xs, stats = standardize(x, valid)
+    s = math.sqrt(1.25)  # population sd of 1, 2, 3, 4
+    np.testing.assert_allclose(xs[0], np.array([[-1.5, -0.5], [0.5, 1.5]]) / s, rtol=1e-6)
+    np.testing.assert_array_equal(xs[1], 0.0)
+    assert stats["mean"] == pytest.approx([2.5, 5.0]) and stats["std"] == pytest.approx([s, 0.0])
+    assert stats["constant_bands"] == [2] and stats["n_valid"] == 4
+    assert xs.dtype == np.float32 and np.isfinite(xs).all()
+    json.dumps(stats)  # plain lists and numbers
+
+
+def test_invalid_pixels_are_ignored_and_zeroed():
+    x = np.array([[[1, 2], [3, np.nan]]], dtype=np.float32)
+    x2 = x.copy()
+    x2[0, 1, 1] = 1e9  # a huge value on an invalid pixel must not change the statistics
+    valid = np.array([[True, True], [True, False]])
+    for arr in (x, x2):
+        xs, stats = standardize(arr, valid)
+        assert stats["mean"] == pytest.approx([2.0]) and stats["std"] == pytest.approx([math.sqrt(2 / 3)])
+        assert xs[0, 1, 1] == 0.0
+        np.testing.assert_allclose(xs[0][valid], np.array([-1, 0, 1]) / math.sqrt(2 / 3), rtol=1e-6)
+
+
+def test_each_date_on_its_own_removes_gain_and_offset():
+    rng = np.random.default_rng(3)
+    x1 = rng.normal(100, 20, size=(4, 10, 12)).astype(np.float32)
+    gains = np.array([0.8, 1.1, 1.5, 2.0], np.float32)[:, None, None]
+    x2 = gains * x1 + 17
+    valid = np.ones((10, 12), bool)
+    a, _ = standardize(x1, valid)
+    b, _ = standardize(x2, valid)
+    np.testing.assert_allclose(a, b, atol=2e-5)
+    j1, j2, stats = standardize_joint(x1, x2, valid)  # pooled stats keep the difference
+    assert stats["method"] == "zscore-joint" and np.abs(j1 - j2).mean() > 0.3
+
+
+def test_joint_statistics_hand_computed():
+    x1 = np.array([[[0, 2]]], np.float32)
+    x2 = np.array([[[4, 6]]], np.float32)
+    valid = np.ones((1, 2), bool)
+    j1, j2, stats = standardize_joint(x1, x2, valid)
+    sd = math.sqrt(5.0)  # values 0, 2, 4, 6: mean 3, population variance 5
+    assert stats["mean"] == [3.0] and stats["std"] == pytest.approx([sd])
+    np.testing.assert_allclose(j1[0, 0], [-3 / sd, -1 / sd], rtol=1e-6)
+    np.testing.assert_allclose(j2[0, 0], [1 / sd, 3 / sd], rtol=1e-6)
+
+
+def test_apply_stats_reuses_whole_image_statistics_on_a_tile():
+    rng = np.random.default_rng(4)
+    x = rng.normal(size=(3, 8, 8)).astype(np.float32)
+    valid = np.ones((8, 8), bool)
+    xs, stats = standardize(x, valid)
+    tile = apply_stats(x[:, 2:5, 3:7], valid[2:5, 3:7], stats)
+    np.testing.assert_allclose(tile, xs[:, 2:5, 3:7], rtol=1e-6)
+
+
+def test_no_valid_pixel_is_an_input_error():
+    x, _ = _pair()
+    with pytest.raises(InputError, match="No valid pixel"):
+        standardize(x, np.zeros((2, 2), bool))
