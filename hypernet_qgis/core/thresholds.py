@@ -1,0 +1,95 @@
+"""Thresholds that split a change-intensity map into changed / unchanged.
+
+Convention everywhere: a pixel is CHANGED when its intensity is strictly greater than the threshold.
+Only finite values are used (NaN marks invalid pixels).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .errors import InputError
+
+__all__ = ["otsu_threshold", "kmeans_threshold", "compute_threshold", "METHODS"]
+
+METHODS = ("otsu", "kmeans", "fixed")
+
+
+def _finite_sorted(values: np.ndarray) -> np.ndarray:
+    v = np.asarray(values, dtype=np.float64).ravel()
+    v = v[np.isfinite(v)]
+    if v.size == 0:
+        raise InputError("There is no valid intensity value to threshold (every pixel is invalid).")
+    return np.sort(v)
+
+
+def otsu_threshold(values: np.ndarray, bins: int | None = None) -> float:
+    """Otsu's threshold: the split that maximises the between-class variance w0 * w1 * (mu0 - mu1)^2.
+
+    ``bins=None`` (default) is exact: every split between two distinct sorted values is tried and the
+    threshold is the midpoint of the gap at the best split. With ``bins`` the classic histogram version is
+    used (threshold = the upper edge of the last bin of the lower class). A constant input returns its value
+    (so nothing is flagged as changed).
+    """
+    v = _finite_sorted(values)
+    if v[0] == v[-1]:
+        return float(v[0])
+    if bins is not None:
+        counts, edges = np.histogram(v, bins=int(bins))
+        centres = 0.5 * (edges[:-1] + edges[1:])
+        w0 = np.cumsum(counts)[:-1].astype(np.float64)
+        s0 = np.cumsum(counts * centres)[:-1]
+        total, stotal = float(counts.sum()), float((counts * centres).sum())
+        w1 = total - w0
+        ok = (w0 > 0) & (w1 > 0)
+        between = np.zeros_like(w0)
+        between[ok] = w0[ok] * w1[ok] * (s0[ok] / w0[ok] - (stotal - s0[ok]) / w1[ok]) ** 2
+        return float(edges[int(np.argmax(between)) + 1])
+    n = v.size
+    csum = np.cumsum(v)
+    # candidate splits: after index k-1 (k values in the lower class), only where v[k-1] < v[k]
+    k = np.nonzero(v[1:] > v[:-1])[0] + 1
+    w0 = k.astype(np.float64)
+    w1 = n - w0
+    mu0 = csum[k - 1] / w0
+    mu1 = (csum[-1] - csum[k - 1]) / w1
+    between = w0 * w1 * (mu0 - mu1) ** 2
+    best = k[int(np.argmax(between))]
+    return float(0.5 * (v[best - 1] + v[best]))
+
+
+def kmeans_threshold(values: np.ndarray, max_iter: int = 100) -> float:
+    """Two-cluster 1-D k-means (Lloyd), centres started at the minimum and maximum (deterministic).
+
+    Returns the midpoint of the two final centres. A constant input returns its value.
+    """
+    v = _finite_sorted(values)
+    if v[0] == v[-1]:
+        return float(v[0])
+    csum = np.cumsum(v)
+    n = v.size
+    c0, c1 = float(v[0]), float(v[-1])
+    split = -1
+    for _ in range(max_iter):
+        t = 0.5 * (c0 + c1)
+        new_split = int(np.searchsorted(v, t, side="right"))  # v[:new_split] <= t
+        if new_split == split or new_split in (0, n):
+            break
+        split = new_split
+        c0 = float(csum[split - 1] / split)
+        c1 = float((csum[-1] - csum[split - 1]) / (n - split))
+    return float(0.5 * (c0 + c1))
+
+
+def compute_threshold(values: np.ndarray, method: str = "otsu", value: float | None = None) -> float:
+    """Threshold by name: 'otsu', 'kmeans' or 'fixed' (then ``value`` is required)."""
+    method = method.lower()
+    if method == "otsu":
+        return otsu_threshold(values)
+    if method in ("kmeans", "k-means"):
+        return kmeans_threshold(values)
+    if method == "fixed":
+        if value is None or not np.isfinite(value):
+            raise InputError("A fixed threshold needs a finite THRESHOLD_VALUE. Give a number, or use otsu/kmeans.")
+        return float(value)
+    raise InputError(f"Unknown threshold method {method!r}. Use one of: {', '.join(METHODS)}.")
