@@ -126,3 +126,13 @@ def test_small_width_attention_hidden_at_least_one():
     out = model.eval()(torch.randn(1, 3, 9, 10))
     assert out.shape == (1, 8, 9, 10)
     assert HyperNet(20, 32).rsab1.ca.fc1.out_channels == 2
+
+
+def test_channels_last_gives_the_same_features():
+    torch.manual_seed(2)
+    model = HyperNet(8, 16).double().eval()
+    x = torch.randn(1, 8, 13, 17, dtype=torch.float64)
+    with torch.no_grad():
+        a = model(x)
+        b = model.to(memory_format=torch.channels_last)(x.to(memory_format=torch.channels_last))
+    torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
