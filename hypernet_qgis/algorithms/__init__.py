@@ -1,0 +1,13 @@
+"""The HyperNet Processing algorithms (one per module, all built on base.HyperNetAlgorithm)."""
+
+from __future__ import annotations
+
+
+def all_algorithms() -> list:
+    """Fresh instances of every algorithm of the provider."""
+    from .classic import ClassicChangeAlgorithm
+    from .detect import DetectChangeAlgorithm
+    from .evaluate import EvaluateChangeAlgorithm
+    from .train import TrainHyperNetAlgorithm
+
+    return [TrainHyperNetAlgorithm(), DetectChangeAlgorithm(), EvaluateChangeAlgorithm(), ClassicChangeAlgorithm()]

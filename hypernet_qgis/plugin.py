@@ -1,0 +1,58 @@
+"""The QGIS plugin: Processing provider (also without a GUI, e.g. qgis_process) and a menu/toolbar entry."""
+
+from __future__ import annotations
+
+from qgis.core import QgsApplication
+
+from .algorithms.base import PROVIDER_ID, icon
+
+MENU = "&HyperNet"
+ACTION_TEXT = "HyperNet change detection..."
+DETECT_ID = f"{PROVIDER_ID}:detectchange"
+
+
+class HyperNetPlugin:
+    """Registers the ``hypernet`` provider in initProcessing() and adds an action opening Detect Change."""
+
+    def __init__(self, iface) -> None:
+        self.iface = iface
+        self.provider = None
+        self.action = None
+
+    def initProcessing(self) -> None:  # noqa: N802
+        """Called by QGIS (desktop and qgis_process) before initGui; registers the provider once."""
+        if self.provider is not None:
+            return
+        from .provider import HyperNetProvider
+
+        self.provider = HyperNetProvider()
+        QgsApplication.processingRegistry().addProvider(self.provider)
+
+    def initGui(self) -> None:  # noqa: N802
+        from qgis.PyQt.QtWidgets import QAction
+
+        self.initProcessing()
+        if self.iface is None:
+            return
+        self.action = QAction(icon("hypernet.svg"), ACTION_TEXT, self.iface.mainWindow())
+        self.action.setObjectName("hypernetDetectChangeAction")
+        self.action.setToolTip("Detect change between two dates with HyperNet (Processing dialog)")
+        self.action.triggered.connect(self.open_detect_dialog)
+        self.iface.addPluginToRasterMenu(MENU, self.action)
+        self.iface.addRasterToolBarIcon(self.action)
+
+    def open_detect_dialog(self) -> None:
+        """Open the Processing dialog of Detect Change."""
+        import processing
+
+        processing.execAlgorithmDialog(DETECT_ID, {})
+
+    def unload(self) -> None:
+        if self.action is not None and self.iface is not None:
+            self.iface.removePluginRasterMenu(MENU, self.action)
+            self.iface.removeRasterToolBarIcon(self.action)
+            self.action.deleteLater()
+        self.action = None
+        if self.provider is not None:
+            QgsApplication.processingRegistry().removeProvider(self.provider)
+        self.provider = None

@@ -1,0 +1,33 @@
+"""The Processing provider ``hypernet``: Train HyperNet, Detect Change, Evaluate change map, Classic change detection."""
+
+from __future__ import annotations
+
+from qgis.core import QgsProcessingProvider
+from qgis.PyQt.QtGui import QIcon
+
+from . import __version__
+from .algorithms import all_algorithms
+from .algorithms.base import PROVIDER_ID, icon
+
+
+class HyperNetProvider(QgsProcessingProvider):
+    """Processing provider of the HyperNet plugin (loads without torch; the algorithms explain if it is missing)."""
+
+    def id(self) -> str:
+        return PROVIDER_ID
+
+    def name(self) -> str:
+        return "HyperNet change detection"
+
+    def longName(self) -> str:  # noqa: N802
+        return f"HyperNet change detection {__version__}"
+
+    def icon(self) -> QIcon:
+        return icon("hypernet.svg")
+
+    def versionInfo(self) -> str:  # noqa: N802
+        return __version__
+
+    def loadAlgorithms(self) -> None:  # noqa: N802
+        for algorithm in all_algorithms():
+            self.addAlgorithm(algorithm)
