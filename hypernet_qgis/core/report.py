@@ -613,13 +613,15 @@ def error_map(pred: np.ndarray, reference_changed: np.ndarray, labelled: np.ndar
 
 _compute_error_map = error_map  # evaluation_report's keyword ``error_map`` hides the function there
 
-_METRIC_NAMES = {
-    "OA": ("oa", "overall_accuracy", "accuracy"),
-    "kappa": ("kappa", "cohen_kappa", "kc"),
-    "F1": ("f1", "f1_score", "f_score"),
-    "precision": ("precision", "pr", "ppv"),
-    "recall": ("recall", "re", "tpr", "sensitivity"),
-}
+_METRIC_ROWS = (  # (label shown, id suffix, accepted keys, lower case)
+    ("OA", "oa", ("oa", "overall_accuracy", "accuracy")),
+    ("kappa", "kappa", ("kappa", "cohen_kappa")),
+    ("F1", "f1", ("f1", "f1_score", "f_score")),
+    ("precision", "precision", ("precision",)),
+    ("recall", "recall", ("recall",)),
+    ("false alarm rate", "false-alarm-rate", ("false_alarm_rate",)),
+    ("missed alarm rate", "missed-alarm-rate", ("missed_alarm_rate",)),
+)
 
 
 def _lookup(metrics: Mapping[str, Any], names: Sequence[str]) -> tuple[str | None, Any]:
@@ -666,16 +668,6 @@ def _confusion_table(cm: np.ndarray) -> str:
     )
 
 
-def _codes(reference: np.ndarray, changed: Sequence[int], unchanged: Sequence[int],
-           ignore: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
-    """(reference changed, labelled) from a label raster and its codes; NaN and ignored codes are unlabelled."""
-    ref = np.asarray(reference)
-    is_changed = np.isin(ref, list(changed))
-    is_unchanged = np.isin(ref, list(unchanged))
-    labelled = (is_changed | is_unchanged) & ~np.isin(ref, list(ignore))
-    return is_changed & labelled, labelled
-
-
 def evaluation_report(path: PathLike, *, prediction: np.ndarray, reference: np.ndarray, metrics: Mapping[str, Any],
                       roc: Sequence[Sequence[float]] | None = None, auc: float | None = None,
                       error_map: np.ndarray | None = None, changed: Sequence[int] = (1,),
@@ -684,8 +676,8 @@ def evaluation_report(path: PathLike, *, prediction: np.ndarray, reference: np.n
     """Write an HTML accuracy report: OA, kappa, F1, precision, recall (and AUC), the confusion matrix, the ROC
     curve, the error map (false alarms and misses), the prediction and the reference.
 
-    ``prediction``: binary map (1/0/255) or change intensity (float). ``reference``: label raster whose
-    ``changed``/``unchanged`` codes are scored, anything else (and ``ignore``) being unlabelled. ``roc``: (fpr, tpr[,
+    ``prediction``: binary map (1/0/255) or change intensity (float). ``reference``: label raster read with
+    :func:`metrics.reference_labels` (``changed``/``unchanged`` codes scored; ``ignore``, 255, NaN unlabelled). ``roc``: (fpr, tpr[,
     thresholds]). ``error_map``: as from :func:`error_map`; computed here when omitted and the prediction is binary.
     """
     info = _info_dict(info)
@@ -693,7 +685,9 @@ def evaluation_report(path: PathLike, *, prediction: np.ndarray, reference: np.n
         raise InputError("The metrics must be a dict such as the one change_metrics() returns.")
     pred = _check_2d("The prediction", prediction, None)
     ref = _check_2d("The reference", reference, pred.shape)
-    ref_changed, labelled = _codes(ref, changed, unchanged, ignore)
+    from .metrics import reference_labels
+
+    ref_changed, labelled = reference_labels(ref, changed, unchanged, ignore)
     is_binary = pred.dtype == bool or (np.issubdtype(pred.dtype, np.integer) and bool(np.isin(pred, (0, 1, 255)).all()))
     if error_map is None and is_binary:
         error_map = _compute_error_map(pred, ref_changed, labelled)
@@ -704,11 +698,11 @@ def evaluation_report(path: PathLike, *, prediction: np.ndarray, reference: np.n
     page.h2("Accuracy", "accuracy")
     used: set = set()
     rows = []
-    for label, names in _METRIC_NAMES.items():
-        key, value = _lookup(metrics, tuple(n.lower() for n in (label, *names)))
+    for label, ident, names in _METRIC_ROWS:
+        key, value = _lookup(metrics, names)
         if key is not None:
             used.add(key)
-            rows.append((label, f'<span id="m-{label.lower()}">{fmt_score(value)}</span>'))
+            rows.append((label, f'<span id="m-{ident}">{fmt_score(value)}</span>'))
     auc_key, auc_value = _lookup(metrics, ("auc", "roc_auc"))
     if auc is None and auc_value is not None:
         auc = auc_value
@@ -716,7 +710,7 @@ def evaluation_report(path: PathLike, *, prediction: np.ndarray, reference: np.n
         used.add(auc_key)
     if auc is not None:
         rows.append(("AUC (area under the ROC curve)", f'<span id="m-auc">{fmt_score(auc)}</span>'))
-    rows.append(("labelled pixels", f'<span id="m-labelled">{fmt_count(labelled.sum())}</span> '
+    rows.append(("labelled pixels in the reference", f'<span id="m-labelled">{fmt_count(labelled.sum())}</span> '
                                     f"({fmt_count(ref_changed.sum())} changed, "
                                     f"{fmt_count(labelled.sum() - ref_changed.sum())} unchanged)"))
     page.add(_kv_table(rows, raw=True))
