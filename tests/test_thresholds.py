@@ -39,18 +39,24 @@ def test_otsu_histogram_version_close_to_exact():
 
 
 def test_kmeans_hand_computed():
-    # centres start at 0 and 10 -> t = 5 -> {0,1,2} mean 1, {6,10} mean 8 -> t = 4.5 -> same split: stop
+    # 10th/90th percentiles of [0, 1, 2, 6, 10] (linear): 0.4 and 8.4 -> t = 4.4 -> {0,1,2} mean 1, {6,10} mean 8
+    # -> t = 4.5 -> same split: stop
     assert kmeans_threshold(np.array([10, 0, 6, 2, 1.0])) == pytest.approx(4.5)
 
 
-def test_kmeans_iterates_from_extreme_start():
-    # start 0 / 100 -> t 50: {0,1,2,3,40} mean 9.2, {100} -> t 54.6 same split -> 54.6
-    assert kmeans_threshold(np.array([0, 1, 2, 3, 40, 100.0])) == pytest.approx(54.6)
-    # start 0 / 12 -> t 6: {0,1,2} (mean 1) | {10,11,12} (mean 11) -> t 6 again -> 6
+def test_kmeans_starts_in_the_bulk_not_at_the_extremes():
+    v = np.array([0, 1, 2, 3, 40, 100.0])
+    # percentiles 0.5 and 70 -> t 35.25: {0,1,2,3} mean 1.5 | {40,100} mean 70 -> t 35.75, same split -> 35.75
+    assert kmeans_threshold(v) == pytest.approx(35.75)
+    # Otsu = global 2-means optimum: {0,1,2,3,40} | {100} (SSE 1190.8 < 1805) -> midpoint of the gap 40..100
+    assert otsu_threshold(v) == pytest.approx(70.0)
+    # percentiles 0.5 / 11.5 -> t 6: {0,1,2} (mean 1) | {10,11,12} (mean 11) -> t 6 again -> 6
     assert kmeans_threshold(np.array([0, 1, 2, 10, 11, 12.0])) == pytest.approx(6.0)
-    # the threshold moves off the first midpoint: start 0 / 10 -> t 5: {0,4,4.5} mean 2.833 | {6,6,10} mean 7.333 -> t 5.083
-    # split unchanged -> 5.0833
+    # the threshold moves off the first midpoint: percentiles 2 / 8 -> t 5: {0,4,4.5} mean 8.5/3 |
+    # {6,6,10} mean 22/3 -> t 5.0833, split unchanged
     assert kmeans_threshold(np.array([0, 4, 4.5, 6, 6, 10.0])) == pytest.approx((8.5 / 3 + 22 / 3) / 2)
+    # mostly equal values: both percentiles are 0, start from min/max -> {0 x19} | {5} -> 2.5
+    assert kmeans_threshold(np.r_[np.zeros(19), 5.0]) == pytest.approx(2.5)
 
 
 def test_constant_and_empty():

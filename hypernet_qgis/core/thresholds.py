@@ -59,16 +59,22 @@ def otsu_threshold(values: np.ndarray, bins: int | None = None) -> float:
 
 
 def kmeans_threshold(values: np.ndarray, max_iter: int = 100) -> float:
-    """Two-cluster 1-D k-means (Lloyd), centres started at the minimum and maximum (deterministic).
+    """Two-cluster 1-D k-means (Lloyd), centres started at the 10th and 90th percentiles (deterministic).
 
     Returns the midpoint of the two final centres. A constant input returns its value.
+    Why not Otsu: Otsu's split IS the global optimum of 2-means, and on long-tailed change scores (IR-MAD,
+    network distances) that optimum often cuts off a handful of extreme pixels. Lloyd's iteration started
+    inside the bulk of the data settles on the split between the bulk and the changed mode instead
+    (IR-MAD on salinasA_pair: kappa 0.65 vs 0.003 with Otsu or with min/max starts).
     """
     v = _finite_sorted(values)
     if v[0] == v[-1]:
         return float(v[0])
     csum = np.cumsum(v)
     n = v.size
-    c0, c1 = float(v[0]), float(v[-1])
+    c0, c1 = (float(q) for q in np.quantile(v, [0.1, 0.9]))
+    if c0 == c1:  # more than 80% of the values are equal: start from the extremes
+        c0, c1 = float(v[0]), float(v[-1])
     split = -1
     for _ in range(max_iter):
         t = 0.5 * (c0 + c1)
