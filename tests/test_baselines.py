@@ -1,0 +1,183 @@
+"""Classic baselines: hand-computed values, invariances, a synthetic implanted change, and the real pairs."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from hypernet_qgis.core.baselines import (
+    BASELINES,
+    DEFAULT_THRESHOLD_VALUES,
+    DEFAULT_THRESHOLDS,
+    chi2_sf,
+    cva,
+    irmad,
+    irmad_details,
+    pca_kmeans,
+    sam,
+)
+from hypernet_qgis.core.metrics import change_metrics, reference_from_masks, roc_auc
+from hypernet_qgis.core.raster_io import read_mask, read_raster
+from hypernet_qgis.core.thresholds import compute_threshold
+
+
+def synthetic_pair(seed: int = 0, bands: int = 6, size: int = 48):
+    """T2 = gain * T1 + offset + noise, with a 12 x 12 square (and a NaN pixel) of implanted change."""
+    rng = np.random.default_rng(seed)
+    classes = rng.normal(100, 30, size=(4, bands))
+    labels = (np.add.outer(np.arange(size) // 12, np.arange(size) // 16) % 4)
+    x1 = classes[labels].transpose(2, 0, 1) + rng.normal(0, 3, (bands, size, size))
+    gain = rng.uniform(0.8, 1.2, bands)[:, None, None]
+    x2 = gain * x1 + rng.uniform(-10, 10, bands)[:, None, None] + rng.normal(0, 3, (bands, size, size))
+    truth = np.zeros((size, size), np.uint8)
+    truth[30:42, 6:18] = 1
+    foreign = rng.normal(100, 30, bands)
+    x2[:, truth == 1] = (foreign[:, None] + rng.normal(0, 3, (bands, int(truth.sum()))))
+    x1, x2 = x1.astype(np.float32), x2.astype(np.float32)
+    valid = np.ones((size, size), bool)
+    valid[0, 0] = False
+    x1[:, 0, 0] = np.nan
+    return x1, x2, valid, truth
+
+
+# ------------------------------------------------------------------------------------------ hand values
+
+def test_cva_hand_computed():
+    # one band per date; z-scores of [1, 3] are [-1, 1] and of [10, 30] are [-1, 1] -> no change at all
+    x1 = np.array([[[1.0, 3.0]], [[0.0, 2.0]]], np.float32)
+    x2 = np.array([[[10.0, 30.0]], [[2.0, 0.0]]], np.float32)
+    valid = np.ones((1, 2), bool)
+    # band 2: z(x1) = [-1, 1], z(x2) = [1, -1] -> differences [2, -2]; band 1 differences 0 -> |d| = 2
+    np.testing.assert_allclose(cva(x1, x2, valid), [[2.0, 2.0]], rtol=1e-6)
+
+
+def test_sam_hand_computed():
+    x1 = np.array([[[1, 1, 1, 0, 0]], [[0, 1, 0, 0, 0]]], np.float32)
+    x2 = np.array([[[0, 2, 1, 0, 3]], [[1, 2, 1, 0, 0]]], np.float32)
+    valid = np.ones((1, 5), bool)
+    np.testing.assert_allclose(sam(x1, x2, valid)[0], [math.pi / 2, 0.0, math.pi / 4, 0.0, math.pi / 2],
+                               atol=1e-7)
+    # small angles stay accurate (arccos would round 1 - 5e-13 away)
+    a = np.array([[[1.0]], [[0.0]]])
+    b = np.array([[[1.0]], [[1e-6]]])
+    assert sam(a, b, np.ones((1, 1), bool))[0, 0] == pytest.approx(1e-6, rel=1e-5)
+
+
+def test_chi2_survival_function():
+    x = np.array([0.0, 1.0, 3.841458820694124, 10.0])
+    np.testing.assert_allclose(chi2_sf(x, 2), np.exp(-x / 2), rtol=1e-12)
+    assert chi2_sf(np.array([3.841458820694124]), 1)[0] == pytest.approx(0.05, abs=1e-6)
+    # chi2 with 4 dof: sf(x) = e^{-x/2} (1 + x/2)
+    np.testing.assert_allclose(chi2_sf(x, 4), np.exp(-x / 2) * (1 + x / 2), rtol=1e-12)
+    scipy_stats = pytest.importorskip("scipy.stats")
+    xs = np.linspace(0, 400, 97)
+    for dof in (1, 3, 6, 7, 50, 204):
+        np.testing.assert_allclose(chi2_sf(xs, dof), scipy_stats.chi2.sf(xs, dof), rtol=1e-5, atol=1e-12)
+
+
+# ------------------------------------------------------------------------------------------- invariances
+
+def test_irmad_is_invariant_to_linear_band_mixing():
+    """MAD variates do not change when either date's bands are replaced by invertible linear combinations."""
+    x1, x2, valid, _ = synthetic_pair(1, bands=4)
+    rng = np.random.default_rng(7)
+    m = rng.normal(size=(4, 4)) + 3 * np.eye(4)
+    mixed = (np.einsum("ij,jrc->irc", m, x2.astype(np.float64)) + 5.0).astype(np.float32)
+    a = irmad_details(x1, x2, valid)
+    b = irmad_details(x1, mixed, valid)
+    np.testing.assert_allclose(a["rho"], b["rho"], atol=1e-4)
+    np.testing.assert_allclose(a["chi2"][valid], b["chi2"][valid], rtol=2e-3, atol=2e-3)
+
+
+def test_irmad_chi2_moments_first_iteration_and_fixed_point():
+    rng = np.random.default_rng(2)
+    x1 = rng.normal(size=(5, 60, 60)).astype(np.float32)
+    x2 = (0.8 * x1 + 0.6 * rng.normal(size=x1.shape)).astype(np.float32)
+    valid = np.ones((60, 60), bool)
+    # unweighted first pass: each MAD variate has sample variance exactly 2 (1 - rho) -> mean chi2 = p
+    first = irmad_details(x1, x2, valid, max_iter=1)
+    assert np.mean(first["chi2"]) == pytest.approx(5.0, rel=1e-4)
+    assert first["rho"] == sorted(first["rho"]) and all(0.75 < r < 0.85 for r in first["rho"])  # true 0.8
+    # iterated: no-change weights favour small differences, correlations rise, and at the fixed point the
+    # no-change-weighted mean of chi2 is p (Nielsen 2007)
+    final = irmad_details(x1, x2, valid)
+    assert final["converged"] and final["iterations"] <= 50
+    assert min(final["rho"]) > max(first["rho"])
+    w = final["no_change_probability"]
+    assert np.average(final["chi2"], weights=w) == pytest.approx(5.0, rel=1e-3)
+
+
+def test_sam_ignores_illumination_cva_ignores_gain_offset():
+    x1, x2, valid, truth = synthetic_pair(3)
+    scale = np.linspace(0.5, 2.0, x1.shape[2])[None, None, :].astype(np.float32)  # per-pixel brightness
+    np.testing.assert_allclose(sam(x1, x1 * scale, valid)[valid], 0.0, atol=2e-3)
+    np.testing.assert_allclose(cva(x1, 3 * x1 - 7, valid)[valid], 0.0, atol=1e-4)
+
+
+# -------------------------------------------------------------------------------------- implanted change
+
+@pytest.mark.parametrize("name", ["cva", "sam", "irmad", "pca_kmeans"])
+def test_each_baseline_finds_the_implanted_change(name):
+    x1, x2, valid, truth = synthetic_pair(0)
+    intensity = BASELINES[name](x1, x2, valid)
+    assert intensity.dtype == np.float32 and intensity.shape == valid.shape
+    assert np.isnan(intensity[0, 0]) and np.isfinite(intensity[valid]).all()
+    assert roc_auc(intensity, np.where(valid, truth, 255)) > 0.99
+    thr = compute_threshold(intensity[valid], DEFAULT_THRESHOLDS[name], DEFAULT_THRESHOLD_VALUES.get(name))
+    pred = np.where(valid, intensity > thr, 255).astype(np.uint8)
+    assert change_metrics(pred, truth)["kappa"] > 0.9
+
+
+def test_pca_kmeans_binary_agrees_with_score_and_is_deterministic():
+    x1, x2, valid, truth = synthetic_pair(4)
+    binary, score = pca_kmeans(x1, x2, valid)
+    assert binary[0, 0] == 255 and np.isnan(score[0, 0])
+    np.testing.assert_array_equal(binary[valid] == 1, score[valid] > 0)
+    b2, s2 = pca_kmeans(x1, x2, valid)
+    np.testing.assert_array_equal(binary, b2)
+    assert change_metrics(binary, truth)["kappa"] > 0.9
+
+
+def test_registry():
+    assert set(BASELINES) == {"cva", "sam", "irmad", "pca_kmeans"} == set(DEFAULT_THRESHOLDS)
+
+
+# ------------------------------------------------------------------------------------------ real data
+
+def _scores(intensity, valid, reference, method):
+    thr = compute_threshold(intensity[valid], method)
+    return change_metrics(np.where(valid, intensity > thr, 255).astype(np.uint8), reference)
+
+
+def test_bench_salinasA_pair_reproduces_readme(shared_dir):
+    """bench/README.md: CVA OA/kappa/F1 0.942/0.786/0.820, SAM 0.954/0.820/0.847 (Otsu, gt 0/1 pixels)."""
+    folder = shared_dir / "data" / "bench" / "salinasA_pair"
+    x1, v1, _ = read_raster(folder / "t1.tif")
+    x2, v2, _ = read_raster(folder / "t2.tif")
+    gt = read_raster(folder / "gt.tif")[0][0]
+    valid = v1 & v2
+    m = _scores(cva(x1, x2, valid), valid, gt, "otsu")
+    assert m["kappa"] == pytest.approx(0.786, abs=5e-4) and m["OA"] == pytest.approx(0.942, abs=5e-4)
+    assert m["F1"] == pytest.approx(0.820, abs=1e-3)
+    m = _scores(sam(x1, x2, valid), valid, gt, "otsu")
+    # our exact Otsu gives 0.9535 / 0.8188 / 0.8454: within 0.002 of the README's rounded figures
+    assert m["kappa"] == pytest.approx(0.820, abs=2e-3) and m["OA"] == pytest.approx(0.954, abs=1e-3)
+    assert m["F1"] == pytest.approx(0.847, abs=2e-3)
+
+
+def test_taizhou_irmad_kmeans_and_cva(shared_dir):
+    """FINDINGS.md: IR-MAD + k-means kappa 0.933 (AUC 0.995), standardised CVA + Otsu 0.892 (AUC 0.990)."""
+    tz = shared_dir / "data" / "taizhou"
+    x1, v1, info = read_raster(tz / "2000TM")
+    x2, v2, _ = read_raster(tz / "2003TM.HDR")
+    valid = v1 & v2
+    ref = reference_from_masks(read_mask(tz / "change.bmp", info), read_mask(tz / "unchanged.bmp", info))
+    intensity = irmad(x1, x2, valid)
+    m = _scores(intensity, valid, ref, "kmeans")
+    assert m["kappa"] == pytest.approx(0.933, abs=0.01)
+    assert roc_auc(intensity, ref) == pytest.approx(0.995, abs=0.003)
+    c = cva(x1, x2, valid)
+    assert _scores(c, valid, ref, "otsu")["kappa"] == pytest.approx(0.892, abs=0.005)
+    assert roc_auc(c, ref) == pytest.approx(0.990, abs=0.003)
