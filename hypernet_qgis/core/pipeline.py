@@ -1,0 +1,307 @@
+"""File-to-file jobs shared by the command line and the QGIS algorithms.
+
+Each job reads rasters with GDAL, checks them, runs the engine and writes its outputs whole (temporary file,
+then rename), so a failed or cancelled run leaves no partial output. Errors meant for the user are InputError.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import numpy as np
+
+from . import raster_io
+from .detection import DISTANCES, NODATA, binary_change, change_intensity
+from .errors import InputError
+from .model_file import load_model, save_model, software_versions
+from .progress import Feedback, NullFeedback, SubFeedback, check_cancelled
+from .scaling import standardize
+from .training import TrainConfig, TrainResult, train_hypernet
+
+#: Smallest image side HyperNet is run on: below this the 3x3/5x5/7x7 windows see mostly padding.
+MIN_SIDE = 8
+#: Default feature distance for the change intensity (see BENCHMARKS.md for why).
+DEFAULT_DISTANCE = "mse"
+
+
+@dataclass
+class ImagePair:
+    """Two co-registered dates, standardised per date, with their shared valid-pixel mask."""
+
+    x1: np.ndarray
+    x2: np.ndarray
+    x1s: np.ndarray
+    x2s: np.ndarray
+    valid: np.ndarray
+    info1: raster_io.RasterInfo
+    info2: raster_io.RasterInfo
+    bands: list[int] | None
+    scaling: dict[str, Any]
+
+
+@dataclass
+class DetectResult:
+    """What a detection produced (paths, counts, threshold) and the arrays a report needs."""
+
+    change_path: str
+    intensity_path: str | None
+    changed_pixels: int
+    valid_pixels: int
+    threshold: float
+    threshold_method: str
+    seconds: float
+    intensity: np.ndarray = field(repr=False)
+    binary: np.ndarray = field(repr=False)
+    train: TrainResult | None = None
+    pair: ImagePair | None = field(default=None, repr=False)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def changed_fraction(self) -> float:
+        return self.changed_pixels / self.valid_pixels if self.valid_pixels else 0.0
+
+
+def load_pair(t1: str, t2: str, bands: Sequence[int] | None = None, min_bands: int = 1) -> ImagePair:
+    """Read, check and standardise a pair. Raises InputError naming what differs or is wrong."""
+    info1, info2 = raster_io.raster_info(t1), raster_io.raster_info(t2)
+    raster_io.check_same_grid(info1, info2)
+    x1, v1, info1 = raster_io.read_raster(t1, bands)
+    x2, v2, info2 = raster_io.read_raster(t2, bands)
+    nb = x1.shape[0]
+    if nb < min_bands:
+        raise InputError(
+            f"{_name(t1)} has {nb} band{'s' if nb != 1 else ''} (after the band selection); this method needs at "
+            f"least {min_bands}. Use a multi- or hyperspectral image, or a band list with more bands."
+        )
+    if min(x1.shape[1:]) < MIN_SIDE:
+        raise InputError(
+            f"The images are {x1.shape[2]}x{x1.shape[1]} pixels; HyperNet needs at least {MIN_SIDE}x{MIN_SIDE} "
+            "(its 3x3, 5x5 and 7x7 windows would see mostly padding). Use a larger area."
+        )
+    valid = v1 & v2
+    if not valid.any():
+        raise InputError(
+            "No pixel is valid in both dates: every pixel is nodata or NaN in T1 or in T2. "
+            "Check the layers' nodata values and that the two images overlap."
+        )
+    x1s, s1 = standardize(x1, valid)
+    x2s, s2 = standardize(x2, valid)
+    if not (np.any(s1["std"]) or np.any(s2["std"])) or not (np.any(x1s) or np.any(x2s)):
+        raise InputError("Every band is constant over the valid pixels of both dates; there is nothing to compare.")
+    return ImagePair(x1, x2, x1s, x2s, valid, info1, info2, list(bands) if bands else None, {"t1": s1, "t2": s2})
+
+
+def _name(path: str) -> str:
+    import os
+
+    return os.path.basename(str(path))
+
+
+def _training_mask(path: str | None, pair: ImagePair) -> np.ndarray | None:
+    if not path:
+        return None
+    mask = raster_io.read_mask(path, pair.info1)
+    if not (mask & pair.valid).any():
+        raise InputError(f"The unchanged mask {_name(path)} marks no valid pixel (it must be non-zero where unchanged).")
+    return mask
+
+
+def train_pair(
+    pair: ImagePair, config: TrainConfig, unchanged_mask: str | None = None, feedback: Feedback | None = None
+) -> TrainResult:
+    """Train HyperNet on a loaded pair; mask g from the user's unchanged mask or the automatic pre-detection."""
+    result = train_hypernet(pair.x1s, pair.x2s, pair.valid, config, _training_mask(unchanged_mask, pair), feedback)
+    result.extra.update(
+        {
+            "band_count": int(pair.x1.shape[0]),
+            "band_selection": pair.bands,
+            "wavelengths_nm": _selected_wavelengths(pair),
+            "scaling": {"method": "per-date per-band standardisation", **pair.scaling},
+            "mask_g": "user mask" if unchanged_mask else f"lowest {config.training_fraction:.0%} of standardised CVA",
+            "inputs": {"t1": str(pair.info1.path), "t2": str(pair.info2.path)},
+            "software": software_versions(),
+        }
+    )
+    return result
+
+
+def _selected_wavelengths(pair: ImagePair) -> list[float] | None:
+    return list(pair.info1.wavelengths_nm) if pair.info1.wavelengths_nm else None
+
+
+def train_files(
+    t1: str,
+    t2: str,
+    model_out: str,
+    *,
+    bands: Sequence[int] | None = None,
+    unchanged_mask: str | None = None,
+    config: TrainConfig | None = None,
+    feedback: Feedback | None = None,
+) -> TrainResult:
+    """Train on a pair of rasters and save the model file."""
+    feedback = feedback or NullFeedback()
+    config = config or TrainConfig()
+    config.validate()
+    raster_io.refuse_overwriting_inputs([model_out], [t1, t2] + ([unchanged_mask] if unchanged_mask else []))
+    pair = load_pair(t1, t2, bands, min_bands=2)
+    result = train_pair(pair, config, unchanged_mask, feedback)
+    check_cancelled(feedback)
+    save_model(model_out, result.model, result.metadata())
+    return result
+
+
+def detect_files(
+    t1: str,
+    t2: str,
+    change_out: str,
+    *,
+    intensity_out: str | None = None,
+    model: str | None = None,
+    threshold: str = "otsu",
+    threshold_value: float | None = None,
+    bands: Sequence[int] | None = None,
+    unchanged_mask: str | None = None,
+    distance: str | None = None,
+    config: TrainConfig | None = None,
+    feedback: Feedback | None = None,
+) -> DetectResult:
+    """Detect change between two rasters: train on the pair (or load a model), intensity, threshold, write."""
+    start = time.perf_counter()
+    feedback = feedback or NullFeedback()
+    config = config or TrainConfig()
+    config.validate()
+    if threshold == "fixed" and threshold_value is None:
+        raise InputError("THRESHOLD_METHOD=fixed needs a THRESHOLD value (a number).")
+    outputs = [change_out] + ([intensity_out] if intensity_out else [])
+    raster_io.refuse_overwriting_inputs(outputs, [t1, t2] + [p for p in (model, unchanged_mask) if p])
+    loaded, metadata = None, {}
+    if model:
+        loaded, metadata = load_model(model)
+        if bands is None and metadata.get("band_selection"):
+            bands = metadata["band_selection"]
+            feedback.info(f"Using the model's band selection: {bands}.")
+    pair = load_pair(t1, t2, bands, min_bands=2)
+    train_result = None
+    if loaded is not None:
+        expected = int(metadata.get("band_count", -1))
+        if expected != pair.x1.shape[0]:
+            raise InputError(
+                f"The model {_name(model)} was trained on {expected} bands but the images have {pair.x1.shape[0]} "
+                "(after the band selection). Use the same sensor and BANDS as in training, or train a new model."
+            )
+        net = loaded
+        distance = distance or metadata.get("distance", DEFAULT_DISTANCE)
+    else:
+        train_result = train_pair(pair, config, unchanged_mask, SubFeedback(feedback, 0.0, 0.85))
+        net = train_result.model
+        distance = distance or DEFAULT_DISTANCE
+    if distance not in DISTANCES:
+        raise InputError(f"Unknown distance {distance!r}; use one of {', '.join(DISTANCES)}.")
+    check_cancelled(feedback)
+    feedback.info(f"Computing the change intensity ({distance} of the fused features).")
+    intensity = change_intensity(
+        net, pair.x1s, pair.x2s, pair.valid, distance, config.device, SubFeedback(feedback, 0.85, 0.97)
+    )
+    binary, thr = binary_change(intensity, pair.valid, threshold, threshold_value)
+    check_cancelled(feedback)
+    _write_outputs(change_out, intensity_out, binary, intensity, pair.info1)
+    changed = int((binary == 1).sum())
+    valid_count = int(pair.valid.sum())
+    feedback.set_progress(1.0)
+    feedback.info(
+        f"Threshold {thr:.6g} ({threshold}); {changed} of {valid_count} valid pixels changed "
+        f"({100.0 * changed / max(valid_count, 1):.2f}%)."
+    )
+    return DetectResult(
+        change_out, intensity_out, changed, valid_count, thr, threshold, time.perf_counter() - start,
+        intensity, binary, train_result, pair, {"distance": distance},
+    )
+
+
+def _write_outputs(
+    change_out: str, intensity_out: str | None, binary: np.ndarray, intensity: np.ndarray, like: raster_io.RasterInfo
+) -> None:
+    """Write the intensity first, then the change map; remove the intensity if the change map fails."""
+    import os
+
+    if intensity_out:
+        raster_io.write_raster(intensity_out, np.nan_to_num(intensity, nan=-9999.0), like, nodata=-9999.0,
+                               dtype="float32")
+    try:
+        raster_io.write_raster(change_out, binary, like, nodata=NODATA, dtype="uint8")
+    except BaseException:
+        if intensity_out and os.path.exists(intensity_out):
+            os.remove(intensity_out)
+        raise
+
+
+def baseline_files(
+    method: str,
+    t1: str,
+    t2: str,
+    change_out: str,
+    *,
+    intensity_out: str | None = None,
+    threshold: str | None = None,
+    threshold_value: float | None = None,
+    bands: Sequence[int] | None = None,
+    feedback: Feedback | None = None,
+) -> DetectResult:
+    """Classic change detection (CVA, SAM, IR-MAD, PCA-k-means) between two rasters."""
+    from .baselines import BASELINES, DEFAULT_THRESHOLD_VALUES, DEFAULT_THRESHOLDS
+
+    start = time.perf_counter()
+    feedback = feedback or NullFeedback()
+    key = {"pcakmeans": "pca_kmeans"}.get(method, method)
+    if key not in BASELINES:
+        raise InputError(f"Unknown method {method!r}; use one of cva, sam, irmad, pcakmeans.")
+    if threshold is None:
+        threshold = DEFAULT_THRESHOLDS.get(key, "otsu")
+        threshold_value = DEFAULT_THRESHOLD_VALUES.get(key)
+    raster_io.refuse_overwriting_inputs([change_out] + ([intensity_out] if intensity_out else []), [t1, t2])
+    pair = load_pair(t1, t2, bands, min_bands=1 if method == "cva" else 2)
+    feedback.info(f"Running {method} on {pair.x1.shape[0]} bands.")
+    intensity = BASELINES[key](pair.x1, pair.x2, pair.valid)
+    check_cancelled(feedback)
+    binary, thr = binary_change(intensity, pair.valid, threshold, threshold_value)
+    _write_outputs(change_out, intensity_out, binary, intensity, pair.info1)
+    changed, valid_count = int((binary == 1).sum()), int(pair.valid.sum())
+    feedback.set_progress(1.0)
+    return DetectResult(change_out, intensity_out, changed, valid_count, thr, threshold,
+                        time.perf_counter() - start, intensity, binary, None, pair, {"method": method})
+
+
+def evaluate_files(
+    change: str,
+    reference: str,
+    *,
+    changed: Sequence[float] = (1,),
+    unchanged: Sequence[float] = (0,),
+    ignore: Sequence[float] = (),
+) -> dict[str, Any]:
+    """Score a binary change map (or an intensity map, for AUC) against a reference raster."""
+    from .metrics import change_metrics, roc_auc
+
+    info_c, info_r = raster_io.raster_info(change), raster_io.raster_info(reference)
+    if (info_c.rows, info_c.cols) != (info_r.rows, info_r.cols):
+        raise InputError(
+            f"The change map is {info_c.cols}x{info_c.rows} pixels but the reference is {info_r.cols}x{info_r.rows}; "
+            "they must cover the same grid."
+        )
+    pred, pvalid, _ = raster_io.read_raster(change, [1])
+    ref, rvalid, _ = raster_io.read_raster(reference, [1])
+    pred, ref = pred[0], ref[0]
+    ref_codes = np.where(rvalid, ref, np.nan)
+    values = pred[pvalid]
+    is_binary = values.size > 0 and np.all(np.isin(values, (0, 1)))
+    out: dict[str, Any] = {}
+    if is_binary:
+        binary = np.where(pvalid, pred, NODATA).astype(np.uint8)
+        out.update(change_metrics(binary, ref_codes, changed=changed, unchanged=unchanged, ignore=ignore))
+    score = np.where(pvalid, pred, np.nan)
+    out["AUC"] = float(roc_auc(score, ref_codes, changed=changed, unchanged=unchanged, ignore=ignore))
+    out["input_kind"] = "binary" if is_binary else "intensity"
+    return out

@@ -1,0 +1,229 @@
+"""Self-supervised HyperNet training: the training pixels (mask g) and the training loop."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from .device import describe_device, resolve_device
+from .errors import InputError
+from .loss import training_loss
+from .network import HyperNet, default_widths
+from .progress import Feedback, NullFeedback, check_cancelled
+
+SCHEDULES = ("default", "paper")
+#: Share of the valid pixels, lowest pre-detection score first, used as training pixels (mask g).
+DEFAULT_TRAINING_FRACTION = 0.3
+
+
+@dataclass
+class TrainConfig:
+    """Training settings. The paper's optimiser is the default; `schedule` picks how steps are drawn.
+
+    - ``paper``: every step is the whole image (both dates), ``epochs`` steps (200 in the paper).
+    - ``default``: every step is a batch of random crops of both dates covering about ``pixels_per_step``
+      pixels; fewer, cheaper steps (see BENCHMARKS.md for the accuracy and speed of each).
+    """
+
+    epochs: int | None = None
+    learning_rate: float = 0.05
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    gamma: float = 1.0
+    seed: int = 0
+    device: str = "auto"
+    width: int | None = None
+    schedule: str = "default"
+    training_fraction: float = DEFAULT_TRAINING_FRACTION
+    crop_size: int = 64
+    pixels_per_step: int = 65536
+    memory_budget_mb: int = 4096
+
+    def resolved_epochs(self) -> int:
+        if self.epochs is not None:
+            return int(self.epochs)
+        return 200 if self.schedule == "paper" else 60
+
+    def validate(self) -> None:
+        if self.schedule not in SCHEDULES:
+            raise InputError(f"Unknown schedule {self.schedule!r}; use 'default' or 'paper'.")
+        if self.epochs is not None and self.epochs < 1:
+            raise InputError(f"EPOCHS must be at least 1 (got {self.epochs}).")
+        if not self.learning_rate > 0:
+            raise InputError(f"LEARNING_RATE must be positive (got {self.learning_rate}).")
+        if self.gamma < 0:
+            raise InputError(f"GAMMA must be 0 or more (got {self.gamma}).")
+        if not 0 < self.training_fraction <= 1:
+            raise InputError(f"The training fraction must be in (0, 1] (got {self.training_fraction}).")
+        if self.width is not None and self.width < 1:
+            raise InputError(f"The branch width must be positive (got {self.width}).")
+
+
+@dataclass
+class TrainResult:
+    """A trained model and what a report or model file needs to know about its training."""
+
+    model: HyperNet
+    loss_history: list[float]
+    training_mask: np.ndarray
+    device_name: str
+    seconds: float
+    config: TrainConfig
+    widths: tuple[int, int, int]
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def metadata(self) -> dict[str, Any]:
+        """JSON-able training metadata for the model file."""
+        cfg = asdict(self.config)
+        cfg["epochs"] = self.config.resolved_epochs()
+        return {
+            "training": cfg,
+            "loss_history": [float(v) for v in self.loss_history],
+            "training_pixels": int(self.training_mask.sum()),
+            "device": self.device_name,
+            "seconds": round(self.seconds, 3),
+            **self.extra,
+        }
+
+
+def pre_detection_score(x1s: np.ndarray, x2s: np.ndarray, valid: np.ndarray) -> np.ndarray:
+    """Classic change score used to pick mask g: CVA of the per-date standardised images (NaN where invalid)."""
+    from .baselines import cva
+
+    return cva(x1s, x2s, valid)
+
+
+def select_training_pixels(
+    x1s: np.ndarray, x2s: np.ndarray, valid: np.ndarray, fraction: float = DEFAULT_TRAINING_FRACTION
+) -> np.ndarray:
+    """Mask g: the ``fraction`` of valid pixels with the lowest pre-detection (CVA) score.
+
+    The paper trains only on pixels believed unchanged but does not say how they were found. Taking the
+    lowest-scoring share of a classic change score keeps changed pixels out of the positive pairs while
+    leaving enough variety of land cover to learn from (BENCHMARKS.md compares the choices).
+    """
+    score = pre_detection_score(x1s, x2s, valid)
+    values = score[valid]
+    if values.size == 0:
+        raise InputError("No valid pixel is left in both dates (all nodata or NaN); check the inputs' nodata.")
+    cut = np.quantile(values, fraction)
+    mask = valid & (score <= cut)
+    if mask.sum() < 16:
+        raise InputError("Fewer than 16 training pixels were found; the image is too small or almost all nodata.")
+    return mask
+
+
+def _check_inputs(x1s: np.ndarray, x2s: np.ndarray, valid: np.ndarray, mask: np.ndarray) -> None:
+    if x1s.shape != x2s.shape:
+        raise InputError(f"The two dates differ in shape: {x1s.shape} vs {x2s.shape}.")
+    if x1s.ndim != 3:
+        raise InputError("Images must have shape (bands, rows, columns).")
+    bands, rows, cols = x1s.shape
+    if bands < 2:
+        raise InputError(
+            f"HyperNet needs at least 2 bands (the image has {bands}); it learns spectral-spatial features. "
+            "Use a multi- or hyperspectral image, or a classic method for single-band change."
+        )
+    if mask.shape != valid.shape or mask.shape != (rows, cols):
+        raise InputError(f"The unchanged mask is {mask.shape[::-1]} pixels but the images are {cols}x{rows}.")
+    if not (mask & valid).any():
+        raise InputError("The unchanged (training) mask selects no valid pixel; mark some unchanged pixels.")
+
+
+def _make_model(bands: int, config: TrainConfig, device: torch.device) -> tuple[HyperNet, tuple[int, int, int]]:
+    widths = default_widths(bands, config.width)
+    model = HyperNet(bands, *widths).to(device)
+    return model, widths
+
+
+def _step_batches(
+    rows: int, cols: int, config: TrainConfig, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray, int]:
+    """Random crop origins for one default-schedule step."""
+    crop = min(config.crop_size, rows, cols)
+    count = max(1, min(config.pixels_per_step, rows * cols) // (crop * crop))
+    r0 = rng.integers(0, rows - crop + 1, size=count)
+    c0 = rng.integers(0, cols - crop + 1, size=count)
+    return r0, c0, crop
+
+
+def train_hypernet(
+    x1s: np.ndarray,
+    x2s: np.ndarray,
+    valid: np.ndarray,
+    config: TrainConfig | None = None,
+    training_mask: np.ndarray | None = None,
+    feedback: Feedback | None = None,
+) -> TrainResult:
+    """Train HyperNet on a standardised image pair (bands, rows, cols); return the model in eval mode.
+
+    Each step runs each date through the network in its own forward pass (as the authors do, so BatchNorm
+    normalises every date with its own statistics), pulls the two dates' projections together through the
+    predictor with stop-gradient, and averages the focal cosine loss over the training pixels only.
+    """
+    config = config or TrainConfig()
+    config.validate()
+    feedback = feedback or NullFeedback()
+    if training_mask is None:
+        training_mask = select_training_pixels(x1s, x2s, valid, config.training_fraction)
+    training_mask = training_mask & valid
+    _check_inputs(x1s, x2s, valid, training_mask)
+
+    device = resolve_device(config.device)
+    device_name = describe_device(device, config.device)
+    bands, rows, cols = x1s.shape
+    epochs = config.resolved_epochs()
+    torch.manual_seed(config.seed)
+    rng = np.random.default_rng(config.seed)
+    model, widths = _make_model(bands, config, device)
+    feedback.info(
+        f"Training HyperNet on {device_name}: {bands} bands, {cols}x{rows} pixels, branch width {widths[0]}, "
+        f"{epochs} epochs ({config.schedule} schedule), {int(training_mask.sum())} training pixels."
+    )
+    optimizer = torch.optim.SGD(
+        model.parameters(), lr=config.learning_rate, momentum=config.momentum, weight_decay=config.weight_decay
+    )
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs)
+    t1 = torch.from_numpy(np.ascontiguousarray(x1s, dtype=np.float32)).unsqueeze(0).to(device)
+    t2 = torch.from_numpy(np.ascontiguousarray(x2s, dtype=np.float32)).unsqueeze(0).to(device)
+    g = torch.from_numpy(training_mask).to(device)
+
+    history: list[float] = []
+    start = time.perf_counter()
+    model.train()
+    for epoch in range(epochs):
+        check_cancelled(feedback)
+        if config.schedule == "paper":
+            b1, b2, gb = t1, t2, g.unsqueeze(0)
+        else:
+            r0, c0, crop = _step_batches(rows, cols, config, rng)
+            b1 = torch.cat([t1[:, :, r : r + crop, c : c + crop] for r, c in zip(r0, c0)])
+            b2 = torch.cat([t2[:, :, r : r + crop, c : c + crop] for r, c in zip(r0, c0)])
+            gb = torch.stack([g[r : r + crop, c : c + crop] for r, c in zip(r0, c0)])
+        index = torch.nonzero(gb.reshape(-1)).squeeze(1)
+        if index.numel() == 0:  # a crop batch without training pixels: nothing to learn from this step
+            history.append(history[-1] if history else float("nan"))
+            scheduler.step()
+            continue
+        loss = training_loss(model, b1, b2, index, config.gamma)
+        if not torch.isfinite(loss):
+            raise InputError(
+                f"Training diverged at epoch {epoch + 1} (loss {loss.item()}). Lower LEARNING_RATE "
+                "(e.g. 0.01) or check the inputs for extreme values."
+            )
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        scheduler.step()
+        history.append(float(loss.item()))
+        feedback.set_progress((epoch + 1) / epochs)
+        if (epoch + 1) % max(1, epochs // 10) == 0 or epoch == 0:
+            feedback.info(f"epoch {epoch + 1}/{epochs}: loss {history[-1]:.5f}")
+    model.eval()
+    seconds = time.perf_counter() - start
+    feedback.info(f"Training finished in {seconds:.1f} s; final loss {history[-1]:.5f}.")
+    return TrainResult(model, history, training_mask, device_name, seconds, config, widths)

@@ -1,0 +1,164 @@
+"""The engine's file-to-file jobs: training, detection, outputs, determinism, cancel, bad input."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from osgeo import gdal
+
+from hypernet_qgis.core import pipeline
+from hypernet_qgis.core.errors import Cancelled, InputError
+from hypernet_qgis.core.model_file import load_model
+from hypernet_qgis.core.progress import NullFeedback
+from hypernet_qgis.core.training import TrainConfig, select_training_pixels, train_hypernet
+
+FAST = dict(epochs=3, device="cpu")
+
+
+def digest(*paths: Path) -> list[str]:
+    return [hashlib.sha256(Path(p).read_bytes()).hexdigest() for p in paths]
+
+
+def test_detect_writes_georeferenced_outputs_and_finds_the_change(synthetic_pair, tmp_path):
+    before = digest(synthetic_pair["t1"], synthetic_pair["t2"])
+    change, inten = tmp_path / "change.tif", tmp_path / "intensity.tif"
+    res = pipeline.detect_files(str(synthetic_pair["t1"]), str(synthetic_pair["t2"]), str(change),
+                                intensity_out=str(inten), config=TrainConfig(epochs=15, device="cpu"))
+    assert digest(synthetic_pair["t1"], synthetic_pair["t2"]) == before  # inputs untouched
+    src, out, out_i = (gdal.Open(str(p)) for p in (synthetic_pair["t1"], change, inten))
+    assert out.GetGeoTransform() == src.GetGeoTransform() and out_i.GetGeoTransform() == src.GetGeoTransform()
+    assert out.GetProjection() == src.GetProjection()
+    band = out.GetRasterBand(1)
+    assert band.DataType == gdal.GDT_Byte and band.GetNoDataValue() == 255
+    assert out_i.GetRasterBand(1).DataType == gdal.GDT_Float32
+    binary = band.ReadAsArray()
+    assert set(np.unique(binary)) <= {0, 1, 255}
+    assert (binary[:3, :3] == 255).all() and (binary[3:, 3:] != 255).all()  # T1's nodata corner stays nodata
+    assert res.changed_pixels == int((binary == 1).sum()) and res.valid_pixels == int((binary != 255).sum())
+    metrics = pipeline.evaluate_files(str(change), str(synthetic_pair["gt"]))
+    assert metrics["kappa"] > 0.7, metrics
+    assert pipeline.evaluate_files(str(inten), str(synthetic_pair["gt"]))["AUC"] > 0.95
+    src = out = out_i = None
+
+
+def test_training_is_deterministic_for_a_seed_on_cpu(synthetic_pair, tmp_path):
+    histories, weights = [], []
+    for i, seed in enumerate((3, 3, 4)):
+        res = pipeline.train_files(str(synthetic_pair["t1"]), str(synthetic_pair["t2"]), str(tmp_path / f"m{i}.pt"),
+                                   config=TrainConfig(seed=seed, **FAST))
+        histories.append(res.loss_history)
+        weights.append(torch.cat([p.detach().flatten() for p in res.model.parameters()]))
+    assert histories[0] == histories[1] and torch.equal(weights[0], weights[1])
+    assert histories[0] != histories[2]
+
+
+def test_model_file_round_trip_gives_the_same_intensity(synthetic_pair, tmp_path):
+    t1, t2 = str(synthetic_pair["t1"]), str(synthetic_pair["t2"])
+    model = tmp_path / "pair.hypernet"
+    res = pipeline.train_files(t1, t2, str(model), config=TrainConfig(**FAST))
+    net, meta = load_model(model)
+    assert meta["band_count"] == 8 and meta["loss_history"] == res.loss_history
+    assert meta["training"]["seed"] == 0 and meta["width"] == 16
+    direct = pipeline.detect_files(t1, t2, str(tmp_path / "a.tif"), model=str(model))
+    pair = pipeline.load_pair(t1, t2)
+    from hypernet_qgis.core.detection import change_intensity
+
+    again = change_intensity(res.model, pair.x1s, pair.x2s, pair.valid, "mse", "cpu")
+    np.testing.assert_allclose(direct.intensity, again, rtol=1e-6, equal_nan=True)
+
+
+class CancelAfter(NullFeedback):
+    def __init__(self, calls: int) -> None:
+        self.calls = calls
+
+    def set_progress(self, fraction: float) -> None:
+        self.calls -= 1
+
+    def is_cancelled(self) -> bool:
+        return self.calls <= 0
+
+
+def test_cancel_stops_within_an_epoch_and_writes_nothing(synthetic_pair, tmp_path):
+    with pytest.raises(Cancelled):
+        pipeline.detect_files(str(synthetic_pair["t1"]), str(synthetic_pair["t2"]), str(tmp_path / "c.tif"),
+                              intensity_out=str(tmp_path / "i.tif"), config=TrainConfig(epochs=50, device="cpu"),
+                              feedback=CancelAfter(2))
+    with pytest.raises(Cancelled):
+        pipeline.train_files(str(synthetic_pair["t1"]), str(synthetic_pair["t2"]), str(tmp_path / "m.pt"),
+                             config=TrainConfig(epochs=50, device="cpu"), feedback=CancelAfter(2))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["gt.tif", "t1.tif", "t2.tif"]
+
+
+def test_user_unchanged_mask_is_mask_g(synthetic_pair, tmp_path):
+    pair = pipeline.load_pair(str(synthetic_pair["t1"]), str(synthetic_pair["t2"]))
+    user = np.zeros(pair.valid.shape, bool)
+    user[20:, 20:] = True
+    res = train_hypernet(pair.x1s, pair.x2s, pair.valid, TrainConfig(**FAST), training_mask=user)
+    assert np.array_equal(res.training_mask, user & pair.valid)
+    auto = select_training_pixels(pair.x1s, pair.x2s, pair.valid, 0.3)
+    assert abs(auto.sum() - 0.3 * pair.valid.sum()) <= 2
+    gt = gdal.Open(str(synthetic_pair["gt"])).ReadAsArray().astype(bool)
+    assert not (auto & gt).any()  # the automatic pre-detection keeps the implanted change out of mask g
+
+
+def test_bad_inputs_get_clear_messages(synthetic_pair, tmp_path):
+    t1, t2 = str(synthetic_pair["t1"]), str(synthetic_pair["t2"])
+    with pytest.raises(InputError, match="input"):
+        pipeline.detect_files(t1, t2, t1, config=TrainConfig(**FAST))
+    small = tmp_path / "small.tif"
+    gdal.Translate(str(small), t2, srcWin=[0, 0, 20, 20])
+    with pytest.raises(InputError, match="size|pixels"):
+        pipeline.detect_files(t1, str(small), str(tmp_path / "c.tif"), config=TrainConfig(**FAST))
+    one = tmp_path / "one.tif"
+    gdal.Translate(str(one), t1, bandList=[1])
+    with pytest.raises(InputError, match="band"):
+        pipeline.detect_files(str(one), str(one), str(tmp_path / "c.tif"), config=TrainConfig(**FAST))
+    five = [tmp_path / "f1.tif", tmp_path / "f2.tif"]
+    for src, dst in zip((t1, t2), five):
+        gdal.Translate(str(dst), src, bandList=[1, 2, 3, 4, 5])
+    model = tmp_path / "m.pt"
+    pipeline.train_files(*(str(p) for p in five), str(model), config=TrainConfig(**FAST))
+    with pytest.raises(InputError, match="trained on 5 bands but the images have 8"):
+        pipeline.detect_files(t1, t2, str(tmp_path / "c.tif"), model=str(model))
+    with pytest.raises(InputError, match="fixed needs a THRESHOLD"):
+        pipeline.detect_files(t1, t2, str(tmp_path / "c.tif"), threshold="fixed", config=TrainConfig(**FAST))
+    with pytest.raises(InputError, match="EPOCHS"):
+        pipeline.detect_files(t1, t2, str(tmp_path / "c.tif"), config=TrainConfig(epochs=0))
+    assert not (tmp_path / "c.tif").exists()
+
+
+def test_constant_and_all_nodata_inputs_are_refused(tmp_path):
+    from osgeo import osr
+
+    srs = osr.SpatialReference()
+    srs.ImportFromEPSG(32633)
+
+    def write(name: str, arr: np.ndarray, nodata: float | None = None) -> str:
+        ds = gdal.GetDriverByName("GTiff").Create(str(tmp_path / name), arr.shape[2], arr.shape[1], arr.shape[0],
+                                                  gdal.GDT_Float32)
+        ds.SetGeoTransform((0, 1, 0, 0, 0, -1))
+        ds.SetProjection(srs.ExportToWkt())
+        for b in range(arr.shape[0]):
+            if nodata is not None:
+                ds.GetRasterBand(b + 1).SetNoDataValue(nodata)
+            ds.GetRasterBand(b + 1).WriteArray(arr[b])
+        ds = None
+        return str(tmp_path / name)
+
+    const = write("const.tif", np.full((4, 20, 20), 7.0, np.float32))
+    with pytest.raises(InputError, match="constant"):
+        pipeline.detect_files(const, const, str(tmp_path / "c.tif"), config=TrainConfig(**FAST))
+    empty = write("nodata.tif", np.full((4, 20, 20), -1.0, np.float32), nodata=-1.0)
+    with pytest.raises(InputError, match="nodata|valid"):
+        pipeline.detect_files(empty, empty, str(tmp_path / "c.tif"), config=TrainConfig(**FAST))
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")
+def test_forcing_cuda_without_a_gpu_is_a_clear_error(synthetic_pair, tmp_path):
+    with pytest.raises(InputError, match="no CUDA GPU"):
+        pipeline.train_files(str(synthetic_pair["t1"]), str(synthetic_pair["t2"]), str(tmp_path / "m.pt"),
+                             config=TrainConfig(epochs=1, device="cuda"))

@@ -1,0 +1,171 @@
+"""Accuracy benchmark (``make bench``): HyperNet with default settings and every classic baseline on the
+benchmark pairs of ../shared/data, 3 seeds for HyperNet. Writes bench-results/accuracy.json and the table in
+BENCHMARKS.md (between the ACCURACY markers).
+
+Also the experiment harness behind the default choices: ``--variant NAME=key:value,...`` runs HyperNet with
+other settings (distance, threshold, fraction, width, epochs, schedule) on the same pairs and seeds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from hypernet_qgis.core import raster_io  # noqa: E402
+from hypernet_qgis.core.baselines import BASELINES, DEFAULT_THRESHOLD_VALUES, DEFAULT_THRESHOLDS  # noqa: E402
+from hypernet_qgis.core.detection import binary_change, change_intensity  # noqa: E402
+from hypernet_qgis.core.metrics import change_metrics, reference_from_masks, roc_auc  # noqa: E402
+from hypernet_qgis.core.pipeline import DEFAULT_DISTANCE, ImagePair, load_pair  # noqa: E402
+from hypernet_qgis.core.training import TrainConfig, train_hypernet  # noqa: E402
+
+SHARED = REPO.parent / "shared" / "data"
+EXPLORE = bool(os.environ.get("HYPERNET_EXPLORE"))
+
+
+def pairs() -> dict[str, tuple[str, str, np.ndarray]]:
+    """name -> (t1 path, t2 path, reference 1 changed / 0 unchanged / 255 unlabelled)."""
+    out = {}
+    for name in ("salinasA_pair", "salinasA_pair_hard"):
+        d = SHARED / "bench" / name
+        if d.is_dir():
+            gt, _, _ = raster_io.read_raster(str(d / "gt.tif"))
+            out[name] = (str(d / "t1.tif"), str(d / "t2.tif"), gt[0].astype(np.uint8))
+    d = SHARED / "taizhou"
+    if d.is_dir():
+        changed, _, _ = raster_io.read_raster(str(d / "change.bmp"), [1])
+        unchanged, _, _ = raster_io.read_raster(str(d / "unchanged.bmp"), [1])
+        out["taizhou"] = (str(d / "2000TM"), str(d / "2003TM"), reference_from_masks(changed[0] > 0, unchanged[0] > 0))
+    return out
+
+
+def score(binary: np.ndarray, intensity: np.ndarray, ref: np.ndarray) -> dict[str, float]:
+    m = change_metrics(binary, ref, changed=(1,), unchanged=(0,), ignore=(255,))
+    return {"OA": m["OA"], "kappa": m["kappa"], "F1": m["F1"],
+            "AUC": float(roc_auc(intensity, ref, changed=(1,), unchanged=(0,), ignore=(255,)))}
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def run_hypernet(pair: ImagePair, ref: np.ndarray, seed: int, opts: dict) -> dict:
+    cfg = TrainConfig(seed=seed, device="cpu", schedule=opts.get("schedule", "default"),
+                      epochs=int(opts["epochs"]) if "epochs" in opts else None,
+                      width=int(opts["width"]) if "width" in opts else None,
+                      training_fraction=float(opts.get("fraction", TrainConfig.training_fraction)))
+    start = time.perf_counter()
+    res = train_hypernet(pair.x1s, pair.x2s, pair.valid, cfg)
+    intensity = change_intensity(res.model, pair.x1s, pair.x2s, pair.valid, opts.get("distance", DEFAULT_DISTANCE),
+                                 "cpu")
+    binary, _ = binary_change(intensity, pair.valid, opts.get("threshold", "otsu"))
+    out = score(binary, intensity, ref)
+    out["seconds"] = time.perf_counter() - start
+    if EXPLORE:  # the same trained model under the other distances and thresholds (no retraining)
+        out["explore"] = {}
+        for distance in ("mse", "cosine"):
+            inten = change_intensity(res.model, pair.x1s, pair.x2s, pair.valid, distance, "cpu")
+            for thr in ("otsu", "kmeans", "otsu-log", "kmeans-log"):
+                base = thr.replace("-log", "")
+                src = np.log(np.maximum(inten, 1e-12)) if thr.endswith("-log") else inten
+                b, _ = binary_change(src, pair.valid, base)
+                out["explore"][f"{distance}/{thr}"] = score(b, inten, ref)["kappa"]
+        print("    " + " ".join(f"{k}={v:.3f}" for k, v in out["explore"].items()), flush=True)
+    return out
+
+
+def run_baseline(method: str, pair: ImagePair, ref: np.ndarray) -> dict:
+    start = time.perf_counter()
+    intensity = BASELINES[method](pair.x1, pair.x2, pair.valid)
+    binary, _ = binary_change(intensity, pair.valid, DEFAULT_THRESHOLDS[method], DEFAULT_THRESHOLD_VALUES.get(method))
+    out = score(binary, intensity, ref)
+    out["seconds"] = time.perf_counter() - start
+    return out
+
+
+def parse_variant(text: str) -> tuple[str, dict]:
+    name, _, spec = text.partition("=")
+    opts = dict(kv.split(":", 1) for kv in spec.split(",") if kv)
+    return name, opts
+
+
+def summarise(rows: list[dict]) -> dict:
+    keys = ("OA", "kappa", "F1", "AUC", "seconds")
+    return {k: (float(np.mean([r[k] for r in rows])), float(np.std([r[k] for r in rows]))) for k in keys}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--seeds", type=int, default=3)
+    ap.add_argument("--variant", action="append", default=[], help="NAME=key:value,... (HyperNet settings)")
+    ap.add_argument("--pairs", default=None, help="comma-separated subset of pairs")
+    ap.add_argument("--no-baselines", action="store_true")
+    ap.add_argument("--output", default=str(REPO / "bench-results" / "accuracy.json"))
+    ap.add_argument("--write-markdown", action="store_true", help="update the table in BENCHMARKS.md")
+    args = ap.parse_args()
+    available = pairs()
+    if not available:
+        print("../shared/data is not present: nothing to benchmark.", file=sys.stderr)
+        return 0
+    wanted = args.pairs.split(",") if args.pairs else list(available)
+    variants = [parse_variant(v) for v in args.variant] or [("HyperNet", {})]
+    results: dict = {}
+    for name in wanted:
+        t1, t2, ref = available[name]
+        pair = load_pair(t1, t2)
+        results[name] = {}
+        if not args.no_baselines:
+            for method in BASELINES:
+                r = run_baseline(method, pair, ref)
+                results[name][method] = {"runs": [r], "mean_sd": summarise([r])}
+                print(f"{name:20s} {method:22s} kappa {r['kappa']:.3f} AUC {r['AUC']:.3f} {r['seconds']:.1f}s",
+                      flush=True)
+        for vname, opts in variants:
+            runs = []
+            for seed in range(args.seeds):
+                r = run_hypernet(pair, ref, seed, opts)
+                runs.append(r)
+                print(f"{name:20s} {vname:22s} seed {seed} kappa {r['kappa']:.3f} AUC {r['AUC']:.3f} "
+                      f"{r['seconds']:.1f}s", flush=True)
+            results[name][vname] = {"runs": runs, "mean_sd": summarise(runs), "options": opts}
+    results["_meta"] = {"peak_rss_mb": peak_rss_mb(), "command": " ".join(sys.argv), "cpus": os.cpu_count()}
+    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.output).write_text(json.dumps(results, indent=1))
+    if args.write_markdown:
+        write_markdown(results)
+    return 0
+
+
+def write_markdown(results: dict) -> None:
+    lines = ["| pair | method | OA | kappa | F1 | AUC | seconds |", "|---|---|---|---|---|---|---|"]
+    for name, methods in results.items():
+        if name.startswith("_"):
+            continue
+        for method, r in methods.items():
+            ms = r["mean_sd"]
+            n = len(r["runs"])
+            fmt = (lambda k: f"{ms[k][0]:.3f} ± {ms[k][1]:.3f}") if n > 1 else (lambda k: f"{ms[k][0]:.3f}")
+            lines.append(f"| {name} | {method}{f' ({n} seeds)' if n > 1 else ''} | {fmt('OA')} | {fmt('kappa')} | "
+                         f"{fmt('F1')} | {fmt('AUC')} | {ms['seconds'][0]:.1f} |")
+    lines.append("")
+    lines.append(f"Peak RSS of the whole run: {results['_meta']['peak_rss_mb']:.0f} MB.")
+    table = "\n".join(lines)
+    path = REPO / "BENCHMARKS.md"
+    text = path.read_text() if path.exists() else "# Benchmarks\n\n<!-- ACCURACY -->\n<!-- /ACCURACY -->\n"
+    start, end = "<!-- ACCURACY -->", "<!-- /ACCURACY -->"
+    head, _, rest = text.partition(start)
+    _, _, tail = rest.partition(end)
+    path.write_text(f"{head}{start}\n{table}\n{end}{tail}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
