@@ -258,7 +258,7 @@ def model_band_count(path: str) -> int:
         meta = reader(path)
     else:
         _, meta = model_file.load_model(path)
-    for key in ("band_count", "bands"):
+    for key in ("band_count", "bands"):  # band_count: after BANDS; bands: the network's input bands
         value = meta.get(key)
         if isinstance(value, int) and not isinstance(value, bool):
             return value
@@ -274,8 +274,8 @@ def model_band_selection(path: str) -> list[int] | None:
 
     reader: Callable | None = getattr(model_file, "read_metadata", None)
     meta = reader(path) if reader is not None else model_file.load_model(path)[1]
-    value = meta.get("band_selection", meta.get("bands"))
-    return [int(v) for v in value] if isinstance(value, list) else None
+    value = meta.get("band_selection")
+    return [int(v) for v in value] if isinstance(value, list) and value else None
 
 
 def check_device(name: str) -> None:

@@ -14,7 +14,7 @@ from qgis.core import (
 
 from ..core.errors import InputError
 from .base import MODEL_FILTER, THRESHOLD_METHODS, HyperNetAlgorithm, Job, QgisFeedback, check_device, check_mask, \
-    check_pair, layer_path, model_band_count, parse_band_list, pipeline
+    check_pair, layer_path, model_band_count, model_band_selection, parse_band_list, pipeline
 
 
 class DetectChangeAlgorithm(HyperNetAlgorithm):
@@ -64,10 +64,13 @@ class DetectChangeAlgorithm(HyperNetAlgorithm):
         t2 = layer_path(self, parameters, "INPUT_T2", context, "Image T2")
         bands = parse_band_list(self.parameterAsString(parameters, "BANDS", context))
         model = self.parameterAsFile(parameters, "MODEL", context) or None
-        info = check_pair(t1, t2, bands, min_bands=2)
         if model:
             model = os.path.abspath(model)
             trained_on = model_band_count(model)
+            if bands is None:  # the engine then uses the model's own band selection, if it has one
+                bands = model_band_selection(model)
+        info = check_pair(t1, t2, bands, min_bands=2)
+        if model:
             count = len(bands) if bands is not None else info.bands
             if trained_on != count:
                 raise InputError(

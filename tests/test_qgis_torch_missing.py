@@ -1,0 +1,105 @@
+"""Without torch the plugin still loads, and every algorithm fails with one clear install message.
+
+torch is made absent (not mocked) in a fresh QGIS process: a sitecustomize on PYTHONPATH puts a meta-path finder
+in front of the import system that refuses ``torch`` and its submodules.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from test_qgis_support import hashes, make_pair
+
+REPO = Path(__file__).resolve().parents[1]
+
+BLOCKER = '''
+import importlib.abc, sys
+
+class _HideTorch(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name == "torch" or name.startswith("torch."):
+            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+        return None
+
+sys.meta_path.insert(0, _HideTorch())
+'''
+
+SCRIPT = r'''
+import json, os, sys
+sys.path[:0] = [sys.argv[1], "/usr/share/qgis/python/plugins"]
+from qgis.core import QgsApplication, QgsProcessingContext, QgsProcessingException
+QgsApplication.setPrefixPath("/usr", True)
+app = QgsApplication([], False)
+app.initQgis()
+from processing.core.Processing import Processing
+Processing.initialize()
+import processing
+out = {"torch_importable": True}
+try:
+    import torch  # noqa: F401
+except ImportError:
+    out["torch_importable"] = False
+import hypernet_qgis
+plugin = hypernet_qgis.classFactory(None)
+plugin.initProcessing()
+registry = QgsApplication.processingRegistry()
+out["algorithms"] = sorted(a.id() for a in registry.providerById("hypernet").algorithms())
+out["torch_loaded_by_plugin"] = "torch" in sys.modules
+t1, t2, ref, folder = sys.argv[2:6]
+runs = {
+    "hypernet:trainhypernet": {"INPUT_T1": t1, "INPUT_T2": t2, "EPOCHS": 2,
+                               "OUTPUT_MODEL": os.path.join(folder, "m.hypernet")},
+    "hypernet:detectchange": {"INPUT_T1": t1, "INPUT_T2": t2, "OUTPUT_CHANGE": os.path.join(folder, "c.tif")},
+    "hypernet:classicchange": {"METHOD": "cva", "INPUT_T1": t1, "INPUT_T2": t2,
+                               "OUTPUT_CHANGE": os.path.join(folder, "k.tif")},
+    "hypernet:evaluatechange": {"INPUT": ref, "REFERENCE": ref},
+}
+out["errors"], out["checks"] = {}, {}
+for alg_id, params in runs.items():
+    alg = registry.algorithmById(alg_id)
+    ok, message = alg.checkParameterValues(params, QgsProcessingContext())
+    out["checks"][alg_id] = [ok, message]
+    try:
+        processing.run(alg_id, params)
+        out["errors"][alg_id] = None
+    except QgsProcessingException as exc:
+        out["errors"][alg_id] = str(exc)
+out["executable"], out["version"] = sys.executable, sys.version.split()[0]
+plugin.unload()
+out["unloaded"] = registry.providerById("hypernet") is None
+print("RESULT " + json.dumps(out))
+'''
+
+
+def test_plugin_loads_and_algorithms_explain_missing_torch(tmp_path):
+    blocker = tmp_path / "blocker"
+    blocker.mkdir()
+    (blocker / "sitecustomize.py").write_text(BLOCKER)
+    data = tmp_path / "data"
+    files = make_pair(data)
+    before = hashes(data)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(blocker), os.environ.get("PYTHONPATH", "")]),
+               QT_QPA_PLATFORM="offscreen")
+    proc = subprocess.run([sys.executable, "-c", SCRIPT, str(REPO), files["t1"], files["t2"], files["ref"],
+                           str(data)], env=env, capture_output=True, text=True, timeout=300)
+    line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")), None)
+    assert line, proc.stdout[-3000:] + proc.stderr[-3000:]
+    out = json.loads(line[len("RESULT "):])
+    assert out["torch_importable"] is False  # the blocker works
+    assert out["algorithms"] == ["hypernet:classicchange", "hypernet:detectchange", "hypernet:evaluatechange",
+                                 "hypernet:trainhypernet"]
+    assert out["torch_loaded_by_plugin"] is False
+    for alg_id, message in out["errors"].items():
+        assert message is not None, f"{alg_id} ran without torch"
+        assert "'torch'" in message and "pip install torch" in message, message
+        assert out["executable"] in message and out["version"] in message, message
+        assert "Traceback" not in message
+        ok, check = out["checks"][alg_id]
+        assert ok is False and "'torch'" in check and "pip install torch" in check, check
+    assert out["unloaded"] is True
+    assert hashes(data) == before
+    assert not any((data / name).exists() for name in ("m.hypernet", "c.tif", "k.tif"))
