@@ -392,3 +392,78 @@ def test_qt_html_viewer_shows_the_pictures(tmp_path, qgis_app):
         assert pixmap is not None and not pixmap.isNull()
         assert (pixmap.width(), pixmap.height()) == _png(src).shape[1::-1]
     assert EVIL in doc.toPlainText()
+
+
+# --------------------------------------------------------------------------------------------- Inspect algorithm
+
+
+def _model_file(folder) -> str:
+    pytest.importorskip("torch")
+    from hypernet_qgis.core.model_file import save_model
+    from hypernet_qgis.core.network import HyperNet
+
+    path = str(folder / "tiny.hypernet")
+    save_model(path, HyperNet(5, 8, 16, 8), {"loss_history": [0.3, 0.1, -0.05], "device": "cpu <test>",
+                                            "training": {"epochs": 3, "seed": 7}})
+    return path
+
+
+def test_inspect_model_algorithm(tmp_path, qgis_app):
+    import processing
+    from qgis.core import QgsProcessingException
+
+    from hypernet_qgis.algorithms.inspect_model import InspectModelAlgorithm
+
+    model = _model_file(tmp_path)
+    out = tmp_path / "model.html"
+    alg = InspectModelAlgorithm().create()
+    assert alg.id().endswith("inspectmodel") and alg.displayName() == "Inspect HyperNet model"
+    result = processing.run(alg, {"INPUT": model, "OUTPUT_REPORT": str(out)})
+    assert result["OUTPUT_REPORT"] == str(out)
+    assert result["BANDS"] == 5 and result["EPOCHS"] == 3 and result["FINAL_LOSS"] == pytest.approx(-0.05)
+    assert result["DEVICE_USED"] == "cpu <test>"
+    doc = _parse(out)
+    _check_figures(doc, ["fig-loss"])
+    assert doc.text_by_id["v-bands"] == "5" and doc.text_by_id["v-final-loss"] == "-0.05"
+    assert "test" not in doc.tags and "cpu <test>" in "".join(doc.text)
+    # a missing model and a report over the model file are refused with a clear message, nothing written
+    with pytest.raises(QgsProcessingException, match="does not exist"):
+        processing.run(InspectModelAlgorithm().create(), {"INPUT": str(tmp_path / "nope.hypernet"),
+                                                         "OUTPUT_REPORT": str(tmp_path / "x.html")})
+    with pytest.raises(QgsProcessingException, match="overwrite the model"):
+        processing.run(InspectModelAlgorithm().create(), {"INPUT": model, "OUTPUT_REPORT": model})
+    assert not (tmp_path / "x.html").exists()
+
+
+def test_glue_from_engine_results(tmp_path):
+    """write_*_report from real pipeline results on a tiny GeoTIFF pair (the path the CLI and QGIS take)."""
+    pytest.importorskip("torch")
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from test_qgis_support import make_pair
+
+    from hypernet_qgis.core import pipeline
+    from hypernet_qgis.core.training import TrainConfig
+
+    p = make_pair(tmp_path / "data", bands=6, size=24)
+    cfg = TrainConfig(epochs=2, seed=0, device="cpu")
+    det = pipeline.detect_files(p["t1"], p["t2"], str(tmp_path / "c.tif"), intensity_out=str(tmp_path / "i.tif"),
+                                config=cfg)
+    report.write_detection_report(tmp_path / "det.html", det)
+    doc = _parse(tmp_path / "det.html")
+    _check_figures(doc, ["fig-t1", "fig-t2", "fig-intensity", "fig-binary", "fig-histogram", "fig-loss", "fig-mask"])
+    assert doc.text_by_id["v-changed"] == str(det.changed_pixels)
+    assert doc.text_by_id["v-threshold"] == f"{det.threshold:.6g}"
+    report.write_training_report(tmp_path / "train.html", det.train)
+    _check_figures(_parse(tmp_path / "train.html"), ["fig-t1", "fig-t2", "fig-loss", "fig-mask"])
+    report.write_evaluation_report(tmp_path / "eval.html", str(tmp_path / "c.tif"), p["ref"])
+    doc = _parse(tmp_path / "eval.html")
+    m = pipeline.evaluate_files(str(tmp_path / "c.tif"), p["ref"])
+    _check_figures(doc, ["fig-errors", "fig-roc", "fig-prediction", "fig-reference"])
+    assert doc.text_by_id["m-kappa"] == f"{m['kappa']:.4f}" and doc.text_by_id["cm-tp"] == str(m["TP"])
+    report.write_evaluation_report(tmp_path / "evali.html", str(tmp_path / "i.tif"), p["ref"])
+    doc = _parse(tmp_path / "evali.html")
+    assert "fig-errors" not in doc.images
+    assert doc.text_by_id["m-auc"] == f"{pipeline.evaluate_files(str(tmp_path / 'i.tif'), p['ref'])['AUC']:.4f}"

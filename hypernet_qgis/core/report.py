@@ -306,6 +306,9 @@ def loss_figure(loss_history: Sequence[float], size: tuple[int, int] = (PAIR_WID
     ax.set_title("Training loss per epoch", fontsize=10)
     if values.size == 1:
         ax.set_xlim(0.5, 1.5)
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     _style_axes(ax)
     return _figure_png(fig)
 
@@ -334,7 +337,8 @@ def histogram_figure(intensity: np.ndarray, threshold: float | None, method: str
     outside = int(np.count_nonzero(values > hi))
     counts, edges = np.histogram(np.clip(values, lo, hi), bins=120, range=(lo, hi))
     if outside:  # the clipped tail is drawn in the last bin; say so
-        ax.text(0.99, 0.93, f"{outside} pixels above {fmt_number(hi)} counted in the last bar",
+        ax.text(0.99, 0.93, f"{outside} pixel{'s' if outside != 1 else ''} above {fmt_number(hi)} counted in the "
+                "last bar",
                 transform=ax.transAxes, ha="right", fontsize=8, color="#555555")
     ax.bar(edges[:-1], counts, width=np.diff(edges), align="edge", color="#7f9fbf", edgecolor="none", log=True)
     if thr is not None:
@@ -342,7 +346,7 @@ def histogram_figure(intensity: np.ndarray, threshold: float | None, method: str
         ax.axvline(thr, color="#d55e00", linewidth=1.6, linestyle="--")
         label = f"threshold {fmt_number(thr)}" + (f" ({method})" if method else "")
         changed = int(np.count_nonzero(values > thr))
-        ax.text(thr, 0.80, f" {label}\n {changed} pixels above", transform=ax.get_xaxis_transform(),
+        ax.text(thr, 0.80, f" {label}\n {changed} pixel{'s' if changed != 1 else ''} above", transform=ax.get_xaxis_transform(),
                 color="#a04000", fontsize=8, va="top",
                 bbox={"facecolor": "white", "edgecolor": "none", "alpha": 0.85, "pad": 1.5},
                 ha="left" if thr < lo + 0.7 * (hi - lo) else "right")
@@ -498,30 +502,41 @@ def _run_rows(info: Mapping[str, Any]) -> list[tuple[str, str]]:
 # --------------------------------------------------------------------------------------------- public reports
 
 
-def training_report(path: PathLike, *, t1: np.ndarray, t2: np.ndarray, info: Mapping[str, Any] | None,
-                    loss_history: Sequence[float], training_mask: np.ndarray,
+def training_report(path: PathLike, *, t1: np.ndarray | None, t2: np.ndarray | None,
+                    info: Mapping[str, Any] | None, loss_history: Sequence[float], training_mask: np.ndarray,
                     title: str = "HyperNet training report") -> None:
-    """Write an HTML report of a training run: inputs, loss per epoch, training pixels (mask g), settings."""
+    """Write an HTML report of a training run: inputs, loss per epoch, training pixels (mask g), settings.
+
+    ``t1``/``t2`` may be None (e.g. the images are no longer readable): the report then has no input pictures.
+    """
     info = _info_dict(info)
-    t1, t2 = _cube("T1", t1), _cube("T2", t2)
-    if t1.shape != t2.shape:
-        raise InputError(f"T1 {t1.shape} and T2 {t2.shape} differ in shape; give both dates on the same grid.")
-    mask = _check_2d("The training mask", training_mask, t1.shape[1:]).astype(bool)
-    valid = _valid_pixels(t1, t2)
     history = _clean_history(loss_history)
     page = _Page(title)
     page.h2("Summary", "summary")
-    summary = _size_rows(t1, valid)
+    if t1 is not None and t2 is not None:
+        t1, t2 = _cube("T1", t1), _cube("T2", t2)
+        if t1.shape != t2.shape:
+            raise InputError(f"T1 {t1.shape} and T2 {t2.shape} differ in shape; give both dates on the same grid.")
+        mask = _check_2d("The training mask", training_mask, t1.shape[1:]).astype(bool)
+        valid = _valid_pixels(t1, t2)
+        summary = _size_rows(t1, valid)
+    else:
+        mask = _check_2d("The training mask", training_mask, None).astype(bool)
+        valid = None
+        summary = [("image size", esc(f"{mask.shape[0]} rows x {mask.shape[1]} columns"))]
     n_train = int(mask.sum())
+    n_valid = valid.sum() if valid is not None else mask.size
+    of_what = "valid pixels" if valid is not None else "pixels"
     summary.append(("training pixels (mask g)", f'<span id="v-training">{fmt_count(n_train)}</span> '
-                                                f"({fmt_percent(n_train, valid.sum())} of the valid pixels)"))
+                                                f"({fmt_percent(n_train, n_valid)} of the {of_what})"))
     if history is not None:
         summary.append(("epochs", f'<span id="v-epochs">{fmt_count(history.size)}</span>'))
         summary.append(("final loss", f'<span id="v-final-loss">{fmt_number(history[-1])}</span>'))
     summary += _run_rows(info)
     page.add(_kv_table(summary, raw=True))
-    page.h2("Input images", "inputs")
-    _input_pictures(page, t1, t2, info)
+    if t1 is not None and t2 is not None:
+        page.h2("Input images", "inputs")
+        _input_pictures(page, t1, t2, info)
     _training_section(page, history, mask, valid)
     _details(page, info)
     _write_atomic(path, page.html())
@@ -813,3 +828,125 @@ def model_report(path: PathLike, metadata: Mapping[str, Any], *, source: str | N
     page.h2("Metadata", "details")
     page.add(_kv_table(metadata))
     _write_atomic(path, page.html())
+
+
+# --------------------------------------------------------------------------------------------- from engine results
+# Glue for the CLI and the Processing algorithms: engine results (duck-typed, so small changes there do not break
+# reports) -> the report functions above.
+
+
+def _train_info(train: Any) -> dict[str, Any]:
+    """Info entries of a core.training.TrainResult."""
+    from dataclasses import asdict, is_dataclass
+
+    extra = dict(getattr(train, "extra", {}) or {})
+    info: dict[str, Any] = {}
+    inputs = extra.get("inputs")
+    if isinstance(inputs, Mapping):
+        info.update({"T1": inputs.get("t1"), "T2": inputs.get("t2")})
+    info["device"] = getattr(train, "device_name", None)
+    info["seconds"] = getattr(train, "seconds", None)
+    if extra.get("bands") is not None:
+        info["band selection"] = extra["bands"]
+    if extra.get("mask_g"):
+        info["training pixels (mask g)"] = extra["mask_g"]
+    if getattr(train, "widths", None) is not None:
+        info["widths (branch, projector, predictor)"] = list(train.widths)
+    config = getattr(train, "config", None)
+    if config is not None:
+        info["settings"] = asdict(config) if is_dataclass(config) else dict(vars(config))
+    scaling = extra.get("scaling")
+    if isinstance(scaling, Mapping) and scaling.get("method"):
+        info["scaling"] = scaling["method"]
+    if extra.get("wavelengths_nm"):
+        info["wavelengths_nm"] = extra["wavelengths_nm"]
+    if isinstance(extra.get("software"), Mapping):
+        info["software"] = extra["software"]
+    return info
+
+
+def write_training_report(path: PathLike, result: Any, t1: np.ndarray | None = None,
+                          t2: np.ndarray | None = None) -> None:
+    """Training report from a TrainResult; the images are re-read from the inputs it records when not given."""
+    info = _train_info(result)
+    if t1 is None or t2 is None:
+        inputs = (getattr(result, "extra", {}) or {}).get("inputs") or {}
+        try:
+            from . import raster_io
+
+            bands = (getattr(result, "extra", {}) or {}).get("bands")
+            t1 = raster_io.read_raster(inputs["t1"], bands)[0]
+            t2 = raster_io.read_raster(inputs["t2"], bands)[0]
+        except Exception:  # the report still tells the training story without pictures of the inputs
+            t1 = t2 = None
+    training_report(path, t1=t1, t2=t2, info=info, loss_history=result.loss_history,
+                    training_mask=result.training_mask)
+
+
+def write_detection_report(path: PathLike, result: Any) -> None:
+    """Detection report from a core.pipeline.DetectResult (HyperNet or a classic method)."""
+    pair = getattr(result, "pair", None)
+    if pair is None:
+        raise InputError("This detection result carries no images; a report needs the input pair.")
+    train = getattr(result, "train", None)
+    extra = dict(getattr(result, "extra", {}) or {})
+    info: dict[str, Any] = {"T1": getattr(pair.info1, "path", None), "T2": getattr(pair.info2, "path", None),
+                            "change map": getattr(result, "change_path", None)}
+    if getattr(result, "intensity_path", None):
+        info["change intensity"] = result.intensity_path
+    method = extra.get("method")
+    if method:
+        info["method"] = method
+        title = f"Change detection report ({method})"
+    else:
+        info["method"] = "HyperNet, trained on this pair" if train is not None else "HyperNet, model from a file"
+        title = "HyperNet change detection report"
+    if extra.get("distance"):
+        info["distance"] = extra["distance"]
+    info["seconds"] = getattr(result, "seconds", None)
+    if getattr(pair, "bands", None) is not None:
+        info["band selection"] = pair.bands
+    wavelengths = getattr(pair.info1, "wavelengths_nm", None)
+    if wavelengths:
+        info["wavelengths_nm"] = list(wavelengths)
+    if train is not None:
+        info["device"] = getattr(train, "device_name", None)
+        info["training"] = {k: v for k, v in _train_info(train).items()
+                            if k not in ("T1", "T2", "wavelengths_nm", "software")}
+    detection_report(path, t1=pair.x1, t2=pair.x2, intensity=result.intensity, binary=result.binary,
+                     threshold=result.threshold, threshold_method=str(result.threshold_method), info=info,
+                     loss_history=getattr(train, "loss_history", None),
+                     training_mask=getattr(train, "training_mask", None), title=title)
+
+
+def write_evaluation_report(path: PathLike, change: str, reference: str, changed: Sequence[float] = (1,),
+                            unchanged: Sequence[float] = (0,), ignore: Sequence[float] = ()) -> None:
+    """Evaluation report of a change map (or intensity) file against a reference raster file."""
+    from . import metrics as m
+    from . import raster_io
+
+    pred, pvalid, _ = raster_io.read_raster(change, [1])
+    ref, rvalid, _ = raster_io.read_raster(reference, [1])
+    pred, ref = pred[0], ref[0]
+    if pred.shape != ref.shape:
+        raise InputError(f"The change map is {pred.shape[1]}x{pred.shape[0]} pixels but the reference is "
+                         f"{ref.shape[1]}x{ref.shape[0]}; they must cover the same grid.")
+    ref_codes = np.where(rvalid, ref, np.nan)
+    values = pred[pvalid]
+    is_binary = values.size > 0 and bool(np.all(np.isin(values, (0, 1))))
+    score = np.where(pvalid, pred, np.nan).astype(np.float32)
+    kw = {"changed": changed, "unchanged": unchanged, "ignore": ignore}
+    if is_binary:
+        prediction = np.where(pvalid, pred, 255).astype(np.uint8)
+        scores = m.change_metrics(prediction, ref_codes, **kw)
+    else:
+        prediction = score
+        scores = {}
+    fpr, tpr, _ = m.roc_curve(score, ref_codes, **kw)
+    auc = m.roc_auc(score, ref_codes, **kw)
+    info = {"change map": change, "reference": reference, "changed codes": list(changed),
+            "unchanged codes": list(unchanged), "ignored codes": list(ignore)}
+    if not is_binary:
+        info["note"] = "The input is a change intensity, not a 1/0 map: only the AUC and ROC curve apply."
+    evaluation_report(path, prediction=prediction, reference=ref_codes, metrics=scores, roc=(fpr, tpr), auc=auc,
+                      changed=changed, unchanged=unchanged, ignore=ignore, info=info)
