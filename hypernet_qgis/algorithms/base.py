@@ -181,9 +181,13 @@ def layer_path(alg: QgsProcessingAlgorithm, parameters: dict, name: str, context
     """File path of a raster layer parameter (a GDAL file); InputError when missing or not a file raster."""
     layer = alg.parameterAsRasterLayer(parameters, name, context)
     if layer is None:
-        if optional and parameters.get(name) in (None, ""):
-            return None
         value = parameters.get(name)
+        if optional and value in (None, ""):
+            return None
+        if isinstance(value, str) and os.path.exists(value):
+            from ..core import raster_io
+
+            raster_io.raster_info(value)  # raises InputError with GDAL's reason
         raise InputError(f"{label} ({name}) could not be opened as a raster: {value!r}. Check that the file exists "
                          "and is a raster GDAL can read (GeoTIFF, ENVI, ...).")
     if layer.providerType() != "gdal":
@@ -468,15 +472,11 @@ class HyperNetAlgorithm(QgsProcessingAlgorithm):
 
     def checkParameterValues(self, parameters: dict, context: QgsProcessingContext):  # noqa: N802
         ok, message = super().checkParameterValues(parameters, context)
-        if not ok:
-            return ok, message
-        try:
+        try:  # our message first: it says what is wrong with the file and how to fix it
             self._resolve_checked(parameters, context)
-        except InputError as exc:
+        except (InputError, QgsProcessingException) as exc:
             return False, str(exc)
-        except QgsProcessingException as exc:
-            return False, str(exc)
-        return True, ""
+        return ok, message
 
     def prepareAlgorithm(self, parameters: dict, context: QgsProcessingContext,  # noqa: N802
                          feedback: QgsProcessingFeedback) -> bool:
