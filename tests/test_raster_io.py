@@ -355,3 +355,51 @@ def test_refuse_overwriting_inputs(tmp_path, monkeypatch):
         refuse_overwriting_inputs([tmp_path / "2000TM.hdr"], [tmp_path / "2000TM"])
     with pytest.raises(InputError, match="same path"):
         refuse_overwriting_inputs([tmp_path / "a.tif", "a.tif"], [t1])
+
+
+# ---------------------------------------------------------------------------------------- sample data
+
+def test_sample_data_georeference_wavelengths_and_labels(sample_dir):
+    t1 = raster_info(sample_dir / "salinasA_pair" / "t1.tif")
+    t2 = raster_info(sample_dir / "salinasA_pair" / "t2.tif")
+    check_same_grid(t1, t2)
+    assert (t1.bands, t1.rows, t1.cols, t1.dtype) == (204, 83, 86, "Int16")
+    assert t1.geotransform == (600000.0, 20.0, 0.0, 4060000.0, 0.0, -20.0)
+    assert osr.SpatialReference(wkt=t1.crs_wkt).GetAuthorityCode(None) == "32610"
+    assert t1.wavelengths_nm[0] == pytest.approx(400.0) and t1.wavelengths_nm[-1] == pytest.approx(2490.583)
+    gt = read_raster(sample_dir / "salinasA_pair" / "gt.tif")[0][0]
+    assert (gt == 1).sum() == 1240 and (gt == 0).sum() == 5898
+
+    a = raster_info(sample_dir / "taizhou_crop" / "t1.tif")
+    check_same_grid(a, raster_info(sample_dir / "taizhou_crop" / "t2.tif"))
+    assert (a.bands, a.rows, a.cols, a.dtype) == (6, 200, 200, "Byte")
+    assert osr.SpatialReference(wkt=a.crs_wkt).GetAuthorityCode(None) == "32651"
+    # crop rows 200.., cols 90.. of the scene whose upper-left corner is (203325, 3604935), 30 m pixels
+    assert a.geotransform == (203325.0 + 90 * 30, 30.0, 0.0, 3604935.0 - 200 * 30, 0.0, -30.0)
+    assert a.wavelengths_nm == pytest.approx([482.5, 565.0, 660.0, 825.0, 1650.0, 2220.0])
+    ref, labelled, rinfo = read_raster(sample_dir / "taizhou_crop" / "reference.tif")
+    assert rinfo.nodata == [255.0]
+    assert (ref[0][labelled] == 1).sum() == 2095 and (ref[0][labelled] == 0).sum() == 2965
+    total = sum(f.stat().st_size for f in sample_dir.rglob("*") if f.is_file())
+    assert total < 4_000_000
+    assert (sample_dir / "PROVENANCE.md").is_file() and (sample_dir / "taizhou_crop" / "LICENSE-source.txt").is_file()
+
+
+def test_sample_matches_its_sources(sample_dir, shared_dir):
+    """salinasA: the bench floats rounded to int16; Taizhou: an exact crop of the ENVI scene and both masks."""
+    bench = shared_dir / "data" / "bench" / "salinasA_pair"
+    for name in ("t1", "t2"):
+        src = read_raster(bench / f"{name}.tif")[0]
+        ours = read_raster(sample_dir / "salinasA_pair" / f"{name}.tif")[0]
+        assert np.abs(ours - src).max() <= 0.5
+        np.testing.assert_array_equal(ours, np.rint(src))
+    tz = shared_dir / "data" / "taizhou"
+    for name, src_name in (("t1", "2000TM"), ("t2", "2003TM")):
+        src, _, info = read_raster(tz / src_name)
+        np.testing.assert_array_equal(read_raster(sample_dir / "taizhou_crop" / f"{name}.tif")[0],
+                                      src[:, 200:400, 90:290])
+    change = read_mask(tz / "change.bmp", info)[200:400, 90:290]
+    unchanged = read_mask(tz / "unchanged.bmp", info)[200:400, 90:290]
+    ref = gdal.Open(str(sample_dir / "taizhou_crop" / "reference.tif")).ReadAsArray()
+    np.testing.assert_array_equal(ref == 1, change)
+    np.testing.assert_array_equal(ref == 0, unchanged)
