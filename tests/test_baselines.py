@@ -192,3 +192,19 @@ def test_sample_salinasA_int16_keeps_the_bench_scores(sample_dir):
     valid = v1 & v2
     assert _scores(cva(x1, x2, valid), valid, gt, "otsu")["kappa"] == pytest.approx(0.786, abs=5e-4)
     assert _scores(sam(x1, x2, valid), valid, gt, "otsu")["kappa"] == pytest.approx(0.820, abs=2e-3)
+
+
+def test_pca_kmeans_neighbourhood_features_by_row_chunks():
+    from hypernet_qgis.core.baselines import _project_neighbourhoods
+
+    rng = np.random.default_rng(9)
+    d = rng.random((23, 17))
+    valid = rng.random((23, 17)) > 0.2
+    basis = rng.normal(size=(16, 3))
+    mean = rng.random(16)
+    whole = _project_neighbourhoods(d, valid, 4, mean, basis, chunk_rows=1000)
+    np.testing.assert_allclose(_project_neighbourhoods(d, valid, 4, mean, basis, chunk_rows=5), whole)
+    # pixel (5, 7): window rows 3..6, cols 5..8 (h = 4: two before, one after)
+    k = int(valid.ravel()[: 5 * 17 + 7].sum())
+    assert valid[5, 7]
+    np.testing.assert_allclose(whole[k], (d[3:7, 5:9].ravel() - mean) @ basis)

@@ -211,12 +211,18 @@ def irmad(x1: np.ndarray, x2: np.ndarray, valid: np.ndarray) -> np.ndarray:
 
 # ----------------------------------------------------------------------------------------- PCA-k-means
 
-def _neighbourhood_vectors(d: np.ndarray, h: int) -> np.ndarray:
-    """(rows*cols, h*h): the h x h window around each pixel (rows r - h//2 .. r + (h-1)//2), mirrored at borders."""
+def _project_neighbourhoods(d: np.ndarray, valid: np.ndarray, h: int, mean: np.ndarray, basis: np.ndarray,
+                            chunk_rows: int = 256) -> np.ndarray:
+    """Features of the valid pixels: each pixel's h x h window (rows r - h//2 .. r + (h-1)//2, mirrored at the
+    borders) minus ``mean``, projected on ``basis`` (h*h, s). Row chunks keep memory at O(pixels * s)."""
     lo, hi = h // 2, (h - 1) // 2
     padded = np.pad(d, ((lo, hi), (lo, hi)), mode="symmetric")
-    win = np.lib.stride_tricks.sliding_window_view(padded, (h, h))
-    return win.reshape(d.shape[0] * d.shape[1], h * h)
+    win = np.lib.stride_tricks.sliding_window_view(padded, (h, h))  # a view: (rows, cols, h, h)
+    parts = []
+    for r in range(0, d.shape[0], chunk_rows):
+        block = win[r:r + chunk_rows].reshape(-1, h * h)
+        parts.append((block[valid[r:r + chunk_rows].ravel()] - mean) @ basis)
+    return np.concatenate(parts)
 
 
 def pca_kmeans(x1: np.ndarray, x2: np.ndarray, valid: np.ndarray, h: int = 4, variance: float = 0.9,
@@ -254,7 +260,7 @@ def pca_kmeans(x1: np.ndarray, x2: np.ndarray, valid: np.ndarray, h: int = 4, va
     else:
         s = 1
     s = max(1, min(s, h * h))
-    feats = (_neighbourhood_vectors(d, h)[valid.ravel()] - mean) @ evecs[:, :s]
+    feats = _project_neighbourhoods(d, valid, h, mean, evecs[:, :s])
     dv = d[valid]
     # deterministic 2-means
     lo_sel = dv <= np.median(dv)
