@@ -403,3 +403,22 @@ def test_sample_matches_its_sources(sample_dir, shared_dir):
     ref = gdal.Open(str(sample_dir / "taizhou_crop" / "reference.tif")).ReadAsArray()
     np.testing.assert_array_equal(ref == 1, change)
     np.testing.assert_array_equal(ref == 0, unchanged)
+
+
+def test_errors_stay_input_errors_when_gdal_exceptions_are_on(tmp_path):
+    """Other code in QGIS may call gdal.UseExceptions(); our messages must not turn into RuntimeErrors."""
+    text = tmp_path / "notes.tif"
+    text.write_text("this is not a raster")
+    good = make_tif(tmp_path / "good.tif", np.arange(8, dtype=np.float32).reshape(2, 2, 2))
+    was_on = gdal.GetUseExceptions()
+    gdal.UseExceptions()
+    try:
+        with pytest.raises(InputError, match="could not be read as a raster"):
+            raster_info(text)
+        x, valid, _ = read_raster(good)
+        assert valid.all() and x[1, 1, 1] == 7
+        write_raster(tmp_path / "out.tif", x, raster_info(good))
+        assert raster_info(tmp_path / "out.tif").bands == 2
+    finally:
+        if not was_on:
+            gdal.DontUseExceptions()

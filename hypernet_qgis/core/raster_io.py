@@ -316,7 +316,10 @@ def _read_block(ds: gdal.Dataset, band_list: Sequence[int], row0: int, nrows: in
     for k, b in enumerate(band_list):
         band = ds.GetRasterBand(b)
         with _quiet_gdal():
-            arr = band.ReadAsArray(col0, row0, ncols, nrows)
+            try:
+                arr = band.ReadAsArray(col0, row0, ncols, nrows)
+            except RuntimeError:  # GDAL exceptions turned on by other code
+                arr = None
             message = gdal.GetLastErrorMsg()
         if arr is None:
             raise InputError(
@@ -556,7 +559,10 @@ def write_raster(path: str | os.PathLike, array: np.ndarray, like: RasterInfo, n
     driver = gdal.GetDriverByName("GTiff")
     try:
         with _quiet_gdal():
-            ds = driver.Create(tmp, like.cols, like.rows, arr.shape[0], _GDAL_TYPES[out_dtype], options)
+            try:
+                ds = driver.Create(tmp, like.cols, like.rows, arr.shape[0], _GDAL_TYPES[out_dtype], options)
+            except RuntimeError:  # GDAL exceptions turned on by other code
+                ds = None
             message = gdal.GetLastErrorMsg()
         if ds is None:
             raise InputError(f"Could not create {path} (GDAL: {message}). Check the folder and the free disk space.")
@@ -582,7 +588,10 @@ def write_raster(path: str | os.PathLike, array: np.ndarray, like: RasterInfo, n
         finally:
             ds = None  # closes and finishes the file
         with _quiet_gdal():
-            check = gdal.Open(tmp)
+            try:
+                check = gdal.Open(tmp)
+            except RuntimeError:
+                check = None
             ok = check is not None and check.RasterCount == arr.shape[0]
             check = None  # noqa: F841
         if not ok:
