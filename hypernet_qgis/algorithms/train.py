@@ -79,7 +79,7 @@ class TrainHyperNetAlgorithm(HyperNetAlgorithm):
         feedback.info(f"Saved the model to {job['model']} (final loss {final_loss:.6g}, "
                       f"{result.seconds:.1f} s on {result.device_name}).")
         if job["report"]:
-            from ..core.report_jobs import write_training_report
+            from ..core.report import write_training_report
 
             write_training_report(job["report"], result)
         return {"OUTPUT_MODEL": job["model"], "FINAL_LOSS": final_loss, "DEVICE_USED": result.device_name,
