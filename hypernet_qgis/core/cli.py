@@ -159,7 +159,7 @@ def run(args: argparse.Namespace) -> int:
             config=_config(args), feedback=fb,
         )
         if args.report:
-            from .report_jobs import write_detection_report
+            from .report import write_detection_report
 
             write_detection_report(args.report, res)
         print(json.dumps({"output": res.change_path, "intensity": res.intensity_path, "threshold": res.threshold,
@@ -168,7 +168,7 @@ def run(args: argparse.Namespace) -> int:
         res = pipeline.train_files(args.t1, args.t2, args.output, bands=args.bands,
                                    unchanged_mask=args.unchanged_mask, config=_config(args), feedback=fb)
         if args.report:
-            from .report_jobs import write_training_report
+            from .report import write_training_report
 
             write_training_report(args.report, res)
         print(json.dumps({"model": args.output, "final_loss": res.loss_history[-1], "seconds": round(res.seconds, 2)}))
@@ -182,7 +182,7 @@ def run(args: argparse.Namespace) -> int:
         metrics = pipeline.evaluate_files(args.change, args.reference, changed=args.changed,
                                           unchanged=args.unchanged, ignore=args.ignore)
         if args.report:
-            from .report_jobs import write_evaluation_report
+            from .report import write_evaluation_report
 
             write_evaluation_report(args.report, args.change, args.reference, args.changed, args.unchanged,
                                     args.ignore)
@@ -194,7 +194,7 @@ def run(args: argparse.Namespace) -> int:
         if args.report:
             from .report import model_report
 
-            model_report(args.report, meta)
+            model_report(args.report, meta, source=args.model)
         print(json.dumps(meta, indent=1))
     return 0
 

@@ -846,8 +846,8 @@ def _train_info(train: Any) -> dict[str, Any]:
         info.update({"T1": inputs.get("t1"), "T2": inputs.get("t2")})
     info["device"] = getattr(train, "device_name", None)
     info["seconds"] = getattr(train, "seconds", None)
-    if extra.get("bands") is not None:
-        info["band selection"] = extra["bands"]
+    if extra.get("band_selection") is not None:
+        info["band selection"] = extra["band_selection"]
     if extra.get("mask_g"):
         info["training pixels (mask g)"] = extra["mask_g"]
     if getattr(train, "widths", None) is not None:
@@ -874,7 +874,7 @@ def write_training_report(path: PathLike, result: Any, t1: np.ndarray | None = N
         try:
             from . import raster_io
 
-            bands = (getattr(result, "extra", {}) or {}).get("bands")
+            bands = (getattr(result, "extra", {}) or {}).get("band_selection")
             t1 = raster_io.read_raster(inputs["t1"], bands)[0]
             t2 = raster_io.read_raster(inputs["t2"], bands)[0]
         except Exception:  # the report still tells the training story without pictures of the inputs
