@@ -10,6 +10,7 @@ import pytest
 from test_qgis_support import hypernet_provider  # noqa: F401 (fixture)
 
 REPO = Path(__file__).resolve().parents[1]
+KEEP_ALIVE: list = []
 
 #: The algorithm interface (ids and parameter names are used by scripts, models and qgis_process).
 INTERFACE = {
@@ -89,7 +90,9 @@ def test_plugin_registers_and_unregisters_its_provider(qgis_app):
         if registry.providerById("hypernet") is None and existing is not None:
             from hypernet_qgis.provider import HyperNetProvider
 
-            registry.addProvider(HyperNetProvider())
+            replacement = HyperNetProvider()
+            registry.addProvider(replacement)
+            KEEP_ALIVE.append(replacement)  # a Python provider must outlive its registration
 
 
 @pytest.mark.parametrize("alg_id", sorted(INTERFACE))
