@@ -23,12 +23,13 @@ def _tool():
 
 def test_desktop_qgis_shows_the_plugin(tmp_path):
     out = tmp_path / "qgis.png"
-    state = _tool().take(out, timeout=240)
+    state = _tool().take(out, timeout=120)
     assert state["errors"] == []
     assert state["provider"] is True
     assert {"hypernet:trainhypernet", "hypernet:detectchange", "hypernet:evaluatechange",
             "hypernet:classicchange"} <= set(state["algorithms"])
-    assert state["action"] == "HyperNet change detection..."  # initGui's menu/toolbar entry
+    assert state["action"] == "HyperNet change detection..."  # initGui's menu/toolbar entry ...
+    assert state["action_opens"] == "Detect Change"  # ... opens the Detect Change dialog
     assert state["toolbox"] is True and state["dialog"] is True and state["dialog_title"] == "Detect Change"
     # unload() removes the provider and the action
     assert state["unloaded"] is True

@@ -88,6 +88,21 @@ def step2():
         dialog = globals().get("_dialog")
         if dialog is not None:
             dialog.close()
+        # The menu/toolbar entry opens the (modal) Detect Change dialog: note its title, then close it.
+        action = iface.mainWindow().findChild(QAction, "hypernetDetectChangeAction")
+        if action is not None:
+            def close_modal(tries=[0]):
+                shown = [w for w in QApplication.topLevelWidgets() if w.isVisible() and hasattr(w, "reject")
+                         and w is not iface.mainWindow()]
+                if shown:
+                    state["action_opens"] = shown[0].windowTitle()
+                    for widget in shown:
+                        widget.reject()
+                elif tries[0] < 20:
+                    tries[0] += 1
+                    QTimer.singleShot(500, close_modal)
+            QTimer.singleShot(1500, close_modal)
+            action.trigger()  # returns when close_modal has closed the dialog
         import qgis.utils
 
         state["unloaded"] = bool(qgis.utils.unloadPlugin("hypernet_qgis"))
