@@ -1,4 +1,4 @@
-"""The Processing provider ``hypernet``: Train HyperNet, Detect Change, Evaluate change map, Classic change detection."""
+"""The Processing provider ``hypernet``: training, change detection, classic methods, evaluation, model inspection."""
 
 from __future__ import annotations
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from test_qgis_support import hashes, hypernet_provider, make_pair, trained_model, pair_dir, write_tif  # noqa: F401
+from test_qgis_support import hashes, hypernet_provider, pair_dir, trained_model, write_tif  # noqa: F401 (fixtures)
 
 RNG = np.random.default_rng(7)
 

@@ -100,7 +100,7 @@ def require_engine() -> None:
     for module in ("torch", "spectral"):
         try:
             __import__(module)
-        except ImportError as exc:
+        except ImportError:
             raise InputError(missing_dependency_message(module)) from None
         except Exception as exc:  # a broken install (missing shared library, ...)
             raise InputError(missing_dependency_message(module, f"{type(exc).__name__}: {exc}")) from None
