@@ -70,16 +70,36 @@ def run_hypernet(pair: ImagePair, ref: np.ndarray, seed: int, opts: dict) -> dic
     binary, _ = binary_change(intensity, pair.valid, opts.get("threshold", "otsu"))
     out = score(binary, intensity, ref)
     out["seconds"] = time.perf_counter() - start
-    if EXPLORE:  # the same trained model under the other distances and thresholds (no retraining)
-        out["explore"] = {}
-        for distance in ("mse", "cosine"):
-            inten = change_intensity(res.model, pair.x1s, pair.x2s, pair.valid, distance, "cpu")
-            for thr in ("otsu", "kmeans", "otsu-log", "kmeans-log"):
-                base = thr.replace("-log", "")
-                src = np.log(np.maximum(inten, 1e-12)) if thr.endswith("-log") else inten
-                b, _ = binary_change(src, pair.valid, base)
-                out["explore"][f"{distance}/{thr}"] = score(b, inten, ref)["kappa"]
+    if EXPLORE:  # the same trained model under other distances and thresholds (no retraining)
+        out["explore"] = explore(res.model, pair, ref)
         print("    " + " ".join(f"{k}={v:.3f}" for k, v in out["explore"].items()), flush=True)
+    return out
+
+
+def explore(model, pair: ImagePair, ref: np.ndarray) -> dict:
+    import torch
+
+    from hypernet_qgis.core.detection import fused_features, rx_score
+
+    dev = torch.device("cpu")
+    f1 = fused_features(model, pair.x1s, dev).numpy()
+    f2 = fused_features(model, pair.x2s, dev).numpy()
+    v = pair.valid
+    mu = np.concatenate([f1[:, v], f2[:, v]], 1).mean(1)[:, None, None]
+    sd = np.concatenate([f1[:, v], f2[:, v]], 1).std(1)[:, None, None] + 1e-6
+    z1, z2 = (f1 - mu) / sd, (f2 - mu) / sd
+    cos = 1 - (f1 * f2).sum(0) / (np.linalg.norm(f1, axis=0) * np.linalg.norm(f2, axis=0) + 1e-6)
+    maps = {"mse": ((f1 - f2) ** 2).mean(0), "cos": cos, "zmse": ((z1 - z2) ** 2).mean(0),
+            "rx": rx_score(f1 - f2, v)}
+    out = {}
+    for name, inten in maps.items():
+        inten = np.where(v, inten, np.nan).astype(np.float32)
+        out[f"{name}/auc"] = float(roc_auc(inten, ref, changed=(1,), unchanged=(0,), ignore=(255,)))
+        for thr in ("otsu", "otsu-sqrt", "otsu-log"):
+            src = {"otsu": inten, "otsu-sqrt": np.sqrt(np.maximum(inten, 0)),
+                   "otsu-log": np.log(np.maximum(inten, 1e-12))}[thr]
+            b, _ = binary_change(src, v, "otsu")
+            out[f"{name}/{thr}"] = score(b, inten, ref)["kappa"]
     return out
 
 
