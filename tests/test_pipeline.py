@@ -162,3 +162,25 @@ def test_forcing_cuda_without_a_gpu_is_a_clear_error(synthetic_pair, tmp_path):
     with pytest.raises(InputError, match="no CUDA GPU"):
         pipeline.train_files(str(synthetic_pair["t1"]), str(synthetic_pair["t2"]), str(tmp_path / "m.pt"),
                              config=TrainConfig(epochs=1, device="cuda"))
+
+
+def test_otsu_on_the_square_root_keeps_long_tailed_change():
+    """Squared feature distances of changed pixels are long-tailed; Otsu on the raw values cuts far out in the
+    tail, Otsu on their square root separates the two groups (FINDINGS.md 3)."""
+    from hypernet_qgis.core.thresholds import otsu_threshold
+
+    rng = np.random.default_rng(0)
+    unchanged = rng.gamma(2.0, 0.05, 9000)
+    changed = rng.lognormal(0.0, 0.8, 1000)
+    intensity = np.concatenate([unchanged, changed]).astype(np.float32).reshape(100, 100)
+    truth = np.r_[np.zeros(9000, bool), np.ones(1000, bool)].reshape(100, 100)
+    valid = np.ones_like(truth)
+    binary, thr = pipeline.threshold_feature_distance(intensity, valid, "otsu")
+    assert np.array_equal(binary == 1, intensity > thr)  # the reported threshold is what was applied
+    assert thr == pytest.approx(otsu_threshold(np.sqrt(intensity.ravel())) ** 2, rel=1e-6)
+    recall, false_alarms = (binary == 1)[truth].mean(), (binary == 1)[~truth].mean()
+    assert recall > 0.7 and false_alarms < 1e-3
+    raw = intensity > otsu_threshold(intensity.ravel())
+    assert raw[truth].mean() < 0.4  # what the paper's Otsu on the raw MSE would have found
+    fixed, thr_fixed = pipeline.threshold_feature_distance(intensity, valid, "fixed", 0.5)
+    assert thr_fixed == 0.5 and np.array_equal(fixed == 1, intensity > 0.5)
