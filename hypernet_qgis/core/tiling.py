@@ -109,13 +109,16 @@ def pooled_statistics(model: HyperNet, x: np.ndarray, tile: int, device="cpu", f
 
 
 @torch.no_grad()
-def iter_fused_features(model: HyperNet, x: np.ndarray, tile: int, device="cpu", feedback: Feedback | None = None
-                        ) -> Iterator[tuple[int, int, np.ndarray]]:
+def iter_fused_features(model: HyperNet, x: np.ndarray, tile: int, device="cpu", feedback: Feedback | None = None,
+                        as_tensor: bool = False) -> Iterator[tuple[int, int, np.ndarray]]:
     """Yield ``(row0, col0, features (2*width, tile rows, tile cols))`` per tile, row-major, exactly as ``model(x)``.
 
     ``model`` must be in eval mode; it is moved to ``device`` ("auto": CUDA when available).
     The statistics passes run before the first tile is yielded. Memory is bounded by one haloed tile. When one tile
-    covers the image, this is a single ordinary forward pass.
+    covers the image, this is a single ordinary forward pass. ``as_tensor``: yield the features as a torch tensor
+    on ``device`` (so a GPU caller can reduce them there) instead of a NumPy array.
+    ``x`` may be any array-like with ``shape`` and ``x[:, r0:r1, c0:c1]`` slicing (e.g. a memory map or a
+    window reader, see ``streaming.py``): only windows are read.
     """
     _check_input(model, x, tile)
     device = _resolve_device(device)
@@ -125,8 +128,8 @@ def iter_fused_features(model: HyperNet, x: np.ndarray, tile: int, device="cpu",
     parts = tiles(rows, cols, int(tile))
     if len(parts) == 1:  # the whole image fits one tile: one ordinary forward pass, no statistics passes
         check_cancelled(feedback)
-        f = model(_as_tensor(x, (0, rows, 0, cols), dtype, device))
-        yield 0, 0, f[0].cpu().numpy()
+        f = model(_as_tensor(x, (0, rows, 0, cols), dtype, device))[0]
+        yield 0, 0, (f if as_tensor else f.cpu().numpy())
         if feedback is not None:
             feedback.set_progress(1.0)
         return
@@ -136,8 +139,8 @@ def iter_fused_features(model: HyperNet, x: np.ndarray, tile: int, device="cpu",
     for i, t in enumerate(parts):
         check_cancelled(feedback)
         win = _window(t, halo, rows, cols)
-        f = model(_as_tensor(x, win, dtype, device), Pooling(given=given))
-        yield t[0], t[2], _interior(f, t, win)[0].cpu().numpy()
+        f = _interior(model(_as_tensor(x, win, dtype, device), Pooling(given=given)), t, win)[0]
+        yield t[0], t[2], (f if as_tensor else f.cpu().numpy())
         if feedback is not None:
             feedback.set_progress(share + (1 - share) * (i + 1) / len(parts))
 
@@ -162,15 +165,16 @@ def fused_features_tiled(model: HyperNet, x: np.ndarray, tile: int, device="cpu"
 #: Width-channel feature maps alive at the peak of a no-grad forward pass of a window (besides its input and the
 #: 2*width output). Measured on CPU (peak RSS, torch 2.13): 6.3 to 11.2 maps including the output, for
 #: (bands, width) = (200, 100), (100, 50), (20, 16); 12 + 2 leaves a margin.
-_MAPS_PER_PIXEL = 12
+MAPS_PER_PIXEL = _MAPS_PER_PIXEL = 12
 
 
 def tile_for_budget(bands: int, width: int, memory_budget_mb: float, halo: int = 14, bytes_per_value: int = 4,
-                    minimum: int = 32, maximum: int = 4096) -> int:
+                    minimum: int = 32, maximum: int = 4096, extra_maps: int = 0) -> int:
     """Largest square tile whose haloed window fits ``memory_budget_mb`` during inference (clamped to limits).
 
-    Per pixel of the window: the input (bands), about 12 width-channel maps at the peak, and the 2*width output.
+    Per pixel of the window: the input (bands), about 12 width-channel maps at the peak, and the 2*width output;
+    ``extra_maps`` more channels per pixel held by the caller meanwhile (e.g. the other date's 2*width features).
     """
-    per_pixel = bytes_per_value * (bands + (_MAPS_PER_PIXEL + 2) * width)
+    per_pixel = bytes_per_value * (bands + (_MAPS_PER_PIXEL + 2) * width + extra_maps)
     side = math.isqrt(max(0, int(memory_budget_mb * 1024 * 1024 / per_pixel)))
     return int(max(minimum, min(maximum, side - 2 * halo)))

@@ -1,0 +1,141 @@
+"""Memory budgets and speed switches for training and detection (CPU and CUDA).
+
+Memory model of one training step (both dates, forward + backward, float32), measured as peak-RSS growth on CPU
+with torch 2.13 (tools/bench_speed.py re-measures it): about ``4 * (3 * bands + 100 * width)`` bytes per pixel
+plus a fixed ~256 MB (e.g. 600x500x224, width 112: 12.6 GB measured, 13.7 GB by the model; 128x128 tiles of
+154/224 bands: within 5 %). On CUDA the budget is the card's free memory (``torch.cuda.mem_get_info``).
+
+The allocator switch: glibc serves tensors above its mmap threshold (at most 32 MB) with fresh ``mmap`` pages, so
+every training step page-faults and zeroes its large activations again, and its *dynamic* threshold lets
+fragmentation inflate the peak of tiled detection by ~2-3x. :func:`training_allocator` keeps freed memory in the
+heap for reuse during training (then trims it), :func:`streaming_allocator` hands tiles back to the system at once.
+Both are no-ops where glibc's ``mallopt`` is unavailable.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import ctypes.util
+import math
+from collections.abc import Iterator
+
+import torch
+
+from .errors import InputError
+
+#: Bytes per pixel of a training step = 4 * (TRAIN_BAND_MAPS * bands + TRAIN_WIDTH_MAPS * width) (see above).
+TRAIN_BAND_MAPS = 3
+TRAIN_WIDTH_MAPS = 100
+#: Fixed overhead of a training step (MB): optimiser state, allocator slack, thread buffers.
+TRAIN_FIXED_MB = 256
+#: Share of a CUDA card's free memory that automatic sizing uses.
+CUDA_SHARE = 0.8
+
+# glibc mallopt parameters
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD, _M_MMAP_MAX = -1, -3, -4
+_libc = None
+
+
+def _glibc():
+    global _libc
+    if _libc is None:
+        try:
+            name = ctypes.util.find_library("c")
+            lib = ctypes.CDLL(name) if name else None
+            _libc = lib if lib is not None and hasattr(lib, "mallopt") and hasattr(lib, "malloc_trim") else False
+        except OSError:
+            _libc = False
+    return _libc or None
+
+
+def _restore_defaults(lib) -> None:
+    """glibc's defaults (mmap above 128 KB, up to 65536 maps, trim above 128 KB), then give free memory back."""
+    lib.mallopt(_M_MMAP_MAX, 65536)
+    lib.mallopt(_M_MMAP_THRESHOLD, 128 * 1024)
+    lib.mallopt(_M_TRIM_THRESHOLD, 128 * 1024)
+    lib.malloc_trim(0)
+
+
+@contextlib.contextmanager
+def training_allocator(device: torch.device | None = None) -> Iterator[None]:
+    """During training on the CPU, keep freed blocks in the heap so each step reuses the last step's pages."""
+    lib = _glibc()
+    if lib is None or (device is not None and device.type != "cpu"):
+        yield
+        return
+    lib.mallopt(_M_MMAP_MAX, 0)
+    lib.mallopt(_M_TRIM_THRESHOLD, 2**31 - 1)
+    try:
+        yield
+    finally:
+        _restore_defaults(lib)
+
+
+@contextlib.contextmanager
+def streaming_allocator() -> Iterator[None]:
+    """During tiled work, serve blocks over 1 MB from mmap (returned to the system when freed): bounded peak."""
+    lib = _glibc()
+    if lib is None:
+        yield
+        return
+    lib.mallopt(_M_MMAP_THRESHOLD, 1 << 20)
+    lib.mallopt(_M_TRIM_THRESHOLD, 1 << 20)
+    try:
+        yield
+    finally:
+        _restore_defaults(lib)
+
+
+def device_budget_mb(device: torch.device, memory_budget_mb: float) -> float:
+    """Working memory available on ``device``: the user's budget on the CPU, CUDA_SHARE of the free memory on a GPU."""
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return CUDA_SHARE * free / 2**20
+    return float(memory_budget_mb)
+
+
+def train_bytes_per_pixel(bands: int, width: int) -> int:
+    """Peak bytes per pixel of one training step (both dates, forward and backward)."""
+    return 4 * (TRAIN_BAND_MAPS * bands + TRAIN_WIDTH_MAPS * width)
+
+
+def train_pixels_for_budget(bands: int, width: int, budget_mb: float) -> int:
+    """How many pixels one training step may hold within ``budget_mb``."""
+    usable = max(0.0, budget_mb - TRAIN_FIXED_MB) * 2**20
+    return int(usable // train_bytes_per_pixel(bands, width))
+
+
+def train_step_mb(bands: int, width: int, pixels: int) -> float:
+    """Estimated peak MB of one training step on ``pixels`` pixels."""
+    return TRAIN_FIXED_MB + pixels * train_bytes_per_pixel(bands, width) / 2**20
+
+
+def check_paper_fits(bands: int, width: int, rows: int, cols: int, budget_mb: float, device: torch.device) -> None:
+    """The paper schedule trains on the whole image every step: refuse it when that cannot fit the budget."""
+    need = train_step_mb(bands, width, rows * cols)
+    if need > budget_mb:
+        where = "free GPU memory" if device.type == "cuda" else "memory budget"
+        raise InputError(
+            f"The paper schedule trains on the whole {cols}x{rows} image at every step, which needs about "
+            f"{math.ceil(need / 1024)} GB for {bands} bands and branch width {width}, more than the {where} "
+            f"({budget_mb / 1024:.1f} GB). Use --schedule default (random crops, bounded memory), a smaller area "
+            "or width, or raise --memory-budget-mb if the machine has the memory."
+        )
+
+
+def crop_plan(rows: int, cols: int, bands: int, width: int, crop_size: int, pixels_per_step: int,
+              budget_mb: float) -> tuple[int, int]:
+    """(crop side, crops per step) of the default schedule within the budget.
+
+    The crop is ``crop_size`` (at most the image); the crop count covers about ``pixels_per_step`` pixels, fewer
+    when the budget cannot hold them, always at least one crop (the crop side shrinks, down to 16, if even one
+    crop does not fit).
+    """
+    crop = max(1, min(crop_size, rows, cols))
+    limit = train_pixels_for_budget(bands, width, budget_mb)
+    while crop > 16 and crop * crop > limit:
+        crop //= 2
+    pixels = min(pixels_per_step, rows * cols, max(limit, crop * crop))
+    count = max(1, pixels // (crop * crop))
+    return crop, count
