@@ -188,3 +188,55 @@ def test_cuda_tiled_detection_equals_cpu(pair):
     gpu = change_intensity(model, x1, x2, valid, "mse", "cuda", tile=16)
     assert np.nanmax(np.abs(gpu - cpu)) <= 1e-4 * (np.nanmax(cpu) - np.nanmin(cpu))
     model.cpu()
+
+
+# --- training within the budget ---------------------------------------------------------------------------------
+
+def test_crop_plan_respects_the_budget():
+    from hypernet_qgis.core.perf import crop_plan, train_pixels_for_budget, train_step_mb
+
+    # plenty of memory: the configured crops (64 x 64, 65536 pixels = 16 crops)
+    assert crop_plan(1000, 1000, 224, 32, 64, 65536, 4096) == (64, 16)
+    # small images: one crop of the image's short side
+    assert crop_plan(40, 30, 8, 16, 64, 65536, 4096) == (30, 1)
+    # a tight budget: fewer crops, each step's estimate within the budget
+    crop, count = crop_plan(2000, 2000, 224, 112, 64, 65536, 1024)
+    assert crop == 64 and 1 <= count < 16
+    assert train_step_mb(224, 112, count * crop * crop) <= 1024
+    assert count == train_pixels_for_budget(224, 112, 1024) // (64 * 64)
+    # a budget below one crop: the crop shrinks (not below 16) and there is always one
+    crop, count = crop_plan(2000, 2000, 224, 112, 64, 65536, 300)
+    assert 16 <= crop < 64 and count >= 1
+
+
+def test_paper_schedule_refused_when_the_budget_cannot_hold_the_image():
+    from hypernet_qgis.core.training import TrainConfig, train_hypernet
+
+    rng = np.random.default_rng(0)
+    x1 = rng.normal(size=(8, 64, 64)).astype(np.float32)
+    x2 = rng.normal(size=(8, 64, 64)).astype(np.float32)
+    valid = np.ones((64, 64), bool)
+    cfg = TrainConfig(epochs=1, schedule="paper", device="cpu", memory_budget_mb=260)
+    with pytest.raises(InputError, match="--schedule default"):
+        train_hypernet(x1, x2, valid, cfg)
+    # the default schedule runs within the same budget
+    res = train_hypernet(x1, x2, valid, TrainConfig(epochs=2, device="cpu", memory_budget_mb=260))
+    assert np.isfinite(res.loss_history).all()
+
+
+def test_training_reads_crops_from_disk_backed_inputs(tmp_path):
+    """Memory-mapped inputs are read crop by crop and train exactly as the same arrays in memory."""
+    from hypernet_qgis.core.training import TrainConfig, train_hypernet
+
+    rng = np.random.default_rng(1)
+    x1 = rng.normal(size=(6, 50, 44)).astype(np.float32)
+    x2 = (x1 + rng.normal(scale=0.2, size=x1.shape)).astype(np.float32)
+    valid = np.ones((50, 44), bool)
+    maps = []
+    for name, x in (("a", x1), ("b", x2)):
+        np.save(tmp_path / f"{name}.npy", x)
+        maps.append(np.load(tmp_path / f"{name}.npy", mmap_mode="r"))
+    cfg = dict(epochs=3, device="cpu", crop_size=16, pixels_per_step=1024, seed=4)
+    a = train_hypernet(x1, x2, valid, TrainConfig(**cfg))
+    b = train_hypernet(maps[0], maps[1], valid, TrainConfig(**cfg))
+    assert a.loss_history == b.loss_history

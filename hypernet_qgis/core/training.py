@@ -13,6 +13,7 @@ from .device import describe_device, resolve_device
 from .errors import InputError
 from .loss import training_loss
 from .network import HyperNet, default_widths
+from .perf import check_paper_fits, crop_plan, device_budget_mb, training_allocator
 from .progress import Feedback, NullFeedback, check_cancelled
 
 SCHEDULES = ("default", "paper")
@@ -153,11 +154,14 @@ def _make_model(bands: int, config: TrainConfig, device: torch.device) -> tuple[
 
 
 def _step_batches(
-    rows: int, cols: int, config: TrainConfig, rng: np.random.Generator
+    rows: int, cols: int, config: TrainConfig, rng: np.random.Generator, plan: tuple[int, int] | None = None
 ) -> tuple[np.ndarray, np.ndarray, int]:
-    """Random crop origins for one default-schedule step."""
-    crop = min(config.crop_size, rows, cols)
-    count = max(1, min(config.pixels_per_step, rows * cols) // (crop * crop))
+    """Random crop origins for one default-schedule step; ``plan`` = (crop side, count) within the memory budget."""
+    if plan is None:
+        crop = min(config.crop_size, rows, cols)
+        count = max(1, min(config.pixels_per_step, rows * cols) // (crop * crop))
+    else:
+        crop, count = plan
     r0 = rng.integers(0, rows - crop + 1, size=count)
     c0 = rng.integers(0, cols - crop + 1, size=count)
     return r0, c0, crop
@@ -200,42 +204,60 @@ def train_hypernet(
         model.parameters(), lr=config.learning_rate, momentum=config.momentum, weight_decay=config.weight_decay
     )
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs)
-    t1 = torch.from_numpy(np.ascontiguousarray(x1s, dtype=np.float32)).unsqueeze(0).to(device)
-    t2 = torch.from_numpy(np.ascontiguousarray(x2s, dtype=np.float32)).unsqueeze(0).to(device)
+    budget = device_budget_mb(device, config.memory_budget_mb)
+    plan = None
+    if config.schedule == "paper":
+        check_paper_fits(bands, widths[0], rows, cols, budget, device)
+    else:
+        plan = crop_plan(rows, cols, bands, widths[0], config.crop_size, config.pixels_per_step, budget)
+    # in-memory inputs become one tensor each; disk-backed ones (memory maps, streaming.WindowReader) are read
+    # crop by crop, so a scene larger than memory trains with the default schedule
+    in_memory = (type(x1s) is np.ndarray and type(x2s) is np.ndarray) or config.schedule == "paper"
+    t1 = torch.from_numpy(np.ascontiguousarray(x1s, dtype=np.float32)).unsqueeze(0).to(device) if in_memory else None
+    t2 = torch.from_numpy(np.ascontiguousarray(x2s, dtype=np.float32)).unsqueeze(0).to(device) if in_memory else None
     g = torch.from_numpy(training_mask).to(device)
 
     history: list[float] = []
     start = time.perf_counter()
     model.train()
-    for epoch in range(epochs):
-        check_cancelled(feedback)
-        if config.schedule == "paper":
-            b1, b2, gb = t1, t2, g.unsqueeze(0)
-        else:
-            r0, c0, crop = _step_batches(rows, cols, config, rng)
-            b1 = torch.cat([t1[:, :, r : r + crop, c : c + crop] for r, c in zip(r0, c0)])
-            b2 = torch.cat([t2[:, :, r : r + crop, c : c + crop] for r, c in zip(r0, c0)])
-            gb = torch.stack([g[r : r + crop, c : c + crop] for r, c in zip(r0, c0)])
-        index = torch.nonzero(gb.reshape(-1)).squeeze(1)
-        if index.numel() == 0:  # a crop batch without training pixels: nothing to learn from this step
-            history.append(history[-1] if history else float("nan"))
+    with training_allocator(device):  # CPU: reuse the last step's pages instead of faulting in fresh ones
+        for epoch in range(epochs):
+            check_cancelled(feedback)
+            if config.schedule == "paper":
+                b1, b2, gb = t1, t2, g.unsqueeze(0)
+            else:
+                r0, c0, crop = _step_batches(rows, cols, config, rng, plan)
+                b1 = _crops(t1, x1s, r0, c0, crop, device)
+                b2 = _crops(t2, x2s, r0, c0, crop, device)
+                gb = torch.stack([g[r : r + crop, c : c + crop] for r, c in zip(r0, c0)])
+            index = torch.nonzero(gb.reshape(-1)).squeeze(1)
+            if index.numel() == 0:  # a crop batch without training pixels: nothing to learn from this step
+                history.append(history[-1] if history else float("nan"))
+                scheduler.step()
+                continue
+            loss = training_loss(model, b1, b2, index, config.gamma)
+            if not torch.isfinite(loss):
+                raise InputError(
+                    f"Training diverged at epoch {epoch + 1} (loss {loss.item()}). Lower LEARNING_RATE "
+                    "(e.g. 0.01) or check the inputs for extreme values."
+                )
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
             scheduler.step()
-            continue
-        loss = training_loss(model, b1, b2, index, config.gamma)
-        if not torch.isfinite(loss):
-            raise InputError(
-                f"Training diverged at epoch {epoch + 1} (loss {loss.item()}). Lower LEARNING_RATE "
-                "(e.g. 0.01) or check the inputs for extreme values."
-            )
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        scheduler.step()
-        history.append(float(loss.item()))
-        feedback.set_progress((epoch + 1) / epochs)
-        if (epoch + 1) % max(1, epochs // 10) == 0 or epoch == 0:
-            feedback.info(f"epoch {epoch + 1}/{epochs}: loss {history[-1]:.5f}")
+            history.append(float(loss.item()))
+            feedback.set_progress((epoch + 1) / epochs)
+            if (epoch + 1) % max(1, epochs // 10) == 0 or epoch == 0:
+                feedback.info(f"epoch {epoch + 1}/{epochs}: loss {history[-1]:.5f}")
     model.eval()
     seconds = time.perf_counter() - start
     feedback.info(f"Training finished in {seconds:.1f} s; final loss {history[-1]:.5f}.")
     return TrainResult(model, history, training_mask, device_name, seconds, config, widths)
+
+
+def _crops(t: torch.Tensor | None, x, r0: np.ndarray, c0: np.ndarray, crop: int, device: torch.device) -> torch.Tensor:
+    """A batch (count, bands, crop, crop) of crops from the input tensor, or read from a disk-backed array."""
+    if t is not None:
+        return torch.cat([t[:, :, r : r + crop, c : c + crop] for r, c in zip(r0, c0)])
+    batch = np.stack([np.asarray(x[:, r : r + crop, c : c + crop], dtype=np.float32) for r, c in zip(r0, c0)])
+    return torch.from_numpy(batch).to(device)
