@@ -25,10 +25,18 @@ from hypernet_qgis.core import raster_io  # noqa: E402
 from hypernet_qgis.core.baselines import BASELINES, DEFAULT_THRESHOLD_VALUES, DEFAULT_THRESHOLDS  # noqa: E402
 from hypernet_qgis.core.detection import binary_change, change_intensity  # noqa: E402
 from hypernet_qgis.core.metrics import change_metrics, reference_from_masks, roc_auc  # noqa: E402
-from hypernet_qgis.core.pipeline import DEFAULT_DISTANCE, ImagePair, load_pair  # noqa: E402
-from hypernet_qgis.core.training import TrainConfig, train_hypernet  # noqa: E402
+from hypernet_qgis.core.pipeline import (  # noqa: E402
+    DEFAULT_DISTANCE,
+    ImagePair,
+    load_pair,
+    threshold_feature_distance,
+)
+from hypernet_qgis.core.training import TrainConfig, model_widths, train_hypernet  # noqa: E402
 
 SHARED = REPO.parent / "shared" / "data"
+#: The default settings, and the paper's schedule (whole image per step, 200 epochs) at the same branch width so
+#: that only the schedule differs ("width:cap" = the default schedule's automatic width).
+DEFAULT_VARIANTS = [("HyperNet", {}), ("HyperNet, paper schedule", {"schedule": "paper", "width": "cap"})]
 EXPLORE = bool(os.environ.get("HYPERNET_EXPLORE"))
 
 
@@ -59,15 +67,18 @@ def peak_rss_mb() -> float:
 
 
 def run_hypernet(pair: ImagePair, ref: np.ndarray, seed: int, opts: dict) -> dict:
+    width = opts.get("width")
+    if width == "cap":
+        width = model_widths(pair.x1.shape[0], TrainConfig())[0]
     cfg = TrainConfig(seed=seed, device="cpu", schedule=opts.get("schedule", "default"),
                       epochs=int(opts["epochs"]) if "epochs" in opts else None,
-                      width=int(opts["width"]) if "width" in opts else None,
+                      width=int(width) if width else None,
                       training_fraction=float(opts.get("fraction", TrainConfig.training_fraction)))
     start = time.perf_counter()
     res = train_hypernet(pair.x1s, pair.x2s, pair.valid, cfg)
     intensity = change_intensity(res.model, pair.x1s, pair.x2s, pair.valid, opts.get("distance", DEFAULT_DISTANCE),
                                  "cpu")
-    binary, _ = binary_change(intensity, pair.valid, opts.get("threshold", "otsu"))
+    binary, _ = threshold_feature_distance(intensity, pair.valid, opts.get("threshold", "otsu"))
     out = score(binary, intensity, ref)
     out["seconds"] = time.perf_counter() - start
     if EXPLORE:  # the same trained model under other distances and thresholds (no retraining)
@@ -112,6 +123,24 @@ def run_baseline(method: str, pair: ImagePair, ref: np.ndarray) -> dict:
     return out
 
 
+def job(kind: str, name: str, method: str, opts: dict, seed: int) -> dict:
+    """One benchmark run in this (fresh) process; adds the process's peak RSS."""
+    t1, t2, ref = pairs()[name]
+    pair = load_pair(t1, t2)
+    out = run_baseline(method, pair, ref) if kind == "baseline" else run_hypernet(pair, ref, seed, opts)
+    out["peak_rss_mb"] = peak_rss_mb()
+    return out
+
+
+def in_fresh_process(*args) -> dict:
+    """Run job(*args) in a new interpreter so that each run's peak memory is its own."""
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(max_workers=1, mp_context=mp.get_context("spawn")) as pool:
+        return pool.submit(job, *args).result()
+
+
 def parse_variant(text: str) -> tuple[str, dict]:
     name, _, spec = text.partition("=")
     opts = dict(kv.split(":", 1) for kv in spec.split(",") if kv)
@@ -119,7 +148,7 @@ def parse_variant(text: str) -> tuple[str, dict]:
 
 
 def summarise(rows: list[dict]) -> dict:
-    keys = ("OA", "kappa", "F1", "AUC", "seconds")
+    keys = ("OA", "kappa", "F1", "AUC", "seconds", "peak_rss_mb")
     return {k: (float(np.mean([r[k] for r in rows])), float(np.std([r[k] for r in rows]))) for k in keys}
 
 
@@ -129,6 +158,7 @@ def main() -> int:
     ap.add_argument("--variant", action="append", default=[], help="NAME=key:value,... (HyperNet settings)")
     ap.add_argument("--pairs", default=None, help="comma-separated subset of pairs")
     ap.add_argument("--no-baselines", action="store_true")
+    ap.add_argument("--quick", action="store_true", help="only the default schedule (skip the slow paper schedule)")
     ap.add_argument("--output", default=str(REPO / "bench-results" / "accuracy.json"))
     ap.add_argument("--write-markdown", action="store_true", help="update the table in BENCHMARKS.md")
     args = ap.parse_args()
@@ -137,22 +167,20 @@ def main() -> int:
         print("../shared/data is not present: nothing to benchmark.", file=sys.stderr)
         return 0
     wanted = args.pairs.split(",") if args.pairs else list(available)
-    variants = [parse_variant(v) for v in args.variant] or [("HyperNet", {})]
+    variants = [parse_variant(v) for v in args.variant] or DEFAULT_VARIANTS[: 1 if args.quick else None]
     results: dict = {}
     for name in wanted:
-        t1, t2, ref = available[name]
-        pair = load_pair(t1, t2)
         results[name] = {}
         if not args.no_baselines:
             for method in BASELINES:
-                r = run_baseline(method, pair, ref)
+                r = in_fresh_process("baseline", name, method, {}, 0)
                 results[name][method] = {"runs": [r], "mean_sd": summarise([r])}
                 print(f"{name:20s} {method:22s} kappa {r['kappa']:.3f} AUC {r['AUC']:.3f} {r['seconds']:.1f}s",
                       flush=True)
         for vname, opts in variants:
             runs = []
             for seed in range(args.seeds):
-                r = run_hypernet(pair, ref, seed, opts)
+                r = in_fresh_process("hypernet", name, "", opts, seed)
                 runs.append(r)
                 print(f"{name:20s} {vname:22s} seed {seed} kappa {r['kappa']:.3f} AUC {r['AUC']:.3f} "
                       f"{r['seconds']:.1f}s", flush=True)
@@ -166,7 +194,8 @@ def main() -> int:
 
 
 def write_markdown(results: dict) -> None:
-    lines = ["| pair | method | OA | kappa | F1 | AUC | seconds |", "|---|---|---|---|---|---|---|"]
+    lines = ["| pair | method | OA | kappa | F1 | AUC | seconds | peak RSS (MB) |",
+             "|---|---|---|---|---|---|---|---|"]
     for name, methods in results.items():
         if name.startswith("_"):
             continue
@@ -175,9 +204,10 @@ def write_markdown(results: dict) -> None:
             n = len(r["runs"])
             fmt = (lambda k: f"{ms[k][0]:.3f} ± {ms[k][1]:.3f}") if n > 1 else (lambda k: f"{ms[k][0]:.3f}")
             lines.append(f"| {name} | {method}{f' ({n} seeds)' if n > 1 else ''} | {fmt('OA')} | {fmt('kappa')} | "
-                         f"{fmt('F1')} | {fmt('AUC')} | {ms['seconds'][0]:.1f} |")
+                         f"{fmt('F1')} | {fmt('AUC')} | {ms['seconds'][0]:.1f} | {ms['peak_rss_mb'][0]:.0f} |")
     lines.append("")
-    lines.append(f"Peak RSS of the whole run: {results['_meta']['peak_rss_mb']:.0f} MB.")
+    lines.append(f"Command: `{results['_meta']['command']}` ({results['_meta']['cpus']} CPUs, "
+                 f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'default')}). Seconds include training.")
     table = "\n".join(lines)
     path = REPO / "BENCHMARKS.md"
     text = path.read_text() if path.exists() else "# Benchmarks\n\n<!-- ACCURACY -->\n<!-- /ACCURACY -->\n"
