@@ -13,7 +13,7 @@ from .device import describe_device, resolve_device
 from .errors import InputError
 from .loss import training_loss
 from .network import HyperNet, default_widths
-from .perf import check_paper_fits, crop_plan, device_budget_mb, training_allocator
+from .perf import REUSE_HEADROOM, check_paper_fits, crop_plan, device_budget_mb, train_step_mb, training_allocator
 from .progress import Feedback, NullFeedback, check_cancelled
 
 SCHEDULES = ("default", "paper")
@@ -208,8 +208,11 @@ def train_hypernet(
     plan = None
     if config.schedule == "paper":
         check_paper_fits(bands, widths[0], rows, cols, budget, device)
+        step_pixels = rows * cols
     else:
         plan = crop_plan(rows, cols, bands, widths[0], config.crop_size, config.pixels_per_step, budget)
+        step_pixels = plan[0] * plan[0] * plan[1]
+    reuse_pages = train_step_mb(bands, widths[0], step_pixels) * REUSE_HEADROOM <= budget
     # in-memory inputs become one tensor each; disk-backed ones (memory maps, streaming.WindowReader) are read
     # crop by crop, so a scene larger than memory trains with the default schedule
     in_memory = (type(x1s) is np.ndarray and type(x2s) is np.ndarray) or config.schedule == "paper"
@@ -220,7 +223,7 @@ def train_hypernet(
     history: list[float] = []
     start = time.perf_counter()
     model.train()
-    with training_allocator(device):  # CPU: reuse the last step's pages instead of faulting in fresh ones
+    with training_allocator(device, reuse_pages):  # CPU: reuse the last step's pages when the budget allows
         for epoch in range(epochs):
             check_cancelled(feedback)
             if config.schedule == "paper":
