@@ -45,11 +45,16 @@ def main() -> int:
         "hypernet:evaluatechange", INPUT=str(change), REFERENCE=str(SAMPLE / "gt.tif"),
         CHANGED_VALUES="1", UNCHANGED_VALUES="0", OUTPUT_REPORT=str(evaluation),
     )["results"]
+    ranking = qgis_process(
+        "hypernet:evaluatechange", INPUT=str(intensity), REFERENCE=str(SAMPLE / "gt.tif"),
+        CHANGED_VALUES="1", UNCHANGED_VALUES="0",
+    )["results"]
     print()
     print(f"Detect Change finished in {seconds:.0f} s: {int(result['CHANGED_PIXELS'])} changed pixels "
           f"({100 * float(result['CHANGED_FRACTION']):.1f}% of the scene).")
     print("Against the reference: " + ", ".join(f"{k} {float(scores[k]):.3f}"
-                                                for k in ("OA", "KAPPA", "F1", "AUC") if k in scores))
+                                                for k in ("OA", "KAPPA", "F1") if k in scores)
+          + f"; AUC of the intensity {float(ranking['AUC']):.3f}")
     print(f"\nStyled change map (open it in QGIS; the .qml beside it styles it): {change}")
     print(f"Change intensity: {intensity}")
     print(f"Reports: {report}\n         {evaluation}")
