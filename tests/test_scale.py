@@ -139,7 +139,7 @@ def test_tiled_progress_is_monotonic(pair):
 
 _PEAK_SCRIPT = textwrap.dedent(
     """
-    import json, resource, sys
+    import json, sys
     import numpy as np, torch
     torch.set_num_threads(1)
     from hypernet_qgis.core.detection import change_intensity
@@ -152,10 +152,16 @@ _PEAK_SCRIPT = textwrap.dedent(
     x2 = rng.normal(size=(8, side, side)).astype(np.float32)
     valid = np.ones((side, side), bool)
     change_intensity(model, x1[:, :40, :40], x2[:, :40, :40], valid[:40, :40], "mse", "cpu")  # warm-up
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+
+    def status(key):  # kB
+        with open("/proc/self/status") as f:
+            return next(int(line.split()[1]) for line in f if line.startswith(key))
+
+    with open("/proc/self/clear_refs", "w") as f:  # reset the peak (VmHWM) to the current RSS
+        f.write("5")
+    before = status("VmRSS:")
     out = change_intensity(model, x1, x2, valid, "mse", "cpu", memory_budget_mb=budget)
-    after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    print(json.dumps({"extra_mb": (after - before) / 1024, "finite": bool(np.isfinite(out).all())}))
+    print(json.dumps({"extra_mb": (status("VmHWM:") - before) / 1024, "finite": bool(np.isfinite(out).all())}))
     """
 )
 
@@ -169,16 +175,16 @@ def _peak_extra_mb(side: int, budget: float) -> float:
     return out["extra_mb"]
 
 
+@pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="needs Linux /proc peak-RSS reset")
 def test_peak_memory_is_set_by_the_budget_not_the_scene():
-    """Same 48 MB budget on a 350x350 and an 800x800 scene (8 bands, width 16): the growth of peak RSS during
-    detection stays near the budget, while a whole-image pass of 800x800 would need about 640 MB. (The intensity
-    map itself, 2.4 MB, and allocator slack grow a little with the scene.)"""
+    """Same 48 MB budget on a 400x400 and an 800x800 scene (8 bands, width 16): the growth of the peak RSS during
+    detection stays within the budget (+8 MB for the intensity map and allocator slack) for both, while a
+    whole-image pass of 800x800 would need about 640 MB."""
     budget = 48
-    small, large = _peak_extra_mb(350, budget), _peak_extra_mb(800, budget)
+    small, large = _peak_extra_mb(400, budget), _peak_extra_mb(800, budget)
     whole_estimate = 800 * 800 * 4 * (8 + 14 * 16 + 32) / 2**20
     assert whole_estimate > 600
-    assert large <= budget + 8, (small, large)
-    assert large - small <= 12, (small, large)
+    assert small <= budget + 8 and large <= budget + 8, (small, large)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
@@ -240,3 +246,69 @@ def test_training_reads_crops_from_disk_backed_inputs(tmp_path):
     a = train_hypernet(x1, x2, valid, TrainConfig(**cfg))
     b = train_hypernet(maps[0], maps[1], valid, TrainConfig(**cfg))
     assert a.loss_history == b.loss_history
+
+
+# --- scenes larger than memory: streaming.py ---------------------------------------------------------------------
+
+def test_window_reader_slices_like_the_array(tmp_path):
+    from hypernet_qgis.core.streaming import WindowReader
+
+    x = np.arange(3 * 7 * 5, dtype=np.float32).reshape(3, 7, 5)
+    path = tmp_path / "x.f32"
+    path.write_bytes(np.ascontiguousarray(x.transpose(1, 2, 0)).tobytes())
+    r = WindowReader(str(path), x.shape)
+    assert r.shape == (3, 7, 5) and r.ndim == 3
+    for key in [(slice(None), slice(2, 6), slice(1, 4)), (slice(None), slice(0, 7), slice(0, 5)),
+                (slice(1, 3), slice(5, 9), slice(3, 5)), (slice(None), slice(3, 3), slice(0, 2))]:
+        np.testing.assert_array_equal(r[key], x[key])
+    np.testing.assert_array_equal(np.asarray(r), x)
+    with pytest.raises(TypeError):
+        r[:, ::2]
+    r.close()
+
+
+def test_streamed_pair_equals_in_memory_pair(tmp_path):
+    from conftest import write_pair
+
+    from hypernet_qgis.core.pipeline import load_pair
+    from hypernet_qgis.core.streaming import load_pair_streamed
+    from hypernet_qgis.core.training import pre_detection_score
+
+    p = write_pair(tmp_path, bands=7, rows=41, cols=35)
+    ref = load_pair(str(p["t1"]), str(p["t2"]))
+    # tiny strips (3 rows) so that the strip-by-strip merge is exercised
+    with load_pair_streamed(str(p["t1"]), str(p["t2"]), strip_values=3 * 35 * 7) as pair:
+        np.testing.assert_array_equal(pair.valid, ref.valid)
+        assert not pair.valid[:3, :3].any()
+        np.testing.assert_allclose(np.asarray(pair.x1s), ref.x1s, rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(np.asarray(pair.x2s), ref.x2s, rtol=1e-5, atol=1e-5)
+        for d in ("t1", "t2"):
+            np.testing.assert_allclose(pair.scaling[d]["mean"], ref.scaling[d]["mean"], rtol=1e-10)
+            np.testing.assert_allclose(pair.scaling[d]["std"], ref.scaling[d]["std"], rtol=1e-10)
+        np.testing.assert_allclose(pair.cva, pre_detection_score(ref.x1s, ref.x2s, ref.valid), rtol=1e-4, atol=1e-4)
+        scratch = pair.scratch
+        assert os.path.isdir(scratch)
+    assert not os.path.exists(scratch)  # scratch files removed
+
+
+def test_streamed_detection_end_to_end(tmp_path):
+    """Train + detect from files through the streaming path; the intensity equals whole-image detection with the
+    same model on the in-memory pair, and the outputs are whole GeoTIFFs."""
+    from conftest import write_pair
+
+    from hypernet_qgis.core import raster_io
+    from hypernet_qgis.core.pipeline import load_pair
+    from hypernet_qgis.core.streaming import detect_files_streamed
+    from hypernet_qgis.core.training import TrainConfig
+
+    p = write_pair(tmp_path, bands=6, rows=48, cols=44)
+    out, inten = tmp_path / "change.tif", tmp_path / "intensity.tif"
+    cfg = TrainConfig(epochs=3, device="cpu", crop_size=24, pixels_per_step=1200, memory_budget_mb=300)
+    res = detect_files_streamed(str(p["t1"]), str(p["t2"]), str(out), intensity_out=str(inten), config=cfg)
+    got, gvalid, _ = raster_io.read_raster(str(inten))
+    pair = load_pair(str(p["t1"]), str(p["t2"]))
+    np.testing.assert_array_equal(gvalid, pair.valid)
+    whole = change_intensity(res["train"].model, pair.x1s, pair.x2s, pair.valid, "mse", "cpu")
+    assert np.nanmax(np.abs(got[0] - whole)) <= 1e-4 * (np.nanmax(whole) - np.nanmin(whole))
+    change, cvalid, _ = raster_io.read_raster(str(out))
+    assert int((change[0][cvalid] == 1).sum()) == res["changed_pixels"] > 0

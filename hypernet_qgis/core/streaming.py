@@ -1,0 +1,272 @@
+"""Scenes larger than memory: read by strips, standardise to a scratch file, train and detect by windows.
+
+A 2000x2000x224 date is 3.6 GB as float32; holding both dates raw and standardised needs 14 GB. Here:
+
+1. one pass over both inputs by row strips (``raster_io.read_window``) finds the pair's valid mask and each date's
+   per-band mean and standard deviation (float64, merged strip by strip: the same z-scores as ``scaling.standardize``
+   up to rounding);
+2. a second pass writes each standardised date to a scratch file, pixel-interleaved (rows, cols, bands), and the
+   CVA of the standardised dates (for mask g, as ``training.select_training_pixels``);
+3. training (default schedule) reads its random crops and detection reads its haloed tiles through
+   :class:`WindowReader` with ``os.preadv``: no memory map, so the page cache never counts in the process' memory.
+
+Peak memory is then the strips, the per-pixel maps (valid, mask g, intensity, change: 10 bytes a pixel) and the
+training step / detection tile that the memory budget sizes.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import numpy as np
+
+from . import raster_io
+from .errors import InputError
+from .progress import Feedback, NullFeedback, SubFeedback, check_cancelled
+
+#: Float32 values of one input strip (both dates are read together): 32 M values = 128 MB per date.
+STRIP_VALUES = 32 * 2**20
+
+
+class WindowReader:
+    """A (bands, rows, cols) float32 array stored pixel-interleaved in a file; ``x[:, r0:r1, c0:c1]`` reads only
+    that window (one ``preadv`` per row). ``np.asarray(reader)`` reads it all."""
+
+    ndim = 3
+    dtype = np.dtype(np.float32)
+
+    def __init__(self, path: str, shape: tuple[int, int, int]) -> None:
+        self.path, self.shape = path, tuple(int(v) for v in shape)
+        self._fd: int | None = os.open(path, os.O_RDONLY)
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+    def __del__(self) -> None:
+        self.close()
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    @staticmethod
+    def _range(s: Any, n: int) -> tuple[int, int]:
+        if not isinstance(s, slice) or s.step not in (None, 1):
+            raise TypeError("WindowReader supports x[:, r0:r1, c0:c1] (unit-step slices) only")
+        start, stop, _ = s.indices(n)
+        return start, max(start, stop)
+
+    def __getitem__(self, key) -> np.ndarray:
+        if not isinstance(key, tuple):
+            key = (key,)
+        key = key + (slice(None),) * (3 - len(key))
+        bands, rows, cols = self.shape
+        b0, b1 = self._range(key[0], bands)
+        r0, r1 = self._range(key[1], rows)
+        c0, c1 = self._range(key[2], cols)
+        buf = np.empty((r1 - r0, c1 - c0, bands), dtype=np.float32)
+        if buf.size:
+            row_bytes = (c1 - c0) * bands * 4
+            for i, r in enumerate(range(r0, r1)):
+                got = os.preadv(self._fd, [memoryview(buf[i]).cast("B")], ((r * cols + c0) * bands) * 4)
+                if got != row_bytes:
+                    raise OSError(f"short read from {self.path} (row {r})")
+        return np.ascontiguousarray(buf[:, :, b0:b1].transpose(2, 0, 1))
+
+    def __array__(self, dtype=None, copy=None) -> np.ndarray:
+        out = self[:, :, :]
+        return out if dtype is None else out.astype(dtype, copy=False)
+
+
+@dataclass
+class StreamedPair:
+    """Like pipeline.ImagePair, with the standardised dates on disk (``x1s``/``x2s`` are WindowReaders)."""
+
+    x1s: WindowReader
+    x2s: WindowReader
+    valid: np.ndarray
+    cva: np.ndarray
+    info1: raster_io.RasterInfo
+    info2: raster_io.RasterInfo
+    bands: list[int] | None
+    scaling: dict[str, Any]
+    scratch: str
+    seconds: float = 0.0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def close(self) -> None:
+        """Close the readers and delete the scratch files."""
+        self.x1s.close()
+        self.x2s.close()
+        shutil.rmtree(self.scratch, ignore_errors=True)
+
+    def __enter__(self) -> "StreamedPair":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+class _BandMoments:
+    """Per-band count, mean and centred sum of squares over valid pixels, merged strip by strip (Chan et al.)."""
+
+    def __init__(self, bands: int) -> None:
+        self.n = 0
+        self.mean = np.zeros(bands)
+        self.m2 = np.zeros(bands)
+
+    def add(self, x: np.ndarray, valid: np.ndarray) -> None:
+        v = x[:, valid].astype(np.float64)
+        m = v.shape[1]
+        if not m:
+            return
+        mean_b = v.mean(1)
+        m2_b = ((v - mean_b[:, None]) ** 2).sum(1)
+        delta = mean_b - self.mean
+        n = self.n + m
+        self.m2 += m2_b + delta**2 * (self.n * m / n)
+        self.mean += delta * (m / n)
+        self.n = n
+
+    def stats(self, rtol: float = 1e-6) -> dict:
+        """The scaling.band_stats dictionary (population std; constant bands listed 1-based)."""
+        std = np.sqrt(self.m2 / max(1, self.n))
+        if not (np.isfinite(self.mean).all() and np.isfinite(std).all()):
+            bad = int(np.flatnonzero(~(np.isfinite(self.mean) & np.isfinite(std)))[0]) + 1
+            raise InputError(f"Band {bad} has non-finite values on valid pixels; check the input's nodata.")
+        constant = [b + 1 for b in range(len(std)) if std[b] == 0.0 or std[b] <= rtol * abs(self.mean[b])]
+        return {"method": "zscore", "mean": self.mean.tolist(), "std": std.tolist(), "constant_bands": constant,
+                "n_valid": int(self.n)}
+
+
+def _strips(rows: int, cols: int, bands: int, strip_values: int) -> list[tuple[int, int]]:
+    step = max(1, strip_values // max(1, cols * bands))
+    return [(r, min(rows, r + step)) for r in range(0, rows, step)]
+
+
+def _standardise(x: np.ndarray, valid: np.ndarray, stats: dict) -> np.ndarray:
+    """(x - mean) / std per band in float32; invalid pixels and constant bands 0 (as scaling.apply_stats)."""
+    mean = np.asarray(stats["mean"])[:, None, None]
+    std = np.asarray(stats["std"])[:, None, None]
+    z = ((x.astype(np.float64) - mean) / np.where(std > 0, std, 1.0)).astype(np.float32)
+    for b in stats["constant_bands"]:
+        z[b - 1] = 0.0
+    z[:, ~valid] = 0.0
+    return z
+
+
+def load_pair_streamed(t1: str, t2: str, bands: Sequence[int] | None = None, scratch_dir: str | None = None,
+                       feedback: Feedback | None = None, strip_values: int = STRIP_VALUES) -> StreamedPair:
+    """Read, check and standardise a pair strip by strip into scratch files (see the module docstring)."""
+    start = time.perf_counter()
+    feedback = feedback or NullFeedback()
+    info1, info2 = raster_io.raster_info(t1), raster_io.raster_info(t2)
+    raster_io.check_same_grid(info1, info2)
+    nb = len(bands) if bands else info1.bands
+    rows, cols = info1.rows, info1.cols
+    strips = _strips(rows, cols, nb, strip_values)
+    valid = np.zeros((rows, cols), dtype=bool)
+    moments = [_BandMoments(nb), _BandMoments(nb)]
+    total = 2 * len(strips)
+    for i, (r0, r1) in enumerate(strips):  # pass 1: valid mask and band moments
+        check_cancelled(feedback)
+        a, va = raster_io.read_window(t1, bands, r0, r1 - r0, 0, cols)
+        b, vb = raster_io.read_window(t2, bands, r0, r1 - r0, 0, cols)
+        v = va & vb
+        valid[r0:r1] = v
+        moments[0].add(a, v)
+        moments[1].add(b, v)
+        feedback.set_progress((i + 1) / total)
+    if not valid.any():
+        raise InputError("No pixel is valid in both dates: every pixel is nodata or NaN in T1 or in T2. "
+                         "Check the layers' nodata values and that the two images overlap.")
+    s1, s2 = moments[0].stats(), moments[1].stats()
+    if not (np.any(s1["std"]) or np.any(s2["std"])):
+        raise InputError("Every band is constant over the valid pixels of both dates; there is nothing to compare.")
+    scratch = tempfile.mkdtemp(prefix="hypernet-scratch-", dir=scratch_dir)
+    try:
+        paths = [os.path.join(scratch, "t1.f32"), os.path.join(scratch, "t2.f32")]
+        cva = np.full((rows, cols), np.nan, dtype=np.float32)
+        with open(paths[0], "wb") as f1, open(paths[1], "wb") as f2:
+            for i, (r0, r1) in enumerate(strips):  # pass 2: standardise, write pixel-interleaved, CVA
+                check_cancelled(feedback)
+                v = valid[r0:r1]
+                z1 = _standardise(raster_io.read_window(t1, bands, r0, r1 - r0, 0, cols)[0], v, s1)
+                z2 = _standardise(raster_io.read_window(t2, bands, r0, r1 - r0, 0, cols)[0], v, s2)
+                d = np.sqrt(((z2.astype(np.float64) - z1) ** 2).sum(0)).astype(np.float32)
+                cva[r0:r1] = np.where(v, d, np.nan)
+                f1.write(np.ascontiguousarray(z1.transpose(1, 2, 0)).data)
+                f2.write(np.ascontiguousarray(z2.transpose(1, 2, 0)).data)
+                del z1, z2
+                feedback.set_progress((len(strips) + i + 1) / total)
+        shape = (nb, rows, cols)
+        return StreamedPair(WindowReader(paths[0], shape), WindowReader(paths[1], shape), valid, cva,
+                            info1, info2, list(bands) if bands else None, {"t1": s1, "t2": s2}, scratch,
+                            time.perf_counter() - start)
+    except BaseException:
+        shutil.rmtree(scratch, ignore_errors=True)
+        raise
+
+
+def training_mask_from_cva(cva: np.ndarray, valid: np.ndarray, fraction: float) -> np.ndarray:
+    """Mask g: the ``fraction`` of valid pixels with the lowest CVA (as training.select_training_pixels)."""
+    values = cva[valid]
+    cut = np.quantile(values, fraction)
+    mask = valid & (cva <= cut)
+    if mask.sum() < 16:
+        raise InputError("Fewer than 16 training pixels were found; the image is too small or almost all nodata.")
+    return mask
+
+
+def whole_pair_mb(info: raster_io.RasterInfo, bands: Sequence[int] | None = None) -> float:
+    """Memory (MB) that pipeline.load_pair needs: both dates raw and standardised, float32."""
+    nb = len(bands) if bands else info.bands
+    return 4 * nb * info.rows * info.cols * 4 / 2**20
+
+
+def detect_files_streamed(t1: str, t2: str, change_out: str, *, intensity_out: str | None = None,
+                          threshold: str = "otsu", threshold_value: float | None = None,
+                          bands: Sequence[int] | None = None, distance: str = "mse", config=None,
+                          feedback: Feedback | None = None, scratch_dir: str | None = None) -> dict[str, Any]:
+    """Train (default schedule) and detect on a pair of any size within ``config.memory_budget_mb``; write outputs.
+
+    The streaming counterpart of pipeline.detect_files for scenes whose whole arrays do not fit the budget.
+    Returns a summary dict (threshold, changed pixels, seconds per stage, the TrainResult).
+    """
+    from .detection import binary_change, change_intensity
+    from .training import TrainConfig, train_hypernet
+
+    feedback = feedback or NullFeedback()
+    config = config or TrainConfig()
+    config.validate()
+    raster_io.refuse_overwriting_inputs([change_out] + ([intensity_out] if intensity_out else []), [t1, t2])
+    times: dict[str, float] = {}
+    t = time.perf_counter()
+    with load_pair_streamed(t1, t2, bands, scratch_dir, SubFeedback(feedback, 0.0, 0.15)) as pair:
+        times["read_standardise_s"] = time.perf_counter() - t
+        g = training_mask_from_cva(pair.cva, pair.valid, config.training_fraction)
+        t = time.perf_counter()
+        result = train_hypernet(pair.x1s, pair.x2s, pair.valid, config, g, SubFeedback(feedback, 0.15, 0.6))
+        times["train_s"] = time.perf_counter() - t
+        t = time.perf_counter()
+        intensity = change_intensity(result.model, pair.x1s, pair.x2s, pair.valid, distance, config.device,
+                                     SubFeedback(feedback, 0.6, 0.97), memory_budget_mb=config.memory_budget_mb)
+        times["detect_s"] = time.perf_counter() - t
+        binary, thr = binary_change(intensity, pair.valid, threshold, threshold_value)
+        valid_count = int(pair.valid.sum())
+        like = pair.info1
+    t = time.perf_counter()
+    if intensity_out:
+        raster_io.write_raster(intensity_out, np.nan_to_num(intensity, nan=-9999.0), like, nodata=-9999.0,
+                               dtype="float32")
+    raster_io.write_raster(change_out, binary, like, nodata=255, dtype="uint8")
+    times["write_s"] = time.perf_counter() - t
+    feedback.set_progress(1.0)
+    changed = int((binary == 1).sum())
+    return {"threshold": thr, "changed_pixels": changed, "valid_pixels": valid_count, "train": result, **times}
