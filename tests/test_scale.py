@@ -312,3 +312,20 @@ def test_streamed_detection_end_to_end(tmp_path):
     assert np.nanmax(np.abs(got[0] - whole)) <= 1e-4 * (np.nanmax(whole) - np.nanmin(whole))
     change, cvalid, _ = raster_io.read_raster(str(out))
     assert int((change[0][cvalid] == 1).sum()) == res["changed_pixels"] > 0
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+def test_cuda_budget_comes_from_the_card_and_training_runs():
+    from hypernet_qgis.core.perf import CUDA_SHARE, device_budget_mb
+    from hypernet_qgis.core.training import TrainConfig, train_hypernet
+
+    dev = torch.device("cuda")
+    free, _ = torch.cuda.mem_get_info(dev)
+    assert device_budget_mb(dev, 1) == pytest.approx(CUDA_SHARE * free / 2**20, rel=0.05)
+    rng = np.random.default_rng(0)
+    x1 = rng.normal(size=(8, 64, 64)).astype(np.float32)
+    x2 = rng.normal(size=(8, 64, 64)).astype(np.float32)
+    res = train_hypernet(x1, x2, np.ones((64, 64), bool), TrainConfig(epochs=2, device="cuda"))
+    assert res.device_name.startswith("CUDA") and np.isfinite(res.loss_history).all()
+    intensity = change_intensity(res.model, x1, x2, np.ones((64, 64), bool), "rx", "cuda", tile=24)
+    assert np.isfinite(intensity).all()

@@ -233,11 +233,14 @@ def whole_pair_mb(info: raster_io.RasterInfo, bands: Sequence[int] | None = None
 def detect_files_streamed(t1: str, t2: str, change_out: str, *, intensity_out: str | None = None,
                           threshold: str = "otsu", threshold_value: float | None = None,
                           bands: Sequence[int] | None = None, distance: str = "mse", config=None,
-                          feedback: Feedback | None = None, scratch_dir: str | None = None) -> dict[str, Any]:
+                          feedback: Feedback | None = None, scratch_dir: str | None = None,
+                          model=None, unchanged_mask: str | None = None) -> dict[str, Any]:
     """Train (default schedule) and detect on a pair of any size within ``config.memory_budget_mb``; write outputs.
 
     The streaming counterpart of pipeline.detect_files for scenes whose whole arrays do not fit the budget.
-    Returns a summary dict (threshold, changed pixels, seconds per stage, the TrainResult).
+    ``model``: a loaded HyperNet to detect with (no training); ``unchanged_mask``: a raster path for mask g.
+    Returns a summary dict: threshold, changed/valid pixels, seconds per stage, ``train`` (TrainResult or None),
+    ``intensity`` and ``binary`` (rows x cols arrays, for reports).
     """
     from .detection import binary_change, change_intensity
     from .training import TrainConfig, train_hypernet
@@ -250,12 +253,18 @@ def detect_files_streamed(t1: str, t2: str, change_out: str, *, intensity_out: s
     t = time.perf_counter()
     with load_pair_streamed(t1, t2, bands, scratch_dir, SubFeedback(feedback, 0.0, 0.15)) as pair:
         times["read_standardise_s"] = time.perf_counter() - t
-        g = training_mask_from_cva(pair.cva, pair.valid, config.training_fraction)
+        result = None
+        if model is None:
+            if unchanged_mask:
+                g = raster_io.read_mask(unchanged_mask, pair.info1) & pair.valid
+            else:
+                g = training_mask_from_cva(pair.cva, pair.valid, config.training_fraction)
+            t = time.perf_counter()
+            result = train_hypernet(pair.x1s, pair.x2s, pair.valid, config, g, SubFeedback(feedback, 0.15, 0.6))
+            times["train_s"] = time.perf_counter() - t
+            model = result.model
         t = time.perf_counter()
-        result = train_hypernet(pair.x1s, pair.x2s, pair.valid, config, g, SubFeedback(feedback, 0.15, 0.6))
-        times["train_s"] = time.perf_counter() - t
-        t = time.perf_counter()
-        intensity = change_intensity(result.model, pair.x1s, pair.x2s, pair.valid, distance, config.device,
+        intensity = change_intensity(model, pair.x1s, pair.x2s, pair.valid, distance, config.device,
                                      SubFeedback(feedback, 0.6, 0.97), memory_budget_mb=config.memory_budget_mb)
         times["detect_s"] = time.perf_counter() - t
         binary, thr = binary_change(intensity, pair.valid, threshold, threshold_value)
@@ -269,4 +278,5 @@ def detect_files_streamed(t1: str, t2: str, change_out: str, *, intensity_out: s
     times["write_s"] = time.perf_counter() - t
     feedback.set_progress(1.0)
     changed = int((binary == 1).sum())
-    return {"threshold": thr, "changed_pixels": changed, "valid_pixels": valid_count, "train": result, **times}
+    return {"threshold": thr, "changed_pixels": changed, "valid_pixels": valid_count, "train": result,
+            "intensity": intensity, "binary": binary, **times}

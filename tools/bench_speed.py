@@ -1,0 +1,367 @@
+#!/usr/bin/env python3
+"""Speed and memory benchmark (`make bench-speed`): writes bench-results/speed.json and the SPEED section of
+BENCHMARKS.md.
+
+Measured, each case in a fresh subprocess (so each has its own peak RSS), with OMP_NUM_THREADS=1 and with torch's
+default thread count (on a shared 2-core machine the default can be much slower: its threads spin-wait):
+
+* paper-schedule training: seconds per epoch (after one warm-up epoch) and peak RSS at 307x241x154 and
+  600x500x224 (synthetic data), the achieved training GFLOP/s (FLOPs counted by torch's FlopCounterMode) next to
+  the fp32 matmul GFLOP/s measured in the same subprocess;
+* default-schedule end-to-end Detect Change (read GeoTIFFs, standardise, train, detect, threshold, write) at
+  600x500x224;
+* with --big: a 2000x2000x224 scene end to end through core.streaming (train + detect) and its peak RSS.
+
+Timings on a shared machine vary with the load; compare ratios within one run (the matmul figure is the yardstick).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+#: The authors' code on this machine kind (the issue): seconds per paper epoch, peak GB, at 208 GFLOP/s matmul.
+AUTHORS = {"307x241x154": (2.5, 3.3), "600x500x224": (45.0, 13.5)}
+AUTHORS_MATMUL = 208.0
+SIZES = {"307x241x154": (154, 241, 307), "600x500x224": (224, 500, 600)}
+
+
+# ------------------------------------------------------------------------------------------------ child cases
+
+def _peak_gb() -> float:
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+
+
+def _matmul_gflops(n: int = 2048, reps: int = 6) -> float:
+    import torch
+
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    a @ b
+    t = time.perf_counter()
+    for _ in range(reps):
+        a @ b
+    return 2 * n**3 * reps / (time.perf_counter() - t) / 1e9
+
+
+def _train_flops_per_pixel(bands: int, width: int) -> float:
+    """FLOPs of one paper training step per pixel (both dates, forward + backward), counted on a 32x32 image."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from hypernet_qgis.core.loss import training_loss
+    from hypernet_qgis.core.network import HyperNet, default_widths
+
+    model = HyperNet(bands, *default_widths(bands, width)).train()
+    x1, x2 = torch.randn(1, bands, 32, 32), torch.randn(1, bands, 32, 32)
+    with FlopCounterMode(display=False) as counter:
+        training_loss(model, x1, x2, torch.arange(0, 1024, 3), 1.0).backward()
+    return counter.get_total_flops() / 1024
+
+
+def _synthetic(bands: int, rows: int, cols: int, seed: int = 0):
+    """A smooth synthetic standardised pair with a changed block (what training sees)."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    classes = rng.normal(size=(6, bands)).astype(np.float32)
+    yy, xx = np.mgrid[0:rows, 0:cols]
+    label = ((yy // 23) + (xx // 17)) % 6
+    x1 = classes[label].transpose(2, 0, 1) + rng.normal(0, 0.3, (bands, rows, cols)).astype(np.float32)
+    x2 = classes[label].transpose(2, 0, 1) + rng.normal(0, 0.3, (bands, rows, cols)).astype(np.float32)
+    x2[:, rows // 3: rows // 3 + rows // 8, cols // 3: cols // 3 + cols // 8] += 1.5
+    return np.ascontiguousarray(x1, np.float32), np.ascontiguousarray(x2, np.float32), np.ones((rows, cols), bool)
+
+
+def case_paper(size: str, epochs: int, reuse: bool) -> dict:
+    """Paper schedule s/epoch (epochs after the first), peak RSS, GFLOP/s, matmul GFLOP/s."""
+    import numpy as np
+    import torch
+
+    from hypernet_qgis.core import perf
+    from hypernet_qgis.core.network import default_widths
+    from hypernet_qgis.core.progress import NullFeedback
+    from hypernet_qgis.core.training import TrainConfig, train_hypernet
+
+    bands, rows, cols = SIZES[size]
+    if not reuse:
+        perf.REUSE_HEADROOM = float("inf")
+    x1, x2, valid = _synthetic(bands, rows, cols)
+    mask = np.zeros_like(valid)
+    mask[::2] = True  # half the pixels as mask g (the FLOPs do not depend on it)
+
+    class Clock(NullFeedback):
+        def __init__(self):
+            self.marks, self.cpu = [time.perf_counter()], [os.times()]
+
+        def set_progress(self, fraction):
+            self.marks.append(time.perf_counter())
+            self.cpu.append(os.times())
+
+    clock = Clock()
+    width = default_widths(bands)[0]
+    cfg = TrainConfig(epochs=epochs, schedule="paper", device="cpu", memory_budget_mb=23 * 1024)
+    train_hypernet(x1, x2, valid, cfg, mask, clock)
+    steps = np.diff(clock.marks)
+    per_epoch = float(np.mean(steps[1:])) if len(steps) > 1 else float(steps[0])
+    user = np.diff([c.user for c in clock.cpu])
+    system = np.diff([c.system for c in clock.cpu])
+    sl = slice(1, None) if len(steps) > 1 else slice(0, None)
+    flops = _train_flops_per_pixel(bands, width) * rows * cols
+    return {
+        "case": "paper", "size": size, "threads": torch.get_num_threads(), "reuse_pages": reuse and perf.train_step_mb(bands, width, rows * cols) * perf.REUSE_HEADROOM
+        <= cfg.memory_budget_mb,
+        "width": width, "epochs_timed": len(steps) - 1, "first_epoch_s": float(steps[0]),
+        "s_per_epoch": per_epoch, "cpu_user_s_per_epoch": float(np.mean(user[sl])),
+        "cpu_system_s_per_epoch": float(np.mean(system[sl])), "peak_rss_gb": _peak_gb(), "train_gflop_per_epoch": flops / 1e9,
+        "train_gflops": flops / per_epoch / 1e9, "matmul_gflops": _matmul_gflops(),
+        "estimated_step_gb": perf.train_step_mb(bands, width, rows * cols) / 1024,
+    }
+
+
+def _write_geotiffs(folder: str, bands: int, rows: int, cols: int, dtype: str = "float32") -> tuple[str, str]:
+    """A synthetic pair as GeoTIFFs (UTM 33N), written strip by strip so the writer stays small."""
+    import numpy as np
+    from osgeo import gdal, osr
+
+    srs = osr.SpatialReference()
+    srs.ImportFromEPSG(32633)
+    gdt = gdal.GDT_Int16 if dtype == "int16" else gdal.GDT_Float32
+    rng = np.random.default_rng(1)
+    classes = rng.normal(1000, 300, size=(6, bands)).astype(np.float32)
+    paths = []
+    for k, name in enumerate(("t1", "t2")):
+        path = os.path.join(folder, f"{name}.tif")
+        ds = gdal.GetDriverByName("GTiff").Create(path, cols, rows, bands, gdt, ["INTERLEAVE=PIXEL", "TILED=YES"])
+        ds.SetGeoTransform((500000.0, 30.0, 0.0, 4600000.0, 0.0, -30.0))
+        ds.SetProjection(srs.ExportToWkt())
+        step = max(1, (64 * 2**20) // (cols * bands * 4))
+        for r0 in range(0, rows, step):
+            r1 = min(rows, r0 + step)
+            yy, xx = np.mgrid[r0:r1, 0:cols]
+            label = ((yy // 23) + (xx // 17)) % 6
+            if k == 1:
+                block = (yy >= rows // 3) & (yy < rows // 3 + rows // 8) & (xx >= cols // 3) & (xx < cols // 3 + cols // 8)
+                label = np.where(block, (label + 3) % 6, label)
+            data = classes[label].transpose(2, 0, 1) + rng.normal(0, 30, (bands, r1 - r0, cols)).astype(np.float32)
+            if k == 1:
+                data = 1.05 * data + 20
+            ds.WriteRaster(0, r0, cols, r1 - r0, data.astype(np.int16 if dtype == "int16" else np.float32).tobytes(),
+                           buf_type=gdt, band_list=list(range(1, bands + 1)))
+        ds = None
+        paths.append(path)
+    return paths[0], paths[1]
+
+
+def case_detect_default(size: str, folder: str) -> dict:
+    """Default-schedule Detect Change end to end from GeoTIFFs (pipeline.detect_files)."""
+    import torch
+
+    from hypernet_qgis.core.pipeline import detect_files
+    from hypernet_qgis.core.training import TrainConfig
+
+    bands, rows, cols = SIZES[size]
+    t1, t2 = _write_geotiffs(folder, bands, rows, cols)
+    start = time.perf_counter()
+    res = detect_files(t1, t2, os.path.join(folder, "change.tif"), config=TrainConfig(device="cpu"))
+    seconds = time.perf_counter() - start
+    return {"case": "detect_default", "size": size, "threads": torch.get_num_threads(), "seconds": seconds,
+            "train_s": res.train.seconds if res.train else None, "peak_rss_gb": _peak_gb(),
+            "changed_fraction": res.changed_fraction, "matmul_gflops": _matmul_gflops()}
+
+
+def case_big(folder: str, side: int, bands: int) -> dict:
+    """A side x side x bands scene end to end through core.streaming within the default memory budget."""
+    import torch
+
+    from hypernet_qgis.core.streaming import detect_files_streamed
+    from hypernet_qgis.core.training import TrainConfig
+
+    t = time.perf_counter()
+    t1, t2 = _write_geotiffs(folder, bands, side, side, dtype="int16")
+    write_s = time.perf_counter() - t
+    rss_after_writing = _peak_gb()
+    start = time.perf_counter()
+    res = detect_files_streamed(t1, t2, os.path.join(folder, "change.tif"), config=TrainConfig(device="cpu"),
+                                scratch_dir=folder)
+    seconds = time.perf_counter() - start
+    return {"case": "big_streamed", "size": f"{side}x{side}x{bands}", "threads": torch.get_num_threads(),
+            "seconds": seconds, "input_write_s": write_s, "peak_rss_gb": _peak_gb(),
+            "peak_rss_gb_while_writing_inputs": rss_after_writing,
+            **{k: v for k, v in res.items() if k.endswith("_s")}, "changed_fraction":
+            res["changed_pixels"] / max(1, res["valid_pixels"]), "memory_budget_mb": TrainConfig().memory_budget_mb}
+
+
+# ------------------------------------------------------------------------------------------------ driver
+
+def _run_child(args: list[str], threads: int | None, timeout: int) -> dict:
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    env.pop("OMP_NUM_THREADS", None)
+    if threads is not None:
+        env["OMP_NUM_THREADS"] = str(threads)
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--child", *args]
+    print("  running:", " ".join(args), f"(OMP_NUM_THREADS={threads or 'default'})", flush=True)
+    try:
+        out = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return {"case": args[0], "error": f"timed out after {timeout} s"}
+    if out.returncode != 0:
+        return {"case": args[0], "error": out.stderr.strip().splitlines()[-1] if out.stderr.strip() else "failed"}
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    result["omp_num_threads"] = threads or "default"
+    print("   ", json.dumps(result), flush=True)
+    return result
+
+
+def _fmt(v, nd=1):
+    return "-" if v is None else f"{v:.{nd}f}"
+
+
+def _markdown(results: dict) -> str:
+    lines = [
+        "<!-- SPEED -->",
+        f"`make bench-speed` (`{results['command']}`), {results['date']}, {results['machine']}, torch "
+        f"{results['torch']}, CPU only (no GPU on this machine; the CUDA path sizes tiles and crops from "
+        "`torch.cuda.mem_get_info` and its tests skip without CUDA). The machine is shared: compare the ratios to "
+        "the fp32 matmul GFLOP/s measured in the same subprocess, not absolute seconds across runs.",
+        "",
+        "### Paper schedule (whole image every epoch), seconds per epoch after one warm-up epoch",
+        "",
+        "| size | threads | page reuse | s/epoch (wall) | CPU s/epoch user + system | 200 epochs (min) | "
+        "peak RSS (GB) | training GFLOP/s | "
+        "matmul GFLOP/s | training / matmul | authors: s/epoch at 208 GFLOP/s | speed-up vs authors, "
+        "matmul-normalised |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in results["cases"]:
+        if r.get("case") != "paper" or "error" in r:
+            continue
+        a_s, a_gb = AUTHORS[r["size"]]
+        # authors' epoch in units of this run's matmul speed: a_s * 208 / matmul
+        speedup = (a_s * AUTHORS_MATMUL / r["matmul_gflops"]) / r["s_per_epoch"]
+        lines.append(
+            f"| {r['size']} | {r['omp_num_threads']} | {'yes' if r['reuse_pages'] else 'no'} | "
+            f"{_fmt(r['s_per_epoch'], 2)} | {_fmt(r['cpu_user_s_per_epoch'])} + {_fmt(r['cpu_system_s_per_epoch'])} | "
+            f"{_fmt(r['s_per_epoch'] * 200 / 60)} | {_fmt(r['peak_rss_gb'], 2)} "
+            f"(authors {a_gb}) | {_fmt(r['train_gflops'])} | {_fmt(r['matmul_gflops'])} | "
+            f"{_fmt(r['train_gflops'] / r['matmul_gflops'], 2)} | {a_s} | {_fmt(speedup, 2)}x |"
+        )
+    lines += ["", "### End to end", "", "| case | size | threads | seconds | peak RSS (GB) | notes |", "|---|---|---|---|---|---|"]
+    for r in results["cases"]:
+        if r.get("case") == "detect_default" and "error" not in r:
+            lines.append(f"| Detect Change, default schedule (read, train 60 epochs, detect, write) | {r['size']} | "
+                         f"{r['omp_num_threads']} | {_fmt(r['seconds'])} | {_fmt(r['peak_rss_gb'], 2)} | training "
+                         f"{_fmt(r['train_s'])} s; matmul {_fmt(r['matmul_gflops'])} GFLOP/s; goal <= 300 s |")
+        if r.get("case") == "big_streamed" and "error" not in r:
+            lines.append(f"| core.streaming train + detect (int16 GeoTIFFs) | {r['size']} | {r['omp_num_threads']} | "
+                         f"{_fmt(r['seconds'])} | {_fmt(r['peak_rss_gb'], 2)} | read+standardise "
+                         f"{_fmt(r.get('read_standardise_s'))} s, train {_fmt(r.get('train_s'))} s, detect "
+                         f"{_fmt(r.get('detect_s'))} s, write {_fmt(r.get('write_s'))} s; budget "
+                         f"{r['memory_budget_mb']} MB; goal peak <= 6 GB |")
+    errors = [r for r in results["cases"] if "error" in r]
+    for r in errors:
+        lines.append(f"| {r['case']} failed | | | | | {r['error']} |")
+    if results.get("big_skipped"):
+        lines += ["", "The 2000x2000x224 streamed case runs with `--big` (long); its last recorded result, if any, "
+                  "is kept in bench-results/speed-big.json."]
+    big = results.get("big_recorded")
+    if big and results.get("big_skipped"):
+        lines.append(f"Recorded {big.get('date')}: {big['size']} in {_fmt(big['seconds'])} s, peak RSS "
+                     f"{_fmt(big['peak_rss_gb'], 2)} GB (OMP_NUM_THREADS={big['omp_num_threads']}).")
+    lines += ["", "<!-- /SPEED -->"]
+    return "\n".join(lines)
+
+
+def _update_benchmarks_md(section: str) -> None:
+    path = REPO / "BENCHMARKS.md"
+    text = path.read_text() if path.exists() else "# Benchmarks\n"
+    pattern = re.compile(r"<!-- SPEED -->.*?<!-- /SPEED -->", re.S)
+    if pattern.search(text):
+        text = pattern.sub(lambda m: section, text)
+    else:
+        text = text.rstrip("\n") + "\n\n" + section + "\n"
+    path.write_text(text)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
+    p.add_argument("--big", action="store_true", help="also run the 2000x2000x224 streamed scene (long)")
+    p.add_argument("--big-side", type=int, default=2000)
+    p.add_argument("--quick", action="store_true", help="only the 307x241x154 paper epochs (a smoke run)")
+    p.add_argument("--epochs", type=int, default=2, help="paper epochs per case, the first is the warm-up")
+    p.add_argument("--out", default=str(REPO / "bench-results" / "speed.json"))
+    args = p.parse_args(argv)
+
+    if args.child:
+        kind = args.child[0]
+        with tempfile.TemporaryDirectory(prefix="hypernet-bench-") as folder:
+            if kind == "paper":
+                res = case_paper(args.child[1], int(args.child[2]), args.child[3] == "reuse")
+            elif kind == "detect_default":
+                res = case_detect_default(args.child[1], folder)
+            elif kind == "big":
+                res = case_big(folder, int(args.child[1]), int(args.child[2]))
+            else:
+                raise SystemExit(f"unknown case {kind}")
+        print(json.dumps(res))
+        return 0
+
+    import torch
+
+    start = time.perf_counter()
+    cases = []
+    plan: list[tuple[list[str], int | None, int]] = []
+    for threads in (1, None):
+        plan.append((["paper", "307x241x154", str(args.epochs + 1), "reuse"], threads, 900))
+    if not args.quick:
+        plan.append((["paper", "307x241x154", str(args.epochs + 1), "noreuse"], 1, 900))
+        for threads in (1, None):  # no page reuse here: 2 x 13.7 GB is over the 23 GB budget (the machine's RAM)
+            plan.append((["paper", "600x500x224", str(args.epochs), "reuse"], threads, 1800))
+        plan.append((["detect_default", "600x500x224"], 1, 1800))
+        plan.append((["detect_default", "600x500x224"], None, 1800))
+    if args.big:
+        plan.append((["big", str(args.big_side), "224"], 1, 7200))
+    for child, threads, timeout in plan:
+        cases.append(_run_child(child, threads, timeout))
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    big_path = out.with_name("speed-big.json")
+    big_recorded = None
+    for r in cases:
+        if r.get("case") == "big_streamed" and "error" not in r:
+            r["date"] = time.strftime("%Y-%m-%d")
+            big_path.write_text(json.dumps(r, indent=2))
+    if big_path.exists():
+        big_recorded = json.loads(big_path.read_text())
+    results = {
+        "command": "python tools/bench_speed.py" + (" --big" if args.big else "") + (" --quick" if args.quick else ""),
+        "date": time.strftime("%Y-%m-%d %H:%M"),
+        "machine": f"{os.cpu_count()} CPUs, {platform.machine()}, {platform.python_version()}",
+        "torch": torch.__version__,
+        "cuda": torch.cuda.is_available(),
+        "cases": cases,
+        "big_skipped": not args.big,
+        "big_recorded": big_recorded,
+        "total_s": time.perf_counter() - start,
+    }
+    out.write_text(json.dumps(results, indent=2))
+    _update_benchmarks_md(_markdown(results))
+    print(f"wrote {out} and the SPEED section of BENCHMARKS.md in {results['total_s']:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
