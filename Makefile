@@ -23,6 +23,8 @@ $(STAMP): Makefile
 	fi
 	test -x $(PY) || /usr/bin/python3 -m venv --system-site-packages $(VENV)
 	$(PY) -m pip install -q $(PIP_PACKAGES)
+	# `python -m hypernet_qgis` from any folder: the venv sees this checkout
+	$(PY) -c "import site, sys; open(site.getsitepackages()[0] + '/hypernet_qgis.pth', 'w').write(sys.argv[1] + '\n')" "$(CURDIR)"
 	touch $@
 
 # The assembled plugin folder (what QGIS loads): package + metadata + resources + licence.
