@@ -56,7 +56,8 @@ deploy: plugin
 	$(PY) tools/deploy.py $(BUILD)
 
 zip: plugin
-	mkdir -p dist && rm -f dist/$(PLUGIN).zip && cd build && zip -qr ../dist/$(PLUGIN).zip $(PLUGIN)
+	mkdir -p dist && rm -f dist/$(PLUGIN).zip
+	cd build && ../$(PY) -m zipfile -c ../dist/$(PLUGIN).zip $(PLUGIN)
 
 clean:
 	rm -rf build dist $(VENV)
