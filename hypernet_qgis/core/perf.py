@@ -1,9 +1,11 @@
 """Memory budgets and speed switches for training and detection (CPU and CUDA).
 
-Memory model of one training step (both dates, forward + backward, float32), measured as peak-RSS growth on CPU
-with torch 2.13 (tools/bench_speed.py re-measures it): about ``4 * (3 * bands + 100 * width)`` bytes per pixel
-plus a fixed ~256 MB (e.g. 600x500x224, width 112: 12.6 GB measured, 13.7 GB by the model; 128x128 tiles of
-154/224 bands: within 5 %). On CUDA the budget is the card's free memory (``torch.cuda.mem_get_info``).
+Memory model of one training step (both dates, forward + backward, float32), from peak-RSS growth on CPU with
+torch 2.13 (tools/bench_speed.py re-measures it): ``4 * (3 * bands + 170 * width)`` bytes per pixel plus a fixed
+256 MB. Measured, in width-channel maps per pixel: ~100 when glibc maps every large tensor afresh (tensors over
+32 MB, or a fixed mmap threshold), 130-140 with page reuse (:func:`training_allocator`), and 165-185 in glibc's
+default steady state when the tensors are under 32 MB (heap fragmentation; 307x241x154 paper: 4.4 GB peak RSS
+after 3 epochs). 170 covers all of them. On CUDA the budget is the card's free memory (``mem_get_info``).
 
 The allocator switch: glibc serves tensors above its mmap threshold (at most 32 MB) with fresh ``mmap`` pages, so
 every training step page-faults and zeroes its large activations again, and its *dynamic* threshold lets
@@ -26,7 +28,7 @@ from .errors import InputError
 
 #: Bytes per pixel of a training step = 4 * (TRAIN_BAND_MAPS * bands + TRAIN_WIDTH_MAPS * width) (see above).
 TRAIN_BAND_MAPS = 3
-TRAIN_WIDTH_MAPS = 100
+TRAIN_WIDTH_MAPS = 170
 #: Fixed overhead of a training step (MB): optimiser state, allocator slack, thread buffers.
 TRAIN_FIXED_MB = 256
 #: Share of a CUDA card's free memory that automatic sizing uses.
@@ -57,9 +59,9 @@ def _restore_defaults(lib) -> None:
     lib.malloc_trim(0)
 
 
-#: Peak growth when freed pages are kept for reuse (heap fragmentation): 1.33x at 600x500x224 (17.6 vs 13.2 GB),
-#: 1.39x at 300x300x224 (5.8 vs 4.2 GB); reuse is only switched on when the budget is twice the step estimate.
-REUSE_HEADROOM = 2.0
+#: Page reuse peaks at 130-140 maps per pixel, within the 170 of the model (but 1.33x glibc's fresh-mmap peak at
+#: 600x500x224: 17.6 vs 13.2 GB), so it is on whenever the step's estimate fits the budget.
+REUSE_HEADROOM = 1.0
 
 
 @contextlib.contextmanager
@@ -68,8 +70,7 @@ def training_allocator(device: torch.device | None = None, enabled: bool = True)
 
     Without it, glibc maps every tensor above 32 MB afresh and the kernel faults in and zeroes its pages at every
     step: at 300x300x224 a paper epoch took 13.4 s user + 7.4 s system CPU time, with reuse 13.3 s + 0.2 s
-    (600x500x224: 98 -> 76 s wall per epoch). The price is 1.3-1.4x the peak memory, so callers enable it only
-    when the budget has REUSE_HEADROOM over the step's estimate.
+    (600x500x224: 98 -> 76 s wall per epoch). Its peak stays within the memory model (see the module docstring).
     """
     lib = _glibc()
     if lib is None or not enabled or (device is not None and device.type != "cpu"):
