@@ -3,7 +3,7 @@
 Memory model of one training step (both dates, forward + backward, float32), from peak-RSS growth on CPU with
 torch 2.13 (tools/bench_speed.py re-measures it): ``4 * (3 * bands + 170 * width)`` bytes per pixel plus a fixed
 256 MB. Measured, in width-channel maps per pixel: ~100 when glibc maps every large tensor afresh (tensors over
-32 MB, or a fixed mmap threshold), 130-140 with page reuse (:func:`training_allocator`), and 165-185 in glibc's
+32 MB, or a fixed mmap threshold), 130-140+ with page reuse (:func:`training_allocator`), and 165-185 in glibc's
 default steady state when the tensors are under 32 MB (heap fragmentation; 307x241x154 paper: 4.4 GB peak RSS
 after 3 epochs). 170 covers all of them. On CUDA the budget is the card's free memory (``mem_get_info``).
 
@@ -59,9 +59,10 @@ def _restore_defaults(lib) -> None:
     lib.malloc_trim(0)
 
 
-#: Page reuse peaks at 130-140 maps per pixel, within the 170 of the model (but 1.33x glibc's fresh-mmap peak at
-#: 600x500x224: 17.6 vs 13.2 GB), so it is on whenever the step's estimate fits the budget.
-REUSE_HEADROOM = 1.0
+#: Page reuse fragments the heap: 130-140 maps per pixel with one thread (600x500x224: 17.6 vs 13.2 GB), but a
+#: 2-thread paper epoch at 600x500x224 grew past 22 GB and was OOM-killed. So it is only switched on when the
+#: budget is at least twice the step's estimate.
+REUSE_HEADROOM = 2.0
 
 
 @contextlib.contextmanager
@@ -70,7 +71,7 @@ def training_allocator(device: torch.device | None = None, enabled: bool = True)
 
     Without it, glibc maps every tensor above 32 MB afresh and the kernel faults in and zeroes its pages at every
     step: at 300x300x224 a paper epoch took 13.4 s user + 7.4 s system CPU time, with reuse 13.3 s + 0.2 s
-    (600x500x224: 98 -> 76 s wall per epoch). Its peak stays within the memory model (see the module docstring).
+    (600x500x224: 98 -> 76 s wall per epoch). Its peak is less predictable (see REUSE_HEADROOM).
     """
     lib = _glibc()
     if lib is None or not enabled or (device is not None and device.type != "cpu"):
