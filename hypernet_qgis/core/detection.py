@@ -6,11 +6,12 @@ import numpy as np
 import torch
 
 from . import tiling as _tiling
+from .calibration import BATCHNORM_MODES, calibrate_batchnorm
 from .device import resolve_device
 from .errors import InputError
 from .perf import device_budget_mb, streaming_allocator
 from .network import HyperNet
-from .progress import Feedback, NullFeedback, check_cancelled
+from .progress import Feedback, NullFeedback, SubFeedback, check_cancelled
 from .thresholds import compute_threshold
 
 #: mse: the paper's per-pixel mean squared feature difference; cosine: 1 - cosine similarity of the features;
@@ -166,6 +167,7 @@ def change_intensity(
     feedback: Feedback | None = None,
     memory_budget_mb: float = DEFAULT_MEMORY_BUDGET_MB,
     tile: int | None = None,
+    batchnorm: str = "per-date",
 ) -> np.ndarray:
     """Per-pixel change intensity (float32, NaN where invalid) between the two dates' HyperNet features.
 
@@ -174,6 +176,8 @@ def change_intensity(
     distance at once, so peak memory is set by the budget, not by the scene (``tile`` forces a tile side).
     ``rx`` runs the tiles twice: pass 1 accumulates the mean and covariance of the feature difference, pass 2
     scores. ``x1s``/``x2s`` may be any array-like with window slicing (memory maps, ``streaming`` readers).
+    ``batchnorm="per-date"`` (default) normalises each date's features with that date's own whole-image
+    BatchNorm statistics, as training does (``calibration.py``); ``"running"`` is the paper's eval mode.
     """
     if distance not in DISTANCES:
         raise InputError(f"Unknown distance {distance!r}; use one of {', '.join(DISTANCES)}.")
@@ -187,11 +191,14 @@ def change_intensity(
     if tile is None:
         tile = detection_tile(model, rows, cols, memory_budget_mb, dev)
     tile = int(tile)
+    if batchnorm not in BATCHNORM_MODES:
+        raise InputError(f"Unknown BatchNorm mode {batchnorm!r}; use one of {', '.join(BATCHNORM_MODES)}.")
     if tile >= max(rows, cols) and isinstance(x1s, np.ndarray) and isinstance(x2s, np.ndarray):
-        f1 = fused_features(model, x1s, dev)
+        model1, model2 = _date_models(model, x1s, x2s, batchnorm, dev, tile, feedback)
+        f1 = fused_features(model1, x1s, dev)
         feedback.set_progress(0.5)
         check_cancelled(feedback)
-        f2 = fused_features(model, x2s, dev)
+        f2 = fused_features(model2, x2s, dev)
         if distance == "rx":
             out = rx_score((f1 - f2).cpu().numpy(), valid)
         else:
@@ -200,21 +207,41 @@ def change_intensity(
         feedback.set_progress(1.0)
         return out.astype(np.float32)
 
-    with streaming_allocator():
-        return _tiled_intensity(model, x1s, x2s, valid, distance, dev, feedback, tile)
+    with streaming_allocator():  # the tiled calibration passes too: their peak is one haloed tile
+        calibrating = batchnorm == "per-date"
+        start = CALIBRATION_SHARE if calibrating else 0.0
+        model1, model2 = _date_models(model, x1s, x2s, batchnorm, dev, tile, SubFeedback(feedback, 0.0, start))
+        return _tiled_intensity(model1, model2, x1s, x2s, valid, distance, dev, SubFeedback(feedback, start, 1.0),
+                                tile)
 
 
-def _tiled_intensity(model: HyperNet, x1s, x2s, valid: np.ndarray, distance: str, dev: torch.device,
-                     feedback: Feedback, tile: int) -> np.ndarray:
+#: Share of the tiled detection's progress taken by the per-date BatchNorm calibration (7 partial passes per
+#: date, against 3 partial statistics passes and one feature pass per distance pass).
+CALIBRATION_SHARE = 0.5
+
+
+def _date_models(model: HyperNet, x1s, x2s, batchnorm: str, dev: torch.device, tile: int,
+                 feedback: Feedback) -> tuple[HyperNet, HyperNet]:
+    """The model each date is run through: the same model ("running"), or one calibrated per date."""
+    if batchnorm == "running":
+        return model, model
+    if batchnorm != "per-date":
+        raise InputError(f"Unknown BatchNorm mode {batchnorm!r}; use one of {', '.join(BATCHNORM_MODES)}.")
+    return (calibrate_batchnorm(model, x1s, dev, tile, SubFeedback(feedback, 0.0, 0.5)),
+            calibrate_batchnorm(model, x2s, dev, tile, SubFeedback(feedback, 0.5, 1.0)))
+
+
+def _tiled_intensity(model1: HyperNet, model2: HyperNet, x1s, x2s, valid: np.ndarray, distance: str,
+                     dev: torch.device, feedback: Feedback, tile: int) -> np.ndarray:
     """The tiled path of change_intensity: both dates' tiles in step, each reduced to its distance at once."""
     rows, cols = valid.shape
     passes = 2 if distance == "rx" else 1
     out = np.full((rows, cols), np.nan, dtype=np.float32)
-    stats = RxStats(2 * model.width) if distance == "rx" else None
+    stats = RxStats(2 * model1.width) if distance == "rx" else None
     for p in range(passes):
         progress = _MeanProgress(feedback, p / passes, (p + 1) / passes)
-        gen1 = _tiling.iter_fused_features(model, x1s, tile, dev, progress.part(0), as_tensor=True)
-        gen2 = _tiling.iter_fused_features(model, x2s, tile, dev, progress.part(1), as_tensor=True)
+        gen1 = _tiling.iter_fused_features(model1, x1s, tile, dev, progress.part(0), as_tensor=True)
+        gen2 = _tiling.iter_fused_features(model2, x2s, tile, dev, progress.part(1), as_tensor=True)
         for (r0, c0, f1), (_, _, f2) in zip(gen1, gen2):
             r1, c1 = r0 + f1.shape[1], c0 + f1.shape[2]
             v = valid[r0:r1, c0:c1]

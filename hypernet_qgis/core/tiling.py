@@ -17,14 +17,18 @@ pass up to floating-point summation order (tests/test_tiling.py: 1e-9 in float64
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Callable, Iterator
 
 import numpy as np
 import torch
 
+from torch import nn
+
+from .calibration import backbone_batchnorms
 from .errors import InputError
-from .network import HyperNet, Pooling, run_until_recorded
+from .network import ChannelAttention, HyperNet, Pooling, run_until_recorded
 from .progress import Feedback, check_cancelled
 
 #: Number of streaming statistics passes of the published network (one per attention depth), before the feature pass.
@@ -160,6 +164,154 @@ def fused_features_tiled(model: HyperNet, x: np.ndarray, tile: int, device="cpu"
         else:
             out[:, r0: r0 + f.shape[1], c0: c0 + f.shape[2]] = f
     return out
+
+
+class _Reached(Exception):
+    """Raised by a forward pre-hook once every module of a calibration point has received its input."""
+
+
+class _Moments:
+    """Per-channel count, mean and centred sum of squares (float64), merged tile by tile (Chan et al.)."""
+
+    def __init__(self) -> None:
+        self.n, self.mean, self.m2 = 0, None, None
+
+    def add(self, a: torch.Tensor) -> None:
+        v = a[0].reshape(a.shape[1], -1).double()
+        m = v.shape[1]
+        if not m:
+            return
+        mean_b = v.mean(1)
+        m2_b = (v - mean_b[:, None]).pow(2).sum(1)
+        if self.mean is None:
+            self.n, self.mean, self.m2 = m, mean_b, m2_b
+            return
+        n = self.n + m
+        delta = mean_b - self.mean
+        self.m2 = self.m2 + m2_b + delta.pow(2) * (self.n * m / n)
+        self.mean = self.mean + delta * (m / n)
+        self.n = n
+
+
+class _Pooled:
+    """Per-channel sum (float64) and max over tile interiors: a channel attention's global avg and max."""
+
+    def __init__(self) -> None:
+        self.sum, self.max = None, None
+
+    def add(self, a: torch.Tensor) -> None:
+        s = a.sum(dim=(2, 3), keepdim=True, dtype=torch.float64)
+        m = a.amax(dim=(2, 3), keepdim=True)
+        self.sum = s if self.sum is None else self.sum + s
+        self.max = m if self.max is None else torch.maximum(self.max, m)
+
+
+#: A calibration job: run ``run(window, pooling)`` on windows with ``halo`` until ``modules`` have their inputs.
+CalibrationJob = tuple[Callable, list[nn.Module], int]
+
+
+def calibration_points(model: HyperNet) -> list[list[CalibrationJob]]:
+    """The backbone's whole-image statistics in dependency order: one list of jobs per streaming pass.
+
+    A job's modules are BatchNorms (whose input mean and variance are needed) or one channel attention (whose
+    input avg and max are needed); every job depends only on the jobs of earlier passes. The spatial branch
+    (3 x (BN, attention), fuse BN) and the spectral branch (3 x (BN, attention), fuse BN) run side by side; the
+    first RSAB's shortcut BatchNorm reads the image alone, so it joins the first pass. The windows' halos are
+    those of :func:`pooled_statistics` and of the feature pass, so that the convolutions meet the same shapes
+    (on the CPU, oneDNN caches one primitive per shape: new shapes cost memory once per process).
+    """
+    spatial_run = lambda t, p: model.fuse_spatial(model.spatial_branch(t, p))  # noqa: E731
+    spectral_run = lambda t, p: model.fuse_spectral(model.spectral_branch(t, p))  # noqa: E731
+    full = model.halo()
+    spatial: list[CalibrationJob] = []
+    spectral: list[CalibrationJob] = []
+    for key in HyperNet.SPATIAL_KEYS:
+        block = getattr(model, key)
+        spatial += [(spatial_run, [block.bn], model.halo(key)), (spatial_run, [block.ca], model.halo(key))]
+    spatial.append((spatial_run, [m for m in model.fuse_spatial if isinstance(m, nn.BatchNorm2d)], full))
+    for key in HyperNet.SPECTRAL_KEYS:
+        block = getattr(model, key)
+        spectral += [(spectral_run, [block.bn], model.halo(key)), (spectral_run, [block.ca], model.halo(key))]
+    spectral.append((spectral_run, [m for m in model.fuse_spectral if isinstance(m, nn.BatchNorm2d)], full))
+    passes = [[*jobs] for jobs in zip(spatial, spectral)]
+    for i, key in enumerate(HyperNet.SPATIAL_KEYS):  # shortcut BatchNorms read the block's input
+        block = getattr(model, key)
+        shortcut = [m for m in block.shortcut.modules() if isinstance(m, nn.BatchNorm2d)]
+        if shortcut:
+            if i == 0:
+                passes[0].append((lambda t, p, f=block.shortcut: f(t), shortcut, 0))
+            else:  # after the previous block's attention: its input is that block's output
+                passes[2 * i].append((spatial_run, shortcut, model.halo(key)))
+    return passes
+
+
+def _inputs_of(run: Callable, t: torch.Tensor, pooling: Pooling, modules: list[nn.Module]) -> dict:
+    """Run ``run(t, pooling)`` until every module in ``modules`` has received its input; return those inputs."""
+    seen: dict[nn.Module, torch.Tensor] = {}
+
+    def hook(module: nn.Module, args: tuple) -> None:
+        seen[module] = args[0]
+        if len(seen) == len(modules):
+            raise _Reached
+
+    handles = [m.register_forward_pre_hook(hook) for m in modules]
+    try:
+        run(t, pooling)
+    except _Reached:
+        pass
+    finally:
+        for h in handles:
+            h.remove()
+    if len(seen) != len(modules):
+        raise RuntimeError("the forward pass never reached a calibration point")
+    return seen
+
+
+@torch.no_grad()
+def batchnorm_statistics_tiled(model: HyperNet, x: np.ndarray, tile: int, device="cpu",
+                               feedback: Feedback | None = None) -> HyperNet:
+    """Tiled, exact :func:`calibration.calibrate_batchnorm`: an eval-mode copy with ``x``'s whole-image statistics.
+
+    Every backbone BatchNorm's running mean / variance becomes the mean / biased variance of its input over the
+    whole image in a training-mode forward pass, with memory bounded by one haloed tile. The statistics form a
+    chain (:func:`calibration_points`): each needs all earlier BatchNorm statistics and channel-attention
+    pooled statistics fixed. Pass k runs the k-th point of each branch on every haloed tile of a working copy
+    (eval mode: the earlier BatchNorms hold their calibrated statistics, the earlier attentions get their pooled
+    statistics through :class:`Pooling`), stops the forward at that point, and accumulates the inputs over the
+    tiles' interiors only: a BatchNorm's per-channel count, mean and centred sum of squares (float64, merged
+    tile by tile), an attention's sum and max. 7 passes for the published network (the spatial branch's
+    3 x (BN, attention) + fuse BN; the spectral branch's alongside). ``feedback``: cancellation and progress.
+    """
+    work = copy.deepcopy(model).eval()
+    _check_input(work, x, tile)
+    device = _resolve_device(device)
+    work.to(device)
+    dtype = next(work.parameters()).dtype
+    rows, cols = x.shape[1:]
+    parts = tiles(rows, cols, int(tile))
+    for bn in backbone_batchnorms(work):
+        bn.reset_running_stats()
+    plan = calibration_points(work)
+    given: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+    for k, jobs in enumerate(plan):
+        acc = {m: (_Pooled() if isinstance(m, ChannelAttention) else _Moments()) for _, mods, _ in jobs for m in mods}
+        for i, t in enumerate(parts):
+            check_cancelled(feedback)
+            for run, mods, halo in jobs:
+                win = _window(t, halo, rows, cols)
+                seen = _inputs_of(run, _as_tensor(x, win, dtype, device), Pooling(given=given), mods)
+                for m in mods:
+                    acc[m].add(_interior(seen[m], t, win))
+            if feedback is not None:
+                feedback.set_progress((k + (i + 1) / len(parts)) / len(plan))
+        for m, a in acc.items():
+            if isinstance(a, _Pooled):
+                given[m.key] = ((a.sum / (rows * cols)).to(dtype), a.max)
+            else:
+                m.running_mean.copy_(a.mean)
+                m.running_var.copy_(a.m2 / a.n)
+                m.num_batches_tracked.fill_(1)
+    return work
 
 
 #: Width-channel feature maps alive at the peak of a no-grad forward pass of a window (besides its input and the
