@@ -96,7 +96,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--intensity", default=None, help="also write the change intensity (float32 GeoTIFF)")
     p.add_argument("--model", default=None, help="a model file from 'train'; without it the pair is trained first")
     p.add_argument("--threshold", type=_threshold, default="otsu", help="otsu (default), kmeans, or a number")
-    p.add_argument("--distance", default=None, choices=["mse", "cosine", "rx"], help="feature distance")
+    p.add_argument("--distance", default=None, choices=["mse", "cosine", "rx"],
+                   help="feature distance (default mse, the paper's)")
+    p.add_argument("--batchnorm", default="per-date", choices=["per-date", "running"],
+                   help="BatchNorm statistics at detection: each date's own (default) or training's running ones")
     p.add_argument("--report", default=None, help="write an HTML report of the run")
     _add_training_args(p)
 
@@ -156,6 +159,7 @@ def run(args: argparse.Namespace) -> int:
         res = pipeline.detect_files(
             args.t1, args.t2, args.output, intensity_out=args.intensity, model=args.model, threshold=method,
             threshold_value=value, bands=args.bands, unchanged_mask=args.unchanged_mask, distance=args.distance,
+            batchnorm=args.batchnorm,
             config=_config(args), feedback=fb,
         )
         if args.report:

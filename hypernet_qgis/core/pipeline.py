@@ -165,10 +165,15 @@ def detect_files(
     bands: Sequence[int] | None = None,
     unchanged_mask: str | None = None,
     distance: str | None = None,
+    batchnorm: str = "per-date",
     config: TrainConfig | None = None,
     feedback: Feedback | None = None,
 ) -> DetectResult:
-    """Detect change between two rasters: train on the pair (or load a model), intensity, threshold, write."""
+    """Detect change between two rasters: train on the pair (or load a model), intensity, threshold, write.
+
+    ``batchnorm``: "per-date" normalises each date's features with its own whole-image statistics (default),
+    "running" uses the running statistics of training (the paper's eval mode).
+    """
     start = time.perf_counter()
     feedback = feedback or NullFeedback()
     config = config or TrainConfig()
@@ -203,7 +208,8 @@ def detect_files(
     check_cancelled(feedback)
     feedback.info(f"Computing the change intensity ({distance} of the fused features).")
     intensity = change_intensity(
-        net, pair.x1s, pair.x2s, pair.valid, distance, config.device, SubFeedback(feedback, 0.85, 0.97)
+        net, pair.x1s, pair.x2s, pair.valid, distance, config.device, SubFeedback(feedback, 0.85, 0.97),
+        memory_budget_mb=config.memory_budget_mb, batchnorm=batchnorm,
     )
     binary, thr = threshold_feature_distance(intensity, pair.valid, threshold, threshold_value)
     check_cancelled(feedback)
@@ -217,7 +223,7 @@ def detect_files(
     )
     return DetectResult(
         change_out, intensity_out, changed, valid_count, thr, threshold, time.perf_counter() - start,
-        intensity, binary, train_result, pair, {"distance": distance},
+        intensity, binary, train_result, pair, {"distance": distance, "batchnorm": batchnorm},
     )
 
 
