@@ -422,3 +422,26 @@ def test_errors_stay_input_errors_when_gdal_exceptions_are_on(tmp_path):
     finally:
         if not was_on:
             gdal.DontUseExceptions()
+
+
+def test_truncated_file_is_a_clear_error(tmp_path):
+    """A GeoTIFF cut short (an interrupted copy) says which file and what to do, not a GDAL traceback."""
+    import numpy as np
+    from osgeo import gdal
+
+    from hypernet_qgis.core import raster_io
+    from hypernet_qgis.core.errors import InputError
+
+    path = tmp_path / "cut.tif"
+    ds = gdal.GetDriverByName("GTiff").Create(str(path), 64, 64, 3, gdal.GDT_Float32)
+    for b in range(3):
+        ds.GetRasterBand(b + 1).WriteArray(np.full((64, 64), b, np.float32))
+    ds = None
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    try:
+        raster_io.read_raster(str(path))
+    except InputError as exc:
+        assert "cut.tif" in str(exc)
+    else:
+        raise AssertionError("a truncated file was read without error")

@@ -313,14 +313,25 @@ def _read_block(ds: gdal.Dataset, band_list: Sequence[int], row0: int, nrows: in
     """float32 data (NaN invalid) and valid mask for a window; every band of a pixel must be usable."""
     data = np.empty((len(band_list), nrows, ncols), dtype=np.float32)
     valid = np.ones((nrows, ncols), dtype=bool)
+    # one all-band read: band by band is ~28x slower on pixel-interleaved files (each band re-reads every block)
+    with _quiet_gdal():
+        try:
+            block = ds.ReadAsArray(col0, row0, ncols, nrows, band_list=[int(b) for b in band_list])
+        except RuntimeError:  # GDAL exceptions turned on by other code
+            block = None
+        message = gdal.GetLastErrorMsg()
+    if block is not None and block.ndim == 2:
+        block = block[None]
     for k, b in enumerate(band_list):
         band = ds.GetRasterBand(b)
-        with _quiet_gdal():
-            try:
-                arr = band.ReadAsArray(col0, row0, ncols, nrows)
-            except RuntimeError:  # GDAL exceptions turned on by other code
-                arr = None
-            message = gdal.GetLastErrorMsg()
+        arr = None if block is None else block[k]
+        if arr is None:
+            with _quiet_gdal():  # find the band that fails, for the message
+                try:
+                    arr = band.ReadAsArray(col0, row0, ncols, nrows)
+                except RuntimeError:
+                    arr = None
+                message = gdal.GetLastErrorMsg() or message
         if arr is None:
             raise InputError(
                 f"Band {b} of {os.path.basename(ds.GetDescription())} could not be read (GDAL: {message}). "
