@@ -184,3 +184,20 @@ def test_otsu_on_the_square_root_keeps_long_tailed_change():
     assert raw[truth].mean() < 0.4  # what the paper's Otsu on the raw MSE would have found
     fixed, thr_fixed = pipeline.threshold_feature_distance(intensity, valid, "fixed", 0.5)
     assert thr_fixed == 0.5 and np.array_equal(fixed == 1, intensity > 0.5)
+
+
+def test_a_pair_larger_than_the_budget_is_detected_by_windows_with_the_same_result(synthetic_pair, tmp_path):
+    t1, t2 = str(synthetic_pair["t1"]), str(synthetic_pair["t2"])
+    model = tmp_path / "m.hypernet"
+    pipeline.train_files(t1, t2, str(model), config=TrainConfig(**FAST))
+    whole = pipeline.detect_files(t1, t2, str(tmp_path / "a.tif"), model=str(model))
+    small = TrainConfig(device="cpu", memory_budget_mb=0.1)  # the 40x36x8 pair needs ~0.2 MB in memory
+    streamed = pipeline.detect_files(t1, t2, str(tmp_path / "b.tif"), model=str(model), config=small)
+    assert streamed.extra.get("streamed") and not whole.extra.get("streamed")
+    span = np.nanmax(whole.intensity) - np.nanmin(whole.intensity)
+    assert np.nanmax(np.abs(streamed.intensity - whole.intensity)) <= 1e-4 * span
+    assert np.array_equal(np.isnan(streamed.intensity), np.isnan(whole.intensity))
+    assert abs(streamed.changed_pixels - whole.changed_pixels) <= 2
+    a = gdal.Open(str(tmp_path / "a.tif")).ReadAsArray()
+    b = gdal.Open(str(tmp_path / "b.tif")).ReadAsArray()
+    assert (a != b).sum() <= 2 and ((a == 255) == (b == 255)).all()

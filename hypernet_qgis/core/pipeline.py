@@ -12,7 +12,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from . import raster_io
+from . import raster_io, streaming
 from .detection import DISTANCES, NODATA, binary_change, change_intensity
 from .errors import InputError
 from .model_file import load_model, save_model, software_versions
@@ -188,6 +188,9 @@ def detect_files(
         if bands is None and metadata.get("band_selection"):
             bands = metadata["band_selection"]
             feedback.info(f"Using the model's band selection: {bands}.")
+    if streaming.whole_pair_mb(raster_io.raster_info(t1), bands) > config.memory_budget_mb:
+        return _detect_streamed(t1, t2, change_out, intensity_out, loaded, metadata, threshold, threshold_value,
+                                bands, unchanged_mask, distance, batchnorm, config, feedback, start)
     pair = load_pair(t1, t2, bands, min_bands=2)
     train_result = None
     if loaded is not None:
@@ -225,6 +228,30 @@ def detect_files(
         change_out, intensity_out, changed, valid_count, thr, threshold, time.perf_counter() - start,
         intensity, binary, train_result, pair, {"distance": distance, "batchnorm": batchnorm},
     )
+
+
+def _detect_streamed(t1, t2, change_out, intensity_out, loaded, metadata, threshold, threshold_value, bands,
+                     unchanged_mask, distance, batchnorm, config, feedback, start) -> DetectResult:
+    """detect_files for a pair whose whole arrays exceed the memory budget: read, train and detect by windows."""
+    info1, info2 = raster_io.raster_info(t1), raster_io.raster_info(t2)
+    raster_io.check_same_grid(info1, info2)
+    band_count = len(bands) if bands else info1.bands
+    if loaded is not None and int(metadata.get("band_count", -1)) != band_count:
+        raise InputError(
+            f"The model was trained on {metadata.get('band_count')} bands but the images have {band_count} "
+            "(after the band selection). Use the same sensor and BANDS as in training, or train a new model."
+        )
+    distance = distance or (metadata.get("distance") if loaded is not None else None) or DEFAULT_DISTANCE
+    feedback.info(f"The pair needs more than the {config.memory_budget_mb} MB budget in memory: "
+                  "reading, training and detecting by windows.")
+    out = streaming.detect_files_streamed(
+        t1, t2, change_out, intensity_out=intensity_out, threshold=threshold, threshold_value=threshold_value,
+        bands=bands, distance=distance, config=config, feedback=feedback, model=loaded,
+        unchanged_mask=unchanged_mask, batchnorm=batchnorm,
+    )
+    return DetectResult(change_out, intensity_out, out["changed_pixels"], out["valid_pixels"], out["threshold"],
+                        threshold, time.perf_counter() - start, out["intensity"], out["binary"], out["train"], None,
+                        {"distance": distance, "batchnorm": batchnorm, "streamed": True})
 
 
 def threshold_feature_distance(

@@ -234,7 +234,8 @@ def detect_files_streamed(t1: str, t2: str, change_out: str, *, intensity_out: s
                           threshold: str = "otsu", threshold_value: float | None = None,
                           bands: Sequence[int] | None = None, distance: str = "mse", config=None,
                           feedback: Feedback | None = None, scratch_dir: str | None = None,
-                          model=None, unchanged_mask: str | None = None) -> dict[str, Any]:
+                          model=None, unchanged_mask: str | None = None,
+                          batchnorm: str = "per-date") -> dict[str, Any]:
     """Train (default schedule) and detect on a pair of any size within ``config.memory_budget_mb``; write outputs.
 
     The streaming counterpart of pipeline.detect_files for scenes whose whole arrays do not fit the budget.
@@ -242,7 +243,8 @@ def detect_files_streamed(t1: str, t2: str, change_out: str, *, intensity_out: s
     Returns a summary dict: threshold, changed/valid pixels, seconds per stage, ``train`` (TrainResult or None),
     ``intensity`` and ``binary`` (rows x cols arrays, for reports).
     """
-    from .detection import binary_change, change_intensity
+    from .detection import change_intensity
+    from .pipeline import threshold_feature_distance
     from .training import TrainConfig, train_hypernet
 
     feedback = feedback or NullFeedback()
@@ -265,9 +267,10 @@ def detect_files_streamed(t1: str, t2: str, change_out: str, *, intensity_out: s
             model = result.model
         t = time.perf_counter()
         intensity = change_intensity(model, pair.x1s, pair.x2s, pair.valid, distance, config.device,
-                                     SubFeedback(feedback, 0.6, 0.97), memory_budget_mb=config.memory_budget_mb)
+                                     SubFeedback(feedback, 0.6, 0.97), memory_budget_mb=config.memory_budget_mb,
+                                     batchnorm=batchnorm)
         times["detect_s"] = time.perf_counter() - t
-        binary, thr = binary_change(intensity, pair.valid, threshold, threshold_value)
+        binary, thr = threshold_feature_distance(intensity, pair.valid, threshold, threshold_value)
         valid_count = int(pair.valid.sum())
         like = pair.info1
     t = time.perf_counter()
