@@ -30,4 +30,5 @@ def describe_device(device: torch.device, requested: str = "auto") -> str:
     if device.type == "cuda":
         return f"CUDA: {torch.cuda.get_device_name(device)}"
     reason = "asked for" if requested == "cpu" else "no CUDA device"
-    return f"CPU, {torch.get_num_threads()} threads ({reason})"
+    threads = torch.get_num_threads()
+    return f"CPU, {threads} thread{'s' if threads != 1 else ''} ({reason})"
