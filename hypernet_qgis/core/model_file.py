@@ -15,7 +15,6 @@ import datetime as _dt
 import json
 import os
 import pickle
-import tempfile
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -23,6 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from .atomic import atomic_file
 from .errors import InputError
 from .network import HyperNet
 
@@ -58,13 +58,6 @@ def _jsonable(value: Any) -> Any:
 
 def save_model(path: str | os.PathLike, model: HyperNet, metadata: dict | None = None) -> None:
     """Write ``model`` and ``metadata`` to ``path`` atomically (temp file in the same folder, then rename)."""
-    path = Path(path)
-    folder = path.parent if str(path.parent) else Path(".")
-    if not folder.is_dir():
-        raise InputError(f"Cannot write the model file {path}: the folder {folder} does not exist. Create it or "
-                         "choose another output path.")
-    if path.is_dir():
-        raise InputError(f"Cannot write the model file {path}: it is a folder. Give a file name such as model.pt.")
     meta = dict(metadata or {})
     meta.update(
         bands=model.bands, width=model.width, proj_width=model.proj_width, pred_hidden=model.pred_hidden,
@@ -78,19 +71,8 @@ def save_model(path: str | os.PathLike, model: HyperNet, metadata: dict | None =
         "metadata_json": json.dumps(meta, default=_jsonable, sort_keys=True),
         "state_dict": {k: v.detach().cpu().clone().contiguous() for k, v in model.state_dict().items()},
     }
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            torch.save(payload, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
+    with atomic_file(path, "the model file", "model.pt") as fh:
+        torch.save(payload, fh)
 
 
 def _read_payload(path: Path) -> dict:

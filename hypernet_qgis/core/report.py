@@ -19,13 +19,13 @@ import io
 import json
 import math
 import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
 from . import quicklook as ql
+from .atomic import atomic_file
 from .errors import InputError
 
 PathLike = str | os.PathLike
@@ -220,30 +220,8 @@ def _map_figure(ident: str, picture: np.ndarray, caption: str, factor: int, lege
 
 def _write_atomic(path: PathLike, text: str) -> None:
     """Write ``text`` to ``path`` whole or not at all."""
-    path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(folder):
-        raise InputError(f"Cannot write the report {path}: the folder {folder} does not exist. Create it or choose "
-                         "another output path.")
-    if os.path.isdir(path):
-        raise InputError(f"Cannot write the report {path}: it is a folder. Give a file name such as report.html.")
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=folder)
-    except OSError as exc:
-        raise InputError(f"Cannot write the report in {folder} ({exc.strerror}). Choose a writable folder.") from None
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
+    with atomic_file(path, "the report", "report.html", binary=False) as fh:
+        fh.write(text)
 
 
 # --------------------------------------------------------------------------------------------- plots
