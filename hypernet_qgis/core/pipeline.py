@@ -15,6 +15,7 @@ import numpy as np
 from . import raster_io, streaming
 from .detection import DISTANCES, NODATA, binary_change, change_intensity
 from .errors import InputError
+from .evaluation import evaluate_files  # noqa: F401  (the evaluation job, re-exported with the other jobs)
 from .model_file import load_model, save_model, software_versions
 from .progress import Feedback, NullFeedback, SubFeedback, check_cancelled
 from .scaling import standardize
@@ -322,36 +323,3 @@ def baseline_files(
     feedback.set_progress(1.0)
     return DetectResult(change_out, intensity_out, changed, valid_count, thr, threshold,
                         time.perf_counter() - start, intensity, binary, None, pair, {"method": method})
-
-
-def evaluate_files(
-    change: str,
-    reference: str,
-    *,
-    changed: Sequence[float] = (1,),
-    unchanged: Sequence[float] = (0,),
-    ignore: Sequence[float] = (),
-) -> dict[str, Any]:
-    """Score a binary change map (or an intensity map, for AUC) against a reference raster."""
-    from .metrics import change_metrics, roc_auc
-
-    info_c, info_r = raster_io.raster_info(change), raster_io.raster_info(reference)
-    if (info_c.rows, info_c.cols) != (info_r.rows, info_r.cols):
-        raise InputError(
-            f"The change map is {info_c.cols}x{info_c.rows} pixels but the reference is {info_r.cols}x{info_r.rows}; "
-            "they must cover the same grid."
-        )
-    pred, pvalid, _ = raster_io.read_raster(change, [1])
-    ref, rvalid, _ = raster_io.read_raster(reference, [1])
-    pred, ref = pred[0], ref[0]
-    ref_codes = np.where(rvalid, ref, np.nan)
-    values = pred[pvalid]
-    is_binary = values.size > 0 and np.all(np.isin(values, (0, 1)))
-    out: dict[str, Any] = {}
-    if is_binary:
-        binary = np.where(pvalid, pred, NODATA).astype(np.uint8)
-        out.update(change_metrics(binary, ref_codes, changed=changed, unchanged=unchanged, ignore=ignore))
-    score = np.where(pvalid, pred, np.nan)
-    out["AUC"] = float(roc_auc(score, ref_codes, changed=changed, unchanged=unchanged, ignore=ignore))
-    out["input_kind"] = "binary" if is_binary else "intensity"
-    return out

@@ -901,25 +901,12 @@ def write_evaluation_report(path: PathLike, change: str, reference: str, changed
                             unchanged: Sequence[float] = (0,), ignore: Sequence[float] = ()) -> None:
     """Evaluation report of a change map (or intensity) file against a reference raster file."""
     from . import metrics as m
-    from . import raster_io
+    from .evaluation import read_evaluation_inputs
 
-    pred, pvalid, _ = raster_io.read_raster(change, [1])
-    ref, rvalid, _ = raster_io.read_raster(reference, [1])
-    pred, ref = pred[0], ref[0]
-    if pred.shape != ref.shape:
-        raise InputError(f"The change map is {pred.shape[1]}x{pred.shape[0]} pixels but the reference is "
-                         f"{ref.shape[1]}x{ref.shape[0]}; they must cover the same grid.")
-    ref_codes = np.where(rvalid, ref, np.nan)
-    values = pred[pvalid]
-    is_binary = values.size > 0 and bool(np.all(np.isin(values, (0, 1))))
-    score = np.where(pvalid, pred, np.nan).astype(np.float32)
+    inputs = read_evaluation_inputs(change, reference)
+    is_binary, prediction, score, ref_codes = inputs.is_binary, inputs.prediction, inputs.score, inputs.reference
     kw = {"changed": changed, "unchanged": unchanged, "ignore": ignore}
-    if is_binary:
-        prediction = np.where(pvalid, pred, 255).astype(np.uint8)
-        scores = m.change_metrics(prediction, ref_codes, **kw)
-    else:
-        prediction = score
-        scores = {}
+    scores = m.change_metrics(prediction, ref_codes, **kw) if is_binary else {}
     fpr, tpr, _ = m.roc_curve(score, ref_codes, **kw)
     auc = m.roc_auc(score, ref_codes, **kw)
     info = {"change map": change, "reference": reference, "changed codes": list(changed),
