@@ -191,6 +191,12 @@ def change_intensity(
     if tile is None:
         tile = detection_tile(model, rows, cols, memory_budget_mb, dev)
     tile = int(tile)
+    if tile >= max(rows, cols):
+        feedback.info("Detection runs the whole image in one pass per date.")
+    else:
+        count = len(_tiling.tiles(rows, cols, tile))
+        feedback.info(f"Detection runs by {count} tiles of {tile}x{tile} pixels (halo {model.halo()}) per pass, "
+                      f"to stay within the {memory_budget_mb:g} MB memory budget.")
     if batchnorm not in BATCHNORM_MODES:
         raise InputError(f"Unknown BatchNorm mode {batchnorm!r}; use one of {', '.join(BATCHNORM_MODES)}.")
     if tile >= max(rows, cols) and isinstance(x1s, np.ndarray) and isinstance(x2s, np.ndarray):
