@@ -139,3 +139,24 @@ def test_tiled_detection_with_per_date_statistics_equals_whole_image(distance):
     assert np.array_equal(np.isnan(tiled), ~valid)
     assert np.nanmax(np.abs(tiled - whole)) <= 1e-4 * span
     assert np.nanmax(np.abs(running - whole)) > 1e-2 * span  # the tiles did use the per-date statistics
+
+
+def test_attention_statistics_found_while_calibrating_are_reused_exactly():
+    """The tiled calibration keeps its channel-attention statistics for the same image; the tiled feature pass
+    then skips its 3 statistics passes and still gives the same features as recomputing them."""
+    from hypernet_qgis.core.tiling import batchnorm_statistics_tiled, fused_features_tiled
+
+    model = _model()
+    x = np.random.default_rng(5).normal(0.5, 2.0, (6, 23, 29))
+    calibrated = batchnorm_statistics_tiled(model, x, 10, "cpu")
+    assert calibrated.pooled_statistics_of[0] is x
+    reused = fused_features_tiled(calibrated, x, 10, "cpu")
+    del calibrated.pooled_statistics_of
+    recomputed = fused_features_tiled(calibrated, x, 10, "cpu")
+    np.testing.assert_allclose(reused, recomputed, rtol=1e-12, atol=1e-12)
+    other = x + 1.0  # another image never uses the cache (here a deliberately empty one, which would be wrong)
+    expected = fused_features_tiled(calibrated, other, 10, "cpu")
+    calibrated.pooled_statistics_of = (x, {})
+    np.testing.assert_allclose(fused_features_tiled(calibrated, other, 10, "cpu"), expected, rtol=1e-12, atol=1e-12)
+    calibrated.pooled_statistics_of = (other, {})  # ...and used, the empty cache does change the result
+    assert np.abs(fused_features_tiled(calibrated, other, 10, "cpu") - expected).max() > 1e-6

@@ -137,8 +137,13 @@ def iter_fused_features(model: HyperNet, x: np.ndarray, tile: int, device="cpu",
         if feedback is not None:
             feedback.set_progress(1.0)
         return
-    share = STAT_PASSES / (STAT_PASSES + 1)  # progress: statistics passes, then the (dearer) feature pass
-    given = pooled_statistics(model, x, tile, device, feedback, progress=(0.0, share))
+    cached = getattr(model, "pooled_statistics_of", None)
+    if cached is not None and cached[0] is x:  # found while calibrating on this very image: no passes needed
+        share = 0.0
+        given = {k: (a.to(device), m.to(device)) for k, (a, m) in cached[1].items()}
+    else:
+        share = STAT_PASSES / (STAT_PASSES + 1)  # progress: statistics passes, then the (dearer) feature pass
+        given = pooled_statistics(model, x, tile, device, feedback, progress=(0.0, share))
     halo = model.halo()
     for i, t in enumerate(parts):
         check_cancelled(feedback)
@@ -311,6 +316,9 @@ def batchnorm_statistics_tiled(model: HyperNet, x: np.ndarray, tile: int, device
                 m.running_mean.copy_(a.mean)
                 m.running_var.copy_(a.m2 / a.n)
                 m.num_batches_tracked.fill_(1)
+    # every attention's statistics were found with all earlier statistics final, so they are exactly what the
+    # tiled eval pass of this image needs: keep them (with the image they belong to) to skip its 3 passes
+    work.pooled_statistics_of = (x, given)
     return work
 
 
