@@ -215,13 +215,10 @@ def load_pair_streamed(t1: str, t2: str, bands: Sequence[int] | None = None, scr
 
 
 def training_mask_from_cva(cva: np.ndarray, valid: np.ndarray, fraction: float) -> np.ndarray:
-    """Mask g: the ``fraction`` of valid pixels with the lowest CVA (as training.select_training_pixels)."""
-    values = cva[valid]
-    cut = np.quantile(values, fraction)
-    mask = valid & (cva <= cut)
-    if mask.sum() < 16:
-        raise InputError("Fewer than 16 training pixels were found; the image is too small or almost all nodata.")
-    return mask
+    """Mask g from the streamed CVA, exactly as training.select_training_pixels does in memory."""
+    from .training import lowest_share
+
+    return lowest_share(cva, valid, fraction)
 
 
 def whole_pair_mb(info: raster_io.RasterInfo, bands: Sequence[int] | None = None) -> float:

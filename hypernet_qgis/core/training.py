@@ -107,12 +107,15 @@ def select_training_pixels(
     lowest-scoring share of a classic change score keeps changed pixels out of the positive pairs while
     leaving enough variety of land cover to learn from (BENCHMARKS.md compares the choices).
     """
-    score = pre_detection_score(x1s, x2s, valid)
+    return lowest_share(pre_detection_score(x1s, x2s, valid), valid, fraction)
+
+
+def lowest_share(score: np.ndarray, valid: np.ndarray, fraction: float) -> np.ndarray:
+    """The ``fraction`` of valid pixels with the lowest ``score`` (mask g from a pre-detection score)."""
     values = score[valid]
     if values.size == 0:
         raise InputError("No valid pixel is left in both dates (all nodata or NaN); check the inputs' nodata.")
-    cut = np.quantile(values, fraction)
-    mask = valid & (score <= cut)
+    mask = valid & (score <= np.quantile(values, fraction))
     if mask.sum() < 16:
         raise InputError("Fewer than 16 training pixels were found; the image is too small or almost all nodata.")
     return mask
