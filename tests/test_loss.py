@@ -96,3 +96,28 @@ def test_training_loss_updates_running_stats_twice():
     training_loss(model, x1, x2, torch.arange(30), 2.0).backward()
     assert int(model.rsab1.bn.num_batches_tracked) == 2
     assert int(model.predictor[1].num_batches_tracked) == 2
+
+
+@pytest.mark.parametrize("batch", [1, 3])
+def test_training_loss_at_training_pixels_equals_full_computation(batch):
+    """training_loss runs the predictor's last conv and the cosine only at mask-g pixels: same loss and gradients
+    as computing p and z everywhere and indexing (the published way), for one image and for crop batches."""
+    torch.manual_seed(3)
+    x1, x2 = torch.randn(batch, 9, 6, 7, dtype=torch.float64), torch.randn(batch, 9, 6, 7, dtype=torch.float64)
+    index = torch.tensor(sorted(torch.randperm(batch * 42)[: batch * 20].tolist()))
+    fast = HyperNet(9, 16).double().train()
+    full = HyperNet(9, 16).double().train()
+    full.load_state_dict(fast.state_dict())
+
+    loss_fast = training_loss(fast, x1, x2, index, 2.0)
+    _, z1, p1 = full.features_and_projections(x1)
+    _, z2, p2 = full.features_and_projections(x2)
+    loss_full = focal_cosine_loss(p1, z1, p2, z2, index, 2.0)
+    loss_fast.backward()
+    loss_full.backward()
+
+    assert loss_fast.item() == pytest.approx(loss_full.item(), rel=1e-12)
+    for (name, a), (_, b) in zip(fast.named_parameters(), full.named_parameters()):
+        assert torch.allclose(a.grad, b.grad, rtol=1e-9, atol=1e-14), name
+    for (name, a), (_, b) in zip(fast.named_buffers(), full.named_buffers()):
+        assert torch.equal(a, b), name

@@ -136,3 +136,19 @@ def test_channels_last_gives_the_same_features():
         a = model(x)
         b = model.to(memory_format=torch.channels_last)(x.to(memory_format=torch.channels_last))
     torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("shape", [(1, 5, 9, 11), (2, 3, 4, 3)])
+def test_box_mean_is_the_published_average_pooling(shape):
+    """The 5x5 mean of the spatial branch equals nn.AvgPool2d(5, 1, 2) (zero padding counted), values and
+    gradients, including the borders and images smaller than the window."""
+    from hypernet_qgis.core.network import BoxMean
+
+    torch.manual_seed(4)
+    x = torch.randn(*shape, dtype=torch.float64, requires_grad=True)
+    weight = torch.randn(*shape, dtype=torch.float64)
+    ours, published = BoxMean(5)(x), torch.nn.AvgPool2d(5, stride=1, padding=2)(x)
+    torch.testing.assert_close(ours, published, rtol=1e-13, atol=1e-15)
+    (g_ours,) = torch.autograd.grad((ours * weight).sum(), x)
+    (g_pub,) = torch.autograd.grad((published * weight).sum(), x)
+    torch.testing.assert_close(g_ours, g_pub, rtol=1e-13, atol=1e-15)

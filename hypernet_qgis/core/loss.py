@@ -4,16 +4,21 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 #: eps of the per-pixel cosine similarity, as published.
 COS_EPS = 1e-6
 
 
-def _focal_term(p: torch.Tensor, z: torch.Tensor, index: torch.Tensor, gamma: float) -> torch.Tensor:
-    """mean over the indexed pixels of (2 - cos)^gamma * cos, with cos = cos(p, stopgrad(z)) per pixel."""
-    cos = F.cosine_similarity(p, z.detach(), dim=1, eps=COS_EPS)  # (N, H, W)
-    cos = cos.reshape(-1)[index]
+def _focal_term(p: torch.Tensor, z: torch.Tensor, gamma: float) -> torch.Tensor:
+    """mean over the pixels (columns) of (2 - cos)^gamma * cos, with cos = cos(p, stopgrad(z)) per column."""
+    cos = F.cosine_similarity(p, z.detach(), dim=0, eps=COS_EPS)  # (K,)
     return ((2.0 - cos) ** gamma * cos).mean()
+
+
+def pixels_at(t: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """The (C, K) columns of a (N, C, H, W) tensor at flat pixel indices into its (N*H*W) pixels."""
+    return t.movedim(1, 0).reshape(t.shape[1], -1).index_select(1, index)
 
 
 def focal_cosine_loss(
@@ -29,7 +34,24 @@ def focal_cosine_loss(
     if index.numel() == 0:
         raise ValueError("focal_cosine_loss needs at least one training pixel")
     index = index.to(device=p1.device, dtype=torch.long)
-    return -0.5 * (_focal_term(p1, z2, index, gamma) + _focal_term(p2, z1, index, gamma))
+    p1, z1, p2, z2 = (pixels_at(t, index) for t in (p1, z1, p2, z2))
+    return -0.5 * (_focal_term(p1, z2, gamma) + _focal_term(p2, z1, gamma))
+
+
+def projections_at(model, x: torch.Tensor, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(z, p) of one date at the training pixels only, as (C, K) columns, in one forward pass.
+
+    Every layer with BatchNorm runs on all pixels (its batch statistics are over the whole batch, as published);
+    only the predictor's last 1x1 convolution, which has no BatchNorm after it, and the loss run on the K indexed
+    pixels. The same numbers as :meth:`HyperNet.features_and_projections` followed by indexing, with less work.
+    """
+    z = model.project(model(x))
+    *body, last = model.predictor
+    hidden = pixels_at(nn.Sequential(*body)(z), index)
+    p = last.weight.flatten(1) @ hidden
+    if last.bias is not None:
+        p = p + last.bias[:, None]
+    return pixels_at(z, index), p
 
 
 def training_loss(model, x1: torch.Tensor, x2: torch.Tensor, index: torch.Tensor, gamma: float) -> torch.Tensor:
@@ -39,9 +61,12 @@ def training_loss(model, x1: torch.Tensor, x2: torch.Tensor, index: torch.Tensor
     a date with that date's own batch statistics and, in training mode, updates its running statistics twice.
     Batching the two dates together would change the result.
     """
-    _, z1, p1 = model.features_and_projections(x1)
-    _, z2, p2 = model.features_and_projections(x2)
-    return focal_cosine_loss(p1, z1, p2, z2, index, gamma)
+    if index.numel() == 0:
+        raise ValueError("focal_cosine_loss needs at least one training pixel")
+    index = index.to(device=x1.device, dtype=torch.long)
+    z1, p1 = projections_at(model, x1, index)
+    z2, p2 = projections_at(model, x2, index)
+    return -0.5 * (_focal_term(p1, z2, gamma) + _focal_term(p2, z1, gamma))
 
 
 def training_step(model, optimizer: torch.optim.Optimizer, x1: torch.Tensor, x2: torch.Tensor,
