@@ -62,3 +62,32 @@ def test_output_equal_to_input_is_refused(synthetic_pair):
     t1 = str(synthetic_pair["t1"])
     r = cli("detect", t1, str(synthetic_pair["t2"]), "--output", t1)
     assert r.returncode == 2 and "error:" in r.stderr
+
+
+def test_classic_and_evaluate_run_without_torch(synthetic_pair, tmp_path):
+    """torch made absent (a meta-path blocker, as in test_qgis_torch_missing): baseline and evaluate still work,
+    detect exits 2 with one line naming the missing package."""
+    import os
+
+    from test_qgis_torch_missing import BLOCKER
+
+    blocker = tmp_path / "blocker"
+    blocker.mkdir()
+    (blocker / "sitecustomize.py").write_text(BLOCKER + "\nimport atexit\natexit.register(lambda: "
+                                              "sys.stderr.write('TORCH LOADED\\n') if 'torch' in sys.modules else None)\n")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(blocker), str(REPO), os.environ.get("PYTHONPATH", "")]))
+
+    def run(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "hypernet_qgis", *args], cwd=REPO, capture_output=True,
+                              text=True, timeout=300, env=env)
+
+    t1, t2, gt = (str(synthetic_pair[k]) for k in ("t1", "t2", "gt"))
+    change = tmp_path / "cva.tif"
+    r = run("baseline", "cva", t1, t2, "--output", str(change))
+    assert r.returncode == 0 and change.is_file(), r.stderr
+    r = run("evaluate", str(change), gt)
+    assert r.returncode == 0 and "kappa" in json.loads(r.stdout), r.stderr
+    assert "TORCH LOADED" not in r.stderr
+    r = run("detect", t1, t2, "--output", str(tmp_path / "hn.tif"))
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "'torch'" in r.stderr, r.stderr
+    assert not (tmp_path / "hn.tif").exists()

@@ -106,9 +106,11 @@ def require_engine() -> None:
             raise InputError(missing_dependency_message(module, f"{type(exc).__name__}: {exc}")) from None
 
 
-def pipeline():
-    """The core pipeline module, imported on first use (it imports torch)."""
-    require_engine()
+def pipeline(engine: bool = True):
+    """The core pipeline module, imported on first use. ``engine``: the job needs torch (HyperNet itself); the
+    classic and evaluation jobs do not, so they run in a QGIS whose Python lacks torch."""
+    if engine:
+        require_engine()
     from ..core import pipeline as module
 
     return module
@@ -315,7 +317,7 @@ class HyperNetAlgorithm(QgsProcessingAlgorithm):
     GROUP_ID = "changedetection"
     ICON = "hypernet.svg"
     HELP = ""
-    #: Needs torch (the core pipeline); all current algorithms do.
+    #: Needs torch and spectral (HyperNet itself); the classic and evaluation algorithms do not.
     NEEDS_ENGINE = True
 
     def __init__(self) -> None:

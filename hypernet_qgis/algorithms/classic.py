@@ -20,6 +20,7 @@ class ClassicChangeAlgorithm(HyperNetAlgorithm):
     GROUP = "Classic methods"
     GROUP_ID = "classic"
     ICON = "classic.svg"
+    NEEDS_ENGINE = False
     HELP = (
         "<p>Classic change detection between two images of the same place at two dates, to compare with "
         "HyperNet or when no deep learning is wanted. Methods: <b>cva</b> (change vector analysis: length of "
@@ -68,7 +69,7 @@ class ClassicChangeAlgorithm(HyperNetAlgorithm):
         return job
 
     def run_job(self, job: Job, feedback: QgisFeedback) -> dict[str, Any]:
-        result = pipeline().baseline_files(
+        result = pipeline(engine=False).baseline_files(
             job["method"], job["t1"], job["t2"], job["change"], intensity_out=job["intensity"],
             threshold=job["threshold"], threshold_value=job["threshold_value"], bands=job["bands"], feedback=feedback)
         feedback.info(f"{job['method'].upper()}: threshold {result.threshold:.6g} ({result.threshold_method}); "

@@ -30,6 +30,7 @@ class EvaluateChangeAlgorithm(HyperNetAlgorithm):
     GROUP = "Evaluation"
     GROUP_ID = "evaluation"
     ICON = "evaluate.svg"
+    NEEDS_ENGINE = False
     HELP = (
         "<p>Measures how well a change map agrees with a reference (ground truth) raster on the same grid.</p>"
         "<p><b>Inputs</b>: the change map (1 change, 0 no change, 255 nodata, as written by <i>Detect Change</i> "
@@ -80,7 +81,7 @@ class EvaluateChangeAlgorithm(HyperNetAlgorithm):
                     "ignore": ignore, "report": report})
 
     def run_job(self, job: Job, feedback: QgisFeedback) -> dict[str, Any]:
-        metrics = pipeline().evaluate_files(job["change"], job["reference"], changed=job["changed"],
+        metrics = pipeline(engine=False).evaluate_files(job["change"], job["reference"], changed=job["changed"],
                                             unchanged=job["unchanged"], ignore=job["ignore"])
         outputs: dict[str, Any] = {}
         for name, keys in METRICS.items():

@@ -12,13 +12,12 @@ from .errors import InputError
 from .perf import device_budget_mb, streaming_allocator
 from .network import HyperNet
 from .progress import Feedback, NullFeedback, SubFeedback, check_cancelled
-from .thresholds import compute_threshold
+from .thresholds import CHANGED, NODATA, UNCHANGED, binary_change, choose_threshold  # noqa: F401 (re-exported)
 
 #: mse: the paper's per-pixel mean squared feature difference; cosine: 1 - cosine similarity of the features;
 #: rx: anomalous change, Mahalanobis (RX) distance of the feature difference from its own mean and covariance.
 DISTANCES = ("mse", "cosine", "rx")
 THRESHOLD_METHODS = ("otsu", "kmeans", "fixed")
-CHANGED, UNCHANGED, NODATA = 1, 0, 255
 #: Working memory for detection and training unless the caller says otherwise: fits an 8 GB laptop.
 DEFAULT_MEMORY_BUDGET_MB = 4096
 
@@ -262,22 +261,3 @@ def _tiled_intensity(model1: HyperNet, model2: HyperNet, x1s, x2s, valid: np.nda
             del f1, f2
     feedback.set_progress(1.0)
     return out
-
-
-def choose_threshold(intensity: np.ndarray, valid: np.ndarray, method: str = "otsu", value: float | None = None) -> float:
-    """The threshold on the valid pixels' intensity: Otsu, 2-cluster k-means, or a fixed value."""
-    values = intensity[valid & np.isfinite(intensity)]
-    if values.size == 0:
-        raise InputError("The change intensity has no valid pixel; the inputs are all nodata.")
-    return compute_threshold(values, method, value)
-
-
-def binary_change(
-    intensity: np.ndarray, valid: np.ndarray, method: str = "otsu", value: float | None = None
-) -> tuple[np.ndarray, float]:
-    """Binary change map (uint8: 1 change, 0 no change, 255 nodata) and the threshold used (change = above)."""
-    threshold = choose_threshold(intensity, valid, method, value)
-    ok = valid & np.isfinite(intensity)
-    out = np.full(intensity.shape, NODATA, dtype=np.uint8)
-    out[ok] = np.where(intensity[ok] > threshold, CHANGED, UNCHANGED)
-    return out, threshold

@@ -8,18 +8,19 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 
 from . import raster_io, streaming
-from .detection import DISTANCES, NODATA, binary_change, change_intensity
 from .errors import InputError
 from .evaluation import evaluate_files  # noqa: F401  (the evaluation job, re-exported with the other jobs)
-from .model_file import load_model, save_model, software_versions
 from .progress import Feedback, NullFeedback, SubFeedback, check_cancelled
 from .scaling import standardize
-from .training import TrainConfig, TrainResult, train_hypernet
+from .thresholds import NODATA, binary_change
+
+if TYPE_CHECKING:  # the HyperNet jobs import torch when they run; the classic and evaluation jobs never do
+    from .training import TrainConfig, TrainResult
 
 #: Smallest image side HyperNet is run on: below this the 3x3/5x5/7x7 windows see mostly padding.
 MIN_SIDE = 8
@@ -113,6 +114,9 @@ def train_pair(
     pair: ImagePair, config: TrainConfig, unchanged_mask: str | None = None, feedback: Feedback | None = None
 ) -> TrainResult:
     """Train HyperNet on a loaded pair; mask g from the user's unchanged mask or the automatic pre-detection."""
+    from .model_file import software_versions
+    from .training import train_hypernet
+
     result = train_hypernet(pair.x1s, pair.x2s, pair.valid, config, _training_mask(unchanged_mask, pair), feedback)
     result.extra.update(
         {
@@ -143,6 +147,9 @@ def train_files(
     feedback: Feedback | None = None,
 ) -> TrainResult:
     """Train on a pair of rasters and save the model file."""
+    from .model_file import save_model
+    from .training import TrainConfig
+
     feedback = feedback or NullFeedback()
     config = config or TrainConfig()
     config.validate()
@@ -175,6 +182,10 @@ def detect_files(
     ``batchnorm``: "per-date" normalises each date's features with its own whole-image statistics (default),
     "running" uses the running statistics of training (the paper's eval mode).
     """
+    from .detection import DISTANCES, change_intensity
+    from .model_file import load_model
+    from .training import TrainConfig
+
     start = time.perf_counter()
     feedback = feedback or NullFeedback()
     config = config or TrainConfig()

@@ -10,9 +10,12 @@ import numpy as np
 
 from .errors import InputError
 
-__all__ = ["otsu_threshold", "kmeans_threshold", "compute_threshold", "METHODS"]
+__all__ = ["otsu_threshold", "kmeans_threshold", "compute_threshold", "choose_threshold", "binary_change", "METHODS",
+           "CHANGED", "UNCHANGED", "NODATA"]
 
 METHODS = ("otsu", "kmeans", "fixed")
+#: Codes of the binary change map.
+CHANGED, UNCHANGED, NODATA = 1, 0, 255
 
 
 def _finite_sorted(values: np.ndarray) -> np.ndarray:
@@ -99,3 +102,22 @@ def compute_threshold(values: np.ndarray, method: str = "otsu", value: float | N
             raise InputError("A fixed threshold needs a finite THRESHOLD_VALUE. Give a number, or use otsu/kmeans.")
         return float(value)
     raise InputError(f"Unknown threshold method {method!r}. Use one of: {', '.join(METHODS)}.")
+
+
+def choose_threshold(intensity: np.ndarray, valid: np.ndarray, method: str = "otsu", value: float | None = None) -> float:
+    """The threshold on the valid pixels' intensity: Otsu, 2-cluster k-means, or a fixed value."""
+    values = intensity[valid & np.isfinite(intensity)]
+    if values.size == 0:
+        raise InputError("The change intensity has no valid pixel; the inputs are all nodata.")
+    return compute_threshold(values, method, value)
+
+
+def binary_change(
+    intensity: np.ndarray, valid: np.ndarray, method: str = "otsu", value: float | None = None
+) -> tuple[np.ndarray, float]:
+    """Binary change map (uint8: 1 change, 0 no change, 255 nodata) and the threshold used (change = above)."""
+    threshold = choose_threshold(intensity, valid, method, value)
+    ok = valid & np.isfinite(intensity)
+    out = np.full(intensity.shape, NODATA, dtype=np.uint8)
+    out[ok] = np.where(intensity[ok] > threshold, CHANGED, UNCHANGED)
+    return out, threshold
