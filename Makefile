@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.hypernet-installed
 APT_PACKAGES := qgis python3-qgis qgis-providers python3-gdal gdal-bin python3-venv python3-matplotlib \
-                xvfb xauth imagemagick
+                xvfb xauth imagemagick libtcmalloc-minimal4
 PIP_PACKAGES := torch==2.13.0 spectral "numpy<2" pytest
 PLUGIN := hypernet_qgis
 BUILD := build/$(PLUGIN)

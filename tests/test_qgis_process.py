@@ -155,3 +155,20 @@ def test_installed_wrapper_if_present():
     text = installed.read_text()
     assert f'REPO="{REPO}"' in text and "@REPO@" not in text
     assert os.access(installed, os.X_OK)
+
+
+def test_wrapper_runs_qgis_with_tcmalloc(wrapper, tmp_path):
+    """The wrapper preloads tcmalloc when installed (whole-image training up to 2x faster); the log says which."""
+    from hypernet_qgis.core.allocator import find_tcmalloc
+
+    files = make_pair(tmp_path / "data")
+    args = ("run", "hypernet:trainhypernet", "--", f"INPUT_T1={files['t1']}", f"INPUT_T2={files['t2']}",
+            "EPOCHS=1", "DEVICE=cpu", f"OUTPUT_MODEL={tmp_path / 'm.hypernet'}")
+    env = {k: v for k, v in wrapper["env"].items()
+           if k not in ("LD_PRELOAD", "HYPERNET_ALLOCATOR", "HYPERNET_ALLOCATOR_SET")}
+    proc = run(wrapper, *args, env=env)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    expected = "tcmalloc allocator" if find_tcmalloc() else "system allocator"
+    assert expected in proc.stdout, proc.stdout[-2000:]
+    proc = run(wrapper, *args, env=dict(env, HYPERNET_ALLOCATOR="system"))
+    assert proc.returncode == 0 and "system allocator" in proc.stdout, proc.stdout[-2000:]

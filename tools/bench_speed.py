@@ -227,13 +227,22 @@ def case_big(folder: str, side: int, bands: int) -> dict:
 
 # ------------------------------------------------------------------------------------------------ driver
 
-def _run_child(args: list[str], threads: int | None, timeout: int) -> dict:
-    env = dict(os.environ, PYTHONPATH=str(REPO))
+def _run_child(args: list[str], threads: int | None, timeout: int, alloc: str = "system") -> dict:
+    """Run one case in a fresh interpreter; ``alloc`` "tcmalloc" preloads it as the CLI tools do."""
+    from hypernet_qgis.core import allocator
+
+    env = {k: v for k, v in os.environ.items() if k not in ("LD_PRELOAD", allocator.ENV_DONE)}
+    env.update(PYTHONPATH=str(REPO), **{allocator.ENV_CHOICE: "system"})
     env.pop("OMP_NUM_THREADS", None)
     if threads is not None:
         env["OMP_NUM_THREADS"] = str(threads)
+    if alloc == "tcmalloc":
+        preload = allocator.preload_environment({k: v for k, v in env.items() if k != allocator.ENV_CHOICE})
+        if preload is None:
+            return {"case": " ".join(args), "error": "tcmalloc is not installed", "omp_num_threads": threads or "default"}
+        env = preload
     cmd = [sys.executable, str(Path(__file__).resolve()), "--child", *args]
-    print("  running:", " ".join(args), f"(OMP_NUM_THREADS={threads or 'default'})", flush=True)
+    print("  running:", " ".join(args), f"(OMP_NUM_THREADS={threads or 'default'}, {alloc})", flush=True)
     try:
         out = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -245,6 +254,7 @@ def _run_child(args: list[str], threads: int | None, timeout: int) -> dict:
         return {"case": " ".join(args), "error": why, "omp_num_threads": threads or "default"}
     result = json.loads(out.stdout.strip().splitlines()[-1])
     result["omp_num_threads"] = threads or "default"
+    result["allocator"] = alloc
     print("   ", json.dumps(result), flush=True)
     return result
 
@@ -263,14 +273,16 @@ def _markdown(results: dict) -> str:
         "",
         "### Paper schedule (whole image every epoch), seconds per epoch after one warm-up epoch",
         "",
-        "| size | operations | threads | page reuse | s/epoch (wall) | CPU s/epoch user + system | "
+        "| size | operations | threads | allocator | page reuse | s/epoch (wall) | CPU s/epoch user + system | "
         "200 epochs (min) | peak RSS (GB) | GFLOP per epoch | training GFLOP/s | matmul GFLOP/s | "
         "training / matmul | s/epoch if every FLOP ran at matmul speed | authors: s/epoch at 208 GFLOP/s | "
         "speed-up vs authors, matmul-normalised | speed-up vs published operations, same run |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
+    # the yardstick: the published operations with the system allocator, same size and threads, same run
     published = {(r["size"], r["omp_num_threads"]): r["s_per_epoch"] for r in results["cases"]
-                 if r.get("case") == "paper" and r.get("ops") == "published" and "error" not in r}
+                 if r.get("case") == "paper" and r.get("ops") == "published" and "error" not in r
+                 and r.get("allocator", "system") == "system"}
     for r in results["cases"]:
         if r.get("case") != "paper" or "error" in r:
             continue
@@ -280,7 +292,8 @@ def _markdown(results: dict) -> str:
         ops = r.get("ops", "ours")
         base = published.get((r["size"], r["omp_num_threads"])) if ops == "ours" else None
         lines.append(
-            f"| {r['size']} | {ops} | {r['omp_num_threads']} | {'yes' if r['reuse_pages'] else 'no'} | "
+            f"| {r['size']} | {ops} | {r['omp_num_threads']} | {r.get('allocator', 'system')} | "
+            f"{('yes' if r['reuse_pages'] else 'no') if r.get('allocator', 'system') == 'system' else 'n/a'} | "
             f"{_fmt(r['s_per_epoch'], 2)} | {_fmt(r['cpu_user_s_per_epoch'])} + {_fmt(r['cpu_system_s_per_epoch'])} | "
             f"{_fmt(r['s_per_epoch'] * 200 / 60)} | {_fmt(r['peak_rss_gb'], 2)} "
             f"(authors {a_gb}) | {_fmt(r['train_gflop_per_epoch'], 0)} | {_fmt(r['train_gflops'])} | "
@@ -288,21 +301,24 @@ def _markdown(results: dict) -> str:
             f"{_fmt(r['train_gflop_per_epoch'] / r['matmul_gflops'], 2)} | {a_s} | {_fmt(speedup, 2)}x | "
             f"{_fmt(base / r['s_per_epoch'], 2) + 'x' if base else ''} |"
         )
-    lines += ["", "### End to end", "", "| case | size | threads | seconds | peak RSS (GB) | notes |", "|---|---|---|---|---|---|"]
+    lines += ["", "### End to end", "", "| case | size | threads | allocator | seconds | peak RSS (GB) | notes |",
+              "|---|---|---|---|---|---|---|"]
     for r in results["cases"]:
         if r.get("case") == "detect_default" and "error" not in r:
             lines.append(f"| Detect Change, default schedule (read, train 60 epochs, detect, write) | {r['size']} | "
-                         f"{r['omp_num_threads']} | {_fmt(r['seconds'])} | {_fmt(r['peak_rss_gb'], 2)} | training "
+                         f"{r['omp_num_threads']} | {r.get('allocator', 'system')} | {_fmt(r['seconds'])} | "
+                         f"{_fmt(r['peak_rss_gb'], 2)} | training "
                          f"{_fmt(r['train_s'])} s; matmul {_fmt(r['matmul_gflops'])} GFLOP/s; goal <= 300 s |")
         if r.get("case") == "big_streamed" and "error" not in r:
             lines.append(f"| core.streaming train + detect (int16 GeoTIFFs) | {r['size']} | {r['omp_num_threads']} | "
+                         f"{r.get('allocator', 'system')} | "
                          f"{_fmt(r['seconds'])} | {_fmt(r['peak_rss_gb'], 2)} | read+standardise "
                          f"{_fmt(r.get('read_standardise_s'))} s, train {_fmt(r.get('train_s'))} s, detect "
                          f"{_fmt(r.get('detect_s'))} s, write {_fmt(r.get('write_s'))} s; budget "
                          f"{r['memory_budget_mb']} MB; goal peak <= 6 GB |")
     errors = [r for r in results["cases"] if "error" in r]
     for r in errors:
-        lines.append(f"| {r['case']} failed | | {r.get('omp_num_threads', '')} | | | {r['error']} |")
+        lines.append(f"| {r['case']} failed | | {r.get('omp_num_threads', '')} | | | | {r['error']} |")
     if results.get("big_skipped"):
         lines += ["", "The 2000x2000x224 streamed case runs with `--big` or `--big-only` (long); its last recorded "
                   "result, if any, is kept in bench-results/speed-big.json."]
@@ -330,6 +346,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
     p.add_argument("--big", action="store_true", help="also run the 2000x2000x224 streamed scene (long)")
     p.add_argument("--big-side", type=int, default=2000)
+    p.add_argument("--big-tcmalloc", action="store_true", help="run the big scene with tcmalloc preloaded")
     p.add_argument("--big-only", action="store_true",
                    help="run only the big streamed scene; keep the other results of the last run in the report")
     p.add_argument("--quick", action="store_true", help="only the 307x241x154 paper epochs (a smoke run)")
@@ -356,20 +373,23 @@ def main(argv: list[str] | None = None) -> int:
 
     start = time.perf_counter()
     cases = []
-    plan: list[tuple[list[str], int | None, int]] = []
+    plan: list[tuple[list[str], int | None, int, str]] = []
     for threads in (1, None) if not args.big_only else ():
         for ops in ("ours", "published"):
-            plan.append((["paper", "307x241x154", str(args.epochs + 1), "reuse", ops], threads, 900))
+            plan.append((["paper", "307x241x154", str(args.epochs + 1), "reuse", ops], threads, 900, "system"))
+        plan.append((["paper", "307x241x154", str(args.epochs + 1), "reuse", "ours"], threads, 900, "tcmalloc"))
     if not args.quick and not args.big_only:
-        plan.append((["paper", "307x241x154", str(args.epochs + 1), "noreuse"], 1, 900))
+        plan.append((["paper", "307x241x154", str(args.epochs + 1), "noreuse"], 1, 900, "system"))
         for ops in ("ours", "published"):  # no page reuse here: 2 x 13.7 GB is over the machine's 23 GB
-            plan.append((["paper", "600x500x224", str(args.epochs), "reuse", ops], None, 1800))
-        plan.append((["detect_default", "600x500x224"], 1, 1800))
-        plan.append((["detect_default", "600x500x224"], None, 1800))
+            plan.append((["paper", "600x500x224", str(args.epochs), "reuse", ops], None, 1800, "system"))
+        plan.append((["paper", "600x500x224", str(args.epochs), "reuse", "ours"], None, 1800, "tcmalloc"))
+        plan.append((["detect_default", "600x500x224"], 1, 1800, "system"))
+        for alloc in ("system", "tcmalloc"):
+            plan.append((["detect_default", "600x500x224"], None, 1800, alloc))
     if args.big or args.big_only:
-        plan.append((["big", str(args.big_side), "224"], 1, 7200))
-    for child, threads, timeout in plan:
-        cases.append(_run_child(child, threads, timeout))
+        plan.append((["big", str(args.big_side), "224"], 1, 7200, "tcmalloc" if args.big_tcmalloc else "system"))
+    for child, threads, timeout, alloc in plan:
+        cases.append(_run_child(child, threads, timeout, alloc))
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     big_path = out.with_name("speed-big.json")

@@ -26,9 +26,11 @@ def resolve_device(name: str = "auto") -> torch.device:
 
 
 def describe_device(device: torch.device, requested: str = "auto") -> str:
-    """A log line such as 'CUDA: NVIDIA H100 80GB HBM3' or 'CPU, 2 threads (no CUDA device)'."""
+    """A log line such as 'CUDA: NVIDIA H100 80GB HBM3' or 'CPU, 2 threads, tcmalloc (no CUDA device)'."""
+    from .allocator import allocator_in_use
+
     if device.type == "cuda":
         return f"CUDA: {torch.cuda.get_device_name(device)}"
     reason = "asked for" if requested == "cpu" else "no CUDA device"
     threads = torch.get_num_threads()
-    return f"CPU, {threads} thread{'s' if threads != 1 else ''} ({reason})"
+    return f"CPU, {threads} thread{'s' if threads != 1 else ''}, {allocator_in_use()} allocator ({reason})"
