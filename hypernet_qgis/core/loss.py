@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 #: eps of the per-pixel cosine similarity, as published.
 COS_EPS = 1e-6
@@ -34,7 +33,11 @@ def focal_cosine_loss(
     if index.numel() == 0:
         raise ValueError("focal_cosine_loss needs at least one training pixel")
     index = index.to(device=p1.device, dtype=torch.long)
-    p1, z1, p2, z2 = (pixels_at(t, index) for t in (p1, z1, p2, z2))
+    return _symmetric_loss(*(pixels_at(t, index) for t in (p1, z1, p2, z2)), gamma)
+
+
+def _symmetric_loss(p1: torch.Tensor, z1: torch.Tensor, p2: torch.Tensor, z2: torch.Tensor, gamma: float) -> torch.Tensor:
+    """-0.5 * (focal term of (p1, z2) + focal term of (p2, z1)) on (C, K) columns at the training pixels."""
     return -0.5 * (_focal_term(p1, z2, gamma) + _focal_term(p2, z1, gamma))
 
 
@@ -46,8 +49,8 @@ def projections_at(model, x: torch.Tensor, index: torch.Tensor) -> tuple[torch.T
     pixels. The same numbers as :meth:`HyperNet.features_and_projections` followed by indexing, with less work.
     """
     z = model.project(model(x))
-    *body, last = model.predictor
-    hidden = pixels_at(nn.Sequential(*body)(z), index)
+    last = model.predictor[-1]
+    hidden = pixels_at(model.predictor[:-1](z), index)
     p = last.weight.flatten(1) @ hidden
     if last.bias is not None:
         p = p + last.bias[:, None]
@@ -62,11 +65,11 @@ def training_loss(model, x1: torch.Tensor, x2: torch.Tensor, index: torch.Tensor
     Batching the two dates together would change the result.
     """
     if index.numel() == 0:
-        raise ValueError("focal_cosine_loss needs at least one training pixel")
+        raise ValueError("the training loss needs at least one training pixel")
     index = index.to(device=x1.device, dtype=torch.long)
     z1, p1 = projections_at(model, x1, index)
     z2, p2 = projections_at(model, x2, index)
-    return -0.5 * (_focal_term(p1, z2, gamma) + _focal_term(p2, z1, gamma))
+    return _symmetric_loss(p1, z1, p2, z2, gamma)
 
 
 def training_step(model, optimizer: torch.optim.Optimizer, x1: torch.Tensor, x2: torch.Tensor,
