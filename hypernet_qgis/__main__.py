@@ -11,7 +11,9 @@ if __name__ == "__main__":
     env = preload_environment(os.environ)
     if env is not None:
         try:
-            os.execve(sys.executable, [sys.executable, "-m", "hypernet_qgis", *sys.argv[1:]], env)
+            # the interpreter's own options (-X, -O, ...) too, as this process was started
+            argv = sys.orig_argv[1:] if getattr(sys, "orig_argv", None) else ["-m", "hypernet_qgis", *sys.argv[1:]]
+            os.execve(sys.executable, [sys.executable, *argv], env)
         except OSError:
             pass  # carry on with the system allocator
     sys.exit(main())
