@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from qgis.core import QgsApplication
 
-from .algorithms.base import PROVIDER_ID, icon
+from .algorithms.base import PROVIDER_ID
+from .resources import icon
 
 MENU = "&HyperNet"
 ACTION_TEXT = "HyperNet change detection..."

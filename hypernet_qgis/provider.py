@@ -7,7 +7,8 @@ from qgis.PyQt.QtGui import QIcon
 
 from . import __version__
 from .algorithms import all_algorithms
-from .algorithms.base import PROVIDER_ID, icon
+from .algorithms.base import PROVIDER_ID
+from .resources import icon, resource_path
 
 
 class HyperNetProvider(QgsProcessingProvider):
@@ -28,6 +29,29 @@ class HyperNetProvider(QgsProcessingProvider):
     def versionInfo(self) -> str:  # noqa: N802
         return __version__
 
+    def supportedOutputRasterLayerExtensions(self) -> list[str]:  # noqa: N802
+        """The change maps are tiled GeoTIFFs: the output file picker offers only that format."""
+        return ["tif"]
+
+    def defaultRasterFileExtension(self) -> str:  # noqa: N802
+        return "tif"
+
     def loadAlgorithms(self) -> None:  # noqa: N802
         for algorithm in all_algorithms():
             self.addAlgorithm(algorithm)
+        for model in shipped_models():
+            self.addAlgorithm(model)
+
+
+def shipped_models() -> list:
+    """The Processing models in resources/models (e.g. "Train and detect, then evaluate"), ready to run from the
+    Toolbox under this provider."""
+    from qgis.core import QgsProcessingModelAlgorithm
+
+    models = []
+    folder = resource_path("models")
+    for path in sorted(folder.glob("*.model3")) if folder.is_dir() else []:
+        model = QgsProcessingModelAlgorithm()
+        if model.fromFile(str(path)):
+            models.append(model)
+    return models

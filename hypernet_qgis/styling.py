@@ -1,10 +1,10 @@
 """Styles of the outputs: a .qml sidecar next to each raster, and a post-processor for layers loaded by Processing.
 
-The change map (uint8: 1 change, 0 no change, 255 nodata) is paletted: change strong red, no change light grey,
-nodata transparent (255 is the file's nodata value). The change intensity gets a pseudocolour ramp stretched over
+The change map (uint8: 1 change, 0 no change, 255 nodata) is paletted: change strong red, no change and nodata
+transparent (255 is the file's nodata value), so the map reads as an overlay on the image beneath. The change intensity gets a pseudocolour ramp stretched over
 its 2-98 % range. The sidecar ``<name>.qml`` is what QGIS loads as the layer's default style, so a map made with
 qgis_process or inside a model looks the same when opened later; the post-processor applies the same style to
-the layer the Toolbox loads.
+the layer the Toolbox, the dialog or batch mode loads, names it, and keeps the change map above the intensity.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .algorithms.base import resource_path
+from .resources import resource_path
 
 CHANGE = "change"
 INTENSITY = "intensity"
@@ -98,26 +98,56 @@ def apply_style(layer, kind: str) -> bool:
     return bool(ok)
 
 
+def stack_layer(layer, kind: str, project) -> None:
+    """Keep change maps on top: a change map moves to the top of its group; an intensity goes just below the
+    change maps already there (the two are loaded in no fixed order)."""
+    root = project.layerTreeRoot()
+    node = root.findLayer(layer.id())
+    if node is None:
+        return
+    parent = node.parent()
+    siblings = parent.children()
+    if kind == CHANGE:
+        index = 0
+    else:
+        change_ids = {lid for lid, lay in project.mapLayers().items() if lay.customProperty("hypernet/output") == CHANGE}
+        above = [i for i, child in enumerate(siblings) if getattr(child, "layerId", lambda: None)() in change_ids]
+        index = max(above) + 1 if above else 0
+    current = siblings.index(node)
+    if current == index or (kind != CHANGE and current == index - 1):
+        return
+    clone = node.clone()
+    parent.insertChildNode(index, clone)
+    parent.removeChildNode(node)
+
+
 def _post_processor_class():
     from qgis.core import QgsProcessingLayerPostProcessorInterface, QgsRasterLayer
 
     class StylePostProcessor(QgsProcessingLayerPostProcessorInterface):
-        """Applies the HyperNet style to an output layer once Processing has loaded it."""
+        """Styles, names and stacks an output layer once Processing has loaded it into the project."""
 
         _alive: list = []  # keep the Python side alive until QGIS has used it
 
-        def __init__(self, kind: str) -> None:
+        def __init__(self, kind: str, name: str | None) -> None:
             super().__init__()
-            self.kind = kind
+            self.kind, self.name = kind, name
 
         def postProcessLayer(self, layer, context, feedback) -> None:  # noqa: N802
-            if isinstance(layer, QgsRasterLayer):
-                apply_style(layer, self.kind)
+            if not isinstance(layer, QgsRasterLayer):
+                return
+            if self.name:
+                layer.setName(self.name)
+            apply_style(layer, self.kind)  # (replaces the layer's custom properties with the style's)
+            layer.setCustomProperty("hypernet/output", self.kind)
+            from qgis.core import QgsProject
+
+            stack_layer(layer, self.kind, context.project() or QgsProject.instance())
 
         @classmethod
-        def create(cls, kind: str) -> "StylePostProcessor":
-            instance = cls(kind)
-            cls._alive = cls._alive[-15:] + [instance]
+        def create(cls, kind: str, name: str | None) -> "StylePostProcessor":
+            instance = cls(kind, name)
+            cls._alive = cls._alive[-31:] + [instance]
             return instance
 
     return StylePostProcessor
@@ -126,20 +156,21 @@ def _post_processor_class():
 _CLASS = None
 
 
-def post_processor(kind: str):
-    """A QgsProcessingLayerPostProcessorInterface that styles a layer as ``kind``."""
+def post_processor(kind: str, name: str | None = None):
+    """A QgsProcessingLayerPostProcessorInterface that styles a layer as ``kind`` (and names it ``name``)."""
     global _CLASS
     if _CLASS is None:
         _CLASS = _post_processor_class()
-    return _CLASS.create(kind)
+    return _CLASS.create(kind, name)
 
 
 def attach_post_processor(context, path: str, kind: str, name: str | None = None) -> bool:
-    """If Processing will load ``path`` into the project, style it (and name it) when it does."""
+    """If Processing will load ``path`` into the project, name, style and stack it when it does."""
     if not path or not context.willLoadLayerOnCompletion(path):
         return False
     details = context.layerToLoadOnCompletionDetails(path)
     if name:
         details.name = name
-    details.setPostProcessor(post_processor(kind))
+        details.forceName = True
+    details.setPostProcessor(post_processor(kind, name))
     return True

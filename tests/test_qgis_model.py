@@ -37,6 +37,25 @@ def test_model_file_describes_train_detect_evaluate(hypernet_provider):  # noqa:
     assert model.shortHelpString()
 
 
+def test_model_validates_with_inputs_in_a_natural_order(hypernet_provider):  # noqa: F811
+    """The Model Designer shows no red box and the run dialog asks T1, T2, the reference, then the options."""
+    from qgis.core import QgsProcessingParameterDefinition
+
+    model = _load()
+    ok, issues = model.validate()
+    assert ok and not issues, issues
+    for child in model.childAlgorithms().values():  # every parameter of every step has a value
+        algorithm = child.algorithm()
+        missing = [d.name() for d in algorithm.parameterDefinitions()
+                   if not d.isDestination() and d.name() not in child.parameterSources()]
+        assert missing == [], (child.childId(), missing)
+    names = [p.name() for p in model.parameterDefinitions()]
+    assert names[:5] == ["T1", "T2", "REFERENCE", "EPOCHS", "SEED"], names
+    advanced = [p.name() for p in model.parameterDefinitions()
+                if p.flags() & QgsProcessingParameterDefinition.FlagAdvanced]
+    assert advanced == []  # no (empty or lone) "Advanced Parameters" group in the run dialog
+
+
 def test_model_runs_on_the_sample_data(hypernet_provider, sample_dir, tmp_path):  # noqa: F811
     from qgis.core import QgsProcessingContext, QgsProcessingFeedback
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import configparser
 from pathlib import Path
 
@@ -29,7 +31,7 @@ INTERFACE = {
     },
     "hypernet:evaluatechange": {
         "params": {"INPUT", "REFERENCE", "CHANGED_VALUES", "UNCHANGED_VALUES", "IGNORE_VALUES", "OUTPUT_REPORT"},
-        "advanced": {"OUTPUT_REPORT"},
+        "advanced": set(),  # the report is this algorithm's main picture: not hidden under Advanced
         "outputs": {"OA", "KAPPA", "F1", "PRECISION", "RECALL", "AUC"},
     },
     "hypernet:classicchange": {
@@ -82,7 +84,7 @@ def test_plugin_registers_and_unregisters_its_provider(qgis_app):
         plugin.initProcessing()  # twice is harmless
         provider = registry.providerById("hypernet")
         assert provider is not None and provider is plugin.provider
-        assert {a.id() for a in provider.algorithms()} == set(INTERFACE)
+        assert {a.id() for a in provider.algorithms()} == set(INTERFACE) | {SHIPPED_MODEL}
         plugin.initGui()  # without an iface (as in qgis_process) it only makes sure Processing is set up
         plugin.unload()
         assert registry.providerById("hypernet") is None
@@ -93,6 +95,10 @@ def test_plugin_registers_and_unregisters_its_provider(qgis_app):
             replacement = HyperNetProvider()
             registry.addProvider(replacement)
             KEEP_ALIVE.append(replacement)  # a Python provider must outlive its registration
+
+
+#: The Processing model of resources/models, offered in the Toolbox under the provider.
+SHIPPED_MODEL = "hypernet:Train and detect, then evaluate"
 
 
 @pytest.mark.parametrize("alg_id", sorted(INTERFACE))
@@ -118,6 +124,10 @@ def test_algorithm_interface(hypernet_provider, alg_id):  # noqa: F811
     for word in ("Input", "Output", "Time"):
         assert word in text, (alg_id, word)
     assert len(text) > 400
+    # Toolbox tooltip, search words, Model Designer icon, help link to the algorithm's README section
+    assert len(alg.shortDescription()) > 30 and "change detection" in alg.tags()
+    assert alg.svgIconPath().endswith(".svg") and os.path.isfile(alg.svgIconPath())
+    assert "#" in alg.helpUrl()
 
 
 def test_parameter_defaults_match_the_engine(hypernet_provider):  # noqa: F811
@@ -158,7 +168,7 @@ def test_band_list_parsing():
 
 
 def test_resources_are_found_in_the_checkout():
-    from hypernet_qgis.algorithms.base import resource_path
+    from hypernet_qgis.resources import resource_path
 
     for name in ("hypernet.svg", "train.svg", "detect.svg", "evaluate.svg", "classic.svg"):
         assert resource_path("icons", name).is_file()

@@ -122,7 +122,7 @@ def test_bad_input_exits_with_the_message(wrapper, tmp_path):
                f"INPUT_T2={files['t2']}", "BANDS=1-9", f"OUTPUT_CHANGE={tmp_path / 'c.tif'}")
     assert proc.returncode != 0
     text = proc.stdout + proc.stderr
-    assert "BANDS asks for band 7 but t1.tif has 6 bands" in text, text[-2000:]
+    assert "Bands asks for band 7 but t1.tif has 6 bands" in text, text[-2000:]
     assert not (tmp_path / "c.tif").exists()
 
 

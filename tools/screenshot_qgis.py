@@ -6,7 +6,7 @@ the assembled plugin, and a startup script (``--code``) that opens the Processin
 loads the sample pair, opens the Detect Change dialog, grabs the screen to a PNG, records what it saw (provider,
 algorithms, the menu action) as JSON, unloads the plugin (checking the action and provider are gone) and quits.
 
-    .venv/bin/python tools/screenshot_qgis.py --out docs/screenshot_qgis.png
+    .venv/bin/python tools/screenshot_qgis.py --out build/screenshot_qgis.png
 """
 
 from __future__ import annotations
@@ -149,8 +149,11 @@ def write_profile(profiles: Path) -> None:
     )
 
 
-def take(out: Path, timeout: int = 180, keep: Path | None = None) -> dict:
-    """Run QGIS under xvfb, return the startup script's findings (raises RuntimeError on failure)."""
+def take(out: Path, timeout: int = 180, keep: Path | None = None, startup: str = STARTUP,
+         env_extra: dict[str, str] | None = None) -> dict:
+    """Run QGIS under xvfb with a ``startup`` script (default: the screenshot tour), return its findings as written
+    to $HYPERNET_SHOT_JSON (raises RuntimeError when QGIS gave none in time). ``env_extra``: more variables for
+    the script."""
     if shutil.which("xvfb-run") is None or shutil.which("qgis") is None:
         raise RuntimeError("xvfb-run and qgis are needed (apt-get install xvfb xauth qgis)")
     work = Path(tempfile.mkdtemp(prefix="hypernet-shot-")) if keep is None else keep
@@ -159,8 +162,8 @@ def take(out: Path, timeout: int = 180, keep: Path | None = None) -> dict:
     assemble_plugin(plugins)
     profiles = work / "profiles"
     write_profile(profiles)
-    startup = work / "startup.py"
-    startup.write_text(STARTUP)
+    script = work / "startup.py"
+    script.write_text(startup)
     report = work / "report.json"
     out = out.resolve()
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -174,8 +177,9 @@ def take(out: Path, timeout: int = 180, keep: Path | None = None) -> dict:
         HYPERNET_SHOT_JSON=str(report), HYPERNET_SHOT_SAMPLE=str(REPO / "resources" / "sample" / "taizhou_crop"),
         PYTHONPATH=os.pathsep.join([str(p) for p in site] + ["/usr/share/qgis/python/plugins"]),
     )
+    env.update(env_extra or {})
     command = ["xvfb-run", "-a", "-s", "-screen 0 1440x900x24", "qgis", "--profiles-path", str(profiles),
-               "--nologo", "--noversioncheck", "--code", str(startup)]
+               "--nologo", "--noversioncheck", "--code", str(script)]
     log = work / "qgis.log"
     with open(log, "w") as fh:
         proc = subprocess.Popen(command, env=env, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True)
@@ -205,7 +209,7 @@ def take(out: Path, timeout: int = 180, keep: Path | None = None) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", type=Path, default=REPO / "docs" / "screenshot_qgis.png")
+    parser.add_argument("--out", type=Path, default=REPO / "build" / "screenshot_qgis.png")
     parser.add_argument("--timeout", type=int, default=180)
     parser.add_argument("--keep", type=Path, default=None, help="keep the profile, plugin copy and QGIS log here")
     args = parser.parse_args(argv)

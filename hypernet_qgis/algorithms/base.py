@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from qgis.core import (
+    QgsProcessing,
     QgsProcessingAlgorithm,
     QgsProcessingContext,
     QgsProcessingException,
@@ -26,11 +27,14 @@ from qgis.core import (
     QgsProcessingParameterNumber,
     QgsProcessingParameterRasterDestination,
     QgsProcessingParameterRasterLayer,
+    QgsProcessingOutputLayerDefinition,
     QgsProcessingParameterString,
+    QgsProperty,
 )
 from qgis.PyQt.QtGui import QIcon
 
 from ..core.errors import Cancelled, InputError
+from ..resources import icon, icon_path
 
 PROVIDER_ID = "hypernet"
 #: Smallest image side HyperNet runs on (core.pipeline.MIN_SIDE; a test keeps them equal).
@@ -43,28 +47,6 @@ MODEL_FILTER = "HyperNet model (*.hypernet);;All files (*.*)"
 HTML_FILTER = "HTML report (*.html *.htm)"
 #: Third-party packages the engine imports; a ModuleNotFoundError for one of them gets install instructions.
 EXTERNAL_PACKAGES = ("torch", "spectral", "numpy", "osgeo", "matplotlib")
-
-
-# ------------------------------------------------------------------------------------------------ resources
-
-def plugin_dir() -> Path:
-    """The package folder (the plugin folder once assembled by ``make plugin``)."""
-    return Path(__file__).resolve().parent.parent
-
-
-def resource_path(*parts: str) -> Path:
-    """A file under resources/: inside the assembled plugin, or beside the package in a source checkout."""
-    for root in (Path(__file__).parent.parent / "resources", plugin_dir() / "resources",
-                 plugin_dir().parent / "resources"):
-        candidate = root.joinpath(*parts)
-        if candidate.exists():
-            return candidate
-    return plugin_dir().parent.joinpath("resources", *parts)
-
-
-def icon(name: str) -> QIcon:
-    """An icon from resources/icons (an empty icon if the file is missing)."""
-    return QIcon(str(resource_path("icons", name)))
 
 
 # ------------------------------------------------------------------------------------- missing dependencies
@@ -138,8 +120,8 @@ class QgisFeedback:
 
 # ---------------------------------------------------------------------------------------------- parsing
 
-def parse_band_list(text: str | None) -> list[int] | None:
-    """'1,2,5-8' -> [1, 2, 5, 6, 7, 8]; empty -> None (all bands). InputError on bad syntax."""
+def parse_band_list(text: str | None, label: str = "Bands") -> list[int] | None:
+    """'1,2,5-8' -> [1, 2, 5, 6, 7, 8]; empty -> None (all bands). InputError (naming ``label``) on bad syntax."""
     if text is None or not str(text).strip():
         return None
     bands: list[int] = []
@@ -155,14 +137,14 @@ def parse_band_list(text: str | None) -> list[int] | None:
             else:
                 bands.append(int(part))
         except ValueError:
-            raise InputError(f"BANDS {text!r} is not a band list. Write band numbers from 1, e.g. 1-50,60,70-80, "
+            raise InputError(f"{label} {text!r} is not a band list. Write band numbers from 1, e.g. 1-50,60,70-80, "
                              "or leave it empty for all bands.") from None
     if not bands:
         return None
     if min(bands) < 1:
-        raise InputError(f"BANDS {text!r} contains a band below 1; bands are numbered from 1.")
+        raise InputError(f"{label} {text!r} contains a band below 1; bands are numbered from 1.")
     if len(set(bands)) != len(bands):
-        raise InputError(f"BANDS {text!r} names a band twice; list each band once.")
+        raise InputError(f"{label} {text!r} names a band twice; list each band once.")
     return bands
 
 
@@ -190,13 +172,23 @@ def layer_path(alg: QgsProcessingAlgorithm, parameters: dict, name: str, context
             from ..core import raster_io
 
             raster_io.raster_info(value)  # raises InputError with GDAL's reason
-        raise InputError(f"{label} ({name}) could not be opened as a raster: {value!r}. Check that the file exists "
+        raise InputError(f"{label} could not be opened as a raster: {value!r}. Check that the file exists "
                          "and is a raster GDAL can read (GeoTIFF, ENVI, ...).")
     if layer.providerType() != "gdal":
-        raise InputError(f"{label} ({name}) is a '{layer.providerType()}' layer; HyperNet reads raster files. "
-                         "Save the layer as a GeoTIFF first (Export > Save As).")
+        raise InputError(f"{label} '{layer.name()}' is a '{layer.providerType()}' layer; HyperNet reads raster "
+                         "files. Save the layer as a GeoTIFF first (Export > Save As).")
     source = layer.dataProvider().dataSourceUri() if layer.dataProvider() else layer.source()
     return source.split("|")[0]
+
+
+def check_distinct_dates(t1: str, t2: str) -> None:
+    """T1 and T2 must be two images: the same file (or layer) twice would train for nothing and find no change."""
+    same = os.path.realpath(t1) == os.path.realpath(t2)
+    if not same and os.path.exists(t1) and os.path.exists(t2):
+        same = os.path.samefile(t1, t2)
+    if same:
+        raise InputError(f"Image T1 and Image T2 are the same image ({os.path.basename(t1)}). Choose the image of "
+                         "the second date as T2.")
 
 
 def check_output_path(path: str, label: str, extensions: tuple[str, ...] | None = None) -> str:
@@ -226,18 +218,19 @@ def check_pair(t1: str, t2: str, bands: list[int] | None, min_bands: int, what: 
     """Both dates readable, on one grid, enough bands after BANDS, big enough. Returns T1's RasterInfo."""
     from ..core import raster_io
 
+    check_distinct_dates(t1, t2)
     info1, info2 = raster_io.raster_info(t1), raster_io.raster_info(t2)
     raster_io.check_same_grid(info1, info2)
     if bands is not None:
         bad = [b for b in bands if b > info1.bands]
         if bad:
-            raise InputError(f"BANDS asks for band {bad[0]} but {info1.name} has {info1.bands} band"
+            raise InputError(f"Bands asks for band {bad[0]} but {info1.name} has {info1.bands} band"
                              f"{'s' if info1.bands != 1 else ''}. Use band numbers from 1 to {info1.bands}.")
     count = len(bands) if bands is not None else info1.bands
     if count < min_bands:
         raise InputError(f"{info1.name} has {count} band{'s' if count != 1 else ''}"
                          f"{' after the band selection' if bands else ''}; {what} needs at least {min_bands}. "
-                         "Use a multi- or hyperspectral image (or more bands in BANDS).")
+                         "Use a multi- or hyperspectral image (or more bands in Bands).")
     if min(info1.rows, info1.cols) < MIN_SIDE:
         raise InputError(f"The images are {info1.cols}x{info1.rows} pixels; {what} needs at least "
                          f"{MIN_SIDE}x{MIN_SIDE} (its 3x3, 5x5 and 7x7 windows would see mostly padding). "
@@ -293,19 +286,65 @@ def check_device(name: str) -> None:
 
 # ------------------------------------------------------------------------------------------------- the job
 
+#: The value Processing uses for "Save to a temporary file".
+TEMPORARY = QgsProcessing.TEMPORARY_OUTPUT
+
+
+@dataclass
+class Output:
+    """One output of a job: declared in the main thread (no file made, nothing registered), bound to a path in
+    processAlgorithm, where Processing also registers it for loading in the context that is carried back."""
+
+    name: str                   # parameter name, e.g. OUTPUT_CHANGE
+    key: str                    # key of the path in Job.values, e.g. "change"
+    label: str                  # what the dialog calls it, for messages
+    kind: str = "raster"        # "raster" (QgsProcessingParameterRasterDestination) or "file"
+    chosen: str | None = None   # the file the user named; None for a temporary file or no output
+    temporary: bool = False     # Processing makes a temporary file
+    style: str | None = None    # "change" | "intensity": styled (and stacked) when loaded into the project
+    layer_name: str = ""        # name of the loaded layer when the file is temporary
+
+    @property
+    def requested(self) -> bool:
+        return self.temporary or self.chosen is not None
+
+    def loaded_name(self) -> str:
+        """The layer's name in the project: the file's base name when the user named the file."""
+        if self.chosen and not self.temporary:
+            return os.path.splitext(os.path.basename(self.chosen))[0]
+        return self.layer_name
+
+
 @dataclass
 class Job:
-    """Everything processAlgorithm needs, resolved in the main thread: paths, numbers, strings."""
+    """Everything processAlgorithm needs, resolved in the main thread: paths, numbers, strings, outputs."""
 
     values: dict[str, Any] = field(default_factory=dict)
-    styled: dict[str, str] = field(default_factory=dict)  # output path -> "change" | "intensity"
-    names: dict[str, str] = field(default_factory=dict)   # output path -> layer name when loaded
+    outputs: list[Output] = field(default_factory=list)
+    inputs: list[str | None] = field(default_factory=list)  # files the outputs must never overwrite
 
     def __getitem__(self, key: str) -> Any:
         return self.values[key]
 
     def get(self, key: str, default: Any = None) -> Any:
         return self.values.get(key, default)
+
+
+def _project_raster_layers() -> list:
+    """Multi-band file rasters of the current project, bottom of the Layers panel first (the order they were
+    added, usually T1 before T2); empty outside the GUI's main thread."""
+    try:
+        from qgis.core import QgsApplication, QgsProject, QgsRasterLayer
+        from qgis.PyQt.QtCore import QThread
+
+        app = QgsApplication.instance()
+        if app is None or QThread.currentThread() is not app.thread():
+            return []
+        layers = [node.layer() for node in QgsProject.instance().layerTreeRoot().findLayers()]
+    except Exception:  # no project, no GUI: no defaults
+        return []
+    return [lay for lay in reversed(layers) if isinstance(lay, QgsRasterLayer) and lay.providerType() == "gdal"
+            and lay.bandCount() >= 2]
 
 
 class HyperNetAlgorithm(QgsProcessingAlgorithm):
@@ -317,6 +356,12 @@ class HyperNetAlgorithm(QgsProcessingAlgorithm):
     GROUP_ID = "changedetection"
     ICON = "hypernet.svg"
     HELP = ""
+    #: One sentence for the Toolbox tooltip.
+    SHORT = ""
+    #: Words the Toolbox search finds the algorithm by.
+    TAGS: tuple[str, ...] = ()
+    #: README section of the algorithm (helpUrl).
+    ANCHOR = "using-it"
     #: Needs torch and spectral (HyperNet itself); the classic and evaluation algorithms do not.
     NEEDS_ENGINE = True
 
@@ -340,11 +385,25 @@ class HyperNetAlgorithm(QgsProcessingAlgorithm):
     def icon(self) -> QIcon:
         return icon(self.ICON)
 
+    def svgIconPath(self) -> str:  # noqa: N802 (the Model Designer draws this on the algorithm's box)
+        return icon_path(self.ICON)
+
     def shortHelpString(self) -> str:  # noqa: N802
         return self.HELP
 
+    def shortDescription(self) -> str:  # noqa: N802
+        return self.SHORT
+
+    def tags(self) -> list[str]:
+        return ["change detection", "hyperspectral", "multispectral", "bitemporal", *self.TAGS]
+
     def helpUrl(self) -> str:  # noqa: N802
-        return "https://github.com/hypernet-qgis/hypernet-qgis#readme"
+        return f"https://github.com/hypernet-qgis/hypernet-qgis#{self.ANCHOR}"
+
+    def hasHtmlOutputs(self) -> bool:  # noqa: N802
+        """The reports are optional: no "HTML output has been generated" notice unless one was asked for (the
+        Results Viewer still lists a report that was written)."""
+        return False
 
     def createInstance(self) -> "HyperNetAlgorithm":  # noqa: N802
         return type(self)()
@@ -357,27 +416,38 @@ class HyperNetAlgorithm(QgsProcessingAlgorithm):
             param.setHelp(help_text)
         self.addParameter(param)
 
+    def label(self, name: str) -> str:
+        """The dialog's label of a parameter (for messages)."""
+        definition = self.parameterDefinition(name)
+        return definition.description() if definition is not None else name
+
     def add_pair(self) -> None:
-        self._add(QgsProcessingParameterRasterLayer("INPUT_T1", "Image at date 1 (T1)"))
-        self._add(QgsProcessingParameterRasterLayer("INPUT_T2", "Image at date 2 (T2, same grid and bands as T1)"))
+        """T1 and T2; in the desktop they default to two different images of the project (oldest first)."""
+        rasters = _project_raster_layers()
+        t1 = rasters[0].id() if len(rasters) >= 2 else None
+        t2 = rasters[1].id() if len(rasters) >= 2 else None
+        self._add(QgsProcessingParameterRasterLayer("INPUT_T1", "Image T1 (first date)", defaultValue=t1),
+                  help_text="The image of the first date.")
+        self._add(QgsProcessingParameterRasterLayer("INPUT_T2", "Image T2 (second date)", defaultValue=t2),
+                  help_text="The image of the second date: same grid (size, pixel size, CRS) and bands as T1.")
 
     def add_bands(self, advanced: bool = False) -> None:
-        self._add(QgsProcessingParameterString(
-            "BANDS", "Bands to use (e.g. 1-50,60,70-80; empty = all bands)", optional=True), advanced)
+        self._add(QgsProcessingParameterString("BANDS", "Bands (empty = all)", optional=True), advanced,
+                  "Band numbers from 1, e.g. 1-50,60,70-80; empty uses every band.")
 
     def add_device(self, advanced: bool = False) -> None:
         self._add(QgsProcessingParameterEnum(
-            "DEVICE", "Device (auto = CUDA GPU when available, else CPU)", options=DEVICES,
-            defaultValue="auto", usesStaticStrings=True), advanced)
+            "DEVICE", "Device", options=DEVICES, defaultValue="auto", usesStaticStrings=True), advanced,
+            "auto: a CUDA GPU when torch sees one, else the CPU.")
 
     def add_training(self, advanced: bool) -> None:
         """The training parameters shared by Train HyperNet and Detect Change (training on the fly)."""
-        self._add(QgsProcessingParameterRasterLayer(
-            "UNCHANGED_MASK", "Known unchanged pixels (optional mask, non-zero = unchanged)", optional=True), advanced)
+        self._add(QgsProcessingParameterRasterLayer("UNCHANGED_MASK", "Known unchanged pixels", optional=True),
+                  advanced, "A mask on T1's grid, non-zero where the land is known not to have changed; "
+                            "training uses those pixels instead of the automatic choice.")
         epochs = QgsProcessingParameterNumber(
-            "EPOCHS", "Epochs (empty = 60, or 200 with the paper schedule)", QgsProcessingParameterNumber.Integer,
-            optional=True, minValue=1)
-        self._add(epochs, advanced)
+            "EPOCHS", "Epochs", QgsProcessingParameterNumber.Integer, optional=True, minValue=1)
+        self._add(epochs, advanced, "Empty: 60 with the default schedule, 200 with the paper schedule.")
         self._add(QgsProcessingParameterNumber(
             "LEARNING_RATE", "Learning rate (SGD)", QgsProcessingParameterNumber.Double, defaultValue=0.05,
             minValue=1e-9), advanced)
@@ -388,34 +458,37 @@ class HyperNetAlgorithm(QgsProcessingAlgorithm):
 
     def add_training_advanced(self) -> None:
         self._add(QgsProcessingParameterEnum(
-            "SCHEDULE", "Training schedule (default: random crops, fast; paper: whole image per step)",
-            options=SCHEDULES, defaultValue="default", usesStaticStrings=True), True)
+            "SCHEDULE", "Training schedule", options=SCHEDULES, defaultValue="default", usesStaticStrings=True),
+            True, "default: random crops per step (fast); paper: the whole image per step, 200 epochs, as "
+                  "published.")
         self._add(QgsProcessingParameterNumber(
             "MEMORY_BUDGET_MB", "Memory budget (MB)", QgsProcessingParameterNumber.Integer, defaultValue=4096,
-            minValue=64), True)
+            minValue=64), True, "Bounds the training crops, the detection tiles and reading by windows.")
 
     def add_threshold(self, options: list[str] = THRESHOLD_METHODS, default: str = "otsu") -> None:
         self._add(QgsProcessingParameterEnum(
             "THRESHOLD_METHOD", "Threshold method", options=options, defaultValue=default, usesStaticStrings=True))
         self._add(QgsProcessingParameterNumber(
-            "THRESHOLD", "Threshold (only for the fixed method: intensity above it = change)",
-            QgsProcessingParameterNumber.Double, optional=True))
+            "THRESHOLD", "Fixed threshold", QgsProcessingParameterNumber.Double, optional=True),
+            help_text="Only for the fixed method: a pixel whose intensity is above it counts as changed.")
 
     def add_change_outputs(self) -> None:
+        self._add(QgsProcessingParameterRasterDestination("OUTPUT_CHANGE", "Change map"),
+                  help_text="GeoTIFF on T1's grid: 1 change, 0 no change, 255 nodata.")
         self._add(QgsProcessingParameterRasterDestination(
-            "OUTPUT_CHANGE", "Change map (1 change, 0 no change, 255 nodata)"))
-        self._add(QgsProcessingParameterRasterDestination(
-            "OUTPUT_INTENSITY", "Change intensity", optional=True, createByDefault=False))
+            "OUTPUT_INTENSITY", "Change intensity", optional=True, createByDefault=False),
+            help_text="Float GeoTIFF: the larger, the more change.")
 
-    def add_report(self, description: str = "HTML report") -> None:
+    def add_report(self, description: str = "HTML report", advanced: bool = True) -> None:
         self._add(QgsProcessingParameterFileDestination(
-            "OUTPUT_REPORT", description, HTML_FILTER, optional=True, createByDefault=False), True)
+            "OUTPUT_REPORT", description, HTML_FILTER, optional=True, createByDefault=False), advanced)
 
     # -- parameter reading (main thread) ------------------------------------------------------------------
     def enum_string(self, parameters: dict, name: str, context: QgsProcessingContext, options: list[str]) -> str:
         value = self.parameterAsEnumString(parameters, name, context)
         if value not in options:
-            raise InputError(f"{name} must be one of {', '.join(options)} (got {parameters.get(name)!r}).")
+            raise InputError(f"{self.label(name)} must be one of {', '.join(options)} "
+                             f"(got {parameters.get(name)!r}).")
         return value
 
     def optional_number(self, parameters: dict, name: str, context: QgsProcessingContext, integer: bool = False):
@@ -425,17 +498,52 @@ class HyperNetAlgorithm(QgsProcessingAlgorithm):
             return self.parameterAsInt(parameters, name, context)
         return self.parameterAsDouble(parameters, name, context)
 
-    def output_path(self, parameters: dict, name: str, context: QgsProcessingContext, label: str,
-                    kind: str = "raster", optional: bool = False) -> str | None:
-        if kind == "raster":
-            value = self.parameterAsOutputLayer(parameters, name, context)
+    def declare_output(self, job: Job, parameters: dict, context: QgsProcessingContext, name: str, key: str,
+                       style: str | None = None, layer_name: str = "") -> Output:
+        """Declare an output of ``job`` from its parameter value without making a file or registering anything
+        (checkParameterValues runs for every dialog check and batch row). A file the user named is checked now:
+        folder exists and is writable, GeoTIFF extension for rasters, not a folder."""
+        definition = self.parameterDefinition(name)
+        kind = "raster" if isinstance(definition, QgsProcessingParameterRasterDestination) else "file"
+        value = parameters.get(name)
+        if isinstance(value, QgsProcessingOutputLayerDefinition):
+            value = value.sink
+        if isinstance(value, QgsProperty):
+            value = value.valueAsString(context.expressionContext(), "")[0]
+        optional = bool(definition.flags() & QgsProcessingParameterDefinition.FlagOptional)
+        out = Output(name, key, self.label(name), kind, style=style, layer_name=layer_name)
+        if value is None or str(value) == "":
+            out.temporary = not optional
+        elif str(value) == TEMPORARY:
+            out.temporary = True
         else:
-            value = self.parameterAsFileOutput(parameters, name, context)
-        if not value:
-            if optional:
-                return None
-            raise InputError(f"{label} ({name}) needs an output file.")
-        return check_output_path(value, label, RASTER_EXTENSIONS if kind == "raster" else None)
+            out.chosen = check_output_path(str(value), out.label, RASTER_EXTENSIONS if kind == "raster" else None)
+        job.outputs.append(out)
+        job.values[key] = out.chosen
+        return out
+
+    def bind_outputs(self, job: Job, parameters: dict, context: QgsProcessingContext) -> None:
+        """processAlgorithm: each requested output's final path. Temporary files are made here, and Processing
+        registers the layers to load in this context (the one it carries back from the worker thread)."""
+        for out in job.outputs:
+            if not out.requested:
+                job.values[out.key] = None
+                continue
+            path = self.temporary_path(out, job) if out.temporary else None
+            if path is None:
+                if out.kind == "raster":
+                    path = self.parameterAsOutputLayer(parameters, out.name, context)
+                else:
+                    path = self.parameterAsFileOutput(parameters, out.name, context)
+            job.values[out.key] = check_output_path(path, out.label,
+                                                    RASTER_EXTENSIONS if out.kind == "raster" else None)
+        from ..core import raster_io
+
+        raster_io.refuse_overwriting_inputs([job.values[o.key] for o in job.outputs], job.inputs)
+
+    def temporary_path(self, out: Output, job: Job) -> str | None:
+        """Where a temporary output goes instead of Processing's temporary folder (None: the folder)."""
+        return None
 
     def training_values(self, parameters: dict, context: QgsProcessingContext) -> dict[str, Any]:
         """TrainConfig keyword arguments from the training parameters."""
@@ -454,13 +562,13 @@ class HyperNetAlgorithm(QgsProcessingAlgorithm):
         method = self.enum_string(parameters, "THRESHOLD_METHOD", context, options)
         value = self.optional_number(parameters, "THRESHOLD", context)
         if method == "fixed" and value is None:
-            raise InputError("THRESHOLD_METHOD is fixed but no THRESHOLD was given. Enter the intensity value above "
-                             "which a pixel counts as changed, or use otsu or kmeans.")
+            raise InputError("Threshold method is fixed but no Fixed threshold was given. Enter the intensity value "
+                             "above which a pixel counts as changed, or use otsu or kmeans.")
         return method, value
 
     # -- the three phases ---------------------------------------------------------------------------------
     def resolve(self, parameters: dict, context: QgsProcessingContext) -> Job:
-        """Read and check every parameter (main thread, no heavy work). Raises InputError."""
+        """Read and check every parameter (main thread, no heavy work, no files made). Raises InputError."""
         raise NotImplementedError
 
     def run_job(self, job: Job, feedback: QgisFeedback) -> dict[str, Any]:
@@ -470,7 +578,11 @@ class HyperNetAlgorithm(QgsProcessingAlgorithm):
     def _resolve_checked(self, parameters: dict, context: QgsProcessingContext) -> Job:
         if self.NEEDS_ENGINE:
             require_engine()
-        return self.resolve(parameters, context)
+        job = self.resolve(parameters, context)
+        from ..core import raster_io
+
+        raster_io.refuse_overwriting_inputs([o.chosen for o in job.outputs], job.inputs)
+        return job
 
     def checkParameterValues(self, parameters: dict, context: QgsProcessingContext):  # noqa: N802
         ok, message = super().checkParameterValues(parameters, context)
@@ -494,6 +606,7 @@ class HyperNetAlgorithm(QgsProcessingAlgorithm):
             raise QgsProcessingException("The algorithm was not prepared; run it through Processing.")
         adapter = QgisFeedback(feedback)
         try:
+            self.bind_outputs(self._job, parameters, context)
             results = self.run_job(self._job, adapter)
         except InputError as exc:
             raise QgsProcessingException(str(exc)) from None
@@ -506,25 +619,28 @@ class HyperNetAlgorithm(QgsProcessingAlgorithm):
             raise QgsProcessingException(missing_dependency_message(top)) from None
         except MemoryError:
             raise QgsProcessingException(
-                "Out of memory. Use a smaller area or fewer BANDS, or lower MEMORY_BUDGET_MB.") from None
+                "Out of memory. Use a smaller area or fewer Bands, or lower the Memory budget.") from None
         if feedback is not None and feedback.isCanceled():
             raise QgsProcessingException("Cancelled; no output was written.")
         from ..styling import write_sidecar
 
-        for path, kind in self._job.styled.items():
-            if path and os.path.exists(path):
+        for out in self._job.outputs:
+            path = self._job.get(out.key)
+            if out.style and path and os.path.exists(path):
                 try:
-                    write_sidecar(path, kind)
+                    write_sidecar(path, out.style)
                 except OSError as exc:  # the raster is fine; only its style is missing
                     adapter.info(f"Could not write the style file next to {path}: {exc}")
         return results
 
     def postProcessAlgorithm(self, context: QgsProcessingContext,  # noqa: N802
                              feedback: QgsProcessingFeedback) -> dict[str, Any]:
-        """Main thread: style the outputs the Toolbox/dialog loads into the project."""
+        """Main thread: name, style and stack the outputs that the dialog, Toolbox or batch loads."""
         if self._job is not None:
             from ..styling import attach_post_processor
 
-            for path, kind in self._job.styled.items():
-                attach_post_processor(context, path, kind, self._job.names.get(path))
+            for out in self._job.outputs:
+                path = self._job.get(out.key)
+                if out.style and path:
+                    attach_post_processor(context, path, out.style, out.loaded_name())
         return {}

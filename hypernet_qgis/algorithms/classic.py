@@ -21,6 +21,10 @@ class ClassicChangeAlgorithm(HyperNetAlgorithm):
     GROUP_ID = "classic"
     ICON = "classic.svg"
     NEEDS_ENGINE = False
+    SHORT = "CVA, SAM, IR-MAD or PCA-k-means change map of two dates, to compare with HyperNet (no torch needed)."
+    TAGS = ("cva", "change vector analysis", "sam", "spectral angle", "ir-mad", "irmad", "mad", "pca", "k-means",
+            "kmeans", "baseline", "classic")
+    ANCHOR = "classic-change-detection"
     HELP = (
         "<p>Classic change detection between two images of the same place at two dates, to compare with "
         "HyperNet or when no deep learning is wanted. Methods: <b>cva</b> (change vector analysis: length of "
@@ -53,19 +57,13 @@ class ClassicChangeAlgorithm(HyperNetAlgorithm):
         bands = parse_band_list(self.parameterAsString(parameters, "BANDS", context))
         check_pair(t1, t2, bands, min_bands=1 if method == "cva" else 2, what=method.upper())
         threshold, value = self.threshold_values(parameters, context, CLASSIC_THRESHOLDS)
-        change = self.output_path(parameters, "OUTPUT_CHANGE", context, "Change map")
-        intensity = self.output_path(parameters, "OUTPUT_INTENSITY", context, "Change intensity", optional=True)
-        from ..core import raster_io
-
-        raster_io.refuse_overwriting_inputs([change, intensity], [t1, t2])
         job = Job({"method": method, "t1": t1, "t2": t2, "bands": bands,
-                   "threshold": None if threshold == "default" else threshold, "threshold_value": value,
-                   "change": change, "intensity": intensity})
-        job.styled[change] = "change"
-        job.names[change] = f"Change map ({method.upper()})"
-        if intensity:
-            job.styled[intensity] = "intensity"
-            job.names[intensity] = f"Change intensity ({method.upper()})"
+                   "threshold": None if threshold == "default" else threshold, "threshold_value": value},
+                  inputs=[t1, t2])
+        self.declare_output(job, parameters, context, "OUTPUT_CHANGE", "change", "change",
+                            f"Change map ({method.upper()})")
+        self.declare_output(job, parameters, context, "OUTPUT_INTENSITY", "intensity", "intensity",
+                            f"Change intensity ({method.upper()})")
         return job
 
     def run_job(self, job: Job, feedback: QgisFeedback) -> dict[str, Any]:

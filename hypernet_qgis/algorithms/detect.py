@@ -25,6 +25,9 @@ class DetectChangeAlgorithm(HyperNetAlgorithm):
     GROUP = "HyperNet (deep learning)"
     GROUP_ID = "hypernetdeep"
     ICON = "detect.svg"
+    SHORT = "Change map of two dates with the self-supervised HyperNet network (trains on the pair, no labels)."
+    TAGS = ("hypernet", "deep learning", "self-supervised", "change map", "torch")
+    ANCHOR = "detect-change"
     HELP = (
         "<p>Finds where two images of the same place, taken at two dates, have changed, with the self-supervised "
         "<b>HyperNet</b> network (Hu, Wu and Zhang, IEEE TGRS 2022). Without a model file it first trains HyperNet "
@@ -32,9 +35,9 @@ class DetectChangeAlgorithm(HyperNetAlgorithm):
         "<p><b>Inputs</b>: <i>T1</i> and <i>T2</i>, multi- or hyperspectral rasters on the same grid (size, "
         "pixel size, CRS) with the same bands; optionally a model file from <i>Train HyperNet</i> (same sensor and "
         "bands), a band list, and the threshold method: <i>otsu</i> (default), <i>kmeans</i>, or <i>fixed</i> "
-        "with your THRESHOLD.</p>"
-        "<p><b>Outputs</b>: the change map, a GeoTIFF on T1's grid with 1 = change (red), 0 = no change (grey), "
-        "255 = nodata; optionally the change intensity (the larger, the more change; float GeoTIFF). Also the "
+        "with your fixed threshold.</p>"
+        "<p><b>Outputs</b>: the change map, a GeoTIFF on T1's grid with 1 = change (red), 0 = no change "
+        "(transparent, so the image beneath shows), 255 = nodata; optionally the change intensity (the larger, the more change; float GeoTIFF). Also the "
         "number and fraction of changed pixels. Styles are saved next to the files (.qml).</p>"
         "<p><b>Time</b>: seconds with a model; with training about a minute for a few hundred thousand pixels of "
         "~200 bands on a CPU (default schedule), much less on a CUDA GPU. The log says which device ran. "
@@ -44,7 +47,9 @@ class DetectChangeAlgorithm(HyperNetAlgorithm):
     def initAlgorithm(self, config: dict | None = None) -> None:  # noqa: N802
         self.add_pair()
         self._add(QgsProcessingParameterFile(
-            "MODEL", "Model file (empty = train on this pair first)", extension="hypernet", optional=True))
+            "MODEL", "Model file (empty = train on this pair)", extension="hypernet", optional=True),
+            help_text="A model from Train HyperNet (same sensor and bands). Empty: train on this pair first; "
+                      "the training settings are under Advanced.")
         self.add_bands()
         self.add_threshold()
         self.add_device()
@@ -76,31 +81,23 @@ class DetectChangeAlgorithm(HyperNetAlgorithm):
                 raise InputError(
                     f"The model {os.path.basename(model)} was trained on {trained_on} bands but the images have "
                     f"{count}{' after the band selection' if bands else ''}. Use images from the same sensor with "
-                    "the same BANDS as in training, or leave MODEL empty to train on this pair.")
-        mask = layer_path(self, parameters, "UNCHANGED_MASK", context, "Unchanged mask", optional=True)
+                    "the same Bands as in training, or leave Model file empty to train on this pair.")
+        mask = layer_path(self, parameters, "UNCHANGED_MASK", context, "Known unchanged pixels", optional=True)
         if mask:
             check_mask(mask, info)
         method, value = self.threshold_values(parameters, context, THRESHOLD_METHODS)
         config = self.training_values(parameters, context)
         check_device(config["device"])
-        change = self.output_path(parameters, "OUTPUT_CHANGE", context, "Change map")
-        intensity = self.output_path(parameters, "OUTPUT_INTENSITY", context, "Change intensity", optional=True)
-        model_out = self.output_path(parameters, "OUTPUT_MODEL", context, "Model file", kind="file", optional=True)
-        report = self.output_path(parameters, "OUTPUT_REPORT", context, "Report", kind="file", optional=True)
-        if model and model_out:
-            raise InputError("OUTPUT_MODEL saves a model trained on the fly, but MODEL is given (nothing is "
-                             "trained). Leave one of them empty.")
-        from ..core import raster_io
-
-        raster_io.refuse_overwriting_inputs([change, intensity, model_out, report], [t1, t2, model, mask])
         job = Job({"t1": t1, "t2": t2, "bands": bands, "model": model, "mask": mask, "threshold": method,
-                   "threshold_value": value, "config": config, "change": change, "intensity": intensity,
-                   "model_out": model_out, "report": report})
-        job.styled[change] = "change"
-        job.names[change] = "Change map (HyperNet)"
-        if intensity:
-            job.styled[intensity] = "intensity"
-            job.names[intensity] = "Change intensity (HyperNet)"
+                   "threshold_value": value, "config": config}, inputs=[t1, t2, model, mask])
+        self.declare_output(job, parameters, context, "OUTPUT_CHANGE", "change", "change", "Change map (HyperNet)")
+        self.declare_output(job, parameters, context, "OUTPUT_INTENSITY", "intensity", "intensity",
+                            "Change intensity (HyperNet)")
+        model_out = self.declare_output(job, parameters, context, "OUTPUT_MODEL", "model_out")
+        self.declare_output(job, parameters, context, "OUTPUT_REPORT", "report")
+        if model and model_out.requested:
+            raise InputError("Save the model trained on the fly is set, but a Model file is given (nothing is "
+                             "trained). Leave one of them empty.")
         return job
 
     def run_job(self, job: Job, feedback: QgisFeedback) -> dict[str, Any]:

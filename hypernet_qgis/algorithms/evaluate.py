@@ -31,6 +31,9 @@ class EvaluateChangeAlgorithm(HyperNetAlgorithm):
     GROUP_ID = "evaluation"
     ICON = "evaluate.svg"
     NEEDS_ENGINE = False
+    SHORT = "Accuracy of a change map (or intensity) against reference labels: OA, kappa, F1, AUC."
+    TAGS = ("accuracy", "kappa", "f1", "auc", "roc", "confusion matrix", "validation", "ground truth")
+    ANCHOR = "evaluate-change-map"
     HELP = (
         "<p>Measures how well a change map agrees with a reference (ground truth) raster on the same grid.</p>"
         "<p><b>Inputs</b>: the change map (1 change, 0 no change, 255 nodata, as written by <i>Detect Change</i> "
@@ -51,7 +54,7 @@ class EvaluateChangeAlgorithm(HyperNetAlgorithm):
         self._add(QgsProcessingParameterString("UNCHANGED_VALUES", "Reference values meaning unchanged",
                                                defaultValue="0"))
         self._add(QgsProcessingParameterString("IGNORE_VALUES", "Reference values to ignore", optional=True))
-        self.add_report("Evaluation report (HTML)")
+        self.add_report("Evaluation report (HTML)", advanced=False)
         for name, label in (("OA", "Overall accuracy"), ("KAPPA", "Kappa"), ("F1", "F1 score"),
                             ("PRECISION", "Precision"), ("RECALL", "Recall"), ("AUC", "AUC")):
             self.addOutput(QgsProcessingOutputNumber(name, label))
@@ -65,20 +68,20 @@ class EvaluateChangeAlgorithm(HyperNetAlgorithm):
         if (ci.rows, ci.cols) != (ri.rows, ri.cols):
             raise InputError(f"The change map is {ci.cols}x{ci.rows} pixels but the reference is {ri.cols}x{ri.rows};"
                              " they must cover the same grid. Resample or clip the reference to the change map.")
-        changed = parse_values(self.parameterAsString(parameters, "CHANGED_VALUES", context), "CHANGED_VALUES")
-        unchanged = parse_values(self.parameterAsString(parameters, "UNCHANGED_VALUES", context), "UNCHANGED_VALUES")
-        ignore = parse_values(self.parameterAsString(parameters, "IGNORE_VALUES", context), "IGNORE_VALUES")
+        changed = parse_values(self.parameterAsString(parameters, "CHANGED_VALUES", context), self.label("CHANGED_VALUES"))
+        unchanged = parse_values(self.parameterAsString(parameters, "UNCHANGED_VALUES", context), self.label("UNCHANGED_VALUES"))
+        ignore = parse_values(self.parameterAsString(parameters, "IGNORE_VALUES", context), self.label("IGNORE_VALUES"))
         if not changed or not unchanged:
-            raise InputError("CHANGED_VALUES and UNCHANGED_VALUES each need at least one reference value (e.g. 1 "
-                             "and 0).")
+            raise InputError("Reference values meaning changed and meaning unchanged each need at least one "
+                             "value (e.g. 1 and 0).")
         overlap = set(changed) & set(unchanged) | (set(changed) | set(unchanged)) & set(ignore)
         if overlap:
-            raise InputError(f"The value {sorted(overlap)[0]:g} is in more than one of CHANGED_VALUES, "
-                             "UNCHANGED_VALUES and IGNORE_VALUES; each reference value can have one meaning only.")
-        report = self.output_path(parameters, "OUTPUT_REPORT", context, "Report", kind="file", optional=True)
-        raster_io.refuse_overwriting_inputs([report], [change, reference])
-        return Job({"change": change, "reference": reference, "changed": changed, "unchanged": unchanged,
-                    "ignore": ignore, "report": report})
+            raise InputError(f"The value {sorted(overlap)[0]:g} is in more than one of the reference values meaning changed, "
+                             "unchanged and to ignore; each reference value can have one meaning only.")
+        job = Job({"change": change, "reference": reference, "changed": changed, "unchanged": unchanged,
+                   "ignore": ignore}, inputs=[change, reference])
+        self.declare_output(job, parameters, context, "OUTPUT_REPORT", "report")
+        return job
 
     def run_job(self, job: Job, feedback: QgisFeedback) -> dict[str, Any]:
         metrics = pipeline(engine=False).evaluate_files(job["change"], job["reference"], changed=job["changed"],

@@ -15,7 +15,7 @@ from qgis.core import (
 )
 
 from ..core.errors import InputError
-from .base import HTML_FILTER, HyperNetAlgorithm, Job, QgisFeedback, check_output_path
+from .base import HTML_FILTER, HyperNetAlgorithm, Job, QgisFeedback
 
 
 def read_model_metadata(path: str) -> dict:
@@ -34,6 +34,9 @@ class InspectModelAlgorithm(HyperNetAlgorithm):
     GROUP = "HyperNet (deep learning)"
     GROUP_ID = "hypernetdeep"
     ICON = "hypernet.svg"
+    SHORT = "An HTML page of what a HyperNet model file records: bands, widths, loss curve, settings, versions."
+    TAGS = ("hypernet", "model", "metadata", "report")
+    ANCHOR = "inspect-hypernet-model"
     HELP = (
         "<p>Shows what a HyperNet model file records about how it was made, as an HTML page: the number of bands "
         "and the network widths, the training loss per epoch (as a curve), the training settings (epochs, "
@@ -58,18 +61,13 @@ class InspectModelAlgorithm(HyperNetAlgorithm):
     def resolve(self, parameters: dict, context: QgsProcessingContext) -> Job:
         model = self.parameterAsFile(parameters, "INPUT", context)
         if not model:
-            raise InputError("INPUT needs a HyperNet model file (written by Train HyperNet).")
+            raise InputError("HyperNet model file is empty: pick a model file written by Train HyperNet.")
         model = os.path.abspath(os.path.expanduser(model))
         if not os.path.isfile(model):
             raise InputError(f"Model file {model} does not exist. Pick a model file written by Train HyperNet.")
-        report = self.parameterAsFileOutput(parameters, "OUTPUT_REPORT", context)
-        if not report:
-            raise InputError("OUTPUT_REPORT needs an output file name such as model.html.")
-        report = check_output_path(report, "Model report")
-        if os.path.realpath(report) == os.path.realpath(model):
-            raise InputError("The report would overwrite the model file; choose another file name such as "
-                             "model.html.")
-        return Job({"model": model, "report": report})
+        job = Job({"model": model}, inputs=[model])
+        self.declare_output(job, parameters, context, "OUTPUT_REPORT", "report")
+        return job
 
     def run_job(self, job: Job, feedback: QgisFeedback) -> dict[str, Any]:
         from ..core.report import model_report

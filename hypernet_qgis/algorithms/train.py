@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from qgis.core import (
@@ -11,7 +12,7 @@ from qgis.core import (
     QgsProcessingParameterFileDestination,
 )
 
-from .base import MODEL_FILTER, HyperNetAlgorithm, Job, QgisFeedback, check_device, check_mask, check_pair, \
+from .base import MODEL_FILTER, HyperNetAlgorithm, Job, Output, QgisFeedback, check_device, check_mask, check_pair, \
     layer_path, parse_band_list, pipeline
 
 
@@ -23,6 +24,9 @@ class TrainHyperNetAlgorithm(HyperNetAlgorithm):
     GROUP = "HyperNet (deep learning)"
     GROUP_ID = "hypernetdeep"
     ICON = "train.svg"
+    SHORT = "Trains HyperNet on two dates without labels and saves the model for Detect Change."
+    TAGS = ("hypernet", "deep learning", "self-supervised", "training", "model", "torch")
+    ANCHOR = "train-hypernet"
     HELP = (
         "<p>Trains a <b>HyperNet</b> network (Hu, Wu and Zhang, IEEE TGRS 2022) on two images of the same place "
         "taken at two dates. No labels are needed: the network learns from pixels that a quick classic method "
@@ -46,7 +50,9 @@ class TrainHyperNetAlgorithm(HyperNetAlgorithm):
         self.add_training(advanced=False)
         self.add_device()
         self.add_training_advanced()
-        self._add(QgsProcessingParameterFileDestination("OUTPUT_MODEL", "Model file", MODEL_FILTER))
+        self._add(QgsProcessingParameterFileDestination("OUTPUT_MODEL", "Model file", MODEL_FILTER),
+                  help_text="Where to save the model. Left as a temporary file, it is saved next to T1 as "
+                            "<T1>_<T2>.hypernet.")
         self.add_report("Training report (HTML)")
         self.addOutput(QgsProcessingOutputNumber("FINAL_LOSS", "Final training loss"))
         self.addOutput(QgsProcessingOutputString("DEVICE_USED", "Device that ran the training"))
@@ -56,18 +62,30 @@ class TrainHyperNetAlgorithm(HyperNetAlgorithm):
         t2 = layer_path(self, parameters, "INPUT_T2", context, "Image T2")
         bands = parse_band_list(self.parameterAsString(parameters, "BANDS", context))
         info = check_pair(t1, t2, bands, min_bands=2)
-        mask = layer_path(self, parameters, "UNCHANGED_MASK", context, "Unchanged mask", optional=True)
+        mask = layer_path(self, parameters, "UNCHANGED_MASK", context, "Known unchanged pixels", optional=True)
         if mask:
             check_mask(mask, info)
         config = self.training_values(parameters, context)
         check_device(config["device"])
-        model = self.output_path(parameters, "OUTPUT_MODEL", context, "Model file", kind="file")
-        report = self.output_path(parameters, "OUTPUT_REPORT", context, "Report", kind="file", optional=True)
-        from ..core import raster_io
+        job = Job({"t1": t1, "t2": t2, "bands": bands, "mask": mask, "config": config}, inputs=[t1, t2, mask])
+        self.declare_output(job, parameters, context, "OUTPUT_MODEL", "model")
+        self.declare_output(job, parameters, context, "OUTPUT_REPORT", "report")
+        return job
 
-        raster_io.refuse_overwriting_inputs([model, report], [t1, t2, mask])
-        return Job({"t1": t1, "t2": t2, "bands": bands, "mask": mask, "config": config, "model": model,
-                    "report": report})
+    def temporary_path(self, out: Output, job: Job) -> str | None:
+        """A model is worth keeping: "temporary" saves it next to T1 as <T1>_<T2>.hypernet (never overwriting a
+        file; Processing's temporary folder only when T1's folder is not writable)."""
+        if out.key != "model":
+            return None
+        folder = os.path.dirname(job["t1"])
+        stem = f"{os.path.splitext(os.path.basename(job['t1']))[0]}_{os.path.splitext(os.path.basename(job['t2']))[0]}"
+        for i in range(1, 1000):
+            candidate = os.path.join(folder, f"{stem}{'' if i == 1 else f'_{i}'}.hypernet")
+            if not os.path.exists(candidate):
+                break
+        else:
+            return None
+        return candidate if os.access(folder, os.W_OK) else None
 
     def run_job(self, job: Job, feedback: QgisFeedback) -> dict[str, Any]:
         pipe = pipeline()

@@ -38,7 +38,7 @@
         <stdDevFactor>2</stdDevFactor>
       </minMaxOrigin>
       <colorPalette>
-        <paletteEntry value="0" label="No change" color="#dcdcdc" alpha="255"/>
+        <paletteEntry value="0" label="No change" color="#dcdcdc" alpha="0"/>
         <paletteEntry value="1" label="Change" color="#e31a1c" alpha="255"/>
       </colorPalette>
     </rasterrenderer>
