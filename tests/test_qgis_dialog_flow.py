@@ -173,3 +173,34 @@ def test_identical_dates_are_refused_up_front(clean_project, pair_dir):  # noqa:
                                                     "OUTPUT_CHANGE": _output(TEMPORARY),
                                                     "OUTPUT_MODEL": TEMPORARY}, context)
             assert not ok and "same" in message and "T2" in message, (alg_id, message)
+
+
+def test_dialog_details(hypernet_provider):  # noqa: F811
+    """Small things a user notices: short labels, GeoTIFF as the only output format, no "HTML output has been
+    generated" notice without a report, no parameter said to be optional twice."""
+    from qgis.core import QgsApplication
+
+    assert hypernet_provider.supportedOutputRasterLayerExtensions() == ["tif"]
+    for alg in hypernet_provider.algorithms():
+        if not alg.id().startswith("hypernet:") or " " in alg.id():
+            continue
+        assert alg.hasHtmlOutputs() is False
+        for definition in alg.parameterDefinitions():
+            label = definition.description()
+            assert len(label) <= 40, (alg.id(), label)  # fits the dialog's default width
+            assert "optional" not in label.lower(), (alg.id(), label)  # QGIS adds "[optional]" itself
+    assert QgsApplication.processingRegistry().algorithmById("hypernet:detectchange").tags()
+
+
+def test_train_keeps_a_temporary_model_next_to_t1(clean_project, tmp_path):
+    """A model is worth keeping: "Save to a temporary file" saves it next to T1, never over an existing file."""
+    from test_qgis_support import make_pair
+
+    files = make_pair(tmp_path / "pair")
+    (tmp_path / "pair" / "t1_t2.hypernet").write_bytes(b"an earlier model")
+    state = run_like_the_dialog("hypernet:trainhypernet", {
+        "INPUT_T1": files["t1"], "INPUT_T2": files["t2"], "EPOCHS": 2, "OUTPUT_MODEL": TEMPORARY})
+    assert state["ok"] is True, state
+    assert state["results"]["OUTPUT_MODEL"] == str(tmp_path / "pair" / "t1_t2_2.hypernet")
+    assert (tmp_path / "pair" / "t1_t2_2.hypernet").stat().st_size > 1000
+    assert (tmp_path / "pair" / "t1_t2.hypernet").read_bytes() == b"an earlier model"
