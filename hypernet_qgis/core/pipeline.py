@@ -286,18 +286,12 @@ def threshold_feature_distance(
 def _write_outputs(
     change_out: str, intensity_out: str | None, binary: np.ndarray, intensity: np.ndarray, like: raster_io.RasterInfo
 ) -> None:
-    """Write the intensity first, then the change map; remove the intensity if the change map fails."""
-    import os
-
+    """Write the change map and the intensity as one set: both replaced, or (on any failure) both kept."""
+    outputs = [raster_io.RasterOutput(change_out, binary, NODATA, "uint8")]
     if intensity_out:
-        raster_io.write_raster(intensity_out, np.nan_to_num(intensity, nan=-9999.0), like, nodata=-9999.0,
-                               dtype="float32")
-    try:
-        raster_io.write_raster(change_out, binary, like, nodata=NODATA, dtype="uint8")
-    except BaseException:
-        if intensity_out and os.path.exists(intensity_out):
-            os.remove(intensity_out)
-        raise
+        outputs.append(raster_io.RasterOutput(intensity_out, np.nan_to_num(intensity, nan=-9999.0), -9999.0,
+                                              "float32"))
+    raster_io.write_rasters(outputs, like)
 
 
 def baseline_files(
