@@ -244,6 +244,13 @@ def _info_from_dataset(ds: gdal.Dataset, resolved: str) -> RasterInfo:
         )
     if rows == 0 or cols == 0:
         raise InputError(f"{name} has no pixels ({cols} x {rows}). Choose a non-empty raster.")
+    complex_bands = [i for i in range(1, bands + 1) if gdal.DataTypeIsComplex(ds.GetRasterBand(i).DataType)]
+    if complex_bands:
+        raise InputError(
+            f"{name} has complex-valued bands (band {complex_bands[0]}: "
+            f"{gdal.GetDataTypeName(ds.GetRasterBand(complex_bands[0]).DataType)}); change detection needs real "
+            "values. Convert it first, e.g. to the magnitude with gdal_calc.py --calc='abs(A)'."
+        )
     nodata: list[float | None] = []
     names: list[str] = []
     for i in range(1, bands + 1):
@@ -310,8 +317,10 @@ def _band_list(bands: Sequence[int] | None, info: RasterInfo) -> list[int]:
 # ---------------------------------------------------------------------------------------------- reading
 
 def _read_block(ds: gdal.Dataset, band_list: Sequence[int], row0: int, nrows: int, col0: int,
-                ncols: int) -> tuple[np.ndarray, np.ndarray]:
-    """float32 data (NaN invalid) and valid mask for a window; every band of a pixel must be usable."""
+                ncols: int, empty: list[int] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """float32 data (NaN invalid) and valid mask for a window; every band of a pixel must be usable.
+
+    ``empty``, when given, receives the numbers of the bands with no usable pixel in the window."""
     data = np.empty((len(band_list), nrows, ncols), dtype=np.float32)
     valid = np.ones((nrows, ncols), dtype=bool)
     # one all-band read: band by band is ~28x slower on pixel-interleaved files (each band re-reads every block)
@@ -349,6 +358,8 @@ def _read_block(ds: gdal.Dataset, band_list: Sequence[int], row0: int, nrows: in
                 bad |= mask == 0
         data[k] = arr
         valid &= ~bad
+        if empty is not None and bad.all():
+            empty.append(int(b))
     data[:, ~valid] = np.nan
     return data, valid
 
@@ -372,8 +383,14 @@ def read_raster(path: str | os.PathLike, bands: Sequence[int] | None = None
     with _open(path) as (ds, resolved):
         info = _info_from_dataset(ds, resolved)
         band_list = _band_list(bands, info)
-        data, valid = _read_block(ds, band_list, 0, info.rows, 0, info.cols)
+        empty: list[int] = []
+        data, valid = _read_block(ds, band_list, 0, info.rows, 0, info.cols, empty)
     info = _subset_info(info, band_list)
+    if empty and len(empty) < len(band_list):
+        raise InputError(
+            f"Band {empty[0]} of {info.name} has no valid pixel (all nodata or NaN){' (and ' + str(len(empty) - 1) + ' more)' if len(empty) > 1 else ''}, so "
+            f"no pixel is valid in every band. Leave it out with BANDS (--bands), or fix its nodata value."
+        )
     if not valid.any():
         raise InputError(
             f"{info.name} has no valid pixel: every pixel is nodata, NaN or masked in at least one band. "
@@ -484,6 +501,16 @@ def _check_geotransform(a: RasterInfo, b: RasterInfo, what: Sequence[str]) -> No
             f"({gb[0] - ga[0]:g}, {gb[3] - ga[3]:g}) map units. Warp {what[1]} onto {what[0]}'s grid with gdalwarp "
             "or Processing 'Align rasters'."
         )
+
+
+def check_same_grid_2d(a: RasterInfo, b: RasterInfo, what: Sequence[str]) -> None:
+    """InputError unless two georeferenced rasters share geotransform and CRS (any band counts)."""
+    if a.crs_wkt and b.crs_wkt and not _same_crs(a.crs_wkt, b.crs_wkt):
+        raise InputError(
+            f"{what[0]} ({a.name}) and {what[1]} ({b.name}) have different coordinate reference systems. "
+            f"Reproject {what[1]} onto {what[0]}'s grid with gdalwarp or Processing 'Align rasters'."
+        )
+    _check_geotransform(a, b, (f"{what[0]} ({a.name})", f"{what[1]} ({b.name})"))
 
 
 def check_same_grid(a: RasterInfo, b: RasterInfo, what: Sequence[str] = ("T1", "T2")) -> None:
