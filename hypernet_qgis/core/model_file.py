@@ -12,6 +12,7 @@ any other Python object (so a crafted file cannot run code). The metadata record
 from __future__ import annotations
 
 import datetime as _dt
+import io
 import json
 import os
 import zipfile
@@ -70,8 +71,10 @@ def save_model(path: str | os.PathLike, model: HyperNet, metadata: dict | None =
         "metadata_json": json.dumps(meta, default=_jsonable, sort_keys=True),
         "state_dict": {k: v.detach().cpu().clone().contiguous() for k, v in model.state_dict().items()},
     }
+    buffer = io.BytesIO()  # torch's writer turns a full disk into an opaque RuntimeError; plain writes do not
+    torch.save(payload, buffer)
     with atomic_file(path, "the model file", "model.pt") as fh:
-        torch.save(payload, fh)
+        fh.write(buffer.getbuffer())
 
 
 #: Bounds of what a model file may claim (far above any real sensor or network; checked before allocating).

@@ -115,7 +115,7 @@ def check_output_file(path: str, label: str, example: str = "change.tif") -> str
                          "output path.")
     if not os.access(folder, os.W_OK | os.X_OK):
         raise InputError(f"{label} {path}: the folder {folder} is not writable. Choose a folder you can write to.")
-    if os.path.exists(full) and not os.access(full, os.W_OK):
+    if os.path.exists(full) and (not os.access(full, os.W_OK) or not os.stat(full).st_mode & 0o200):
         raise InputError(f"{label} {path} exists and is read-only. Make it writable (chmod u+w) or choose another "
                          "file name; read-only files are never replaced.")
     return full
