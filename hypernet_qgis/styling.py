@@ -39,9 +39,12 @@ def intensity_range(raster_path: str) -> tuple[float, float]:
     if ds is None:
         return 0.0, 1.0
     band = ds.GetRasterBand(1)
-    values = band.ReadAsArray().astype(np.float64)
+    values = band.ReadAsArray()
     nodata = band.GetNoDataValue()
     ds = None
+    if values is None:  # unreadable (e.g. damaged): a default stretch rather than a crash
+        return 0.0, 1.0
+    values = values.astype(np.float64)
     ok = np.isfinite(values)
     if nodata is not None:
         ok &= values != nodata

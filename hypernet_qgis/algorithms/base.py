@@ -8,6 +8,7 @@ widgets). Nothing here imports torch at module import, so the plugin loads when 
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 import tempfile
@@ -156,6 +157,39 @@ def parse_values(text: str | None, name: str) -> list[float]:
         return [float(v) for v in str(text).replace(";", ",").split(",") if v.strip()]
     except ValueError:
         raise InputError(f"{name} {text!r} is not a list of numbers; write e.g. 1 or 1,2.") from None
+
+
+def enum_by_number(raw: Any, options: list[str]) -> str | None:
+    """An enum given by its number ("2" or 2, as `qgis_process help` lists them) -> the option; else None."""
+    if isinstance(raw, bool):
+        return None
+    if isinstance(raw, str) and raw.strip().isdigit():
+        raw = int(raw.strip())
+    if isinstance(raw, int) and 0 <= raw < len(options):
+        return options[raw]
+    return None
+
+
+def check_number_text(raw: Any, name: str, integer: bool = False) -> None:
+    """InputError when a number parameter's raw value is not a (finite, whole if ``integer``) number.
+
+    QGIS reads "abc" as 0, which would turn THRESHOLD=abc into a threshold of 0 (every pixel changed)."""
+    if raw is None or raw == "" or isinstance(raw, bool) or not isinstance(raw, (str, int, float)):
+        return
+    try:
+        value = float(raw)
+    except ValueError:
+        raise InputError(f"{name} {raw!r} is not a number. Enter a number"
+                         f"{' (a whole number)' if integer else ''}.") from None
+    if not math.isfinite(value) or (integer and not value.is_integer()):
+        raise InputError(f"{name} {raw!r} is not a {'whole' if integer else 'finite'} number. Enter a "
+                         f"{'whole' if integer else 'finite'} number.")
+
+
+def unexpected_error_message(exc: BaseException) -> str:
+    """One line for an exception that is not an InputError (so QGIS shows it instead of going down)."""
+    return (f"Unexpected error while checking the parameters ({type(exc).__name__}: {exc}). Check the input files; "
+            "if they look right, please report this.")
 
 
 # ------------------------------------------------------------------------------------------------ checks
@@ -484,8 +518,20 @@ class HyperNetAlgorithm(QgsProcessingAlgorithm):
             "OUTPUT_REPORT", description, HTML_FILTER, optional=True, createByDefault=False), advanced)
 
     # -- parameter reading (main thread) ------------------------------------------------------------------
+    def enums_by_name(self, parameters: dict) -> dict:
+        """``parameters`` with static-string enums given by number (THRESHOLD_METHOD=2) replaced by the option."""
+        out = dict(parameters)
+        for p in self.parameterDefinitions():
+            if isinstance(p, QgsProcessingParameterEnum) and p.usesStaticStrings() and p.name() in out:
+                value = enum_by_number(out[p.name()], list(p.options()))
+                if value is not None:
+                    out[p.name()] = value
+        return out
+
     def enum_string(self, parameters: dict, name: str, context: QgsProcessingContext, options: list[str]) -> str:
-        value = self.parameterAsEnumString(parameters, name, context)
+        value = enum_by_number(parameters.get(name), options)  # `qgis_process help` lists options by number
+        if value is None:
+            value = self.parameterAsEnumString(parameters, name, context)
         if value not in options:
             raise InputError(f"{self.label(name)} must be one of {', '.join(options)} "
                              f"(got {parameters.get(name)!r}).")
@@ -494,6 +540,7 @@ class HyperNetAlgorithm(QgsProcessingAlgorithm):
     def optional_number(self, parameters: dict, name: str, context: QgsProcessingContext, integer: bool = False):
         if parameters.get(name) in (None, ""):
             return None
+        check_number_text(parameters.get(name), name, integer)
         if integer:
             return self.parameterAsInt(parameters, name, context)
         return self.parameterAsDouble(parameters, name, context)
@@ -547,6 +594,8 @@ class HyperNetAlgorithm(QgsProcessingAlgorithm):
 
     def training_values(self, parameters: dict, context: QgsProcessingContext) -> dict[str, Any]:
         """TrainConfig keyword arguments from the training parameters."""
+        for name, integer in (("LEARNING_RATE", False), ("GAMMA", False), ("SEED", True), ("MEMORY_BUDGET_MB", True)):
+            check_number_text(parameters.get(name), name, integer)
         return {
             "epochs": self.optional_number(parameters, "EPOCHS", context, integer=True),
             "learning_rate": self.parameterAsDouble(parameters, "LEARNING_RATE", context),
@@ -585,11 +634,13 @@ class HyperNetAlgorithm(QgsProcessingAlgorithm):
         return job
 
     def checkParameterValues(self, parameters: dict, context: QgsProcessingContext):  # noqa: N802
-        ok, message = super().checkParameterValues(parameters, context)
+        ok, message = super().checkParameterValues(self.enums_by_name(parameters), context)
         try:  # our message first: it says what is wrong with the file and how to fix it
             self._resolve_checked(parameters, context)
         except (InputError, QgsProcessingException) as exc:
             return False, str(exc)
+        except Exception as exc:  # noqa: BLE001  (an exception escaping here aborts qgis_process and QGIS)
+            return False, unexpected_error_message(exc)
         return ok, message
 
     def prepareAlgorithm(self, parameters: dict, context: QgsProcessingContext,  # noqa: N802
@@ -598,6 +649,10 @@ class HyperNetAlgorithm(QgsProcessingAlgorithm):
             self._job = self._resolve_checked(parameters, context)
         except InputError as exc:
             raise QgsProcessingException(str(exc)) from None
+        except QgsProcessingException:
+            raise
+        except Exception as exc:  # noqa: BLE001
+            raise QgsProcessingException(unexpected_error_message(exc)) from None
         return True
 
     def processAlgorithm(self, parameters: dict, context: QgsProcessingContext,  # noqa: N802

@@ -7,6 +7,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
+import os
+import signal
 import sys
 from typing import Sequence
 
@@ -44,47 +47,92 @@ def _band_list(text: str) -> list[int]:
     return bands
 
 
+def _finite(text: str) -> float:
+    """A finite number (nan, inf and 1e400 are refused)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a finite number")
+    return value
+
+
 def _threshold(text: str) -> str:
     if text in ("otsu", "kmeans"):
         return text
     try:
-        float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"use otsu, kmeans or a number, not {text!r}") from None
+        _finite(text)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(f"use otsu, kmeans or a finite number, not {text!r}") from None
     return text
+
+
+def _int_in(lo: int, hi: int):
+    """argparse type: a whole number from lo to hi."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if not lo <= value <= hi:
+            raise argparse.ArgumentTypeError(f"{text} is outside {lo}..{hi}")
+        return value
+    return parse
+
+
+def _float_in(lo: float, hi: float, low_open: bool = False):
+    """argparse type: a finite number in [lo, hi] (or (lo, hi] when ``low_open``)."""
+    def parse(text: str) -> float:
+        value = _finite(text)
+        if value < lo or value > hi or (low_open and value == lo):
+            raise argparse.ArgumentTypeError(f"{text} is outside {'(' if low_open else '['}{lo:g}, {hi:g}]")
+        return value
+    return parse
 
 
 def _values(text: str) -> list[float]:
     try:
-        return [float(v) for v in text.split(",") if v.strip()]
+        values = [float(v) for v in text.split(",") if v.strip()]
     except ValueError:
         raise argparse.ArgumentTypeError(f"bad value list {text!r}; write e.g. 1 or 1,2") from None
+    if not all(math.isfinite(v) for v in values):
+        raise argparse.ArgumentTypeError(f"bad value list {text!r}; values must be finite numbers")
+    return values
 
 
 def _add_training_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("training")
-    g.add_argument("--epochs", type=int, default=None, help="training epochs (default: 60; 200 with --schedule paper)")
-    g.add_argument("--seed", type=int, default=0, help="random seed; the same seed gives the same result on the CPU")
+    g.add_argument("--epochs", type=_int_in(1, 1_000_000), default=None, help="training epochs (default: 60; 200 with --schedule paper)")
+    g.add_argument("--seed", type=_int_in(0, 2**32 - 1), default=0, help="random seed; the same seed gives the same result on the CPU")
     g.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="auto uses CUDA when available")
     g.add_argument("--schedule", default="default", choices=["default", "paper"],
                    help="default: random crops per step (fast); paper: whole image per step as published")
-    g.add_argument("--learning-rate", type=float, default=0.05, help="SGD learning rate (default 0.05, the paper's)")
-    g.add_argument("--gamma", type=float, default=1.0, help="focal cosine loss gamma (default 1)")
-    g.add_argument("--width", type=int, default=None, help="branch width (default: from the band count)")
+    g.add_argument("--learning-rate", type=_float_in(0.0, 1e6, low_open=True), default=0.05, help="SGD learning rate (default 0.05, the paper's)")
+    g.add_argument("--gamma", type=_float_in(0.0, 1e6), default=1.0, help="focal cosine loss gamma (default 1)")
+    g.add_argument("--width", type=_int_in(1, 4096), default=None, help="branch width (default: from the band count)")
     g.add_argument("--bands", type=_band_list, default=None, help="band subset, 1-based, e.g. 1-100,120-200")
     g.add_argument("--unchanged-mask", default=None,
                    help="raster of known-unchanged pixels (non-zero) to train on instead of the automatic choice")
-    g.add_argument("--memory-budget-mb", type=int, default=4096, help="peak memory the run should stay within")
+    g.add_argument("--memory-budget-mb", type=_int_in(1, 2**40), default=4096, help="peak memory the run should stay within")
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse with its errors as one line (``error: ...``, exit 2) instead of the whole usage block."""
+
+    def error(self, message: str):  # type: ignore[override]
+        sys.stderr.write(f"error: {self.prog}: {message}. See {self.prog} --help.\n")
+        sys.exit(2)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="python -m hypernet_qgis",
         description="HyperNet self-supervised hyperspectral change detection (Hu, Wu, Zhang, IEEE TGRS 2022).",
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    common = argparse.ArgumentParser(add_help=False)
+    common = OneLineParser(add_help=False)
     common.add_argument("--quiet", action="store_true", help="no progress on stderr")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -149,10 +197,31 @@ def _split_threshold(value: str | None) -> tuple[str | None, float | None]:
     return "fixed", float(value)
 
 
+def job_paths(args: argparse.Namespace) -> tuple[dict[str, str | None], list[str | None]]:
+    """(label -> output path, inputs) of a subcommand, for core.paths.check_job_paths."""
+    report = {"The report (--report)": getattr(args, "report", None)}
+    if args.command == "detect":
+        return ({"The change map (--output)": args.output, "The intensity (--intensity)": args.intensity, **report},
+                [args.t1, args.t2, args.model, args.unchanged_mask])
+    if args.command == "train":
+        return {"The model file (--output)": args.output, **report}, [args.t1, args.t2, args.unchanged_mask]
+    if args.command == "baseline":
+        return ({"The change map (--output)": args.output, "The intensity (--intensity)": args.intensity},
+                [args.t1, args.t2])
+    if args.command == "evaluate":
+        return report, [args.change, args.reference]
+    return report, [args.model]
+
+
 def run(args: argparse.Namespace) -> int:
+    """Run one subcommand; every output path is checked against the inputs before any work starts."""
     from . import pipeline
+    from .paths import check_job_paths
     from .progress import StderrFeedback
 
+    outputs, inputs = job_paths(args)
+    check_job_paths(outputs, inputs)
+    args.written = []  # outputs already written, for the messages of a later failure or Ctrl-C
     fb = StderrFeedback(quiet=args.quiet)
     if args.command == "detect":
         method, value = _split_threshold(args.threshold)
@@ -162,6 +231,7 @@ def run(args: argparse.Namespace) -> int:
             batchnorm=args.batchnorm,
             config=_config(args), feedback=fb,
         )
+        args.written += [p for p in (args.output, args.intensity) if p]
         if args.report:
             from .report import write_detection_report
 
@@ -171,6 +241,7 @@ def run(args: argparse.Namespace) -> int:
     elif args.command == "train":
         res = pipeline.train_files(args.t1, args.t2, args.output, bands=args.bands,
                                    unchanged_mask=args.unchanged_mask, config=_config(args), feedback=fb)
+        args.written.append(args.output)
         if args.report:
             from .report import write_training_report
 
@@ -192,9 +263,9 @@ def run(args: argparse.Namespace) -> int:
                                     args.ignore)
         print(json.dumps(metrics, indent=1, default=float))
     elif args.command == "inspect":
-        from .model_file import load_model
+        from .model_file import read_metadata
 
-        meta = load_model(args.model)[1]
+        meta = read_metadata(args.model)
         if args.report:
             from .report import model_report
 
@@ -203,23 +274,58 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (kill, timeout, a cancelled job): unwinds like Ctrl-C, so temporary files are removed."""
+
+
+def _on_sigterm(signum, frame) -> None:
+    raise Terminated()
+
+
+def _written_note(args: argparse.Namespace) -> str:
+    written = getattr(args, "written", [])
+    if not written:
+        return "no output was written."
+    return f"{', '.join(written)} {'was' if len(written) == 1 else 'were'} written before; nothing else was."
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    try:
-        return run(args)
-    except InputError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except Cancelled as exc:
-        print(f"cancelled: {exc}", file=sys.stderr)
-        return 130
-    except KeyboardInterrupt:
-        print("cancelled: interrupted; no output was written.", file=sys.stderr)
-        return 130
-    except ModuleNotFoundError as exc:
-        if exc.name in ("torch", "spectral", "osgeo"):
-            print(f"error: the Python package {exc.name!r} is missing for {sys.executable}; install it "
-                  "(README: make install).", file=sys.stderr)
+    with _sigterm_as_interrupt():
+        try:
+            return run(args)
+        except InputError as exc:
+            note = f" ({_written_note(args)})" if getattr(args, "written", None) else ""
+            print(f"error: {exc}{note}", file=sys.stderr)
             return 2
-        raise
+        except Cancelled as exc:
+            print(f"cancelled: {exc}", file=sys.stderr)
+            return 130
+        except Terminated:
+            print(f"terminated: {_written_note(args)}", file=sys.stderr)
+            return 128 + signal.SIGTERM
+        except KeyboardInterrupt:
+            print(f"cancelled: interrupted; {_written_note(args)}", file=sys.stderr)
+            return 130
+        except ModuleNotFoundError as exc:
+            if exc.name in ("torch", "spectral", "osgeo"):
+                print(f"error: the Python package {exc.name!r} is missing for {sys.executable}; install it "
+                      "(README: make install).", file=sys.stderr)
+                return 2
+            raise
+
+
+class _sigterm_as_interrupt:  # noqa: N801  (used as a context manager)
+    """Turn SIGTERM into a Terminated exception in the main thread while the CLI runs."""
+
+    def __enter__(self) -> None:
+        self.previous = None
+        try:
+            self.previous = signal.signal(signal.SIGTERM, _on_sigterm)
+        except ValueError:  # not the main thread
+            pass
+
+    def __exit__(self, *exc) -> None:
+        if self.previous is not None:
+            signal.signal(signal.SIGTERM, self.previous)

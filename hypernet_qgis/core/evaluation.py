@@ -32,6 +32,8 @@ def read_evaluation_inputs(change: str, reference: str) -> EvaluationInputs:
             f"The change map is {info_c.cols}x{info_c.rows} pixels but the reference is {info_r.cols}x{info_r.rows}; "
             "they must cover the same grid."
         )
+    if info_c.has_georeference and info_r.has_georeference:  # a reference without georeference: size only
+        raster_io.check_same_grid_2d(info_c, info_r, ("The change map", "the reference"))
     pred, pvalid, _ = raster_io.read_raster(change, [1])
     ref, rvalid, _ = raster_io.read_raster(reference, [1])
     pred, ref = pred[0], ref[0]

@@ -65,8 +65,11 @@ class DetectResult:
         return self.changed_pixels / self.valid_pixels if self.valid_pixels else 0.0
 
 
-def load_pair(t1: str, t2: str, bands: Sequence[int] | None = None, min_bands: int = 1) -> ImagePair:
-    """Read, check and standardise a pair. Raises InputError naming what differs or is wrong."""
+def load_pair(t1: str, t2: str, bands: Sequence[int] | None = None, min_bands: int = 1,
+              what: str = "HyperNet") -> ImagePair:
+    """Read, check and standardise a pair. Raises InputError naming what differs or is wrong.
+
+    ``what`` names the method in messages (HyperNet, CVA, ...)."""
     info1, info2 = raster_io.raster_info(t1), raster_io.raster_info(t2)
     raster_io.check_same_grid(info1, info2)
     x1, v1, info1 = raster_io.read_raster(t1, bands)
@@ -79,8 +82,9 @@ def load_pair(t1: str, t2: str, bands: Sequence[int] | None = None, min_bands: i
         )
     if min(x1.shape[1:]) < MIN_SIDE:
         raise InputError(
-            f"The images are {x1.shape[2]}x{x1.shape[1]} pixels; HyperNet needs at least {MIN_SIDE}x{MIN_SIDE} "
-            "(its 3x3, 5x5 and 7x7 windows would see mostly padding). Use a larger area."
+            f"The images are {x1.shape[2]}x{x1.shape[1]} pixels; {what} needs at least {MIN_SIDE}x{MIN_SIDE}"
+            + (" (its 3x3, 5x5 and 7x7 windows would see mostly padding)" if what == "HyperNet" else
+               " (too few pixels to find a threshold)") + ". Use a larger area."
         )
     valid = v1 & v2
     if not valid.any():
@@ -286,18 +290,12 @@ def threshold_feature_distance(
 def _write_outputs(
     change_out: str, intensity_out: str | None, binary: np.ndarray, intensity: np.ndarray, like: raster_io.RasterInfo
 ) -> None:
-    """Write the intensity first, then the change map; remove the intensity if the change map fails."""
-    import os
-
+    """Write the change map and the intensity as one set: both replaced, or (on any failure) both kept."""
+    outputs = [raster_io.RasterOutput(change_out, binary, NODATA, "uint8")]
     if intensity_out:
-        raster_io.write_raster(intensity_out, np.nan_to_num(intensity, nan=-9999.0), like, nodata=-9999.0,
-                               dtype="float32")
-    try:
-        raster_io.write_raster(change_out, binary, like, nodata=NODATA, dtype="uint8")
-    except BaseException:
-        if intensity_out and os.path.exists(intensity_out):
-            os.remove(intensity_out)
-        raise
+        outputs.append(raster_io.RasterOutput(intensity_out, np.nan_to_num(intensity, nan=-9999.0), -9999.0,
+                                              "float32"))
+    raster_io.write_rasters(outputs, like)
 
 
 def baseline_files(
@@ -324,7 +322,8 @@ def baseline_files(
         threshold = DEFAULT_THRESHOLDS.get(key, "otsu")
         threshold_value = DEFAULT_THRESHOLD_VALUES.get(key)
     raster_io.refuse_overwriting_inputs([change_out] + ([intensity_out] if intensity_out else []), [t1, t2])
-    pair = load_pair(t1, t2, bands, min_bands=1 if method == "cva" else 2)
+    pair = load_pair(t1, t2, bands, min_bands=1 if method == "cva" else 2,
+                     what={"pcakmeans": "PCA-k-means", "irmad": "IR-MAD"}.get(method, method.upper()))
     feedback.info(f"Running {method} on {pair.x1.shape[0]} bands.")
     intensity = BASELINES[key](pair.x1, pair.x2, pair.valid)
     check_cancelled(feedback)

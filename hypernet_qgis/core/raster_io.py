@@ -16,7 +16,6 @@ import contextlib
 import math
 import os
 import re
-import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence
@@ -36,6 +35,8 @@ __all__ = [
     "require_bands",
     "constant_bands",
     "write_raster",
+    "write_rasters",
+    "RasterOutput",
     "refuse_overwriting_inputs",
     "resolve_raster_path",
 ]
@@ -243,6 +244,13 @@ def _info_from_dataset(ds: gdal.Dataset, resolved: str) -> RasterInfo:
         )
     if rows == 0 or cols == 0:
         raise InputError(f"{name} has no pixels ({cols} x {rows}). Choose a non-empty raster.")
+    complex_bands = [i for i in range(1, bands + 1) if gdal.DataTypeIsComplex(ds.GetRasterBand(i).DataType)]
+    if complex_bands:
+        raise InputError(
+            f"{name} has complex-valued bands (band {complex_bands[0]}: "
+            f"{gdal.GetDataTypeName(ds.GetRasterBand(complex_bands[0]).DataType)}); change detection needs real "
+            "values. Convert it first, e.g. to the magnitude with gdal_calc.py --calc='abs(A)'."
+        )
     nodata: list[float | None] = []
     names: list[str] = []
     for i in range(1, bands + 1):
@@ -309,8 +317,10 @@ def _band_list(bands: Sequence[int] | None, info: RasterInfo) -> list[int]:
 # ---------------------------------------------------------------------------------------------- reading
 
 def _read_block(ds: gdal.Dataset, band_list: Sequence[int], row0: int, nrows: int, col0: int,
-                ncols: int) -> tuple[np.ndarray, np.ndarray]:
-    """float32 data (NaN invalid) and valid mask for a window; every band of a pixel must be usable."""
+                ncols: int, empty: list[int] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """float32 data (NaN invalid) and valid mask for a window; every band of a pixel must be usable.
+
+    ``empty``, when given, receives the numbers of the bands with no usable pixel in the window."""
     data = np.empty((len(band_list), nrows, ncols), dtype=np.float32)
     valid = np.ones((nrows, ncols), dtype=bool)
     # one all-band read: band by band is ~28x slower on pixel-interleaved files (each band re-reads every block)
@@ -348,6 +358,8 @@ def _read_block(ds: gdal.Dataset, band_list: Sequence[int], row0: int, nrows: in
                 bad |= mask == 0
         data[k] = arr
         valid &= ~bad
+        if empty is not None and bad.all():
+            empty.append(int(b))
     data[:, ~valid] = np.nan
     return data, valid
 
@@ -371,8 +383,14 @@ def read_raster(path: str | os.PathLike, bands: Sequence[int] | None = None
     with _open(path) as (ds, resolved):
         info = _info_from_dataset(ds, resolved)
         band_list = _band_list(bands, info)
-        data, valid = _read_block(ds, band_list, 0, info.rows, 0, info.cols)
+        empty: list[int] = []
+        data, valid = _read_block(ds, band_list, 0, info.rows, 0, info.cols, empty)
     info = _subset_info(info, band_list)
+    if empty and len(empty) < len(band_list):
+        raise InputError(
+            f"Band {empty[0]} of {info.name} has no valid pixel (all nodata or NaN){' (and ' + str(len(empty) - 1) + ' more)' if len(empty) > 1 else ''}, so "
+            f"no pixel is valid in every band. Leave it out with BANDS (--bands), or fix its nodata value."
+        )
     if not valid.any():
         raise InputError(
             f"{info.name} has no valid pixel: every pixel is nodata, NaN or masked in at least one band. "
@@ -485,6 +503,16 @@ def _check_geotransform(a: RasterInfo, b: RasterInfo, what: Sequence[str]) -> No
         )
 
 
+def check_same_grid_2d(a: RasterInfo, b: RasterInfo, what: Sequence[str]) -> None:
+    """InputError unless two georeferenced rasters share geotransform and CRS (any band counts)."""
+    if a.crs_wkt and b.crs_wkt and not _same_crs(a.crs_wkt, b.crs_wkt):
+        raise InputError(
+            f"{what[0]} ({a.name}) and {what[1]} ({b.name}) have different coordinate reference systems. "
+            f"Reproject {what[1]} onto {what[0]}'s grid with gdalwarp or Processing 'Align rasters'."
+        )
+    _check_geotransform(a, b, (f"{what[0]} ({a.name})", f"{what[1]} ({b.name})"))
+
+
 def check_same_grid(a: RasterInfo, b: RasterInfo, what: Sequence[str] = ("T1", "T2")) -> None:
     """InputError unless the two rasters share size, band count, geotransform (within 1% of a pixel) and CRS."""
     na, nb = f"{what[0]} ({a.name})", f"{what[1]} ({b.name})"
@@ -521,35 +549,29 @@ _GDAL_TYPES = {
 }
 
 
-def _check_writable_folder(path: str) -> str:
-    folder = os.path.dirname(os.path.abspath(path)) or "."
-    if not os.path.isdir(folder):
-        raise InputError(f"The output folder {folder} does not exist. Create it or choose another output path.")
-    if not os.access(folder, os.W_OK | os.X_OK):
-        raise InputError(f"The output folder {folder} is not writable. Choose a folder you can write to.")
-    if os.path.isdir(path):
-        raise InputError(f"The output {path} is a folder. Give a file name such as change.tif.")
-    return folder
+@dataclass
+class RasterOutput:
+    """One raster of a set written together: the target path, its pixels and how to store them."""
+
+    path: str
+    array: np.ndarray
+    nodata: float | None = None
+    dtype: str | np.dtype | None = None
+    band_names: Sequence[str] | None = None
+    metadata: dict[str, str] | None = None
+    wavelengths_nm: Sequence[float] | None = None
 
 
-def write_raster(path: str | os.PathLike, array: np.ndarray, like: RasterInfo, nodata: float | None = None,
-                 dtype: str | np.dtype | None = None, *, band_names: Sequence[str] | None = None,
-                 metadata: dict[str, str] | None = None, wavelengths_nm: Sequence[float] | None = None) -> None:
-    """Write a tiled DEFLATE GeoTIFF on ``like``'s grid (CRS + geotransform), atomically.
-
-    ``array`` is (rows, cols) for one band or (bands, rows, cols). ``dtype`` defaults to the array's.
-    Float NaN written to an integer type becomes ``nodata`` (which must then be given). The file is written
-    under a temporary name in the target folder and renamed when complete, so no partial output is left.
-    """
-    path = os.fspath(path)
-    arr = np.asarray(array)
+def _prepared(out: RasterOutput, like: RasterInfo) -> tuple[np.ndarray, np.dtype]:
+    """The array as it will be stored (3-D, output dtype, NaN -> nodata for integer types)."""
+    arr = np.asarray(out.array)
     if arr.ndim == 2:
         arr = arr[None]
     if arr.ndim != 3:
         raise ValueError(f"write_raster needs a 2-D or 3-D array, got shape {arr.shape}")
     if arr.shape[1:] != (like.rows, like.cols):
         raise ValueError(f"array is {arr.shape[2]} x {arr.shape[1]} but the grid is {like.cols} x {like.rows}")
-    out_dtype = np.dtype(dtype) if dtype is not None else arr.dtype
+    out_dtype = np.dtype(out.dtype) if out.dtype is not None else arr.dtype
     if out_dtype == np.dtype(bool):
         out_dtype = np.dtype("uint8")
     if out_dtype not in _GDAL_TYPES:
@@ -557,110 +579,155 @@ def write_raster(path: str | os.PathLike, array: np.ndarray, like: RasterInfo, n
     if out_dtype.kind in "iu" and arr.dtype.kind == "f":
         bad = ~np.isfinite(arr)
         if bad.any():
-            if nodata is None:
+            if out.nodata is None:
                 raise ValueError("NaN values cannot be written to an integer raster without a nodata value")
-            arr = np.where(bad, nodata, arr)
+            arr = np.where(bad, out.nodata, arr)
         arr = np.rint(arr)
-    folder = _check_writable_folder(path)
-    tmp = os.path.join(folder, f".{os.path.basename(path)}.{uuid.uuid4().hex[:8]}.part.tif")
+    return arr, out_dtype
+
+
+class _GdalWriteError(Exception):
+    """GDAL reported an error (CE_Failure or worse) while a file was written."""
+
+
+def _gdal_check(step: str) -> None:
+    if gdal.GetLastErrorType() >= gdal.CE_Failure:
+        raise _GdalWriteError(f"{step}: {gdal.GetLastErrorMsg() or 'unknown GDAL error'}")
+
+
+def _write_temp(out: RasterOutput, like: RasterInfo, tmp: str) -> None:
+    """Write ``out`` to ``tmp``, checking GDAL's error state after every step, then read every pixel back."""
+    arr, out_dtype = _prepared(out, like)
     options = ["TILED=YES", "COMPRESS=DEFLATE", "BIGTIFF=IF_SAFER",
                "PREDICTOR=" + ("3" if out_dtype.kind == "f" else "2")]
     if arr.shape[0] > 1:
         options.append("INTERLEAVE=BAND")
-    driver = gdal.GetDriverByName("GTiff")
-    try:
-        with _quiet_gdal():
-            try:
-                ds = driver.Create(tmp, like.cols, like.rows, arr.shape[0], _GDAL_TYPES[out_dtype], options)
-            except RuntimeError:  # GDAL exceptions turned on by other code
-                ds = None
-            message = gdal.GetLastErrorMsg()
+    with _quiet_gdal():
+        try:
+            ds = gdal.GetDriverByName("GTiff").Create(tmp, like.cols, like.rows, arr.shape[0],
+                                                      _GDAL_TYPES[out_dtype], options)
+        except RuntimeError as exc:  # GDAL exceptions turned on by other code
+            raise _GdalWriteError(f"create: {exc}") from None
         if ds is None:
-            raise InputError(f"Could not create {path} (GDAL: {message}). Check the folder and the free disk space.")
+            raise _GdalWriteError(f"create: {gdal.GetLastErrorMsg()}")
         try:
             ds.SetGeoTransform(list(like.geotransform))
             if like.crs_wkt:
                 ds.SetProjection(like.crs_wkt)
-            if metadata:
-                ds.SetMetadata({str(k): str(v) for k, v in metadata.items()})
+            if out.metadata:
+                ds.SetMetadata({str(k): str(v) for k, v in out.metadata.items()})
             for i in range(arr.shape[0]):
                 band = ds.GetRasterBand(i + 1)
-                if nodata is not None:
-                    band.SetNoDataValue(float(nodata))
-                if band_names is not None:
-                    band.SetDescription(str(band_names[i]))
-                if wavelengths_nm is not None:
-                    w = float(wavelengths_nm[i])
+                if out.nodata is not None:
+                    band.SetNoDataValue(float(out.nodata))
+                if out.band_names is not None:
+                    band.SetDescription(str(out.band_names[i]))
+                if out.wavelengths_nm is not None:
+                    w = float(out.wavelengths_nm[i])
                     band.SetMetadata({"wavelength": f"{w:.4f}", "wavelength_units": "nm"})
                     band.SetMetadataItem("CENTRAL_WAVELENGTH_UM", f"{w / 1000.0:.6f}", "IMAGERY")
                 if band.WriteArray(arr[i].astype(out_dtype, copy=False)) != 0:
-                    raise InputError(f"Writing band {i + 1} of {path} failed. Check the free disk space.")
-            ds.FlushCache()
+                    raise _GdalWriteError(f"band {i + 1}: {gdal.GetLastErrorMsg()}")
+                _gdal_check(f"band {i + 1}")
+                band = None
+            if ds.FlushCache() not in (None, 0):
+                raise _GdalWriteError(f"flush: {gdal.GetLastErrorMsg()}")
+            _gdal_check("flush")
+        except RuntimeError as exc:
+            raise _GdalWriteError(str(exc)) from None
         finally:
-            ds = None  # closes and finishes the file
-        with _quiet_gdal():
             try:
-                check = gdal.Open(tmp)
-            except RuntimeError:
-                check = None
-            ok = check is not None and check.RasterCount == arr.shape[0]
-            check = None  # noqa: F841
-        if not ok:
-            raise InputError(f"Writing {path} failed (the file could not be read back). Check the free disk space.")
-        os.replace(tmp, path)
-        stale = path + ".aux.xml"  # statistics of a previous file of that name would be wrong now
-        if os.path.exists(stale):
-            with contextlib.suppress(OSError):
-                os.remove(stale)
-    except OSError as exc:
-        raise InputError(f"Could not write {path}: {exc.strerror or exc}. Choose another output path.") from exc
+                ds = None  # closes and finishes the file (GDAL reports errors of the close in its error state)
+            except RuntimeError as exc:
+                raise _GdalWriteError(f"close: {exc}") from None
+        _gdal_check("close")
+        _verify(tmp, arr, out_dtype)
+
+
+def _verify(tmp: str, arr: np.ndarray, out_dtype: np.dtype) -> None:
+    """Read every band of the finished file back and compare it with what was meant to be written."""
+    gdal.ErrorReset()
+    try:
+        check = gdal.Open(tmp)
+    except RuntimeError as exc:
+        raise _GdalWriteError(f"read back: {exc}") from None
+    if check is None or check.RasterCount != arr.shape[0]:
+        raise _GdalWriteError(f"read back: {gdal.GetLastErrorMsg() or 'not a GeoTIFF'}")
+    try:
+        for i in range(arr.shape[0]):
+            try:
+                back = check.GetRasterBand(i + 1).ReadAsArray()
+            except RuntimeError as exc:
+                raise _GdalWriteError(f"read back band {i + 1}: {exc}") from None
+            _gdal_check(f"read back band {i + 1}")
+            if back is None or not np.array_equal(back, arr[i].astype(out_dtype, copy=False),
+                                                  equal_nan=out_dtype.kind == "f"):
+                raise _GdalWriteError(f"read back band {i + 1}: the pixels differ from those written")
     finally:
-        for leftover in (tmp, tmp + ".aux.xml"):
-            if os.path.exists(leftover):
+        check = None  # noqa: F841
+
+
+def write_rasters(outputs: Sequence[RasterOutput], like: RasterInfo) -> None:
+    """Write a set of tiled DEFLATE GeoTIFFs on ``like``'s grid; they replace their targets together.
+
+    Each file is written under a temporary name beside its target, with GDAL's errors checked on every write,
+    flush and close, and then read back whole. Only when every file of the set is complete are they renamed over
+    their targets (all new, or all old on failure); a full disk, a signal or an error leaves the old files and
+    no temporary file. Leftovers of killed runs beside the targets are removed.
+    """
+    from .atomic import disk_error, remove_stale_temps, replace_together, temp_path
+    from .paths import check_output_file
+
+    outputs = [o for o in outputs if o is not None]
+    for o in outputs:
+        o.path = os.fspath(o.path)
+        _prepared(o, like)  # programming errors (shape, dtype) before anything is written
+        check_output_file(o.path, "The output")
+        remove_stale_temps(o.path)
+    temps: list[tuple[str, str]] = []
+    try:
+        for o in outputs:
+            tmp = temp_path(o.path, ".part.tif")
+            temps.append((tmp, o.path))
+            try:
+                _write_temp(o, like, tmp)
+            except _GdalWriteError as exc:
+                raise InputError(f"Writing {o.path} failed (GDAL {exc}); the previous file, if any, is unchanged. "
+                                 "Check the free disk space.") from None
+        try:
+            replace_together(temps)
+        except OSError as exc:
+            raise disk_error(exc, "the output", outputs[0].path) from None
+        for o in outputs:
+            stale = o.path + ".aux.xml"  # statistics of a previous file of that name would be wrong now
+            if os.path.exists(stale):
                 with contextlib.suppress(OSError):
-                    os.remove(leftover)
+                    os.remove(stale)
+    finally:
+        for tmp, _ in temps:
+            for leftover in (tmp, tmp + ".aux.xml"):
+                if os.path.lexists(leftover):
+                    with contextlib.suppress(OSError):
+                        os.remove(leftover)
+
+
+def write_raster(path: str | os.PathLike, array: np.ndarray, like: RasterInfo, nodata: float | None = None,
+                 dtype: str | np.dtype | None = None, *, band_names: Sequence[str] | None = None,
+                 metadata: dict[str, str] | None = None, wavelengths_nm: Sequence[float] | None = None) -> None:
+    """Write one tiled DEFLATE GeoTIFF on ``like``'s grid (CRS + geotransform), atomically (see write_rasters).
+
+    ``array`` is (rows, cols) for one band or (bands, rows, cols). ``dtype`` defaults to the array's.
+    Float NaN written to an integer type becomes ``nodata`` (which must then be given).
+    """
+    write_rasters([RasterOutput(os.fspath(path), array, nodata, dtype, band_names, metadata, wavelengths_nm)], like)
 
 
 # --------------------------------------------------------------------------------- overwriting inputs
 
-def _related_files(path: str) -> set[str]:
-    """Resolved paths of a file and of the files that belong to it (ENVI .hdr <-> data)."""
-    p = Path(os.path.abspath(os.path.expanduser(path)))
-    out = {str(p.resolve())}
-    if p.suffix.lower() == ".hdr":
-        stem = p.with_suffix("")
-        out |= {str(Path(str(stem) + s).resolve()) for s in _ENVI_DATA_SUFFIXES}
-    else:
-        for s in (".hdr", ".HDR", ".Hdr"):
-            out.add(str(Path(str(p) + s).resolve()))
-            out.add(str(p.with_suffix(s).resolve()))
-    return out
-
-
 def refuse_overwriting_inputs(outputs: Iterable[str | os.PathLike | None],
                               inputs: Iterable[str | os.PathLike | None]) -> None:
-    """InputError when an output path is one of the inputs (or an input's ENVI header/data partner).
+    """InputError when an output is an input or a file behind one, two outputs are one file, or an output folder
+    is missing or read-only (core.paths.check_job_paths)."""
+    from .paths import check_job_paths
 
-    Also refuses two outputs with the same path.
-    """
-    taken: dict[str, str] = {}
-    for inp in inputs:
-        if inp is None:
-            continue
-        for f in _related_files(os.fspath(inp)):
-            taken[f] = os.fspath(inp)
-    seen: dict[str, str] = {}
-    for out in outputs:
-        if out is None:
-            continue
-        resolved = str(Path(os.path.abspath(os.path.expanduser(os.fspath(out)))).resolve())
-        if resolved in taken:
-            raise InputError(
-                f"The output {os.fspath(out)} would overwrite the input {taken[resolved]}. "
-                "Choose another output file name; inputs are never modified."
-            )
-        if resolved in seen:
-            raise InputError(
-                f"Two outputs have the same path ({os.fspath(out)}). Give each output its own file name."
-            )
-        seen[resolved] = os.fspath(out)
+    check_job_paths(list(outputs), inputs)

@@ -271,10 +271,11 @@ def detect_files_streamed(t1: str, t2: str, change_out: str, *, intensity_out: s
         valid_count = int(pair.valid.sum())
         like = pair.info1
     t = time.perf_counter()
+    outputs = [raster_io.RasterOutput(change_out, binary, 255, "uint8")]  # replaced together, or neither
     if intensity_out:
-        raster_io.write_raster(intensity_out, np.nan_to_num(intensity, nan=-9999.0), like, nodata=-9999.0,
-                               dtype="float32")
-    raster_io.write_raster(change_out, binary, like, nodata=255, dtype="uint8")
+        outputs.append(raster_io.RasterOutput(intensity_out, np.nan_to_num(intensity, nan=-9999.0), -9999.0,
+                                              "float32"))
+    raster_io.write_rasters(outputs, like)
     times["write_s"] = time.perf_counter() - t
     feedback.set_progress(1.0)
     changed = int((binary == 1).sum())
