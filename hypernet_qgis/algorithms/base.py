@@ -30,7 +30,9 @@ from qgis.core import (
 )
 from qgis.PyQt.QtGui import QIcon
 
+from ..about import project_url
 from ..core.errors import Cancelled, InputError
+from ..qgis_compat import FLAG_ADVANCED, NUMBER_DOUBLE, NUMBER_INTEGER
 
 PROVIDER_ID = "hypernet"
 #: Smallest image side HyperNet runs on (core.pipeline.MIN_SIDE; a test keeps them equal).
@@ -344,7 +346,7 @@ class HyperNetAlgorithm(QgsProcessingAlgorithm):
         return self.HELP
 
     def helpUrl(self) -> str:  # noqa: N802
-        return "https://github.com/hypernet-qgis/hypernet-qgis#readme"
+        return project_url("homepage")
 
     def createInstance(self) -> "HyperNetAlgorithm":  # noqa: N802
         return type(self)()
@@ -352,7 +354,7 @@ class HyperNetAlgorithm(QgsProcessingAlgorithm):
     # -- parameter helpers --------------------------------------------------------------------------------
     def _add(self, param: QgsProcessingParameterDefinition, advanced: bool = False, help_text: str = "") -> None:
         if advanced:
-            param.setFlags(param.flags() | QgsProcessingParameterDefinition.FlagAdvanced)
+            param.setFlags(param.flags() | FLAG_ADVANCED)
         if help_text and hasattr(param, "setHelp"):
             param.setHelp(help_text)
         self.addParameter(param)
@@ -375,23 +377,23 @@ class HyperNetAlgorithm(QgsProcessingAlgorithm):
         self._add(QgsProcessingParameterRasterLayer(
             "UNCHANGED_MASK", "Known unchanged pixels (optional mask, non-zero = unchanged)", optional=True), advanced)
         epochs = QgsProcessingParameterNumber(
-            "EPOCHS", "Epochs (empty = 60, or 200 with the paper schedule)", QgsProcessingParameterNumber.Integer,
+            "EPOCHS", "Epochs (empty = 60, or 200 with the paper schedule)", NUMBER_INTEGER,
             optional=True, minValue=1)
         self._add(epochs, advanced)
         self._add(QgsProcessingParameterNumber(
-            "LEARNING_RATE", "Learning rate (SGD)", QgsProcessingParameterNumber.Double, defaultValue=0.05,
+            "LEARNING_RATE", "Learning rate (SGD)", NUMBER_DOUBLE, defaultValue=0.05,
             minValue=1e-9), advanced)
         self._add(QgsProcessingParameterNumber(
-            "GAMMA", "Focal loss gamma", QgsProcessingParameterNumber.Double, defaultValue=1.0, minValue=0.0), advanced)
+            "GAMMA", "Focal loss gamma", NUMBER_DOUBLE, defaultValue=1.0, minValue=0.0), advanced)
         self._add(QgsProcessingParameterNumber(
-            "SEED", "Random seed", QgsProcessingParameterNumber.Integer, defaultValue=0, minValue=0), advanced)
+            "SEED", "Random seed", NUMBER_INTEGER, defaultValue=0, minValue=0), advanced)
 
     def add_training_advanced(self) -> None:
         self._add(QgsProcessingParameterEnum(
             "SCHEDULE", "Training schedule (default: random crops, fast; paper: whole image per step)",
             options=SCHEDULES, defaultValue="default", usesStaticStrings=True), True)
         self._add(QgsProcessingParameterNumber(
-            "MEMORY_BUDGET_MB", "Memory budget (MB)", QgsProcessingParameterNumber.Integer, defaultValue=4096,
+            "MEMORY_BUDGET_MB", "Memory budget (MB)", NUMBER_INTEGER, defaultValue=4096,
             minValue=64), True)
 
     def add_threshold(self, options: list[str] = THRESHOLD_METHODS, default: str = "otsu") -> None:
@@ -399,7 +401,7 @@ class HyperNetAlgorithm(QgsProcessingAlgorithm):
             "THRESHOLD_METHOD", "Threshold method", options=options, defaultValue=default, usesStaticStrings=True))
         self._add(QgsProcessingParameterNumber(
             "THRESHOLD", "Threshold (only for the fixed method: intensity above it = change)",
-            QgsProcessingParameterNumber.Double, optional=True))
+            NUMBER_DOUBLE, optional=True))
 
     def add_change_outputs(self) -> None:
         self._add(QgsProcessingParameterRasterDestination(
