@@ -6,12 +6,15 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.hypernet-installed
 APT_PACKAGES := qgis python3-qgis qgis-providers python3-gdal gdal-bin python3-venv python3-matplotlib \
                 xvfb xauth imagemagick libtcmalloc-minimal4
-PIP_PACKAGES := torch==2.13.0 spectral "numpy<2" pytest
+# the engine's dependencies, then the test tools (pyproject.toml's [test] extra: pytest and the security scans)
+PIP_PACKAGES := torch==2.13.0 spectral "numpy<2" pytest "bandit>=1.7" "detect-secrets>=1.4"
 PLUGIN := hypernet_qgis
 BUILD := build/$(PLUGIN)
+# Any Python 3: assembling the plugin and its zip needs only the standard library (no venv, root or network).
+PYTHON3 ?= python3
 export QT_QPA_PLATFORM ?= offscreen
 
-.PHONY: install demo test bench bench-speed plugin deploy zip clean
+.PHONY: install demo test test-qgis-lts bench bench-speed plugin deploy zip wheel clean
 
 install: $(STAMP) $(BUILD)/metadata.txt $(VENV)/bin/qgis_process
 
@@ -27,13 +30,11 @@ $(STAMP): Makefile
 	$(PY) -c "import site, sys; open(site.getsitepackages()[0] + '/hypernet_qgis.pth', 'w').write(sys.argv[1] + '\n')" "$(CURDIR)"
 	touch $@
 
-# The assembled plugin folder (what QGIS loads): package + metadata + resources + licence.
-$(BUILD)/metadata.txt: $(STAMP) metadata.txt LICENSE $(shell find $(PLUGIN) resources -type f -not -name '*.pyc' 2>/dev/null)
-	rm -rf $(BUILD) && mkdir -p $(BUILD)
-	cp -r $(PLUGIN)/. $(BUILD)/
-	cp -r resources $(BUILD)/resources
-	cp metadata.txt LICENSE $(BUILD)/
-	find $(BUILD) -name __pycache__ -prune -exec rm -rf {} +
+# The assembled plugin folder (what QGIS loads): package + metadata + licence + requirements.txt + resources
+# without the sample data (tools/package.py says why).
+$(BUILD)/metadata.txt: metadata.txt LICENSE requirements.txt tools/package.py \
+                       $(shell find $(PLUGIN) resources -type f -not -name '*.pyc' 2>/dev/null)
+	$(PYTHON3) tools/package.py assemble $(BUILD)
 
 plugin: $(BUILD)/metadata.txt
 
@@ -46,6 +47,10 @@ demo: install
 test: install
 	$(PY) -m pytest -q tests
 
+# The QGIS-facing tests on QGIS 3.40 LTR (Debian 13 chroot in /var/cache/hypernet-qgis-lts, made once; root).
+test-qgis-lts:
+	tools/qgis_lts.sh test
+
 bench: install
 	$(PY) tools/bench_accuracy.py
 
@@ -55,9 +60,13 @@ bench-speed: install
 deploy: plugin
 	$(PY) tools/deploy.py $(BUILD)
 
-zip: plugin
-	mkdir -p dist && rm -f dist/$(PLUGIN).zip
-	cd build && ../$(PY) -m zipfile -c ../dist/$(PLUGIN).zip $(PLUGIN)
+# The upload for plugins.qgis.org / Install from ZIP (tests/test_package.py checks it as the repository does).
+zip:
+	$(PYTHON3) tools/package.py zip dist/$(PLUGIN).zip
+
+# The engine as a wheel (pyproject.toml): `pip install dist/hypernet_qgis-*.whl` gives the `hypernet` command.
+wheel: install
+	$(PY) -m pip wheel --no-deps --no-build-isolation -w dist .
 
 clean:
 	rm -rf build dist $(VENV)

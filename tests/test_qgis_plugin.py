@@ -103,20 +103,22 @@ SHIPPED_MODEL = "hypernet:Train and detect, then evaluate"
 
 @pytest.mark.parametrize("alg_id", sorted(INTERFACE))
 def test_algorithm_interface(hypernet_provider, alg_id):  # noqa: F811
-    from qgis.core import QgsApplication, QgsProcessingAlgorithm, QgsProcessingParameterDefinition
+    from qgis.core import QgsApplication
+
+    from hypernet_qgis.qgis_compat import ALG_FLAG_CAN_CANCEL, ALG_FLAG_NO_THREADING, FLAG_ADVANCED, has_flag
 
     alg = QgsApplication.processingRegistry().algorithmById(alg_id)
     assert alg is not None, alg_id
     names = {p.name() for p in alg.parameterDefinitions()}
     assert INTERFACE[alg_id]["params"] <= names, INTERFACE[alg_id]["params"] - names
     advanced = {p.name() for p in alg.parameterDefinitions()
-                if p.flags() & QgsProcessingParameterDefinition.FlagAdvanced}
+                if has_flag(p.flags(), FLAG_ADVANCED)}
     assert INTERFACE[alg_id]["advanced"] <= advanced
     outputs = {o.name() for o in alg.outputDefinitions()}
     assert INTERFACE[alg_id]["outputs"] <= outputs, INTERFACE[alg_id]["outputs"] - outputs
     # Runs in the background (no FlagNoThreading) and can be cancelled.
-    assert not alg.flags() & QgsProcessingAlgorithm.FlagNoThreading
-    assert alg.flags() & QgsProcessingAlgorithm.FlagCanCancel
+    assert not has_flag(alg.flags(), ALG_FLAG_NO_THREADING)
+    assert has_flag(alg.flags(), ALG_FLAG_CAN_CANCEL)
     # A group, an icon and a help text a newcomer can use (what, inputs, outputs, time).
     assert alg.group() and alg.groupId()
     assert not alg.icon().isNull()
@@ -135,6 +137,7 @@ def test_parameter_defaults_match_the_engine(hypernet_provider):  # noqa: F811
     from qgis.core import QgsApplication
 
     from hypernet_qgis.algorithms.base import MIN_SIDE
+    from hypernet_qgis.qgis_compat import FLAG_OPTIONAL, has_flag
     from hypernet_qgis.core import pipeline
     from hypernet_qgis.core.training import TrainConfig
 
@@ -148,7 +151,7 @@ def test_parameter_defaults_match_the_engine(hypernet_provider):  # noqa: F811
     assert p("MEMORY_BUDGET_MB").defaultValue() == cfg.memory_budget_mb
     assert p("SCHEDULE").defaultValue() == cfg.schedule and p("SCHEDULE").options() == ["default", "paper"]
     assert p("DEVICE").defaultValue() == cfg.device and p("DEVICE").options() == ["auto", "cpu", "cuda"]
-    assert p("EPOCHS").defaultValue() is None and p("EPOCHS").flags() & p("EPOCHS").FlagOptional
+    assert p("EPOCHS").defaultValue() is None and has_flag(p("EPOCHS").flags(), FLAG_OPTIONAL)
     detect = QgsApplication.processingRegistry().algorithmById("hypernet:detectchange")
     assert detect.parameterDefinition("THRESHOLD_METHOD").options() == ["otsu", "kmeans", "fixed"]
     classic = QgsApplication.processingRegistry().algorithmById("hypernet:classicchange")

@@ -35,15 +35,17 @@ def build(path: Path = OUT) -> Path:
                            QgsProcessingParameterRasterLayer, QgsProcessingDestinationParameter)
     from qgis.PyQt.QtCore import QPointF
 
+    from hypernet_qgis.qgis_compat import NUMBER_INTEGER
+
     model = QgsProcessingModelAlgorithm("Train and detect, then evaluate", "HyperNet", "hypernettraindetectevaluate")
     model.setHelpContent({"ALG_DESC": HELP, "ALG_CREATOR": "HyperNet for QGIS"})
     inputs = [
         (QgsProcessingParameterRasterLayer("T1", "Image T1 (first date)"), 120),
         (QgsProcessingParameterRasterLayer("T2", "Image T2 (second date)"), 200),
         (QgsProcessingParameterRasterLayer("REFERENCE", "Reference (1 changed, 0 unchanged)"), 280),
-        (QgsProcessingParameterNumber("EPOCHS", "Training epochs", QgsProcessingParameterNumber.Integer,
+        (QgsProcessingParameterNumber("EPOCHS", "Training epochs", NUMBER_INTEGER,
                                       defaultValue=60, minValue=1), 360),
-        (QgsProcessingParameterNumber("SEED", "Random seed", QgsProcessingParameterNumber.Integer,
+        (QgsProcessingParameterNumber("SEED", "Random seed", NUMBER_INTEGER,
                                       defaultValue=0, minValue=0), 440),
     ]
     for definition, y in inputs:

@@ -34,8 +34,10 @@ from qgis.core import (
 )
 from qgis.PyQt.QtGui import QIcon
 
+from ..about import project_url
 from ..core.errors import Cancelled, InputError
 from ..resources import icon, icon_path
+from ..qgis_compat import FLAG_ADVANCED, FLAG_OPTIONAL, NUMBER_DOUBLE, NUMBER_INTEGER, has_flag
 
 PROVIDER_ID = "hypernet"
 #: Smallest image side HyperNet runs on (core.pipeline.MIN_SIDE; a test keeps them equal).
@@ -432,7 +434,8 @@ class HyperNetAlgorithm(QgsProcessingAlgorithm):
         return ["change detection", "hyperspectral", "multispectral", "bitemporal", *self.TAGS]
 
     def helpUrl(self) -> str:  # noqa: N802
-        return f"https://github.com/hypernet-qgis/hypernet-qgis#{self.ANCHOR}"
+        home = project_url("homepage")
+        return f"{home}#{self.ANCHOR}" if home else ""
 
     def hasHtmlOutputs(self) -> bool:  # noqa: N802
         """The reports are optional: no "HTML output has been generated" notice unless one was asked for (the
@@ -445,7 +448,7 @@ class HyperNetAlgorithm(QgsProcessingAlgorithm):
     # -- parameter helpers --------------------------------------------------------------------------------
     def _add(self, param: QgsProcessingParameterDefinition, advanced: bool = False, help_text: str = "") -> None:
         if advanced:
-            param.setFlags(param.flags() | QgsProcessingParameterDefinition.FlagAdvanced)
+            param.setFlags(param.flags() | FLAG_ADVANCED)
         if help_text and hasattr(param, "setHelp"):
             param.setHelp(help_text)
         self.addParameter(param)
@@ -480,15 +483,15 @@ class HyperNetAlgorithm(QgsProcessingAlgorithm):
                   advanced, "A mask on T1's grid, non-zero where the land is known not to have changed; "
                             "training uses those pixels instead of the automatic choice.")
         epochs = QgsProcessingParameterNumber(
-            "EPOCHS", "Epochs", QgsProcessingParameterNumber.Integer, optional=True, minValue=1)
+            "EPOCHS", "Epochs", NUMBER_INTEGER, optional=True, minValue=1)
         self._add(epochs, advanced, "Empty: 60 with the default schedule, 200 with the paper schedule.")
         self._add(QgsProcessingParameterNumber(
-            "LEARNING_RATE", "Learning rate (SGD)", QgsProcessingParameterNumber.Double, defaultValue=0.05,
+            "LEARNING_RATE", "Learning rate (SGD)", NUMBER_DOUBLE, defaultValue=0.05,
             minValue=1e-9), advanced)
         self._add(QgsProcessingParameterNumber(
-            "GAMMA", "Focal loss gamma", QgsProcessingParameterNumber.Double, defaultValue=1.0, minValue=0.0), advanced)
+            "GAMMA", "Focal loss gamma", NUMBER_DOUBLE, defaultValue=1.0, minValue=0.0), advanced)
         self._add(QgsProcessingParameterNumber(
-            "SEED", "Random seed", QgsProcessingParameterNumber.Integer, defaultValue=0, minValue=0), advanced)
+            "SEED", "Random seed", NUMBER_INTEGER, defaultValue=0, minValue=0), advanced)
 
     def add_training_advanced(self) -> None:
         self._add(QgsProcessingParameterEnum(
@@ -496,14 +499,14 @@ class HyperNetAlgorithm(QgsProcessingAlgorithm):
             True, "default: random crops per step (fast); paper: the whole image per step, 200 epochs, as "
                   "published.")
         self._add(QgsProcessingParameterNumber(
-            "MEMORY_BUDGET_MB", "Memory budget (MB)", QgsProcessingParameterNumber.Integer, defaultValue=4096,
+            "MEMORY_BUDGET_MB", "Memory budget (MB)", NUMBER_INTEGER, defaultValue=4096,
             minValue=64), True, "Bounds the training crops, the detection tiles and reading by windows.")
 
     def add_threshold(self, options: list[str] = THRESHOLD_METHODS, default: str = "otsu") -> None:
         self._add(QgsProcessingParameterEnum(
             "THRESHOLD_METHOD", "Threshold method", options=options, defaultValue=default, usesStaticStrings=True))
         self._add(QgsProcessingParameterNumber(
-            "THRESHOLD", "Fixed threshold", QgsProcessingParameterNumber.Double, optional=True),
+            "THRESHOLD", "Fixed threshold", NUMBER_DOUBLE, optional=True),
             help_text="Only for the fixed method: a pixel whose intensity is above it counts as changed.")
 
     def add_change_outputs(self) -> None:
@@ -557,7 +560,7 @@ class HyperNetAlgorithm(QgsProcessingAlgorithm):
             value = value.sink
         if isinstance(value, QgsProperty):
             value = value.valueAsString(context.expressionContext(), "")[0]
-        optional = bool(definition.flags() & QgsProcessingParameterDefinition.FlagOptional)
+        optional = has_flag(definition.flags(), FLAG_OPTIONAL)
         out = Output(name, key, self.label(name), kind, style=style, layer_name=layer_name)
         if value is None or str(value) == "":
             out.temporary = not optional

@@ -15,6 +15,7 @@ from qgis.core import (
 )
 
 from ..core.errors import InputError
+from ..qgis_compat import FILE_BEHAVIOR_FILE
 from .base import HTML_FILTER, HyperNetAlgorithm, Job, QgisFeedback
 
 
@@ -50,7 +51,7 @@ class InspectModelAlgorithm(HyperNetAlgorithm):
 
     def initAlgorithm(self, config: dict | None = None) -> None:  # noqa: N802
         self._add(QgsProcessingParameterFile(
-            "INPUT", "HyperNet model file", behavior=QgsProcessingParameterFile.File,
+            "INPUT", "HyperNet model file", behavior=FILE_BEHAVIOR_FILE,
             fileFilter="HyperNet model (*.hypernet *.pt);;All files (*.*)"))
         self._add(QgsProcessingParameterFileDestination("OUTPUT_REPORT", "Model report (HTML)", HTML_FILTER))
         self.addOutput(QgsProcessingOutputNumber("BANDS", "Bands the model was trained on"))
