@@ -113,10 +113,13 @@ def test_bad_inputs_get_clear_messages(synthetic_pair, tmp_path):
     gdal.Translate(str(small), t2, srcWin=[0, 0, 20, 20])
     with pytest.raises(InputError, match="size|pixels"):
         pipeline.detect_files(t1, str(small), str(tmp_path / "c.tif"), config=TrainConfig(**FAST))
-    one = tmp_path / "one.tif"
+    one, other = tmp_path / "one.tif", tmp_path / "other.tif"
     gdal.Translate(str(one), t1, bandList=[1])
-    with pytest.raises(InputError, match="band"):
-        pipeline.detect_files(str(one), str(one), str(tmp_path / "c.tif"), config=TrainConfig(**FAST))
+    gdal.Translate(str(other), t2, bandList=[1])
+    with pytest.raises(InputError, match="one.tif has 1 band; HyperNet needs at least 2"):
+        pipeline.detect_files(str(one), str(other), str(tmp_path / "c.tif"), config=TrainConfig(**FAST))
+    with pytest.raises(InputError, match="T1 and T2 are the same image"):  # trained for nothing, found nothing
+        pipeline.detect_files(t1, t1, str(tmp_path / "c.tif"), config=TrainConfig(**FAST))
     five = [tmp_path / "f1.tif", tmp_path / "f2.tif"]
     for src, dst in zip((t1, t2), five):
         gdal.Translate(str(dst), src, bandList=[1, 2, 3, 4, 5])
@@ -150,11 +153,13 @@ def test_constant_and_all_nodata_inputs_are_refused(tmp_path):
         return str(tmp_path / name)
 
     const = write("const.tif", np.full((4, 20, 20), 7.0, np.float32))
+    const2 = write("const2.tif", np.full((4, 20, 20), 3.0, np.float32))
     with pytest.raises(InputError, match="constant"):
-        pipeline.detect_files(const, const, str(tmp_path / "c.tif"), config=TrainConfig(**FAST))
+        pipeline.detect_files(const, const2, str(tmp_path / "c.tif"), config=TrainConfig(**FAST))
     empty = write("nodata.tif", np.full((4, 20, 20), -1.0, np.float32), nodata=-1.0)
+    empty2 = write("nodata2.tif", np.full((4, 20, 20), -1.0, np.float32), nodata=-1.0)
     with pytest.raises(InputError, match="nodata|valid"):
-        pipeline.detect_files(empty, empty, str(tmp_path / "c.tif"), config=TrainConfig(**FAST))
+        pipeline.detect_files(empty, empty2, str(tmp_path / "c.tif"), config=TrainConfig(**FAST))
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")

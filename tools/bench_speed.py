@@ -207,7 +207,7 @@ def case_big(folder: str, side: int, bands: int) -> dict:
     """A side x side x bands scene end to end through core.streaming within the default memory budget."""
     import torch
 
-    from hypernet_qgis.core.streaming import detect_files_streamed
+    from hypernet_qgis.core.pipeline import detect_files
     from hypernet_qgis.core.training import TrainConfig
 
     t = time.perf_counter()
@@ -215,14 +215,13 @@ def case_big(folder: str, side: int, bands: int) -> dict:
     write_s = time.perf_counter() - t
     rss_after_writing = _peak_gb()
     start = time.perf_counter()
-    res = detect_files_streamed(t1, t2, os.path.join(folder, "change.tif"), config=TrainConfig(device="cpu"),
-                                scratch_dir=folder)
+    res = detect_files(t1, t2, os.path.join(folder, "change.tif"), config=TrainConfig(device="cpu"))
     seconds = time.perf_counter() - start
     return {"case": "big_streamed", "size": f"{side}x{side}x{bands}", "threads": torch.get_num_threads(),
             "seconds": seconds, "input_write_s": write_s, "peak_rss_gb": _peak_gb(),
             "peak_rss_gb_while_writing_inputs": rss_after_writing,
-            **{k: v for k, v in res.items() if k.endswith("_s")}, "changed_fraction":
-            res["changed_pixels"] / max(1, res["valid_pixels"]), "memory_budget_mb": TrainConfig().memory_budget_mb}
+            **res.extra.get("stages_s", {}), "changed_fraction": res.changed_fraction,
+            "memory_budget_mb": TrainConfig().memory_budget_mb}
 
 
 # ------------------------------------------------------------------------------------------------ driver

@@ -35,16 +35,16 @@ from qgis.core import (
 from qgis.PyQt.QtGui import QIcon
 
 from ..about import project_url
+from ..core import options
 from ..core.errors import Cancelled, InputError
 from ..resources import icon, icon_path
 from ..qgis_compat import FLAG_ADVANCED, FLAG_OPTIONAL, NUMBER_DOUBLE, NUMBER_INTEGER, has_flag
 
 PROVIDER_ID = "hypernet"
-#: Smallest image side HyperNet runs on (core.pipeline.MIN_SIDE; a test keeps them equal).
-MIN_SIDE = 8
-DEVICES = ["auto", "cpu", "cuda"]
-SCHEDULES = ["default", "paper"]
-THRESHOLD_METHODS = ["otsu", "kmeans", "fixed"]
+DEVICES = list(options.DEVICES)
+SCHEDULES = list(options.SCHEDULES)
+THRESHOLD_METHODS = list(options.THRESHOLD_METHODS)
+MIN_SIDE = options.MIN_SIDE
 RASTER_EXTENSIONS = (".tif", ".tiff")
 MODEL_FILTER = "HyperNet model (*.hypernet);;All files (*.*)"
 HTML_FILTER = "HTML report (*.html *.htm)"
@@ -124,31 +124,9 @@ class QgisFeedback:
 # ---------------------------------------------------------------------------------------------- parsing
 
 def parse_band_list(text: str | None, label: str = "Bands") -> list[int] | None:
-    """'1,2,5-8' -> [1, 2, 5, 6, 7, 8]; empty -> None (all bands). InputError (naming ``label``) on bad syntax."""
-    if text is None or not str(text).strip():
-        return None
-    bands: list[int] = []
-    for part in str(text).replace(" ", "").replace(";", ",").split(","):
-        if not part:
-            continue
-        try:
-            if "-" in part[1:]:
-                lo, hi = (int(v) for v in part.split("-", 1))
-                if hi < lo:
-                    raise ValueError
-                bands.extend(range(lo, hi + 1))
-            else:
-                bands.append(int(part))
-        except ValueError:
-            raise InputError(f"{label} {text!r} is not a band list. Write band numbers from 1, e.g. 1-50,60,70-80, "
-                             "or leave it empty for all bands.") from None
-    if not bands:
-        return None
-    if min(bands) < 1:
-        raise InputError(f"{label} {text!r} contains a band below 1; bands are numbered from 1.")
-    if len(set(bands)) != len(bands):
-        raise InputError(f"{label} {text!r} names a band twice; list each band once.")
-    return bands
+    """'1,2,5-8' -> [1, 2, 5, 6, 7, 8]; empty -> None: the engine's one band-list syntax (core.options), messages
+    naming the dialog's label."""
+    return options.parse_band_list(text, label)
 
 
 def parse_values(text: str | None, name: str) -> list[float]:
@@ -486,12 +464,12 @@ class HyperNetAlgorithm(QgsProcessingAlgorithm):
             "EPOCHS", "Epochs", NUMBER_INTEGER, optional=True, minValue=1)
         self._add(epochs, advanced, "Empty: 60 with the default schedule, 200 with the paper schedule.")
         self._add(QgsProcessingParameterNumber(
-            "LEARNING_RATE", "Learning rate (SGD)", NUMBER_DOUBLE, defaultValue=0.05,
+            "LEARNING_RATE", "Learning rate (SGD)", NUMBER_DOUBLE, defaultValue=options.DEFAULT_LEARNING_RATE,
             minValue=1e-9), advanced)
         self._add(QgsProcessingParameterNumber(
-            "GAMMA", "Focal loss gamma", NUMBER_DOUBLE, defaultValue=1.0, minValue=0.0), advanced)
+            "GAMMA", "Focal loss gamma", NUMBER_DOUBLE, defaultValue=options.DEFAULT_GAMMA, minValue=0.0), advanced)
         self._add(QgsProcessingParameterNumber(
-            "SEED", "Random seed", NUMBER_INTEGER, defaultValue=0, minValue=0), advanced)
+            "SEED", "Random seed", NUMBER_INTEGER, defaultValue=0, minValue=0, maxValue=options.MAX_SEED), advanced)
 
     def add_training_advanced(self) -> None:
         self._add(QgsProcessingParameterEnum(
@@ -499,8 +477,8 @@ class HyperNetAlgorithm(QgsProcessingAlgorithm):
             True, "default: random crops per step (fast); paper: the whole image per step, 200 epochs, as "
                   "published.")
         self._add(QgsProcessingParameterNumber(
-            "MEMORY_BUDGET_MB", "Memory budget (MB)", NUMBER_INTEGER, defaultValue=4096,
-            minValue=64), True, "Bounds the training crops, the detection tiles and reading by windows.")
+            "MEMORY_BUDGET_MB", "Memory budget (MB)", NUMBER_INTEGER, defaultValue=options.DEFAULT_MEMORY_BUDGET_MB,
+            minValue=options.MIN_MEMORY_BUDGET_MB), True, "Bounds the training crops, the detection tiles and reading by windows.")
 
     def add_threshold(self, options: list[str] = THRESHOLD_METHODS, default: str = "otsu") -> None:
         self._add(QgsProcessingParameterEnum(

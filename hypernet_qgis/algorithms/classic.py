@@ -6,9 +6,10 @@ from typing import Any
 
 from qgis.core import QgsProcessingContext, QgsProcessingOutputNumber, QgsProcessingParameterEnum
 
+from ..core import options
 from .base import HyperNetAlgorithm, Job, QgisFeedback, check_pair, layer_path, parse_band_list, pipeline
 
-METHODS = ["cva", "sam", "irmad", "pcakmeans"]
+METHODS = list(options.CLASSIC_METHODS)
 CLASSIC_THRESHOLDS = ["default", "otsu", "kmeans", "fixed"]
 
 

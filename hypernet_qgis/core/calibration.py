@@ -18,10 +18,7 @@ from torch import nn
 
 from .network import HyperNet
 from .progress import Feedback
-
-#: How detection normalises the features: "per-date" (each date's own whole-image BatchNorm statistics, the
-#: default) or "running" (the paper's eval mode: running statistics learned in training).
-BATCHNORM_MODES = ("per-date", "running")
+from .options import BATCHNORM_MODES  # noqa: F401 (one home: core/options.py)
 
 
 def backbone_batchnorms(model: HyperNet) -> list[nn.BatchNorm2d]:

@@ -14,6 +14,7 @@ import sys
 from typing import Sequence
 
 from .errors import Cancelled, InputError
+from . import options
 
 EPILOG = """examples:
   python -m hypernet_qgis detect t1.tif t2.tif --output change.tif --intensity intensity.tif
@@ -29,21 +30,16 @@ Outputs are tiled, compressed GeoTIFFs with the input's georeferencing; the chan
 
 
 def _band_list(text: str) -> list[int]:
-    """'1,2,5-8' -> [1, 2, 5, 6, 7, 8] (1-based band numbers)."""
-    bands: list[int] = []
+    """'1,2,5-8' -> [1, 2, 5, 6, 7, 8] (1-based band numbers): options.parse_band_list, the syntax QGIS uses."""
+    from .errors import InputError
+    from .options import parse_band_list
+
     try:
-        for part in text.replace(" ", "").split(","):
-            if not part:
-                continue
-            if "-" in part:
-                lo, hi = (int(v) for v in part.split("-", 1))
-                bands.extend(range(lo, hi + 1))
-            else:
-                bands.append(int(part))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"bad band list {text!r}; write e.g. 1,2,5-8") from None
-    if not bands or min(bands) < 1:
-        raise argparse.ArgumentTypeError(f"bad band list {text!r}; bands are numbered from 1")
+        bands = parse_band_list(text, "--bands")
+    except InputError as exc:
+        raise argparse.ArgumentTypeError(str(exc).rstrip(".")) from None
+    if bands is None:
+        raise argparse.ArgumentTypeError(f"bad band list {text!r}; write e.g. 1,2,5-8")
     return bands
 
 
@@ -104,17 +100,19 @@ def _values(text: str) -> list[float]:
 def _add_training_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("training")
     g.add_argument("--epochs", type=_int_in(1, 1_000_000), default=None, help="training epochs (default: 60; 200 with --schedule paper)")
-    g.add_argument("--seed", type=_int_in(0, 2**32 - 1), default=0, help="random seed; the same seed gives the same result on the CPU")
-    g.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="auto uses CUDA when available")
-    g.add_argument("--schedule", default="default", choices=["default", "paper"],
+    g.add_argument("--seed", type=_int_in(0, options.MAX_SEED), default=0, help="random seed; the same seed gives the same result on the CPU")
+    g.add_argument("--device", default="auto", choices=list(options.DEVICES), help="auto uses CUDA when available")
+    g.add_argument("--schedule", default="default", choices=list(options.SCHEDULES),
                    help="default: random crops per step (fast); paper: whole image per step as published")
-    g.add_argument("--learning-rate", type=_float_in(0.0, 1e6, low_open=True), default=0.05, help="SGD learning rate (default 0.05, the paper's)")
-    g.add_argument("--gamma", type=_float_in(0.0, 1e6), default=1.0, help="focal cosine loss gamma (default 1)")
+    g.add_argument("--learning-rate", type=_float_in(0.0, 1e6, low_open=True), default=options.DEFAULT_LEARNING_RATE,
+                   help=f"SGD learning rate (default {options.DEFAULT_LEARNING_RATE}, the paper's)")
+    g.add_argument("--gamma", type=_float_in(0.0, 1e6), default=options.DEFAULT_GAMMA, help="focal cosine loss gamma (default 1)")
     g.add_argument("--width", type=_int_in(1, 4096), default=None, help="branch width (default: from the band count)")
     g.add_argument("--bands", type=_band_list, default=None, help="band subset, 1-based, e.g. 1-100,120-200")
     g.add_argument("--unchanged-mask", default=None,
                    help="raster of known-unchanged pixels (non-zero) to train on instead of the automatic choice")
-    g.add_argument("--memory-budget-mb", type=_int_in(1, 2**40), default=4096, help="peak memory the run should stay within")
+    g.add_argument("--memory-budget-mb", type=_int_in(1, 2**40),
+                   default=options.DEFAULT_MEMORY_BUDGET_MB, help="peak memory the run should stay within")
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -181,10 +179,8 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _config(args: argparse.Namespace):
-    from .training import TrainConfig
-
-    return TrainConfig(
+def _config(args: argparse.Namespace) -> options.TrainConfig:
+    return options.TrainConfig(
         epochs=args.epochs, seed=args.seed, device=args.device, schedule=args.schedule,
         learning_rate=args.learning_rate, gamma=args.gamma, width=args.width,
         memory_budget_mb=args.memory_budget_mb,

@@ -13,13 +13,7 @@ from .perf import device_budget_mb, streaming_allocator
 from .network import HyperNet
 from .progress import Feedback, NullFeedback, SubFeedback, check_cancelled
 from .thresholds import CHANGED, NODATA, UNCHANGED, binary_change, choose_threshold  # noqa: F401 (re-exported)
-
-#: mse: the paper's per-pixel mean squared feature difference; cosine: 1 - cosine similarity of the features;
-#: rx: anomalous change, Mahalanobis (RX) distance of the feature difference from its own mean and covariance.
-DISTANCES = ("mse", "cosine", "rx")
-THRESHOLD_METHODS = ("otsu", "kmeans", "fixed")
-#: Working memory for detection and training unless the caller says otherwise: fits an 8 GB laptop.
-DEFAULT_MEMORY_BUDGET_MB = 4096
+from .options import DEFAULT_MEMORY_BUDGET_MB, DISTANCES, THRESHOLD_METHODS  # noqa: F401 (one home: core/options.py)
 
 
 @torch.no_grad()

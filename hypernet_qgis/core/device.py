@@ -5,8 +5,7 @@ from __future__ import annotations
 import torch
 
 from .errors import InputError
-
-DEVICES = ("auto", "cpu", "cuda")
+from .options import DEVICES  # noqa: F401 (one home: core/options.py)
 
 
 def resolve_device(name: str = "auto") -> torch.device:

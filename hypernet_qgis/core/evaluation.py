@@ -10,8 +10,7 @@ import numpy as np
 from . import raster_io
 from .errors import InputError
 from .metrics import change_metrics, roc_auc
-
-NODATA = 255
+from .options import NODATA  # noqa: F401 (one home: core/options.py)
 
 
 @dataclass

@@ -1,7 +1,9 @@
-"""File-to-file jobs shared by the command line and the QGIS algorithms.
+"""File-to-file jobs shared by the command line and the QGIS algorithms: one function per job.
 
-Each job reads rasters with GDAL, checks them, runs the engine and writes its outputs whole (temporary file,
-then rename), so a failed or cancelled run leaves no partial output. Errors meant for the user are InputError.
+Each job checks its inputs before any work, opens the pair (``pair.open_pair``: in memory, or by windows from
+scratch files when the pair exceeds the memory budget; the rest of the job is the same code either way), runs
+the engine and writes its outputs as one set (temporary files, verified, then renamed), so a failed or cancelled
+run leaves no partial output. Errors meant for the user are InputError.
 """
 
 from __future__ import annotations
@@ -12,35 +14,17 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 
-from . import raster_io, streaming
+from . import raster_io
 from .errors import InputError
 from .evaluation import evaluate_files  # noqa: F401  (the evaluation job, re-exported with the other jobs)
+from .options import INTENSITY_NODATA
+from .pair import ImagePair, load_pair, open_pair  # noqa: F401 (load_pair re-exported for tools and tests)
 from .progress import Feedback, NullFeedback, SubFeedback, check_cancelled
-from .scaling import standardize
-from .thresholds import NODATA, binary_change
+from .thresholds import NODATA, binary_change, threshold_feature_distance  # noqa: F401 (re-exported)
+from .options import DEFAULT_DISTANCE, MIN_SIDE  # noqa: F401 (one home: core/options.py)
 
 if TYPE_CHECKING:  # the HyperNet jobs import torch when they run; the classic and evaluation jobs never do
     from .training import TrainConfig, TrainResult
-
-#: Smallest image side HyperNet is run on: below this the 3x3/5x5/7x7 windows see mostly padding.
-MIN_SIDE = 8
-#: Default feature distance for the change intensity (see BENCHMARKS.md for why).
-DEFAULT_DISTANCE = "mse"
-
-
-@dataclass
-class ImagePair:
-    """Two co-registered dates, standardised per date, with their shared valid-pixel mask."""
-
-    x1: np.ndarray
-    x2: np.ndarray
-    x1s: np.ndarray
-    x2s: np.ndarray
-    valid: np.ndarray
-    info1: raster_io.RasterInfo
-    info2: raster_io.RasterInfo
-    bands: list[int] | None
-    scaling: dict[str, Any]
 
 
 @dataclass
@@ -65,40 +49,6 @@ class DetectResult:
         return self.changed_pixels / self.valid_pixels if self.valid_pixels else 0.0
 
 
-def load_pair(t1: str, t2: str, bands: Sequence[int] | None = None, min_bands: int = 1,
-              what: str = "HyperNet") -> ImagePair:
-    """Read, check and standardise a pair. Raises InputError naming what differs or is wrong.
-
-    ``what`` names the method in messages (HyperNet, CVA, ...)."""
-    info1, info2 = raster_io.raster_info(t1), raster_io.raster_info(t2)
-    raster_io.check_same_grid(info1, info2)
-    x1, v1, info1 = raster_io.read_raster(t1, bands)
-    x2, v2, info2 = raster_io.read_raster(t2, bands)
-    nb = x1.shape[0]
-    if nb < min_bands:
-        raise InputError(
-            f"{_name(t1)} has {nb} band{'s' if nb != 1 else ''} (after the band selection); this method needs at "
-            f"least {min_bands}. Use a multi- or hyperspectral image, or a band list with more bands."
-        )
-    if min(x1.shape[1:]) < MIN_SIDE:
-        raise InputError(
-            f"The images are {x1.shape[2]}x{x1.shape[1]} pixels; {what} needs at least {MIN_SIDE}x{MIN_SIDE}"
-            + (" (its 3x3, 5x5 and 7x7 windows would see mostly padding)" if what == "HyperNet" else
-               " (too few pixels to find a threshold)") + ". Use a larger area."
-        )
-    valid = v1 & v2
-    if not valid.any():
-        raise InputError(
-            "No pixel is valid in both dates: every pixel is nodata or NaN in T1 or in T2. "
-            "Check the layers' nodata values and that the two images overlap."
-        )
-    x1s, s1 = standardize(x1, valid)
-    x2s, s2 = standardize(x2, valid)
-    if not (np.any(s1["std"]) or np.any(s2["std"])) or not (np.any(x1s) or np.any(x2s)):
-        raise InputError("Every band is constant over the valid pixels of both dates; there is nothing to compare.")
-    return ImagePair(x1, x2, x1s, x2s, valid, info1, info2, list(bands) if bands else None, {"t1": s1, "t2": s2})
-
-
 def _name(path: str) -> str:
     import os
 
@@ -121,12 +71,18 @@ def train_pair(
     from .model_file import software_versions
     from .training import train_hypernet
 
-    result = train_hypernet(pair.x1s, pair.x2s, pair.valid, config, _training_mask(unchanged_mask, pair), feedback)
+    from .training import lowest_share
+
+    mask = _training_mask(unchanged_mask, pair)
+    if mask is None:
+        config.validate()
+        mask = lowest_share(pair.pre_detection_score(), pair.valid, config.training_fraction)
+    result = train_hypernet(pair.x1s, pair.x2s, pair.valid, config, mask, feedback)
     result.extra.update(
         {
-            "band_count": int(pair.x1.shape[0]),
+            "band_count": pair.band_count,
             "band_selection": pair.bands,
-            "wavelengths_nm": _selected_wavelengths(pair),
+            "wavelengths_nm": pair.wavelengths_nm,
             "scaling": {"method": "per-date per-band standardisation", **pair.scaling},
             "mask_g": "user mask" if unchanged_mask else f"lowest {config.training_fraction:.0%} of standardised CVA",
             "inputs": {"t1": str(pair.info1.path), "t2": str(pair.info2.path)},
@@ -134,10 +90,6 @@ def train_pair(
         }
     )
     return result
-
-
-def _selected_wavelengths(pair: ImagePair) -> list[float] | None:
-    return list(pair.info1.wavelengths_nm) if pair.info1.wavelengths_nm else None
 
 
 def train_files(
@@ -158,8 +110,9 @@ def train_files(
     config = config or TrainConfig()
     config.validate()
     raster_io.refuse_overwriting_inputs([model_out], [t1, t2] + ([unchanged_mask] if unchanged_mask else []))
-    pair = load_pair(t1, t2, bands, min_bands=2)
-    result = train_pair(pair, config, unchanged_mask, feedback)
+    with open_pair(t1, t2, bands, min_bands=2, memory_budget_mb=config.memory_budget_mb,
+                   feedback=feedback) as pair:
+        result = train_pair(pair, config, unchanged_mask, feedback)
     check_cancelled(feedback)
     save_model(model_out, result.model, result.metadata())
     return result
@@ -204,35 +157,42 @@ def detect_files(
         if bands is None and metadata.get("band_selection"):
             bands = metadata["band_selection"]
             feedback.info(f"Using the model's band selection: {bands}.")
-    if streaming.whole_pair_mb(raster_io.raster_info(t1), bands) > config.memory_budget_mb:
-        return _detect_streamed(t1, t2, change_out, intensity_out, loaded, metadata, threshold, threshold_value,
-                                bands, unchanged_mask, distance, batchnorm, config, feedback, start)
-    pair = load_pair(t1, t2, bands, min_bands=2)
-    train_result = None
-    if loaded is not None:
-        expected = int(metadata.get("band_count", -1))
-        if expected != pair.x1.shape[0]:
-            raise InputError(
-                f"The model {_name(model)} was trained on {expected} bands but the images have {pair.x1.shape[0]} "
-                "(after the band selection). Use the same sensor and BANDS as in training, or train a new model."
-            )
-        net = loaded
-        distance = distance or metadata.get("distance", DEFAULT_DISTANCE)
-    else:
-        train_result = train_pair(pair, config, unchanged_mask, SubFeedback(feedback, 0.0, 0.85))
-        net = train_result.model
-        distance = distance or DEFAULT_DISTANCE
-    if distance not in DISTANCES:
-        raise InputError(f"Unknown distance {distance!r}; use one of {', '.join(DISTANCES)}.")
-    check_cancelled(feedback)
-    feedback.info(f"Computing the change intensity ({distance} of the fused features).")
-    intensity = change_intensity(
-        net, pair.x1s, pair.x2s, pair.valid, distance, config.device, SubFeedback(feedback, 0.85, 0.97),
-        memory_budget_mb=config.memory_budget_mb, batchnorm=batchnorm,
-    )
+    stages: dict[str, float] = {}
+    clock = time.perf_counter()
+    with open_pair(t1, t2, bands, min_bands=2, memory_budget_mb=config.memory_budget_mb,
+                   feedback=SubFeedback(feedback, 0.0, 0.05)) as pair:
+        stages["read_standardise_s"] = time.perf_counter() - clock
+        train_result = None
+        if loaded is not None:
+            expected = int(metadata.get("band_count", -1))
+            if expected != pair.band_count:
+                raise InputError(
+                    f"The model {_name(model)} was trained on {expected} bands but the images have "
+                    f"{pair.band_count} (after the band selection). Use the same sensor and BANDS as in training, "
+                    "or train a new model.")
+            net = loaded
+            distance = distance or metadata.get("distance", DEFAULT_DISTANCE)
+        else:
+            clock = time.perf_counter()
+            train_result = train_pair(pair, config, unchanged_mask, SubFeedback(feedback, 0.05, 0.85))
+            stages["train_s"] = time.perf_counter() - clock
+            net = train_result.model
+            distance = distance or DEFAULT_DISTANCE
+        if distance not in DISTANCES:
+            raise InputError(f"Unknown distance {distance!r}; use one of {', '.join(DISTANCES)}.")
+        check_cancelled(feedback)
+        feedback.info(f"Computing the change intensity ({distance} of the fused features).")
+        clock = time.perf_counter()
+        intensity = change_intensity(
+            net, pair.x1s, pair.x2s, pair.valid, distance, config.device, SubFeedback(feedback, 0.85, 0.97),
+            memory_budget_mb=config.memory_budget_mb, batchnorm=batchnorm,
+        )
+        stages["detect_s"] = time.perf_counter() - clock
     binary, thr = threshold_feature_distance(intensity, pair.valid, threshold, threshold_value)
     check_cancelled(feedback)
+    clock = time.perf_counter()
     _write_outputs(change_out, intensity_out, binary, intensity, pair.info1)
+    stages["write_s"] = time.perf_counter() - clock
     changed = int((binary == 1).sum())
     valid_count = int(pair.valid.sum())
     feedback.set_progress(1.0)
@@ -240,51 +200,11 @@ def detect_files(
         f"Threshold {thr:.6g} ({threshold}); {changed} of {valid_count} valid pixels changed "
         f"({100.0 * changed / max(valid_count, 1):.2f}%)."
     )
-    return DetectResult(
-        change_out, intensity_out, changed, valid_count, thr, threshold, time.perf_counter() - start,
-        intensity, binary, train_result, pair, {"distance": distance, "batchnorm": batchnorm},
-    )
-
-
-def _detect_streamed(t1, t2, change_out, intensity_out, loaded, metadata, threshold, threshold_value, bands,
-                     unchanged_mask, distance, batchnorm, config, feedback, start) -> DetectResult:
-    """detect_files for a pair whose whole arrays exceed the memory budget: read, train and detect by windows."""
-    info1, info2 = raster_io.raster_info(t1), raster_io.raster_info(t2)
-    raster_io.check_same_grid(info1, info2)
-    band_count = len(bands) if bands else info1.bands
-    if loaded is not None and int(metadata.get("band_count", -1)) != band_count:
-        raise InputError(
-            f"The model was trained on {metadata.get('band_count')} bands but the images have {band_count} "
-            "(after the band selection). Use the same sensor and BANDS as in training, or train a new model."
-        )
-    distance = distance or (metadata.get("distance") if loaded is not None else None) or DEFAULT_DISTANCE
-    feedback.info(f"The pair needs more than the {config.memory_budget_mb} MB budget in memory: "
-                  "reading, training and detecting by windows.")
-    out = streaming.detect_files_streamed(
-        t1, t2, change_out, intensity_out=intensity_out, threshold=threshold, threshold_value=threshold_value,
-        bands=bands, distance=distance, config=config, feedback=feedback, model=loaded,
-        unchanged_mask=unchanged_mask, batchnorm=batchnorm,
-    )
-    return DetectResult(change_out, intensity_out, out["changed_pixels"], out["valid_pixels"], out["threshold"],
-                        threshold, time.perf_counter() - start, out["intensity"], out["binary"], out["train"], None,
-                        {"distance": distance, "batchnorm": batchnorm, "streamed": True})
-
-
-def threshold_feature_distance(
-    intensity: np.ndarray, valid: np.ndarray, method: str = "otsu", value: float | None = None
-) -> tuple[np.ndarray, float]:
-    """Binary map of a HyperNet intensity; Otsu and k-means work on its square root.
-
-    The intensities are squared distances (MSE, RX) or distances of unit vectors (cosine) with a long upper tail;
-    Otsu's split of the raw values lands far out in that tail (FINDINGS.md 3: 0.2 % of Taizhou flagged). On the
-    square root (for MSE, the RMS feature distance, as CVA uses the norm, not its square) the split falls
-    between the unchanged mode and the changed pixels (BENCHMARKS.md). The threshold is returned, and a fixed
-    THRESHOLD is taken, in intensity units: change = intensity > threshold.
-    """
-    if method == "fixed":
-        return binary_change(intensity, valid, "fixed", value)
-    _, root = binary_change(np.sqrt(np.maximum(intensity, 0.0)), valid, method)
-    return binary_change(intensity, valid, "fixed", float(root) ** 2)
+    extra = {"distance": distance, "batchnorm": batchnorm, "stages_s": stages}
+    if pair.windowed:
+        extra["streamed"] = True
+    return DetectResult(change_out, intensity_out, changed, valid_count, thr, threshold,
+                        time.perf_counter() - start, intensity, binary, train_result, pair, extra)
 
 
 def _write_outputs(
@@ -293,8 +213,8 @@ def _write_outputs(
     """Write the change map and the intensity as one set: both replaced, or (on any failure) both kept."""
     outputs = [raster_io.RasterOutput(change_out, binary, NODATA, "uint8")]
     if intensity_out:
-        outputs.append(raster_io.RasterOutput(intensity_out, np.nan_to_num(intensity, nan=-9999.0), -9999.0,
-                                              "float32"))
+        outputs.append(raster_io.RasterOutput(intensity_out, np.nan_to_num(intensity, nan=INTENSITY_NODATA),
+                                              INTENSITY_NODATA, "float32"))
     raster_io.write_rasters(outputs, like)
 
 

@@ -458,8 +458,9 @@ def _info_dict(info: Any) -> Mapping[str, Any]:
     return info
 
 
-def _size_rows(t1: np.ndarray, valid: np.ndarray) -> list[tuple[str, str]]:
+def _size_rows(t1: np.ndarray, valid: np.ndarray, band_count: int | None = None) -> list[tuple[str, str]]:
     bands, rows, cols = t1.shape
+    bands = band_count or bands
     return [
         ("image size", esc(f"{rows} rows x {cols} columns")),
         ("bands", esc(bands)),
@@ -523,9 +524,11 @@ def training_report(path: PathLike, *, t1: np.ndarray | None, t2: np.ndarray | N
 def detection_report(path: PathLike, *, t1: np.ndarray, t2: np.ndarray, intensity: np.ndarray, binary: np.ndarray,
                      threshold: float, threshold_method: str, info: Mapping[str, Any] | None,
                      loss_history: Sequence[float] | None = None, training_mask: np.ndarray | None = None,
-                     title: str = "HyperNet change detection report") -> None:
+                     title: str = "HyperNet change detection report", valid: np.ndarray | None = None,
+                     band_count: int | None = None) -> None:
     """Write an HTML report of a detection: inputs, intensity and binary maps, histogram with the threshold,
-    and the training (loss per epoch, mask g) when given."""
+    and the training (loss per epoch, mask g) when given. ``valid`` and ``band_count`` describe the pair when
+    ``t1``/``t2`` hold only the bands the pictures show (pairs read by windows)."""
     info = _info_dict(info)
     t1, t2 = _cube("T1", t1), _cube("T2", t2)
     if t1.shape != t2.shape:
@@ -539,14 +542,14 @@ def detection_report(path: PathLike, *, t1: np.ndarray, t2: np.ndarray, intensit
                          f"{np.unique(np.asarray(binary)[bad])[:5].tolist()}.")
     binary = binary.astype(np.uint8)
     mask = None if training_mask is None else _check_2d("The training mask", training_mask, grid).astype(bool)
-    valid = _valid_pixels(t1, t2)
+    valid = _valid_pixels(t1, t2) if valid is None else _check_2d("The valid mask", valid, grid).astype(bool)
     n_changed = int(np.count_nonzero(binary == 1))
     n_scored = int(np.count_nonzero(binary != 255))
     method = str(threshold_method or "")
 
     page = _Page(title)
     page.h2("Summary", "summary")
-    summary = _size_rows(t1, valid)
+    summary = _size_rows(t1, valid, band_count)
     summary += [
         ("changed pixels", f'<span id="v-changed">{fmt_count(n_changed)}</span> '
                            f'(<span id="v-changed-percent">{fmt_percent(n_changed, n_scored)}</span> of '
@@ -852,9 +855,16 @@ def write_training_report(path: PathLike, result: Any, t1: np.ndarray | None = N
         try:
             from . import raster_io
 
-            bands = (getattr(result, "extra", {}) or {}).get("band_selection")
-            t1 = raster_io.read_raster(inputs["t1"], bands)[0]
-            t2 = raster_io.read_raster(inputs["t2"], bands)[0]
+            from .quicklook import choose_rgb_bands
+
+            extra = getattr(result, "extra", {}) or {}
+            selection = extra.get("band_selection") or list(range(1, int(extra["band_count"]) + 1))
+            (r, g, b), _ = choose_rgb_bands(len(selection), extra.get("wavelengths_nm"))
+            picks = sorted({r, g, b})  # only the bands the pictures show: bounded memory for any scene
+            t1 = raster_io.read_raster(inputs["t1"], [selection[i] for i in picks])[0]
+            t2 = raster_io.read_raster(inputs["t2"], [selection[i] for i in picks])[0]
+            if extra.get("wavelengths_nm"):
+                info["wavelengths_nm"] = [extra["wavelengths_nm"][i] for i in picks]
         except Exception:  # the report still tells the training story without pictures of the inputs
             t1 = t2 = None
     training_report(path, t1=t1, t2=t2, info=info, loss_history=result.loss_history,
@@ -884,17 +894,19 @@ def write_detection_report(path: PathLike, result: Any) -> None:
     info["seconds"] = getattr(result, "seconds", None)
     if getattr(pair, "bands", None) is not None:
         info["band selection"] = pair.bands
-    wavelengths = getattr(pair.info1, "wavelengths_nm", None)
+    t1, t2, wavelengths = pair.report_dates()
     if wavelengths:
         info["wavelengths_nm"] = list(wavelengths)
+    band_count = getattr(pair, "band_count", None)
     if train is not None:
         info["device"] = getattr(train, "device_name", None)
         info["training"] = {k: v for k, v in _train_info(train).items()
                             if k not in ("T1", "T2", "wavelengths_nm", "software")}
-    detection_report(path, t1=pair.x1, t2=pair.x2, intensity=result.intensity, binary=result.binary,
+    detection_report(path, t1=t1, t2=t2, intensity=result.intensity, binary=result.binary,
                      threshold=result.threshold, threshold_method=str(result.threshold_method), info=info,
                      loss_history=getattr(train, "loss_history", None),
-                     training_mask=getattr(train, "training_mask", None), title=title)
+                     training_mask=getattr(train, "training_mask", None), title=title,
+                     valid=pair.valid, band_count=band_count)
 
 
 def write_evaluation_report(path: PathLike, change: str, reference: str, changed: Sequence[float] = (1,),

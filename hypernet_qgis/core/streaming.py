@@ -10,6 +10,9 @@ A 2000x2000x224 date is 3.6 GB as float32; holding both dates raw and standardis
 3. training (default schedule) reads its random crops and detection reads its haloed tiles through
    :class:`WindowReader` with ``os.preadv``: no memory map, so the page cache never counts in the process' memory.
 
+``pair.open_pair`` decides between this and reading the pair whole; the jobs in ``pipeline.py`` are the same
+code either way.
+
 Peak memory is then the strips, the per-pixel maps (valid, mask g, intensity, change: 10 bytes a pixel) and the
 training step / detection tile that the memory budget sizes.
 """
@@ -86,7 +89,8 @@ class WindowReader:
 
 @dataclass
 class StreamedPair:
-    """Like pipeline.ImagePair, with the standardised dates on disk (``x1s``/``x2s`` are WindowReaders)."""
+    """The scratch files of a pair read by windows (``x1s``/``x2s`` are WindowReaders); ``pair.open_pair`` wraps
+    it in the ImagePair every job uses."""
 
     x1s: WindowReader
     x2s: WindowReader
@@ -214,70 +218,7 @@ def load_pair_streamed(t1: str, t2: str, bands: Sequence[int] | None = None, scr
         raise
 
 
-def training_mask_from_cva(cva: np.ndarray, valid: np.ndarray, fraction: float) -> np.ndarray:
-    """Mask g from the streamed CVA, exactly as training.select_training_pixels does in memory."""
-    from .training import lowest_share
-
-    return lowest_share(cva, valid, fraction)
-
-
 def whole_pair_mb(info: raster_io.RasterInfo, bands: Sequence[int] | None = None) -> float:
     """Memory (MB) that pipeline.load_pair needs: both dates raw and standardised, float32."""
     nb = len(bands) if bands else info.bands
     return 4 * nb * info.rows * info.cols * 4 / 2**20
-
-
-def detect_files_streamed(t1: str, t2: str, change_out: str, *, intensity_out: str | None = None,
-                          threshold: str = "otsu", threshold_value: float | None = None,
-                          bands: Sequence[int] | None = None, distance: str = "mse", config=None,
-                          feedback: Feedback | None = None, scratch_dir: str | None = None,
-                          model=None, unchanged_mask: str | None = None,
-                          batchnorm: str = "per-date") -> dict[str, Any]:
-    """Train (default schedule) and detect on a pair of any size within ``config.memory_budget_mb``; write outputs.
-
-    The streaming counterpart of pipeline.detect_files for scenes whose whole arrays do not fit the budget.
-    ``model``: a loaded HyperNet to detect with (no training); ``unchanged_mask``: a raster path for mask g.
-    Returns a summary dict: threshold, changed/valid pixels, seconds per stage, ``train`` (TrainResult or None),
-    ``intensity`` and ``binary`` (rows x cols arrays, for reports).
-    """
-    from .detection import change_intensity
-    from .pipeline import threshold_feature_distance
-    from .training import TrainConfig, train_hypernet
-
-    feedback = feedback or NullFeedback()
-    config = config or TrainConfig()
-    config.validate()
-    raster_io.refuse_overwriting_inputs([change_out] + ([intensity_out] if intensity_out else []), [t1, t2])
-    times: dict[str, float] = {}
-    t = time.perf_counter()
-    with load_pair_streamed(t1, t2, bands, scratch_dir, SubFeedback(feedback, 0.0, 0.15)) as pair:
-        times["read_standardise_s"] = time.perf_counter() - t
-        result = None
-        if model is None:
-            if unchanged_mask:
-                g = raster_io.read_mask(unchanged_mask, pair.info1) & pair.valid
-            else:
-                g = training_mask_from_cva(pair.cva, pair.valid, config.training_fraction)
-            t = time.perf_counter()
-            result = train_hypernet(pair.x1s, pair.x2s, pair.valid, config, g, SubFeedback(feedback, 0.15, 0.6))
-            times["train_s"] = time.perf_counter() - t
-            model = result.model
-        t = time.perf_counter()
-        intensity = change_intensity(model, pair.x1s, pair.x2s, pair.valid, distance, config.device,
-                                     SubFeedback(feedback, 0.6, 0.97), memory_budget_mb=config.memory_budget_mb,
-                                     batchnorm=batchnorm)
-        times["detect_s"] = time.perf_counter() - t
-        binary, thr = threshold_feature_distance(intensity, pair.valid, threshold, threshold_value)
-        valid_count = int(pair.valid.sum())
-        like = pair.info1
-    t = time.perf_counter()
-    outputs = [raster_io.RasterOutput(change_out, binary, 255, "uint8")]  # replaced together, or neither
-    if intensity_out:
-        outputs.append(raster_io.RasterOutput(intensity_out, np.nan_to_num(intensity, nan=-9999.0), -9999.0,
-                                              "float32"))
-    raster_io.write_rasters(outputs, like)
-    times["write_s"] = time.perf_counter() - t
-    feedback.set_progress(1.0)
-    changed = int((binary == 1).sum())
-    return {"threshold": thr, "changed_pixels": changed, "valid_pixels": valid_count, "train": result,
-            "intensity": intensity, "binary": binary, **times}

@@ -13,55 +13,9 @@ from .device import describe_device, resolve_device
 from .errors import InputError
 from .loss import training_loss
 from .network import HyperNet, default_widths
+from .options import DEFAULT_TRAINING_FRACTION, SCHEDULES, TrainConfig  # noqa: F401 (torch-free; re-exported)
 from .perf import REUSE_HEADROOM, check_paper_fits, crop_plan, device_budget_mb, train_step_mb, training_allocator
 from .progress import Feedback, NullFeedback, check_cancelled
-
-SCHEDULES = ("default", "paper")
-#: Share of the valid pixels, lowest pre-detection score first, used as training pixels (mask g).
-DEFAULT_TRAINING_FRACTION = 0.5
-
-
-@dataclass
-class TrainConfig:
-    """Training settings. The paper's optimiser is the default; `schedule` picks how steps are drawn.
-
-    - ``paper``: every step is the whole image (both dates), ``epochs`` steps (200 in the paper).
-    - ``default``: every step is a batch of random crops of both dates covering about ``pixels_per_step``
-      pixels; fewer, cheaper steps (see BENCHMARKS.md for the accuracy and speed of each).
-    """
-
-    epochs: int | None = None
-    learning_rate: float = 0.05
-    momentum: float = 0.9
-    weight_decay: float = 1e-4
-    gamma: float = 1.0
-    seed: int = 0
-    device: str = "auto"
-    width: int | None = None
-    schedule: str = "default"
-    training_fraction: float = DEFAULT_TRAINING_FRACTION
-    crop_size: int = 64
-    pixels_per_step: int = 65536
-    memory_budget_mb: int = 4096
-
-    def resolved_epochs(self) -> int:
-        if self.epochs is not None:
-            return int(self.epochs)
-        return 200 if self.schedule == "paper" else 60
-
-    def validate(self) -> None:
-        if self.schedule not in SCHEDULES:
-            raise InputError(f"Unknown schedule {self.schedule!r}; use 'default' or 'paper'.")
-        if self.epochs is not None and self.epochs < 1:
-            raise InputError(f"EPOCHS must be at least 1 (got {self.epochs}).")
-        if not self.learning_rate > 0:
-            raise InputError(f"LEARNING_RATE must be positive (got {self.learning_rate}).")
-        if self.gamma < 0:
-            raise InputError(f"GAMMA must be 0 or more (got {self.gamma}).")
-        if not 0 < self.training_fraction <= 1:
-            raise InputError(f"The training fraction must be in (0, 1] (got {self.training_fraction}).")
-        if self.width is not None and self.width < 1:
-            raise InputError(f"The branch width must be positive (got {self.width}).")
 
 
 @dataclass
