@@ -11,7 +11,7 @@ PLUGIN := hypernet_qgis
 BUILD := build/$(PLUGIN)
 export QT_QPA_PLATFORM ?= offscreen
 
-.PHONY: install demo test bench bench-speed plugin deploy zip clean
+.PHONY: install demo test bench bench-speed mutation plugin deploy zip clean
 
 install: $(STAMP) $(BUILD)/metadata.txt $(VENV)/bin/qgis_process
 
@@ -45,6 +45,10 @@ demo: install
 
 test: install
 	$(PY) -m pytest -q tests
+
+# one-line bugs in a copy of the engine, each against the tests that should catch it (BENCHMARKS.md)
+mutation: install
+	$(PY) tools/mutation.py
 
 bench: install
 	$(PY) tools/bench_accuracy.py
