@@ -7,7 +7,6 @@ hook, not a mock.
 from __future__ import annotations
 
 import math
-import os
 from pathlib import Path
 
 import numpy as np

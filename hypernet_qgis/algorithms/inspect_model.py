@@ -66,9 +66,15 @@ class InspectModelAlgorithm(HyperNetAlgorithm):
         if not report:
             raise InputError("OUTPUT_REPORT needs an output file name such as model.html.")
         report = check_output_path(report, "Model report")
-        if os.path.realpath(report) == os.path.realpath(model):
+        from ..core.paths import check_job_paths
+
+        try:  # also a link to the model, or another spelling of its path
+            check_job_paths({"The model report": report}, [model])
+        except InputError as exc:
+            if "would overwrite" not in str(exc):
+                raise
             raise InputError("The report would overwrite the model file; choose another file name such as "
-                             "model.html.")
+                             "model.html.") from None
         return Job({"model": model, "report": report})
 
     def run_job(self, job: Job, feedback: QgisFeedback) -> dict[str, Any]:
