@@ -14,7 +14,7 @@ BUILD := build/$(PLUGIN)
 PYTHON3 ?= python3
 export QT_QPA_PLATFORM ?= offscreen
 
-.PHONY: install demo test test-qgis-lts bench bench-speed plugin deploy zip wheel clean
+.PHONY: install demo test test-qgis-lts bench bench-speed mutation plugin deploy zip wheel clean
 
 install: $(STAMP) $(BUILD)/metadata.txt $(VENV)/bin/qgis_process
 
@@ -50,6 +50,10 @@ test: install
 # The QGIS-facing tests on QGIS 3.40 LTR (Debian 13 chroot in /var/cache/hypernet-qgis-lts, made once; root).
 test-qgis-lts:
 	tools/qgis_lts.sh test
+
+# one-line bugs in a copy of the engine, each against the tests that should catch it (BENCHMARKS.md)
+mutation: install
+	$(PY) tools/mutation.py
 
 bench: install
 	$(PY) tools/bench_accuracy.py

@@ -33,7 +33,14 @@ def test_train_detect_evaluate_baseline(synthetic_pair, tmp_path):
     r = cli("detect", t1, t2, "--output", str(change), "--intensity", str(inten), "--model", str(model),
             "--threshold", "kmeans")
     assert r.returncode == 0, r.stderr
-    assert json.loads(r.stdout)["changed_pixels"] > 0 and inten.exists()
+    summary = json.loads(r.stdout)
+    from osgeo import gdal
+
+    cmap = gdal.Open(str(change)).ReadAsArray()
+    assert summary["changed_pixels"] == int((cmap == 1).sum()) and inten.exists()
+    assert int((cmap == 255).sum()) == 9  # T1's nodata corner
+    assert 0 < summary["changed_pixels"] < 0.5 * (cmap != 255).sum()
+    assert summary["changed_fraction"] == pytest.approx(summary["changed_pixels"] / (cmap != 255).sum(), abs=1e-6)
     r = cli("detect", t1, t2, "--output", str(change), "--epochs", "2", "--threshold", "0.5", "--quiet")
     assert r.returncode == 0 and r.stderr == ""
     r = cli("evaluate", str(change), gt, "--changed", "1", "--unchanged", "0")

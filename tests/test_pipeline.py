@@ -107,11 +107,11 @@ def test_user_unchanged_mask_is_mask_g(synthetic_pair, tmp_path):
 
 def test_bad_inputs_get_clear_messages(synthetic_pair, tmp_path):
     t1, t2 = str(synthetic_pair["t1"]), str(synthetic_pair["t2"])
-    with pytest.raises(InputError, match="input"):
+    with pytest.raises(InputError, match=r"t1\.tif would overwrite the input .*t1\.tif"):
         pipeline.detect_files(t1, t2, t1, config=TrainConfig(**FAST))
     small = tmp_path / "small.tif"
     gdal.Translate(str(small), t2, srcWin=[0, 0, 20, 20])
-    with pytest.raises(InputError, match="size|pixels"):
+    with pytest.raises(InputError, match=r"T1 \(t1\.tif\) is 36 x 40 pixels but T2 \(small\.tif\) is 20 x 20"):
         pipeline.detect_files(t1, str(small), str(tmp_path / "c.tif"), config=TrainConfig(**FAST))
     one, other = tmp_path / "one.tif", tmp_path / "other.tif"
     gdal.Translate(str(one), t1, bandList=[1])

@@ -565,9 +565,9 @@ class HyperNetAlgorithm(QgsProcessingAlgorithm):
                     path = self.parameterAsFileOutput(parameters, out.name, context)
             job.values[out.key] = check_output_path(path, out.label,
                                                     RASTER_EXTENSIONS if out.kind == "raster" else None)
-        from ..core import raster_io
+        from ..core.paths import check_job_paths
 
-        raster_io.refuse_overwriting_inputs([job.values[o.key] for o in job.outputs], job.inputs)
+        check_job_paths({o.label: job.values[o.key] for o in job.outputs}, job.inputs)
 
     def temporary_path(self, out: Output, job: Job) -> str | None:
         """Where a temporary output goes instead of Processing's temporary folder (None: the folder)."""
@@ -609,9 +609,9 @@ class HyperNetAlgorithm(QgsProcessingAlgorithm):
         if self.NEEDS_ENGINE:
             require_engine()
         job = self.resolve(parameters, context)
-        from ..core import raster_io
+        from ..core.paths import check_job_paths
 
-        raster_io.refuse_overwriting_inputs([o.chosen for o in job.outputs], job.inputs)
+        check_job_paths({o.label: o.chosen for o in job.outputs}, job.inputs)
         return job
 
     def checkParameterValues(self, parameters: dict, context: QgsProcessingContext):  # noqa: N802
