@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from qgis.core import QgsProcessingProvider
+from qgis.core import QgsApplication, QgsProcessingProvider
 from qgis.PyQt.QtGui import QIcon
 
-from . import __version__
+from . import __version__, engine_setup
 from .algorithms import all_algorithms
 from .algorithms.base import PROVIDER_ID
 from .resources import icon, resource_path
@@ -37,6 +37,10 @@ class HyperNetProvider(QgsProcessingProvider):
         return "tif"
 
     def loadAlgorithms(self) -> None:  # noqa: N802
+        try:  # the engine installed by "Set up the HyperNet engine", if any (no network, no import of torch)
+            engine_setup.activate(QgsApplication.qgisSettingsDirPath())
+        except OSError:
+            pass
         for algorithm in all_algorithms():
             self.addAlgorithm(algorithm)
         for model in shipped_models():

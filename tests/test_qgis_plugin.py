@@ -45,6 +45,11 @@ INTERFACE = {
         "advanced": set(),
         "outputs": {"OUTPUT_REPORT", "BANDS", "EPOCHS", "FINAL_LOSS"},
     },
+    "hypernet:setupengine": {
+        "params": {"ACTION", "SOURCE", "VARIANT"},
+        "advanced": {"VARIANT"},
+        "outputs": {"ENGINE_FOLDER", "VERSIONS"},
+    },
 }
 
 

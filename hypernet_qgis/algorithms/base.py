@@ -75,7 +75,8 @@ def missing_dependency_message(module: str, detail: str = "") -> str:
     return (
         f"HyperNet needs the Python package '{module}', which the Python used by QGIS cannot import{extra}. "
         f"QGIS runs sys.executable = {sys.executable or 'unknown'}, sys.version = {sys.version.split()[0]}. "
-        f"Install PyTorch and spectral into that Python, e.g. {pip_command()} (on Windows: from the OSGeo4W "
+        "Run Processing > HyperNet change detection > Set up the HyperNet engine (hypernet:setupengine), or "
+        f"install PyTorch and spectral into that Python, e.g. {pip_command()} (on Windows: from the OSGeo4W "
         "shell; on Debian/Ubuntu add --user or --break-system-packages), then restart QGIS."
     )
 

@@ -31,9 +31,22 @@ def restart_with_tcmalloc() -> None:
         pass  # carry on with the system allocator
 
 
+def keep_gdal_error_mode() -> None:
+    """Say explicitly that this process keeps GDAL 3's default (no Python exceptions; the engine checks return
+    values): GDAL 3.9+ (QGIS 3.40 on Debian 13) otherwise warns on stderr at the first call. CLI only: inside QGIS
+    the mode belongs to QGIS."""
+    try:
+        from osgeo import gdal
+    except ImportError:
+        return  # the CLI's own message says GDAL is missing when a job needs it
+    if hasattr(gdal, "DontUseExceptions") and not gdal.GetUseExceptions():
+        gdal.DontUseExceptions()
+
+
 def main() -> int:
     """Run the CLI (core/cli.py), under tcmalloc where available."""
     restart_with_tcmalloc()
+    keep_gdal_error_mode()
     from .cli import main as cli_main
 
     return cli_main()
