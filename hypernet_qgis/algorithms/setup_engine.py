@@ -30,6 +30,9 @@ class SetupEngineAlgorithm(HyperNetAlgorithm):
     GROUP = "Set-up"
     GROUP_ID = "setup"
     NEEDS_ENGINE = False
+    SHORT = "Installs PyTorch and spectral for QGIS's Python into this QGIS profile (or repairs/uninstalls them)."
+    TAGS = ("install", "setup", "torch", "pytorch", "engine", "dependencies", "pip")
+    ANCHOR = "install"
     HELP = (
         "<p>Installs the engine HyperNet needs (PyTorch and spectral) for the Python that QGIS runs, into a private "
         "folder of this QGIS profile (hypernet/engine), never into the plugin folder (updates wipe it) nor over "
@@ -49,11 +52,13 @@ class SetupEngineAlgorithm(HyperNetAlgorithm):
         self._add(QgsProcessingParameterEnum(
             "ACTION", "Action", options=ACTIONS, defaultValue="install", usesStaticStrings=True))
         self._add(QgsProcessingParameterFile(
-            "SOURCE", "Offline source: a folder of wheels (empty = the package index)", behavior=FILE_BEHAVIOR_FOLDER,
-            optional=True))
+            "SOURCE", "Offline source (folder of wheels)", behavior=FILE_BEHAVIOR_FOLDER, optional=True),
+            help_text="A folder of wheel files (pip download -d FOLDER torch spectral on a connected machine); "
+                      "empty = the package index.")
         self._add(QgsProcessingParameterEnum(
-            "VARIANT", "PyTorch build (auto = CUDA when an NVIDIA driver is installed, else CPU)",
-            options=list(engine_setup.VARIANTS), defaultValue="auto", usesStaticStrings=True), True)
+            "VARIANT", "PyTorch build", options=list(engine_setup.VARIANTS), defaultValue="auto",
+            usesStaticStrings=True), True, "auto = the CUDA build when an NVIDIA driver is installed, else the CPU "
+                                           "build.")
         self.addOutput(QgsProcessingOutputString("ENGINE_FOLDER", "Engine folder"))
         self.addOutput(QgsProcessingOutputString("VERSIONS", "torch and numpy versions"))
 
