@@ -154,7 +154,8 @@ def test_detect_secrets_repository_matches_the_audited_baseline():
     baseline = json.loads((REPO / ".secrets.baseline").read_text())
     audited = {(f, s["hashed_secret"]) for f, items in baseline["results"].items() for s in items
                if s.get("is_secret") is False}
-    files = subprocess.run(["git", "ls-files"], cwd=REPO, capture_output=True, text=True, check=True).stdout.split()
+    files = [f for f in subprocess.run(["git", "ls-files"], cwd=REPO, capture_output=True, text=True,
+                                       check=True).stdout.split() if f != ".secrets.baseline"]
     proc = subprocess.run([*tool("detect-secrets"), "scan", *files], cwd=REPO, capture_output=True, text=True,
                           timeout=300)
     assert proc.returncode == 0, proc.stderr
