@@ -30,7 +30,10 @@ class HyperNetPlugin:
         QgsApplication.processingRegistry().addProvider(self.provider)
 
     def initGui(self) -> None:  # noqa: N802
-        from qgis.PyQt.QtWidgets import QAction
+        try:  # Qt6 (QGIS 4) moved QAction to QtGui; Qt5 has it in QtWidgets
+            from qgis.PyQt.QtGui import QAction
+        except ImportError:
+            from qgis.PyQt.QtWidgets import QAction
 
         self.initProcessing()
         if self.iface is None:
