@@ -18,6 +18,7 @@ EPILOG = """examples:
   python -m hypernet_qgis detect t1.tif t2.tif --model pair.hypernet --output change.tif
   python -m hypernet_qgis baseline irmad t1.tif t2.tif --output change_irmad.tif
   python -m hypernet_qgis evaluate change.tif reference.tif --changed 1 --unchanged 0
+  python -m hypernet_qgis detect t1.tif t2.tif -o change.tif --polygons change.gpkg --min-area 900 --sieve
 
 Any raster GDAL reads works (GeoTIFF, ENVI: give the data file, VRT, ...). Both dates must share size, grid and CRS.
 Outputs are tiled, compressed GeoTIFFs with the input's georeferencing; the change map is uint8
@@ -77,6 +78,45 @@ def _add_training_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--memory-budget-mb", type=int, default=4096, help="peak memory the run should stay within")
 
 
+def _add_polygon_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("change polygons")
+    g.add_argument("--polygons", default=None, help="also write the changed regions as polygons (GeoPackage .gpkg)")
+    g.add_argument("--min-area", type=float, default=0.0,
+                   help="minimum mapping unit in map units² (e.g. m²): smaller regions are dropped (default 0)")
+    g.add_argument("--connectivity", type=int, choices=[4, 8], default=8,
+                   help="pixels touching by edges (4) or by edges and corners (8, default) form one region")
+    g.add_argument("--sieve", action="store_true",
+                   help="also set the regions smaller than --min-area to 0 (no change) in the change map")
+    g.add_argument("--dates", default=None, help="date pair written into each polygon, e.g. 2019-05-01,2020-05-01")
+
+
+def _check_polygon_args(args: argparse.Namespace, inputs: list) -> None:
+    """Bad polygon options fail before the detection runs."""
+    from . import raster_io
+    from .polygons import check_polygon_options, parse_dates
+
+    check_polygon_options(args.polygons, args.min_area, args.connectivity)
+    parse_dates(args.dates)
+    if args.polygons:
+        raster_io.refuse_overwriting_inputs([args.polygons], inputs + [args.output, args.intensity])
+    elif args.sieve or args.min_area:
+        raise InputError("--min-area and --sieve apply to the change polygons; add --polygons P.gpkg.")
+
+
+def _finish(args: argparse.Namespace, res, fb, memory_budget_mb: int = 4096) -> dict:
+    """Polygons and changed area after a detection; the JSON fields they add."""
+    from .polygons import finish_detection, parse_dates
+
+    poly = finish_detection(res, polygons_out=args.polygons, min_area=args.min_area,
+                            connectivity=args.connectivity, sieve=args.sieve, dates=parse_dates(args.dates),
+                            memory_budget_mb=memory_budget_mb, feedback=fb)
+    area = res.extra["area"]
+    out = {"changed_hectares": None if area["changed_hectares"] is None else round(area["changed_hectares"], 6)}
+    if poly is not None:
+        out.update({"polygons": poly.path, "polygon_count": poly.kept, "dropped_regions": poly.dropped})
+    return out
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m hypernet_qgis",
@@ -102,6 +142,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="BatchNorm statistics at detection: each date's own (default) or training's running ones")
     p.add_argument("--report", default=None, help="write an HTML report of the run")
     _add_training_args(p)
+    _add_polygon_args(p)
 
     p = sub.add_parser("train", parents=[common], help="train a HyperNet model on a pair and save it")
     p.add_argument("t1")
@@ -118,6 +159,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--intensity", default=None, help="also write the change intensity")
     p.add_argument("--threshold", type=_threshold, default=None, help="otsu, kmeans or a number (method default)")
     p.add_argument("--bands", type=_band_list, default=None, help="band subset, 1-based")
+    _add_polygon_args(p)
 
     p = sub.add_parser("evaluate", parents=[common], help="score a change map against a reference; prints JSON")
     p.add_argument("change", help="binary change map (1/0) or an intensity map (AUC only)")
@@ -156,18 +198,21 @@ def run(args: argparse.Namespace) -> int:
     fb = StderrFeedback(quiet=args.quiet)
     if args.command == "detect":
         method, value = _split_threshold(args.threshold)
+        _check_polygon_args(args, [args.t1, args.t2, args.model, args.unchanged_mask, args.report])
         res = pipeline.detect_files(
             args.t1, args.t2, args.output, intensity_out=args.intensity, model=args.model, threshold=method,
             threshold_value=value, bands=args.bands, unchanged_mask=args.unchanged_mask, distance=args.distance,
             batchnorm=args.batchnorm,
             config=_config(args), feedback=fb,
         )
+        extra = _finish(args, res, fb, args.memory_budget_mb)
         if args.report:
             from .report import write_detection_report
 
             write_detection_report(args.report, res)
         print(json.dumps({"output": res.change_path, "intensity": res.intensity_path, "threshold": res.threshold,
-                          "changed_pixels": res.changed_pixels, "changed_fraction": round(res.changed_fraction, 6)}))
+                          "changed_pixels": res.changed_pixels, "changed_fraction": round(res.changed_fraction, 6),
+                          **extra}))
     elif args.command == "train":
         res = pipeline.train_files(args.t1, args.t2, args.output, bands=args.bands,
                                    unchanged_mask=args.unchanged_mask, config=_config(args), feedback=fb)
@@ -178,10 +223,13 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps({"model": args.output, "final_loss": res.loss_history[-1], "seconds": round(res.seconds, 2)}))
     elif args.command == "baseline":
         method, value = _split_threshold(args.threshold)
+        _check_polygon_args(args, [args.t1, args.t2])
         res = pipeline.baseline_files(args.method, args.t1, args.t2, args.output, intensity_out=args.intensity,
                                       threshold=method, threshold_value=value, bands=args.bands, feedback=fb)
+        extra = _finish(args, res, fb)
         print(json.dumps({"output": res.change_path, "threshold": res.threshold,
-                          "changed_pixels": res.changed_pixels, "changed_fraction": round(res.changed_fraction, 6)}))
+                          "changed_pixels": res.changed_pixels, "changed_fraction": round(res.changed_fraction, 6),
+                          **extra}))
     elif args.command == "evaluate":
         metrics = pipeline.evaluate_files(args.change, args.reference, changed=args.changed,
                                           unchanged=args.unchanged, ignore=args.ignore)
