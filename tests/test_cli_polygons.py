@@ -49,10 +49,12 @@ def test_detect_writes_polygons(synthetic_pair, tmp_path):
     t1, t2 = str(synthetic_pair["t1"]), str(synthetic_pair["t2"])
     poly = tmp_path / "hn.gpkg"
     r = cli("detect", t1, t2, "--output", str(tmp_path / "hn.tif"), "--epochs", "2", "--device", "cpu",
-            "--polygons", str(poly), "--min-area", "1800", "--quiet")
+            "--polygons", str(poly), "--min-area", "1800", "--quiet", "--report", str(tmp_path / "r.html"))
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout)
     assert out["polygon_count"] == len(_features(poly)) and np.isfinite(out["changed_hectares"])
+    html = (tmp_path / "r.html").read_text(encoding="utf-8")
+    assert "changed area" in html and f"{out['changed_hectares']:.4g} ha" in html and "hn.gpkg" in html
 
 
 @pytest.mark.parametrize("extra, message", [

@@ -882,6 +882,13 @@ def write_detection_report(path: PathLike, result: Any) -> None:
     if extra.get("distance"):
         info["distance"] = extra["distance"]
     info["seconds"] = getattr(result, "seconds", None)
+    area = extra.get("area")
+    if area:
+        ha = area.get("changed_hectares")
+        info["changed area"] = (f"{ha:.4g} ha" if ha is not None else f"{area['changed_area']:.6g} map units²") + \
+            f", {100.0 * area['changed_share']:.2f}% of the valid area"
+    if extra.get("polygons"):
+        info["change polygons"] = extra["polygons"]
     if getattr(pair, "bands", None) is not None:
         info["band selection"] = pair.bands
     wavelengths = getattr(pair.info1, "wavelengths_nm", None)
