@@ -36,6 +36,13 @@ class HyperNetProvider(QgsProcessingProvider):
     def defaultRasterFileExtension(self) -> str:  # noqa: N802
         return "tif"
 
+    def supportedOutputVectorLayerExtensions(self) -> list[str]:  # noqa: N802
+        """The change polygons are GeoPackages."""
+        return ["gpkg"]
+
+    def defaultVectorFileExtension(self, hasGeometry: bool = True) -> str:  # noqa: N802,N803
+        return "gpkg"
+
     def loadAlgorithms(self) -> None:  # noqa: N802
         for algorithm in all_algorithms():
             self.addAlgorithm(algorithm)

@@ -28,7 +28,10 @@ from qgis.core import (
     QgsProcessingParameterRasterDestination,
     QgsProcessingParameterRasterLayer,
     QgsProcessingOutputLayerDefinition,
+    QgsProcessingOutputNumber,
+    QgsProcessingParameterBoolean,
     QgsProcessingParameterString,
+    QgsProcessingParameterVectorDestination,
     QgsProperty,
 )
 from qgis.PyQt.QtGui import QIcon
@@ -43,6 +46,8 @@ DEVICES = ["auto", "cpu", "cuda"]
 SCHEDULES = ["default", "paper"]
 THRESHOLD_METHODS = ["otsu", "kmeans", "fixed"]
 RASTER_EXTENSIONS = (".tif", ".tiff")
+VECTOR_EXTENSIONS = (".gpkg",)
+CONNECTIVITIES = ["8", "4"]
 MODEL_FILTER = "HyperNet model (*.hypernet);;All files (*.*)"
 HTML_FILTER = "HTML report (*.html *.htm)"
 #: Third-party packages the engine imports; a ModuleNotFoundError for one of them gets install instructions.
@@ -196,6 +201,8 @@ def check_output_path(path: str, label: str, extensions: tuple[str, ...] | None 
     if not path:
         raise InputError(f"{label}: no output file was given.")
     path = os.path.abspath(os.path.expanduser(path))
+    if extensions == VECTOR_EXTENSIONS and not path.lower().endswith(extensions):
+        raise InputError(f"{label} {path} must be a GeoPackage (.gpkg). Change the file name's extension.")
     if extensions and not path.lower().endswith(extensions):
         raise InputError(f"{label} {path} must be a GeoTIFF ({', '.join(extensions)}); the change maps are written "
                          "as tiled GeoTIFFs. Change the file name's extension.")
@@ -298,7 +305,7 @@ class Output:
     name: str                   # parameter name, e.g. OUTPUT_CHANGE
     key: str                    # key of the path in Job.values, e.g. "change"
     label: str                  # what the dialog calls it, for messages
-    kind: str = "raster"        # "raster" (QgsProcessingParameterRasterDestination) or "file"
+    kind: str = "raster"        # "raster" (QgsProcessingParameterRasterDestination), "vector" or "file"
     chosen: str | None = None   # the file the user named; None for a temporary file or no output
     temporary: bool = False     # Processing makes a temporary file
     style: str | None = None    # "change" | "intensity": styled (and stacked) when loaded into the project
@@ -345,6 +352,10 @@ def _project_raster_layers() -> list:
         return []
     return [lay for lay in reversed(layers) if isinstance(lay, QgsRasterLayer) and lay.providerType() == "gdal"
             and lay.bandCount() >= 2]
+
+
+def _extensions(kind: str) -> tuple[str, ...] | None:
+    return RASTER_EXTENSIONS if kind == "raster" else VECTOR_EXTENSIONS if kind == "vector" else None
 
 
 class HyperNetAlgorithm(QgsProcessingAlgorithm):
@@ -479,6 +490,66 @@ class HyperNetAlgorithm(QgsProcessingAlgorithm):
             "OUTPUT_INTENSITY", "Change intensity", optional=True, createByDefault=False),
             help_text="Float GeoTIFF: the larger, the more change.")
 
+    def add_polygon_outputs(self) -> None:
+        """The change polygons (GeoPackage) and their options; the changed area outputs (issue #11). The options
+        are optional (with defaults) so that models saved before them stay valid."""
+        self._add(QgsProcessingParameterVectorDestination(
+            "OUTPUT_POLYGONS", "Change polygons", QgsProcessing.TypeVectorPolygon, optional=True,
+            createByDefault=False),
+            help_text="GeoPackage: one polygon per connected changed region, with its pixel count, area (map "
+                      "units² and hectares) and mean and maximum change intensity.")
+        self._add(QgsProcessingParameterNumber(
+            "MIN_AREA", "Minimum region area (map units²)", QgsProcessingParameterNumber.Double, defaultValue=0.0,
+            optional=True, minValue=0.0), help_text="Changed regions smaller than this (e.g. in m²) get no polygon.")
+        self._add(QgsProcessingParameterEnum(
+            "CONNECTIVITY", "Region connectivity", options=CONNECTIVITIES, defaultValue="8", optional=True,
+            usesStaticStrings=True), True,
+            "8: pixels touching by an edge or a corner form one region; 4: by an edge only.")
+        self._add(QgsProcessingParameterBoolean(
+            "SIEVE", "Remove small regions from the change map", defaultValue=False, optional=True), True,
+            "Regions below the minimum area also become 'no change' in the change map (needs Change polygons).")
+        self._add(QgsProcessingParameterString("DATES", "Date pair (T1,T2) for the polygons", optional=True),
+                  True, "e.g. 2019-05-01,2020-05-01: written into every polygon.")
+        self.addOutput(QgsProcessingOutputNumber("CHANGED_AREA_HA", "Changed area (ha)"))
+        self.addOutput(QgsProcessingOutputNumber("POLYGON_COUNT", "Change polygons written"))
+
+    def polygon_values(self, parameters: dict, context: QgsProcessingContext) -> dict[str, Any]:
+        """MIN_AREA, CONNECTIVITY, SIEVE and DATES, checked."""
+        from ..core.polygons import check_polygon_options, parse_dates
+
+        connectivity = self.parameterAsEnumString(parameters, "CONNECTIVITY", context) or "8"
+        if connectivity not in CONNECTIVITIES:
+            raise InputError(f"Region connectivity must be 4 or 8 (got {parameters.get('CONNECTIVITY')!r}).")
+        values = {"min_area": self.optional_number(parameters, "MIN_AREA", context) or 0.0,
+                  "connectivity": int(connectivity),
+                  "sieve": bool(parameters.get("SIEVE") not in (None, "")
+                                and self.parameterAsBool(parameters, "SIEVE", context)),
+                  "dates": parse_dates(self.parameterAsString(parameters, "DATES", context))}
+        check_polygon_options(None, values["min_area"], values["connectivity"])
+        return values
+
+    def check_polygon_request(self, job: Job) -> None:
+        """SIEVE removes the regions the polygons drop: it needs the Change polygons output."""
+        polygons = next((o for o in job.outputs if o.name == "OUTPUT_POLYGONS"), None)
+        if job.get("sieve") and (polygons is None or not polygons.requested):
+            raise InputError("Remove small regions from the change map is set but Change polygons is not; choose a "
+                             "file (or a temporary file) for Change polygons, or untick the option.")
+
+    def finish_polygons(self, job: Job, result: Any, feedback: QgisFeedback, memory_budget_mb: int = 4096
+                        ) -> dict[str, Any]:
+        """After the detection: polygons (if asked for), changed area in the log; the outputs they give."""
+        from ..core.polygons import finish_detection
+
+        if job.get("min_area") and not job.get("polygons"):
+            feedback.info("Minimum region area applies to the Change polygons, which were not asked for.")
+        poly = finish_detection(result, polygons_out=job.get("polygons"), min_area=job.get("min_area", 0.0),
+                                connectivity=job.get("connectivity", 8), sieve=job.get("sieve", False),
+                                dates=job.get("dates"), memory_budget_mb=memory_budget_mb, feedback=feedback)
+        ha = result.extra["area"]["changed_hectares"]
+        return {"OUTPUT_POLYGONS": poly.path if poly else None, "POLYGON_COUNT": poly.kept if poly else None,
+                "CHANGED_AREA_HA": ha, "CHANGED_PIXELS": int(result.changed_pixels),
+                "CHANGED_FRACTION": float(result.changed_fraction)}
+
     def add_report(self, description: str = "HTML report", advanced: bool = True) -> None:
         self._add(QgsProcessingParameterFileDestination(
             "OUTPUT_REPORT", description, HTML_FILTER, optional=True, createByDefault=False), advanced)
@@ -504,7 +575,8 @@ class HyperNetAlgorithm(QgsProcessingAlgorithm):
         (checkParameterValues runs for every dialog check and batch row). A file the user named is checked now:
         folder exists and is writable, GeoTIFF extension for rasters, not a folder."""
         definition = self.parameterDefinition(name)
-        kind = "raster" if isinstance(definition, QgsProcessingParameterRasterDestination) else "file"
+        kind = "raster" if isinstance(definition, QgsProcessingParameterRasterDestination) else \
+            "vector" if isinstance(definition, QgsProcessingParameterVectorDestination) else "file"
         value = parameters.get(name)
         if isinstance(value, QgsProcessingOutputLayerDefinition):
             value = value.sink
@@ -517,7 +589,7 @@ class HyperNetAlgorithm(QgsProcessingAlgorithm):
         elif str(value) == TEMPORARY:
             out.temporary = True
         else:
-            out.chosen = check_output_path(str(value), out.label, RASTER_EXTENSIONS if kind == "raster" else None)
+            out.chosen = check_output_path(str(value), out.label, _extensions(kind))
         job.outputs.append(out)
         job.values[key] = out.chosen
         return out
@@ -531,12 +603,11 @@ class HyperNetAlgorithm(QgsProcessingAlgorithm):
                 continue
             path = self.temporary_path(out, job) if out.temporary else None
             if path is None:
-                if out.kind == "raster":
+                if out.kind in ("raster", "vector"):
                     path = self.parameterAsOutputLayer(parameters, out.name, context)
                 else:
                     path = self.parameterAsFileOutput(parameters, out.name, context)
-            job.values[out.key] = check_output_path(path, out.label,
-                                                    RASTER_EXTENSIONS if out.kind == "raster" else None)
+            job.values[out.key] = check_output_path(path, out.label, _extensions(out.kind))
         from ..core import raster_io
 
         raster_io.refuse_overwriting_inputs([job.values[o.key] for o in job.outputs], job.inputs)

@@ -49,6 +49,7 @@ class ClassicChangeAlgorithm(HyperNetAlgorithm):
         self.addOutput(QgsProcessingOutputNumber("CHANGED_PIXELS", "Changed pixels"))
         self.addOutput(QgsProcessingOutputNumber("CHANGED_FRACTION", "Changed fraction of the valid pixels"))
         self.addOutput(QgsProcessingOutputNumber("THRESHOLD_USED", "Threshold on the intensity"))
+        self.add_polygon_outputs()
 
     def resolve(self, parameters: dict, context: QgsProcessingContext) -> Job:
         method = self.enum_string(parameters, "METHOD", context, METHODS)
@@ -64,6 +65,10 @@ class ClassicChangeAlgorithm(HyperNetAlgorithm):
                             f"Change map ({method.upper()})")
         self.declare_output(job, parameters, context, "OUTPUT_INTENSITY", "intensity", "intensity",
                             f"Change intensity ({method.upper()})")
+        job.values.update(self.polygon_values(parameters, context))
+        self.declare_output(job, parameters, context, "OUTPUT_POLYGONS", "polygons", "polygons",
+                            f"Change polygons ({method.upper()})")
+        self.check_polygon_request(job)
         return job
 
     def run_job(self, job: Job, feedback: QgisFeedback) -> dict[str, Any]:
@@ -74,4 +79,4 @@ class ClassicChangeAlgorithm(HyperNetAlgorithm):
                       f"{result.changed_pixels} of {result.valid_pixels} valid pixels changed.")
         return {"OUTPUT_CHANGE": job["change"], "OUTPUT_INTENSITY": job["intensity"],
                 "CHANGED_PIXELS": int(result.changed_pixels), "CHANGED_FRACTION": float(result.changed_fraction),
-                "THRESHOLD_USED": float(result.threshold)}
+                "THRESHOLD_USED": float(result.threshold), **self.finish_polygons(job, result, feedback)}

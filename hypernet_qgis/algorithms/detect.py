@@ -63,6 +63,7 @@ class DetectChangeAlgorithm(HyperNetAlgorithm):
         self.addOutput(QgsProcessingOutputNumber("CHANGED_PIXELS", "Changed pixels"))
         self.addOutput(QgsProcessingOutputNumber("CHANGED_FRACTION", "Changed fraction of the valid pixels"))
         self.addOutput(QgsProcessingOutputNumber("THRESHOLD_USED", "Threshold on the intensity"))
+        self.add_polygon_outputs()
 
     def resolve(self, parameters: dict, context: QgsProcessingContext) -> Job:
         t1 = layer_path(self, parameters, "INPUT_T1", context, "Image T1")
@@ -95,6 +96,10 @@ class DetectChangeAlgorithm(HyperNetAlgorithm):
                             "Change intensity (HyperNet)")
         model_out = self.declare_output(job, parameters, context, "OUTPUT_MODEL", "model_out")
         self.declare_output(job, parameters, context, "OUTPUT_REPORT", "report")
+        job.values.update(self.polygon_values(parameters, context))
+        self.declare_output(job, parameters, context, "OUTPUT_POLYGONS", "polygons", "polygons",
+                            "Change polygons (HyperNet)")
+        self.check_polygon_request(job)
         if model and model_out.requested:
             raise InputError("Save the model trained on the fly is set, but a Model file is given (nothing is "
                              "trained). Leave one of them empty.")
@@ -115,6 +120,7 @@ class DetectChangeAlgorithm(HyperNetAlgorithm):
             "CHANGED_PIXELS": int(result.changed_pixels), "CHANGED_FRACTION": float(result.changed_fraction),
             "THRESHOLD_USED": float(result.threshold), "OUTPUT_MODEL": None, "OUTPUT_REPORT": None,
         }
+        outputs.update(self.finish_polygons(job, result, feedback, job["config"]["memory_budget_mb"]))
         if job["model_out"] and result.train is not None:
             from ..core.model_file import save_model
 
