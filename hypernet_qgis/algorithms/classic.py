@@ -35,7 +35,9 @@ class ClassicChangeAlgorithm(HyperNetAlgorithm):
         "PCA-k-means need at least 2 bands); optionally a band list and the threshold method (<i>default</i> "
         "= the method's usual one).</p>"
         "<p><b>Outputs</b>: the change map (1 change, 0 no change, 255 nodata, styled) and optionally the "
-        "change intensity; the number and fraction of changed pixels.</p>"
+        "change intensity; the number and fraction of changed pixels and the changed area in hectares; "
+        "optionally the change polygons (GeoPackage, one polygon per connected changed region with its area "
+        "and intensity; regions below the minimum area dropped).</p>"
         "<p><b>Time</b>: seconds for a few hundred thousand pixels (IR-MAD iterates, a little longer).</p>"
     )
 

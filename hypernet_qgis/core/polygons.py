@@ -241,6 +241,7 @@ def polygonize_change(
     budget = max(16, int(memory_budget_mb)) * 1024 * 1024
     in_memory = rows * cols * 4 <= budget // 4
     part = os.path.join(folder, f".{os.path.basename(out_path)}.{uuid.uuid4().hex[:8]}.part.gpkg")
+    scratch_path = os.path.join(folder, f".hypernet-regions-{uuid.uuid4().hex[:8]}.gpkg")
     try:
         with _scratch(src, gdal.GDT_Byte, folder, in_memory) as ones, \
                 _scratch(src, gdal.GDT_Int32, folder, in_memory) as labels:
@@ -253,29 +254,25 @@ def polygonize_change(
                 ones_band.WriteArray((block == CHANGE).astype(np.uint8), 0, r0)
             check_cancelled(feedback)
             feedback.set_progress(0.1)
-            # 2. polygonise into the temporary GeoPackage
+            # 2. polygonise into a scratch GeoPackage (no spatial index: written once, read once)
             srs = None
             if wkt:
                 srs = osr.SpatialReference()
                 srs.ImportFromWkt(wkt)
                 srs.SetAxisMappingStrategy(osr.OAMS_TRADITIONAL_GIS_ORDER)
-            gpkg = ogr.GetDriverByName("GPKG").CreateDataSource(part)
-            if gpkg is None:
-                raise InputError(f"Could not create {out_path} (GDAL: {gdal.GetLastErrorMsg()}). Check the folder "
-                                 "and the free disk space.")
-            name = os.path.splitext(os.path.basename(out_path))[0] or "change_polygons"
-            layer = gpkg.CreateLayer(name, srs, ogr.wkbPolygon, ["FID=fid", "SPATIAL_INDEX=YES"])
+            scratch = _create_gpkg(scratch_path, out_path)
+            layer = scratch.CreateLayer("regions", srs, ogr.wkbPolygon, ["FID=fid", "SPATIAL_INDEX=NO"])
             layer.CreateField(ogr.FieldDefn("region", ogr.OFTInteger))
-            gpkg.StartTransaction()
+            scratch.StartTransaction()
             options = ["8CONNECTED=8"] if connectivity == 8 else []
             if gdal.Polygonize(ones_band, ones_band, layer, 0, options) != 0:
                 raise InputError(f"Polygonising {os.path.basename(change_path)} failed (GDAL: "
                                  f"{gdal.GetLastErrorMsg()}). Check the free disk space.")
-            gpkg.CommitTransaction()
-            gpkg.ExecuteSQL(f'UPDATE "{name}" SET region = fid')
+            scratch.CommitTransaction()
+            scratch.ExecuteSQL("UPDATE regions SET region = fid")
             check_cancelled(feedback)
             feedback.set_progress(0.5)
-            max_fid = _max_fid(gpkg, name)
+            max_fid = _max_fid(scratch, "regions")
             # 3. the label raster: each region's pixels carry its fid
             labels.GetRasterBand(1).Fill(0)
             with _quiet():  # (a map without CRS: GDAL warns that it assumes matching coordinate systems)
@@ -307,8 +304,12 @@ def polygonize_change(
             keep[0] = False
             present = counts > 0
             dropped_ids = present & ~keep
-            _fill_fields(gpkg, layer, counts, sums, maxs, keep, unit_area, ha_factor, inten is not None, dates)
+            name = os.path.splitext(os.path.basename(out_path))[0] or "change_polygons"
+            gpkg = _create_gpkg(part, out_path)
+            _write_kept(gpkg, name, srs, layer, counts, sums, maxs, keep, unit_area, ha_factor, inten is not None,
+                        dates)
             layer = None
+            scratch = None
             gpkg = None
             # 6. sieve: the dropped regions become 0 in the change map
             sieved = 0
@@ -317,7 +318,7 @@ def polygonize_change(
             label_band = None
         os.replace(part, out_path)
     finally:
-        for leftover in (part, part + "-wal", part + "-shm", part + "-journal"):
+        for leftover in [f + suffix for f in (part, scratch_path) for suffix in ("", "-wal", "-shm", "-journal")]:
             if os.path.exists(leftover):
                 with contextlib.suppress(OSError):
                     os.remove(leftover)
@@ -342,40 +343,54 @@ def _max_fid(ds, name: str) -> int:
     return int(value or 0)
 
 
-def _fill_fields(gpkg, layer, counts, sums, maxs, keep, unit_area, ha_factor, with_intensity, dates) -> None:
-    """Add the attribute fields, delete the features of dropped regions, set the statistics of the rest."""
-    for name, kind in (("pixels", ogr.OFTInteger64), ("area", ogr.OFTReal), ("area_ha", ogr.OFTReal)):
-        layer.CreateField(ogr.FieldDefn(name, kind))
+def _create_gpkg(path: str, out_path: str):
+    ds = ogr.GetDriverByName("GPKG").CreateDataSource(path)
+    if ds is None:
+        raise InputError(f"Could not create {out_path} (GDAL: {gdal.GetLastErrorMsg()}). Check the folder and the "
+                         "free disk space.")
+    return ds
+
+
+def _write_kept(gpkg, name, srs, regions, counts, sums, maxs, keep, unit_area, ha_factor, with_intensity,
+                dates) -> None:
+    """Copy the kept regions from the scratch layer into the output layer with their statistics; the spatial
+    index is built once at the end (faster than updating it per feature)."""
+    layer = gpkg.CreateLayer(name, srs, ogr.wkbPolygon, ["FID=fid", "SPATIAL_INDEX=NO"])
+    fields = [("region", ogr.OFTInteger), ("pixels", ogr.OFTInteger64), ("area", ogr.OFTReal),
+              ("area_ha", ogr.OFTReal)]
     if with_intensity:
-        layer.CreateField(ogr.FieldDefn("mean_intensity", ogr.OFTReal))
-        layer.CreateField(ogr.FieldDefn("max_intensity", ogr.OFTReal))
+        fields += [("mean_intensity", ogr.OFTReal), ("max_intensity", ogr.OFTReal)]
     if dates:
-        for name in ("date_t1", "date_t2"):
-            layer.CreateField(ogr.FieldDefn(name, ogr.OFTString))
+        fields += [("date_t1", ogr.OFTString), ("date_t2", ogr.OFTString)]
+    for field_name, kind in fields:
+        layer.CreateField(ogr.FieldDefn(field_name, kind))
+    defn = layer.GetLayerDefn()
+    index = {field_name: defn.GetFieldIndex(field_name) for field_name, _ in fields}
     gpkg.StartTransaction()
-    drop: list[int] = []
-    layer.ResetReading()
-    for feature in layer:
-        fid = feature.GetFID()
+    regions.ResetReading()
+    for source in regions:
+        fid = source.GetFID()
         if fid >= len(keep) or not keep[fid]:
-            drop.append(fid)
             continue
         n = int(counts[fid])
-        feature.SetField("pixels", n)
-        feature.SetField("area", n * unit_area)
+        feature = ogr.Feature(defn)
+        feature.SetGeometryDirectly(source.GetGeometryRef().Clone())
+        feature.SetField(index["region"], int(fid))
+        feature.SetField(index["pixels"], n)
+        feature.SetField(index["area"], n * unit_area)
         if ha_factor is not None:
-            feature.SetField("area_ha", n * unit_area * ha_factor)
+            feature.SetField(index["area_ha"], n * unit_area * ha_factor)
         if with_intensity and n:
-            feature.SetField("mean_intensity", float(sums[fid] / n))
+            feature.SetField(index["mean_intensity"], float(sums[fid] / n))
             if np.isfinite(maxs[fid]):
-                feature.SetField("max_intensity", float(maxs[fid]))
+                feature.SetField(index["max_intensity"], float(maxs[fid]))
         if dates:
-            feature.SetField("date_t1", str(dates[0]))
-            feature.SetField("date_t2", str(dates[1]))
-        layer.SetFeature(feature)
-    for fid in drop:
-        layer.DeleteFeature(fid)
+            feature.SetField(index["date_t1"], str(dates[0]))
+            feature.SetField(index["date_t2"], str(dates[1]))
+        layer.CreateFeature(feature)
     gpkg.CommitTransaction()
+    quoted = name.replace("'", "''")
+    gpkg.ExecuteSQL(f"SELECT CreateSpatialIndex('{quoted}', 'geom')")
 
 
 def _sieve(change_path: str, label_band, dropped: np.ndarray, rows: int, cols: int, budget: int) -> int:
