@@ -20,7 +20,8 @@ EPILOG = """examples:
   python -m hypernet_qgis evaluate change.tif reference.tif --changed 1 --unchanged 0
   python -m hypernet_qgis detect t1.tif t2.tif -o change.tif --polygons change.gpkg --min-area 900 --sieve
 
-Any raster GDAL reads works (GeoTIFF, ENVI: give the data file, VRT, ...). Both dates must share size, grid and CRS.
+Any raster GDAL reads works (GeoTIFF, ENVI: give the data file, VRT, ...). When the dates are on different grids,
+T2 is warped onto T1's grid over the common area (--no-align refuses them instead).
 Outputs are tiled, compressed GeoTIFFs with the input's georeferencing; the change map is uint8
 (1 change, 0 no change, 255 nodata).
 """
@@ -90,6 +91,15 @@ def _add_polygon_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--dates", default=None, help="date pair written into each polygon, e.g. 2019-05-01,2020-05-01")
 
 
+def _add_align_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("pairs on different grids")
+    g.add_argument("--align", action=argparse.BooleanOptionalAction, default=True,
+                   help="warp T2 onto T1's grid over the common area when the grids differ (default); "
+                        "--no-align refuses such pairs")
+    g.add_argument("--resampling", default="bilinear", choices=["nearest", "bilinear", "cubic", "average"],
+                   help="resampling of T2 when it is warped (default bilinear; masks always use nearest)")
+
+
 def _check_polygon_args(args: argparse.Namespace, inputs: list) -> None:
     """Bad polygon options fail before the detection runs."""
     from . import raster_io
@@ -143,6 +153,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--report", default=None, help="write an HTML report of the run")
     _add_training_args(p)
     _add_polygon_args(p)
+    _add_align_args(p)
 
     p = sub.add_parser("train", parents=[common], help="train a HyperNet model on a pair and save it")
     p.add_argument("t1")
@@ -150,6 +161,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", "-o", required=True, help="model file to write")
     p.add_argument("--report", default=None, help="write an HTML training report")
     _add_training_args(p)
+    _add_align_args(p)
 
     p = sub.add_parser("baseline", parents=[common], help="classic change detection: cva, sam, irmad, pcakmeans")
     p.add_argument("method", choices=["cva", "sam", "irmad", "pcakmeans"])
@@ -160,6 +172,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threshold", type=_threshold, default=None, help="otsu, kmeans or a number (method default)")
     p.add_argument("--bands", type=_band_list, default=None, help="band subset, 1-based")
     _add_polygon_args(p)
+    _add_align_args(p)
 
     p = sub.add_parser("evaluate", parents=[common], help="score a change map against a reference; prints JSON")
     p.add_argument("change", help="binary change map (1/0) or an intensity map (AUC only)")
@@ -203,7 +216,7 @@ def run(args: argparse.Namespace) -> int:
             args.t1, args.t2, args.output, intensity_out=args.intensity, model=args.model, threshold=method,
             threshold_value=value, bands=args.bands, unchanged_mask=args.unchanged_mask, distance=args.distance,
             batchnorm=args.batchnorm,
-            config=_config(args), feedback=fb,
+            config=_config(args), feedback=fb, align=args.align, resampling=args.resampling,
         )
         extra = _finish(args, res, fb, args.memory_budget_mb)
         if args.report:
@@ -215,7 +228,8 @@ def run(args: argparse.Namespace) -> int:
                           **extra}))
     elif args.command == "train":
         res = pipeline.train_files(args.t1, args.t2, args.output, bands=args.bands,
-                                   unchanged_mask=args.unchanged_mask, config=_config(args), feedback=fb)
+                                   unchanged_mask=args.unchanged_mask, config=_config(args), feedback=fb,
+                                   align=args.align, resampling=args.resampling)
         if args.report:
             from .report import write_training_report
 
@@ -225,7 +239,8 @@ def run(args: argparse.Namespace) -> int:
         method, value = _split_threshold(args.threshold)
         _check_polygon_args(args, [args.t1, args.t2])
         res = pipeline.baseline_files(args.method, args.t1, args.t2, args.output, intensity_out=args.intensity,
-                                      threshold=method, threshold_value=value, bands=args.bands, feedback=fb)
+                                      threshold=method, threshold_value=value, bands=args.bands, feedback=fb,
+                                      align=args.align, resampling=args.resampling)
         extra = _finish(args, res, fb)
         print(json.dumps({"output": res.change_path, "threshold": res.threshold,
                           "changed_pixels": res.changed_pixels, "changed_fraction": round(res.changed_fraction, 6),
