@@ -120,3 +120,28 @@ def test_qgis_process_writes_styled_polygons(wrapper, pair_dir, tmp_path):  # no
     assert "SimpleFill" in qml and "227,26,28,255" in qml
     ds = ogr.Open(str(poly))
     assert same_crs(ds.GetLayer(0).GetSpatialRef().ExportToWkt())
+
+
+def test_classic_change_aligns_a_shifted_t2_and_refuses_with_align_off(clean_project, pair_dir, tmp_path):  # noqa: F811,E501
+    """ALIGN (default on): T2 on another grid is warped onto T1's; the dialog check accepts it; off: refused."""
+    from qgis.core import QgsApplication, QgsProcessingContext, QgsProject
+
+    from test_qgis_support import GEOTRANSFORM, write_tif
+
+    x2 = gdal.Open(str(pair_dir / "t2.tif")).ReadAsArray()
+    shifted = write_tif(tmp_path / "t2_shifted.tif", x2, geotransform=(GEOTRANSFORM[0] + 30.0, *GEOTRANSFORM[1:]))
+    params = {"METHOD": "cva", "INPUT_T1": str(pair_dir / "t1.tif"), "INPUT_T2": shifted,
+              "OUTPUT_CHANGE": _output(str(tmp_path / "aligned.tif")), "RESAMPLING": "nearest"}
+    state = run_like_the_dialog("hypernet:classicchange", params)
+    assert state["ok"] is True and state["loaded"] is True, state
+    change = gdal.Open(state["results"]["OUTPUT_CHANGE"])
+    assert (change.RasterXSize, change.RasterYSize) == (21, 24)  # the common area: 3 columns fewer
+    assert change.GetGeoTransform()[0] == pytest.approx(GEOTRANSFORM[0] + 30.0)
+    context = QgsProcessingContext()
+    context.setProject(QgsProject.instance())
+    alg = QgsApplication.processingRegistry().createAlgorithmById("hypernet:classicchange")
+    ok, message = alg.checkParameterValues({**params, "ALIGN": False}, context)
+    assert not ok and "not on the same grid" in message
+    far = write_tif(tmp_path / "t2_far.tif", x2, geotransform=(GEOTRANSFORM[0] + 1e5, *GEOTRANSFORM[1:]))
+    ok, message = alg.checkParameterValues({**params, "INPUT_T2": far}, context)
+    assert not ok and "do not overlap" in message

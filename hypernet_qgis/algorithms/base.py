@@ -47,6 +47,7 @@ SCHEDULES = ["default", "paper"]
 THRESHOLD_METHODS = ["otsu", "kmeans", "fixed"]
 RASTER_EXTENSIONS = (".tif", ".tiff")
 VECTOR_EXTENSIONS = (".gpkg",)
+RESAMPLINGS = ["bilinear", "nearest", "cubic", "average"]
 CONNECTIVITIES = ["8", "4"]
 MODEL_FILTER = "HyperNet model (*.hypernet);;All files (*.*)"
 HTML_FILTER = "HTML report (*.html *.htm)"
@@ -221,13 +222,20 @@ def check_output_path(path: str, label: str, extensions: tuple[str, ...] | None 
     return path
 
 
-def check_pair(t1: str, t2: str, bands: list[int] | None, min_bands: int, what: str = "HyperNet"):
-    """Both dates readable, on one grid, enough bands after BANDS, big enough. Returns T1's RasterInfo."""
+def check_pair(t1: str, t2: str, bands: list[int] | None, min_bands: int, what: str = "HyperNet",
+               align: bool = False):
+    """Both dates readable, on one grid (``align``: or T2 can be warped onto T1's), enough bands after BANDS, big
+    enough. Returns T1's RasterInfo."""
     from ..core import raster_io
 
     check_distinct_dates(t1, t2)
     info1, info2 = raster_io.raster_info(t1), raster_io.raster_info(t2)
-    raster_io.check_same_grid(info1, info2)
+    if align:
+        from ..core.align import check_alignable
+
+        check_alignable(info1, info2)
+    else:
+        raster_io.check_same_grid(info1, info2)
     if bands is not None:
         bad = [b for b in bands if b > info1.bands]
         if bad:
@@ -489,6 +497,24 @@ class HyperNetAlgorithm(QgsProcessingAlgorithm):
         self._add(QgsProcessingParameterRasterDestination(
             "OUTPUT_INTENSITY", "Change intensity", optional=True, createByDefault=False),
             help_text="Float GeoTIFF: the larger, the more change.")
+
+    def add_align(self) -> None:
+        """ALIGN and RESAMPLING (issue #11); optional with defaults so that saved models stay valid."""
+        self._add(QgsProcessingParameterBoolean(
+            "ALIGN", "Warp T2 onto T1's grid if they differ", defaultValue=True, optional=True), True,
+            "On (default): when T1 and T2 are not on the same grid, T2 is resampled onto T1's grid and only the "
+            "area both cover is compared (the log says what was done). Off: such pairs are refused.")
+        self._add(QgsProcessingParameterEnum(
+            "RESAMPLING", "Resampling of T2 when warped", options=RESAMPLINGS, defaultValue="bilinear",
+            optional=True, usesStaticStrings=True), True,
+            "How T2's pixels are resampled onto T1's grid; the unchanged mask always uses nearest.")
+
+    def align_values(self, parameters: dict, context: QgsProcessingContext) -> dict[str, Any]:
+        align = parameters.get("ALIGN") in (None, "") or self.parameterAsBool(parameters, "ALIGN", context)
+        resampling = self.parameterAsEnumString(parameters, "RESAMPLING", context) or "bilinear"
+        if resampling not in RESAMPLINGS:
+            raise InputError(f"Resampling of T2 must be one of {', '.join(RESAMPLINGS)} (got {resampling!r}).")
+        return {"align": bool(align), "resampling": resampling}
 
     def add_polygon_outputs(self) -> None:
         """The change polygons (GeoPackage) and their options; the changed area outputs (issue #11). The options

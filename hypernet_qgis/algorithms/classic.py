@@ -52,16 +52,20 @@ class ClassicChangeAlgorithm(HyperNetAlgorithm):
         self.addOutput(QgsProcessingOutputNumber("CHANGED_FRACTION", "Changed fraction of the valid pixels"))
         self.addOutput(QgsProcessingOutputNumber("THRESHOLD_USED", "Threshold on the intensity"))
         self.add_polygon_outputs()
+        self.add_align()
 
     def resolve(self, parameters: dict, context: QgsProcessingContext) -> Job:
         method = self.enum_string(parameters, "METHOD", context, METHODS)
         t1 = layer_path(self, parameters, "INPUT_T1", context, "Image T1")
         t2 = layer_path(self, parameters, "INPUT_T2", context, "Image T2")
         bands = parse_band_list(self.parameterAsString(parameters, "BANDS", context))
-        check_pair(t1, t2, bands, min_bands=1 if method == "cva" else 2, what=method.upper())
+        aligning = self.align_values(parameters, context)
+        check_pair(t1, t2, bands, min_bands=1 if method == "cva" else 2, what=method.upper(),
+                   align=aligning["align"])
         threshold, value = self.threshold_values(parameters, context, CLASSIC_THRESHOLDS)
         job = Job({"method": method, "t1": t1, "t2": t2, "bands": bands,
-                   "threshold": None if threshold == "default" else threshold, "threshold_value": value},
+                   "threshold": None if threshold == "default" else threshold, "threshold_value": value,
+                   **aligning},
                   inputs=[t1, t2])
         self.declare_output(job, parameters, context, "OUTPUT_CHANGE", "change", "change",
                             f"Change map ({method.upper()})")
@@ -76,7 +80,8 @@ class ClassicChangeAlgorithm(HyperNetAlgorithm):
     def run_job(self, job: Job, feedback: QgisFeedback) -> dict[str, Any]:
         result = pipeline(engine=False).baseline_files(
             job["method"], job["t1"], job["t2"], job["change"], intensity_out=job["intensity"],
-            threshold=job["threshold"], threshold_value=job["threshold_value"], bands=job["bands"], feedback=feedback)
+            threshold=job["threshold"], threshold_value=job["threshold_value"], bands=job["bands"], feedback=feedback,
+            align=job["align"], resampling=job["resampling"])
         feedback.info(f"{job['method'].upper()}: threshold {result.threshold:.6g} ({result.threshold_method}); "
                       f"{result.changed_pixels} of {result.valid_pixels} valid pixels changed.")
         return {"OUTPUT_CHANGE": job["change"], "OUTPUT_INTENSITY": job["intensity"],

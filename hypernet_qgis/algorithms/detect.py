@@ -67,6 +67,7 @@ class DetectChangeAlgorithm(HyperNetAlgorithm):
         self.addOutput(QgsProcessingOutputNumber("CHANGED_FRACTION", "Changed fraction of the valid pixels"))
         self.addOutput(QgsProcessingOutputNumber("THRESHOLD_USED", "Threshold on the intensity"))
         self.add_polygon_outputs()
+        self.add_align()
 
     def resolve(self, parameters: dict, context: QgsProcessingContext) -> Job:
         t1 = layer_path(self, parameters, "INPUT_T1", context, "Image T1")
@@ -78,7 +79,8 @@ class DetectChangeAlgorithm(HyperNetAlgorithm):
             trained_on = model_band_count(model)
             if bands is None:  # the engine then uses the model's own band selection, if it has one
                 bands = model_band_selection(model)
-        info = check_pair(t1, t2, bands, min_bands=2)
+        aligning = self.align_values(parameters, context)
+        info = check_pair(t1, t2, bands, min_bands=2, align=aligning["align"])
         if model:
             count = len(bands) if bands is not None else info.bands
             if trained_on != count:
@@ -93,7 +95,7 @@ class DetectChangeAlgorithm(HyperNetAlgorithm):
         config = self.training_values(parameters, context)
         check_device(config["device"])
         job = Job({"t1": t1, "t2": t2, "bands": bands, "model": model, "mask": mask, "threshold": method,
-                   "threshold_value": value, "config": config}, inputs=[t1, t2, model, mask])
+                   "threshold_value": value, "config": config, **aligning}, inputs=[t1, t2, model, mask])
         self.declare_output(job, parameters, context, "OUTPUT_CHANGE", "change", "change", "Change map (HyperNet)")
         self.declare_output(job, parameters, context, "OUTPUT_INTENSITY", "intensity", "intensity",
                             "Change intensity (HyperNet)")
@@ -117,7 +119,8 @@ class DetectChangeAlgorithm(HyperNetAlgorithm):
         result = pipe.detect_files(
             job["t1"], job["t2"], job["change"], intensity_out=job["intensity"], model=job["model"],
             threshold=job["threshold"], threshold_value=job["threshold_value"], bands=job["bands"],
-            unchanged_mask=job["mask"], config=TrainConfig(**job["config"]), feedback=feedback)
+            unchanged_mask=job["mask"], config=TrainConfig(**job["config"]), feedback=feedback,
+            align=job["align"], resampling=job["resampling"])
         outputs: dict[str, Any] = {
             "OUTPUT_CHANGE": job["change"], "OUTPUT_INTENSITY": job["intensity"],
             "CHANGED_PIXELS": int(result.changed_pixels), "CHANGED_FRACTION": float(result.changed_fraction),

@@ -889,6 +889,8 @@ def write_detection_report(path: PathLike, result: Any) -> None:
             f", {100.0 * area['changed_share']:.2f}% of the valid area"
     if extra.get("polygons"):
         info["change polygons"] = extra["polygons"]
+    if extra.get("align"):
+        info["grids"] = extra["align"]
     if getattr(pair, "bands", None) is not None:
         info["band selection"] = pair.bands
     wavelengths = getattr(pair.info1, "wavelengths_nm", None)
