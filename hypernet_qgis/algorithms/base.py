@@ -253,6 +253,14 @@ def check_pair(t1: str, t2: str, bands: list[int] | None, min_bands: int, what: 
     return info1
 
 
+def check_band_choice(t1: str, t2: str, bands: list[int] | None, values: dict[str, Any]) -> None:
+    """DROP_WATER without wavelengths, or no band left after leaving out the bad ones: refused up front."""
+    from ..core.bands import choose_bands
+
+    choose_bands(t1, t2, bands, drop_bad=values.get("drop_bad_bands", True), drop_water=values.get("drop_water",
+                 False))
+
+
 def check_mask(path: str, like) -> None:
     """The unchanged mask is readable and covers T1's grid."""
     from ..core import raster_io
@@ -508,6 +516,25 @@ class HyperNetAlgorithm(QgsProcessingAlgorithm):
             "RESAMPLING", "Resampling of T2 when warped", options=RESAMPLINGS, defaultValue="bilinear",
             optional=True, usesStaticStrings=True), True,
             "How T2's pixels are resampled onto T1's grid; the unchanged mask always uses nearest.")
+
+    def add_band_choice(self) -> None:
+        """DROP_BAD_BANDS and DROP_WATER (issue #11); optional with defaults so that saved models stay valid."""
+        self._add(QgsProcessingParameterBoolean(
+            "DROP_BAD_BANDS", "Leave out bands marked bad (ENVI bbl)", defaultValue=True, optional=True), True,
+            "Bands either image marks bad (the ENVI header's bad band list, or bbl = 0 in the GDAL metadata) are "
+            "not used; the log lists them.")
+        self._add(QgsProcessingParameterBoolean(
+            "DROP_WATER", "Leave out water-absorption bands", defaultValue=False, optional=True), True,
+            "Bands around 1350-1450 nm and 1800-1950 nm and beyond 2450 nm are not used (needs the band "
+            "wavelengths in the files).")
+
+    def band_choice_values(self, parameters: dict, context: QgsProcessingContext) -> dict[str, Any]:
+        def flag(name: str, default: bool) -> bool:
+            if parameters.get(name) in (None, ""):
+                return default
+            return bool(self.parameterAsBool(parameters, name, context))
+
+        return {"drop_bad_bands": flag("DROP_BAD_BANDS", True), "drop_water": flag("DROP_WATER", False)}
 
     def align_values(self, parameters: dict, context: QgsProcessingContext) -> dict[str, Any]:
         align = parameters.get("ALIGN") in (None, "") or self.parameterAsBool(parameters, "ALIGN", context)

@@ -6,7 +6,8 @@ from typing import Any
 
 from qgis.core import QgsProcessingContext, QgsProcessingOutputNumber, QgsProcessingParameterEnum
 
-from .base import HyperNetAlgorithm, Job, QgisFeedback, check_pair, layer_path, parse_band_list, pipeline
+from .base import HyperNetAlgorithm, Job, QgisFeedback, check_band_choice, check_pair, layer_path, parse_band_list, \
+    pipeline
 
 METHODS = ["cva", "sam", "irmad", "pcakmeans"]
 CLASSIC_THRESHOLDS = ["default", "otsu", "kmeans", "fixed"]
@@ -53,15 +54,17 @@ class ClassicChangeAlgorithm(HyperNetAlgorithm):
         self.addOutput(QgsProcessingOutputNumber("THRESHOLD_USED", "Threshold on the intensity"))
         self.add_polygon_outputs()
         self.add_align()
+        self.add_band_choice()
 
     def resolve(self, parameters: dict, context: QgsProcessingContext) -> Job:
         method = self.enum_string(parameters, "METHOD", context, METHODS)
         t1 = layer_path(self, parameters, "INPUT_T1", context, "Image T1")
         t2 = layer_path(self, parameters, "INPUT_T2", context, "Image T2")
         bands = parse_band_list(self.parameterAsString(parameters, "BANDS", context))
-        aligning = self.align_values(parameters, context)
+        aligning = {**self.align_values(parameters, context), **self.band_choice_values(parameters, context)}
         check_pair(t1, t2, bands, min_bands=1 if method == "cva" else 2, what=method.upper(),
                    align=aligning["align"])
+        check_band_choice(t1, t2, bands, aligning)
         threshold, value = self.threshold_values(parameters, context, CLASSIC_THRESHOLDS)
         job = Job({"method": method, "t1": t1, "t2": t2, "bands": bands,
                    "threshold": None if threshold == "default" else threshold, "threshold_value": value,
@@ -81,7 +84,8 @@ class ClassicChangeAlgorithm(HyperNetAlgorithm):
         result = pipeline(engine=False).baseline_files(
             job["method"], job["t1"], job["t2"], job["change"], intensity_out=job["intensity"],
             threshold=job["threshold"], threshold_value=job["threshold_value"], bands=job["bands"], feedback=feedback,
-            align=job["align"], resampling=job["resampling"])
+            align=job["align"], resampling=job["resampling"],
+            drop_bad_bands=job["drop_bad_bands"], drop_water=job["drop_water"])
         feedback.info(f"{job['method'].upper()}: threshold {result.threshold:.6g} ({result.threshold_method}); "
                       f"{result.changed_pixels} of {result.valid_pixels} valid pixels changed.")
         return {"OUTPUT_CHANGE": job["change"], "OUTPUT_INTENSITY": job["intensity"],

@@ -13,8 +13,8 @@ from qgis.core import (
 )
 
 from ..core.errors import InputError
-from .base import MODEL_FILTER, THRESHOLD_METHODS, HyperNetAlgorithm, Job, QgisFeedback, check_device, check_mask, \
-    check_pair, layer_path, model_band_count, model_band_selection, parse_band_list, pipeline
+from .base import MODEL_FILTER, THRESHOLD_METHODS, HyperNetAlgorithm, Job, QgisFeedback, check_band_choice, \
+    check_device, check_mask, check_pair, layer_path, model_band_count, model_band_selection, parse_band_list, pipeline
 
 
 class DetectChangeAlgorithm(HyperNetAlgorithm):
@@ -68,6 +68,7 @@ class DetectChangeAlgorithm(HyperNetAlgorithm):
         self.addOutput(QgsProcessingOutputNumber("THRESHOLD_USED", "Threshold on the intensity"))
         self.add_polygon_outputs()
         self.add_align()
+        self.add_band_choice()
 
     def resolve(self, parameters: dict, context: QgsProcessingContext) -> Job:
         t1 = layer_path(self, parameters, "INPUT_T1", context, "Image T1")
@@ -79,8 +80,10 @@ class DetectChangeAlgorithm(HyperNetAlgorithm):
             trained_on = model_band_count(model)
             if bands is None:  # the engine then uses the model's own band selection, if it has one
                 bands = model_band_selection(model)
-        aligning = self.align_values(parameters, context)
+        aligning = {**self.align_values(parameters, context), **self.band_choice_values(parameters, context)}
         info = check_pair(t1, t2, bands, min_bands=2, align=aligning["align"])
+        if not (model and bands is None):  # (a model brings its own band selection)
+            check_band_choice(t1, t2, bands, aligning)
         if model:
             count = len(bands) if bands is not None else info.bands
             if trained_on != count:
@@ -120,7 +123,8 @@ class DetectChangeAlgorithm(HyperNetAlgorithm):
             job["t1"], job["t2"], job["change"], intensity_out=job["intensity"], model=job["model"],
             threshold=job["threshold"], threshold_value=job["threshold_value"], bands=job["bands"],
             unchanged_mask=job["mask"], config=TrainConfig(**job["config"]), feedback=feedback,
-            align=job["align"], resampling=job["resampling"])
+            align=job["align"], resampling=job["resampling"],
+            drop_bad_bands=job["drop_bad_bands"], drop_water=job["drop_water"])
         outputs: dict[str, Any] = {
             "OUTPUT_CHANGE": job["change"], "OUTPUT_INTENSITY": job["intensity"],
             "CHANGED_PIXELS": int(result.changed_pixels), "CHANGED_FRACTION": float(result.changed_fraction),

@@ -12,8 +12,8 @@ from qgis.core import (
     QgsProcessingParameterFileDestination,
 )
 
-from .base import MODEL_FILTER, HyperNetAlgorithm, Job, Output, QgisFeedback, check_device, check_mask, check_pair, \
-    layer_path, parse_band_list, pipeline
+from .base import MODEL_FILTER, HyperNetAlgorithm, Job, Output, QgisFeedback, check_band_choice, check_device, \
+    check_mask, check_pair, layer_path, parse_band_list, pipeline
 
 
 class TrainHyperNetAlgorithm(HyperNetAlgorithm):
@@ -57,13 +57,15 @@ class TrainHyperNetAlgorithm(HyperNetAlgorithm):
         self.addOutput(QgsProcessingOutputNumber("FINAL_LOSS", "Final training loss"))
         self.addOutput(QgsProcessingOutputString("DEVICE_USED", "Device that ran the training"))
         self.add_align()
+        self.add_band_choice()
 
     def resolve(self, parameters: dict, context: QgsProcessingContext) -> Job:
         t1 = layer_path(self, parameters, "INPUT_T1", context, "Image T1")
         t2 = layer_path(self, parameters, "INPUT_T2", context, "Image T2")
         bands = parse_band_list(self.parameterAsString(parameters, "BANDS", context))
-        aligning = self.align_values(parameters, context)
+        aligning = {**self.align_values(parameters, context), **self.band_choice_values(parameters, context)}
         info = check_pair(t1, t2, bands, min_bands=2, align=aligning["align"])
+        check_band_choice(t1, t2, bands, aligning)
         mask = layer_path(self, parameters, "UNCHANGED_MASK", context, "Known unchanged pixels", optional=True)
         if mask:
             check_mask(mask, info)
@@ -96,7 +98,8 @@ class TrainHyperNetAlgorithm(HyperNetAlgorithm):
 
         result = pipe.train_files(job["t1"], job["t2"], job["model"], bands=job["bands"],
                                   unchanged_mask=job["mask"], config=TrainConfig(**job["config"]), feedback=feedback,
-                                  align=job["align"], resampling=job["resampling"])
+                                  align=job["align"], resampling=job["resampling"],
+                                  drop_bad_bands=job["drop_bad_bands"], drop_water=job["drop_water"])
         final_loss = float(result.loss_history[-1]) if result.loss_history else float("nan")
         feedback.info(f"Saved the model to {job['model']} (final loss {final_loss:.6g}, "
                       f"{result.seconds:.1f} s on {result.device_name}).")

@@ -98,6 +98,11 @@ def _add_align_args(p: argparse.ArgumentParser) -> None:
                         "--no-align refuses such pairs")
     g.add_argument("--resampling", default="bilinear", choices=["nearest", "bilinear", "cubic", "average"],
                    help="resampling of T2 when it is warped (default bilinear; masks always use nearest)")
+    g = p.add_argument_group("bad bands and wavelengths")
+    g.add_argument("--keep-bad-bands", action="store_true",
+                   help="use the bands the files mark bad (ENVI bbl, GDAL bbl metadata); left out by default")
+    g.add_argument("--drop-water", action="store_true",
+                   help="leave out the water-absorption bands (1350-1450, 1800-1950, > 2450 nm); needs wavelengths")
 
 
 def _check_polygon_args(args: argparse.Namespace, inputs: list) -> None:
@@ -217,6 +222,7 @@ def run(args: argparse.Namespace) -> int:
             threshold_value=value, bands=args.bands, unchanged_mask=args.unchanged_mask, distance=args.distance,
             batchnorm=args.batchnorm,
             config=_config(args), feedback=fb, align=args.align, resampling=args.resampling,
+            drop_bad_bands=not args.keep_bad_bands, drop_water=args.drop_water,
         )
         extra = _finish(args, res, fb, args.memory_budget_mb)
         if args.report:
@@ -229,7 +235,8 @@ def run(args: argparse.Namespace) -> int:
     elif args.command == "train":
         res = pipeline.train_files(args.t1, args.t2, args.output, bands=args.bands,
                                    unchanged_mask=args.unchanged_mask, config=_config(args), feedback=fb,
-                                   align=args.align, resampling=args.resampling)
+                                   align=args.align, resampling=args.resampling,
+                                   drop_bad_bands=not args.keep_bad_bands, drop_water=args.drop_water)
         if args.report:
             from .report import write_training_report
 
@@ -240,7 +247,8 @@ def run(args: argparse.Namespace) -> int:
         _check_polygon_args(args, [args.t1, args.t2])
         res = pipeline.baseline_files(args.method, args.t1, args.t2, args.output, intensity_out=args.intensity,
                                       threshold=method, threshold_value=value, bands=args.bands, feedback=fb,
-                                      align=args.align, resampling=args.resampling)
+                                      align=args.align, resampling=args.resampling,
+                                   drop_bad_bands=not args.keep_bad_bands, drop_water=args.drop_water)
         extra = _finish(args, res, fb)
         print(json.dumps({"output": res.change_path, "threshold": res.threshold,
                           "changed_pixels": res.changed_pixels, "changed_fraction": round(res.changed_fraction, 6),

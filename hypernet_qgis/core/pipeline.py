@@ -339,15 +339,21 @@ def _baseline_files(
 # ----------------------------------------------------------------------------- pairs on different grids (#11)
 
 def _on_one_grid(job, method: str | None, t1: str, t2: str, out: str, align: bool, resampling: str,
-                 kwargs: dict[str, Any]):
+                 kwargs: dict[str, Any], drop_bad_bands: bool = True, drop_water: bool = False):
     """Run ``job`` on the pair, T2 warped onto T1's grid over the common area first when the grids differ
-    (core.align); ``align=False`` refuses differing grids as before. Results name the original files."""
+    (core.align); ``align=False`` refuses differing grids as before. Results name the original files.
+    The bands either date marks bad (ENVI bbl) and, with ``drop_water``, the water-absorption bands are left out
+    (core.bands), unless a model brings its own band selection."""
     from .align import aligned_pair
+    from .bands import choose_bands
 
     feedback = kwargs.get("feedback") or NullFeedback()
     mask = kwargs.get("unchanged_mask")
     raster_io.refuse_overwriting_inputs([out, kwargs.get("intensity_out")],
                                         [t1, t2, kwargs.get("model"), mask])
+    if not (kwargs.get("model") and kwargs.get("bands") is None):
+        kwargs["bands"] = choose_bands(t1, t2, kwargs.get("bands"), drop_bad=drop_bad_bands, drop_water=drop_water,
+                                       feedback=feedback)
     with aligned_pair(t1, t2, mask, enabled=align, resampling=resampling, feedback=feedback) as pair:
         if mask:
             kwargs["unchanged_mask"] = pair.mask
@@ -365,18 +371,25 @@ def _on_one_grid(job, method: str | None, t1: str, t2: str, out: str, align: boo
 
 
 def train_files(t1: str, t2: str, model_out: str, *, align: bool = True, resampling: str = "bilinear",
-                **kwargs: Any) -> TrainResult:
-    """Train on a pair of rasters and save the model file (see _train_files; ``align``: core.align)."""
-    return _on_one_grid(_train_files, None, t1, t2, model_out, align, resampling, kwargs)
+                drop_bad_bands: bool = True, drop_water: bool = False, **kwargs: Any) -> TrainResult:
+    """Train on a pair of rasters and save the model file (see _train_files; ``align``: core.align;
+    ``drop_bad_bands``, ``drop_water``: core.bands)."""
+    return _on_one_grid(_train_files, None, t1, t2, model_out, align, resampling, kwargs, drop_bad_bands,
+                        drop_water)
 
 
 def detect_files(t1: str, t2: str, change_out: str, *, align: bool = True, resampling: str = "bilinear",
-                 **kwargs: Any) -> DetectResult:
-    """Detect change between two rasters (see _detect_files for the options; ``align``: core.align)."""
-    return _on_one_grid(_detect_files, None, t1, t2, change_out, align, resampling, kwargs)
+                 drop_bad_bands: bool = True, drop_water: bool = False, **kwargs: Any) -> DetectResult:
+    """Detect change between two rasters (see _detect_files for the options; ``align``: core.align;
+    ``drop_bad_bands``, ``drop_water``: core.bands)."""
+    return _on_one_grid(_detect_files, None, t1, t2, change_out, align, resampling, kwargs, drop_bad_bands,
+                        drop_water)
 
 
 def baseline_files(method: str, t1: str, t2: str, change_out: str, *, align: bool = True,
-                   resampling: str = "bilinear", **kwargs: Any) -> DetectResult:
-    """Classic change detection between two rasters (see _baseline_files; ``align``: core.align)."""
-    return _on_one_grid(_baseline_files, method, t1, t2, change_out, align, resampling, kwargs)
+                   resampling: str = "bilinear", drop_bad_bands: bool = True, drop_water: bool = False,
+                   **kwargs: Any) -> DetectResult:
+    """Classic change detection between two rasters (see _baseline_files; ``align``: core.align;
+    ``drop_bad_bands``, ``drop_water``: core.bands)."""
+    return _on_one_grid(_baseline_files, method, t1, t2, change_out, align, resampling, kwargs, drop_bad_bands,
+                        drop_water)
