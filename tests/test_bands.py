@@ -152,3 +152,31 @@ def test_cli_keeps_bad_bands_or_drops_water_on_request(envi_pair, tmp_path):
     assert "marks bad in the ENVI header's bbl: 2, 6" in r.stderr and "water-absorption bands" in r.stderr
     r = cli("baseline", "cva", *envi_pair, "-o", str(tmp_path / "b.tif"), "--keep-bad-bands", "--quiet")
     assert r.returncode == 0 and json.loads(r.stdout)["changed_pixels"] > 0
+
+
+def test_a_model_applies_by_wavelength_to_a_scene_with_another_band_subset(tmp_path):
+    """Trained on bands 2-5 of a 6-band scene; the same scene without its first band (5 bands) gets bands 1-4."""
+    from hypernet_qgis.core.training import TrainConfig
+
+    wl = {i + 1: {"wavelength": str(w), "wavelength_units": "nm"} for i, w in enumerate(WAVELENGTHS)}
+    x1, x2 = cube(0), cube(1)
+    a1, a2 = write_tif(tmp_path / "a1.tif", x1, band_md=wl), write_tif(tmp_path / "a2.tif", x2, band_md=wl)
+    wl_b = {i: wl[i + 1] for i in range(1, 6)}
+    b1 = write_tif(tmp_path / "b1.tif", x1[1:], band_md=wl_b)
+    b2 = write_tif(tmp_path / "b2.tif", x2[1:], band_md=wl_b)
+    model = str(tmp_path / "m.hypernet")
+    pipeline.train_files(a1, a2, model, bands=[2, 3, 4, 5], config=TrainConfig(epochs=2, seed=1, device="cpu"))
+    on_a = pipeline.detect_files(a1, a2, str(tmp_path / "ca.tif"), model=model)
+    log = Log()
+    on_b = pipeline.detect_files(b1, b2, str(tmp_path / "cb.tif"), model=model, feedback=log)
+    assert on_b.pair.bands == [1, 2, 3, 4]
+    assert any("Bands chosen by wavelength to match the model: 1-4 (the model's own numbers were 2-5)" in m
+               for m in log.lines)
+    np.testing.assert_allclose(on_a.intensity, on_b.intensity, rtol=1e-5, atol=1e-6)
+    shifted = {i: {"wavelength": str(float(v["wavelength"]) + 30.0), "wavelength_units": "nm"}
+               for i, v in wl_b.items()}
+    c1 = write_tif(tmp_path / "c1.tif", x1[1:], band_md=shifted)
+    c2 = write_tif(tmp_path / "c2.tif", x2[1:], band_md=shifted)
+    with pytest.raises(InputError, match="4 of them at wavelengths c1.tif does not have .within 5 nm.: 900.0, "
+                                         "1400.0, 1850.0, 2200.0 nm"):
+        pipeline.detect_files(c1, c2, str(tmp_path / "cc.tif"), model=model)

@@ -153,3 +153,37 @@ def choose_bands(t1: str, t2: str, bands: Sequence[int] | None, *, drop_bad: boo
                          "water-absorption regions. Choose other bands in BANDS.")
     return kept
 
+
+
+def bands_for_model(t1: str, metadata: dict, feedback: Feedback | None = None, tolerance_nm: float = 5.0
+                    ) -> list[int] | None:
+    """T1's bands at the wavelengths a model was trained on (1-based), so that a model applies to another scene
+    of the same sensor with a different band subset. None when the model or the image gives no wavelengths (the
+    model's band selection is then taken by number). InputError naming the wavelengths T1 lacks."""
+    feedback = feedback or NullFeedback()
+    wanted = metadata.get("wavelengths_nm")
+    info = raster_io.raster_info(t1)
+    have = info.wavelengths_nm
+    if not wanted or not have:
+        if wanted and not have:
+            feedback.info(f"{info.name} gives no wavelengths: the model's bands are taken by number.")
+        return None
+    chosen: list[int] = []
+    missing: list[float] = []
+    for w in wanted:
+        i = min(range(len(have)), key=lambda k: abs(have[k] - float(w)))
+        if abs(have[i] - float(w)) > tolerance_nm or (i + 1) in chosen:
+            missing.append(float(w))
+        else:
+            chosen.append(i + 1)
+    if missing:
+        shown = ", ".join(f"{w:.1f}" for w in missing[:5]) + (" ..." if len(missing) > 5 else "")
+        raise InputError(
+            f"The model was trained on {len(wanted)} bands, {len(missing)} of them at wavelengths {info.name} does "
+            f"not have (within {tolerance_nm:g} nm): {shown} nm. Use images of the same sensor, or train a new "
+            "model on these images.")
+    selection = metadata.get("band_selection")
+    if selection and list(selection) != chosen:
+        feedback.info(f"Bands chosen by wavelength to match the model: {ranges(chosen)} (the model's own numbers "
+                      f"were {ranges(selection)}).")
+    return chosen

@@ -351,7 +351,12 @@ def _on_one_grid(job, method: str | None, t1: str, t2: str, out: str, align: boo
     mask = kwargs.get("unchanged_mask")
     raster_io.refuse_overwriting_inputs([out, kwargs.get("intensity_out")],
                                         [t1, t2, kwargs.get("model"), mask])
-    if not (kwargs.get("model") and kwargs.get("bands") is None):
+    if kwargs.get("model") and kwargs.get("bands") is None:  # the model's bands, by wavelength when known
+        from .bands import bands_for_model
+        from .model_file import load_model
+
+        kwargs["bands"] = bands_for_model(t1, load_model(kwargs["model"])[1], feedback)
+    else:
         kwargs["bands"] = choose_bands(t1, t2, kwargs.get("bands"), drop_bad=drop_bad_bands, drop_water=drop_water,
                                        feedback=feedback)
     with aligned_pair(t1, t2, mask, enabled=align, resampling=resampling, feedback=feedback) as pair:
