@@ -19,6 +19,7 @@ EPILOG = """examples:
   python -m hypernet_qgis baseline irmad t1.tif t2.tif --output change_irmad.tif
   python -m hypernet_qgis evaluate change.tif reference.tif --changed 1 --unchanged 0
   python -m hypernet_qgis detect t1.tif t2.tif -o change.tif --polygons change.gpkg --min-area 900 --sieve
+  python -m hypernet_qgis series d1.tif d2.tif d3.tif --output-dir series/ --dates 2019-05-01,2020-05-01,2021-05-01
 
 Any raster GDAL reads works (GeoTIFF, ENVI: give the data file, VRT, ...). When the dates are on different grids,
 T2 is warped onto T1's grid over the common area (--no-align refuses them instead).
@@ -179,6 +180,23 @@ def build_parser() -> argparse.ArgumentParser:
     _add_polygon_args(p)
     _add_align_args(p)
 
+    p = sub.add_parser("series", parents=[common],
+                       help="change along a series of dates: a map per consecutive pair, first date and number of "
+                            "changes")
+    p.add_argument("images", nargs="+", help="the images (two or more, on one grid)")
+    p.add_argument("--output-dir", required=True, help="folder for change_*.tif, first_change.tif, change_count.tif")
+    p.add_argument("--dates", default=None,
+                   help="one date per image, e.g. 2019-05-01,2020-05-01,2021-05-01 (default: from the metadata, "
+                        "else the order given); the images are ordered by date")
+    p.add_argument("--method", default="hypernet", choices=["hypernet", "cva", "sam", "irmad", "pcakmeans"],
+                   help="hypernet (trained per pair, or --model for every pair) or a classic method")
+    p.add_argument("--model", default=None, help="a HyperNet model file applied to every pair")
+    p.add_argument("--threshold", type=_threshold, default=None, help="otsu, kmeans or a number (method default)")
+    p.add_argument("--polygons", action="store_true", help="also write change_polygons.gpkg with the date pairs")
+    p.add_argument("--min-area", type=float, default=0.0, help="minimum region area for the polygons (map units²)")
+    p.add_argument("--connectivity", type=int, choices=[4, 8], default=8, help="region connectivity (default 8)")
+    _add_training_args(p)
+
     p = sub.add_parser("evaluate", parents=[common], help="score a change map against a reference; prints JSON")
     p.add_argument("change", help="binary change map (1/0) or an intensity map (AUC only)")
     p.add_argument("reference", help="reference raster")
@@ -253,6 +271,23 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps({"output": res.change_path, "threshold": res.threshold,
                           "changed_pixels": res.changed_pixels, "changed_fraction": round(res.changed_fraction, 6),
                           **extra}))
+    elif args.command == "series":
+        from .series import series_files
+
+        method, value = _split_threshold(args.threshold)
+        kwargs: dict = {"bands": args.bands}
+        if method is not None:
+            kwargs.update(threshold=method, threshold_value=value)
+        if args.method == "hypernet":
+            kwargs.update(model=args.model, unchanged_mask=args.unchanged_mask, config=_config(args))
+        elif args.model:
+            raise InputError("--model applies to --method hypernet only.")
+        dates = [d.strip() for d in args.dates.split(",")] if args.dates else None
+        res = series_files(args.images, args.output_dir, dates=dates, method=args.method, polygons=args.polygons,
+                           min_area=args.min_area, connectivity=args.connectivity, feedback=fb, **kwargs)
+        print(json.dumps({"dates": res.dates, "images": res.images, "pair_maps": res.pair_maps,
+                          "first_change": res.first_change, "change_count": res.change_count,
+                          "polygons": res.polygons, "changed_pixels": res.changed_pixels}))
     elif args.command == "evaluate":
         metrics = pipeline.evaluate_files(args.change, args.reference, changed=args.changed,
                                           unchanged=args.unchanged, ignore=args.ignore)
