@@ -20,8 +20,10 @@ CHANGE = "change"
 INTENSITY = "intensity"
 #: The change polygons (GeoPackage): red outline, light red fill, drawn above the change map.
 POLYGONS = "polygons"
+#: An output loaded with QGIS's default style, only named and stacked (the series' first change and count).
+PLAIN = "plain"
 #: Top to bottom in the Layers panel.
-STACK_ORDER = {POLYGONS: 0, CHANGE: 1, INTENSITY: 2}
+STACK_ORDER = {POLYGONS: 0, CHANGE: 1, INTENSITY: 2, PLAIN: 3}
 #: Colour stops (position 0..1, hex colour) of the intensity ramp (dark purple -> orange -> light yellow).
 INTENSITY_STOPS = [
     (0.0, "#000004"), (0.13, "#1c1044"), (0.25, "#4f127b"), (0.38, "#812581"), (0.5, "#b5367a"),
@@ -73,8 +75,10 @@ def intensity_qml(vmin: float, vmax: float) -> str:
             .replace("@MIN@", f"{vmin:.8g}").replace("@MAX@", f"{vmax:.8g}"))
 
 
-def write_sidecar(raster_path: str, kind: str) -> str:
-    """Write ``<raster>.qml`` for an output of ``kind`` (change or intensity); return its path."""
+def write_sidecar(raster_path: str, kind: str) -> str | None:
+    """Write ``<raster>.qml`` for an output of ``kind`` (change, intensity, polygons); return its path."""
+    if kind == PLAIN:
+        return None
     if kind == CHANGE:
         text = change_qml()
     elif kind == INTENSITY:
@@ -92,6 +96,8 @@ def write_sidecar(raster_path: str, kind: str) -> str:
 
 def apply_style(layer, kind: str) -> bool:
     """Style a loaded raster layer (main thread): its sidecar if present, else a freshly made one."""
+    if kind == PLAIN:
+        return True
     source = layer.source().split("|")[0]
     qml = sidecar_path(source)
     if not os.path.exists(qml):
@@ -139,7 +145,8 @@ def _post_processor_class():
             self.kind, self.name = kind, name
 
         def postProcessLayer(self, layer, context, feedback) -> None:  # noqa: N802
-            if not isinstance(layer, QgsVectorLayer if self.kind == POLYGONS else QgsRasterLayer):
+            wanted = {POLYGONS: QgsVectorLayer, PLAIN: (QgsRasterLayer, QgsVectorLayer)}.get(self.kind, QgsRasterLayer)
+            if not isinstance(layer, wanted):
                 return
             if self.name:
                 layer.setName(self.name)

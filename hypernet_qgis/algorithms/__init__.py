@@ -9,7 +9,8 @@ def all_algorithms() -> list:
     from .detect import DetectChangeAlgorithm
     from .evaluate import EvaluateChangeAlgorithm
     from .inspect_model import InspectModelAlgorithm
+    from .series import DetectSeriesAlgorithm
     from .train import TrainHyperNetAlgorithm
 
     return [TrainHyperNetAlgorithm(), DetectChangeAlgorithm(), EvaluateChangeAlgorithm(), ClassicChangeAlgorithm(),
-            InspectModelAlgorithm()]
+            InspectModelAlgorithm(), DetectSeriesAlgorithm()]
