@@ -9,6 +9,7 @@ from osgeo import gdal
 
 from test_qgis_dialog_flow import _tree_names, clean_project, run_like_the_dialog  # noqa: F401 (fixture)
 from test_qgis_polygons import check_polygon_style
+from test_qgis_process import wrapper  # noqa: F401 (fixture)
 from test_qgis_support import hypernet_provider  # noqa: F401 (fixture)
 from test_series import A, B, dates_stack
 
@@ -48,3 +49,16 @@ def test_bad_series_are_refused_up_front(hypernet_provider, tmp_path, count, dat
     ok, message = alg.checkParameterValues({"INPUTS": images, "DATES": dates, "METHOD": "cva",
                                             "OUTPUT_FOLDER": str(tmp_path / "out")}, context)
     assert not ok and words in message, message
+
+
+def test_series_with_qgis_process(tmp_path, wrapper):  # noqa: F811
+    from test_qgis_process import QGIS_PROCESS_BIN, results_of, run
+
+    if not QGIS_PROCESS_BIN.exists():
+        pytest.skip("qgis_process.bin is not installed")
+    images = dates_stack(tmp_path, 3)
+    res = results_of(run(wrapper, "--json", "run", "hypernet:detectseries", "--", *[f"INPUTS={p}" for p in images],
+                         "METHOD=cva", "DATES=2018-01-01,2019-01-01,2020-01-01", f"OUTPUT_FOLDER={tmp_path / 's'}"))
+    assert gdal.Open(res["CHANGE_COUNT"]).ReadAsArray()[B].min() == 1  # 3 dates: B changes once (2 -> 3)
+    assert np.all(gdal.Open(res["FIRST_CHANGE"]).ReadAsArray()[B] == 2)
+    assert (tmp_path / "s" / "change_polygons.gpkg").exists()
