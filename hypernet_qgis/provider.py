@@ -36,6 +36,13 @@ class HyperNetProvider(QgsProcessingProvider):
     def defaultRasterFileExtension(self) -> str:  # noqa: N802
         return "tif"
 
+    def supportedOutputVectorLayerExtensions(self) -> list[str]:  # noqa: N802
+        """The change polygons are GeoPackages."""
+        return ["gpkg"]
+
+    def defaultVectorFileExtension(self, hasGeometry: bool = True) -> str:  # noqa: N802,N803
+        return "gpkg"
+
     def loadAlgorithms(self) -> None:  # noqa: N802
         try:  # the engine installed by "Set up the HyperNet engine", if any (no network, no import of torch)
             engine_setup.activate(QgsApplication.qgisSettingsDirPath())

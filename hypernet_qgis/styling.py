@@ -18,6 +18,12 @@ from .resources import resource_path
 
 CHANGE = "change"
 INTENSITY = "intensity"
+#: The change polygons (GeoPackage): red outline, light red fill, drawn above the change map.
+POLYGONS = "polygons"
+#: An output loaded with QGIS's default style, only named and stacked (the series' first change and count).
+PLAIN = "plain"
+#: Top to bottom in the Layers panel.
+STACK_ORDER = {POLYGONS: 0, CHANGE: 1, INTENSITY: 2, PLAIN: 3}
 #: Colour stops (position 0..1, hex colour) of the intensity ramp (dark purple -> orange -> light yellow).
 INTENSITY_STOPS = [
     (0.0, "#000004"), (0.13, "#1c1044"), (0.25, "#4f127b"), (0.38, "#812581"), (0.5, "#b5367a"),
@@ -72,12 +78,16 @@ def intensity_qml(vmin: float, vmax: float) -> str:
             .replace("@MIN@", f"{vmin:.8g}").replace("@MAX@", f"{vmax:.8g}"))
 
 
-def write_sidecar(raster_path: str, kind: str) -> str:
-    """Write ``<raster>.qml`` for an output of ``kind`` (change or intensity); return its path."""
+def write_sidecar(raster_path: str, kind: str) -> str | None:
+    """Write ``<raster>.qml`` for an output of ``kind`` (change, intensity, polygons); return its path."""
+    if kind == PLAIN:
+        return None
     if kind == CHANGE:
         text = change_qml()
     elif kind == INTENSITY:
         text = intensity_qml(*intensity_range(raster_path))
+    elif kind == POLYGONS:
+        text = resource_path("styles", "polygons.qml").read_text(encoding="utf-8")
     else:
         raise ValueError(f"unknown output kind {kind!r}")
     path = sidecar_path(raster_path)
@@ -89,6 +99,8 @@ def write_sidecar(raster_path: str, kind: str) -> str:
 
 def apply_style(layer, kind: str) -> bool:
     """Style a loaded raster layer (main thread): its sidecar if present, else a freshly made one."""
+    if kind == PLAIN:
+        return True
     source = layer.source().split("|")[0]
     qml = sidecar_path(source)
     if not os.path.exists(qml):
@@ -102,22 +114,21 @@ def apply_style(layer, kind: str) -> bool:
 
 
 def stack_layer(layer, kind: str, project) -> None:
-    """Keep change maps on top: a change map moves to the top of its group; an intensity goes just below the
-    change maps already there (the two are loaded in no fixed order)."""
+    """Keep the outputs on top in the order polygons, change map, intensity (they are loaded in no fixed order):
+    a layer goes just below the outputs of a higher rank already in its group, above everything else."""
     root = project.layerTreeRoot()
     node = root.findLayer(layer.id())
     if node is None:
         return
     parent = node.parent()
     siblings = parent.children()
-    if kind == CHANGE:
-        index = 0
-    else:
-        change_ids = {lid for lid, lay in project.mapLayers().items() if lay.customProperty("hypernet/output") == CHANGE}
-        above = [i for i, child in enumerate(siblings) if getattr(child, "layerId", lambda: None)() in change_ids]
-        index = max(above) + 1 if above else 0
+    rank = STACK_ORDER.get(kind, len(STACK_ORDER))
+    higher = {lid for lid, lay in project.mapLayers().items() if lid != layer.id()
+              and STACK_ORDER.get(lay.customProperty("hypernet/output"), len(STACK_ORDER)) < rank}
+    above = [i for i, child in enumerate(siblings) if getattr(child, "layerId", lambda: None)() in higher]
+    index = max(above) + 1 if above else 0
     current = siblings.index(node)
-    if current == index or (kind != CHANGE and current == index - 1):
+    if current == index or (index and current == index - 1):
         return
     clone = node.clone()
     parent.insertChildNode(index, clone)
@@ -125,7 +136,7 @@ def stack_layer(layer, kind: str, project) -> None:
 
 
 def _post_processor_class():
-    from qgis.core import QgsProcessingLayerPostProcessorInterface, QgsRasterLayer
+    from qgis.core import QgsProcessingLayerPostProcessorInterface, QgsRasterLayer, QgsVectorLayer
 
     class StylePostProcessor(QgsProcessingLayerPostProcessorInterface):
         """Styles, names and stacks an output layer once Processing has loaded it into the project."""
@@ -137,7 +148,8 @@ def _post_processor_class():
             self.kind, self.name = kind, name
 
         def postProcessLayer(self, layer, context, feedback) -> None:  # noqa: N802
-            if not isinstance(layer, QgsRasterLayer):
+            wanted = {POLYGONS: QgsVectorLayer, PLAIN: (QgsRasterLayer, QgsVectorLayer)}.get(self.kind, QgsRasterLayer)
+            if not isinstance(layer, wanted):
                 return
             if self.name:
                 layer.setName(self.name)

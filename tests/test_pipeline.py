@@ -112,7 +112,7 @@ def test_bad_inputs_get_clear_messages(synthetic_pair, tmp_path):
     small = tmp_path / "small.tif"
     gdal.Translate(str(small), t2, srcWin=[0, 0, 20, 20])
     with pytest.raises(InputError, match=r"T1 \(t1\.tif\) is 36 x 40 pixels but T2 \(small\.tif\) is 20 x 20"):
-        pipeline.detect_files(t1, str(small), str(tmp_path / "c.tif"), config=TrainConfig(**FAST))
+        pipeline.detect_files(t1, str(small), str(tmp_path / "c.tif"), config=TrainConfig(**FAST), align=False)
     one, other = tmp_path / "one.tif", tmp_path / "other.tif"
     gdal.Translate(str(one), t1, bandList=[1])
     gdal.Translate(str(other), t2, bandList=[1])

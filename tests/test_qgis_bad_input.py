@@ -31,19 +31,36 @@ def _detect(inputs: Path, out: Path, **extra) -> tuple[str, dict]:
 def case_sizes(inputs, out, model):
     write_tif(inputs / "t1.tif", _cube())
     write_tif(inputs / "t2.tif", _cube(cols=20))
-    return _detect(inputs, out), r"(size|pixels|\d+ ?x ?\d+)"
+    return _detect(inputs, out, ALIGN=False), r"(size|pixels|\d+ ?x ?\d+)"  # (ALIGN on: the common area)
 
 
 def case_grids(inputs, out, model):
     write_tif(inputs / "t1.tif", _cube())
     write_tif(inputs / "t2.tif", _cube(), geotransform=(500100.0, 10.0, 0.0, 4000000.0, 0.0, -10.0))
-    return _detect(inputs, out), r"(geotransform|grid|origin|pixel)"
+    return _detect(inputs, out, ALIGN=False), r"(geotransform|grid|origin|pixel)"
 
 
 def case_crs(inputs, out, model):
     write_tif(inputs / "t1.tif", _cube())
     write_tif(inputs / "t2.tif", _cube(), epsg=32632)
-    return _detect(inputs, out), r"(CRS|coordinate reference|projection)"
+    return _detect(inputs, out, ALIGN=False), r"(CRS|coordinate reference|projection)"
+
+
+def case_no_overlap(inputs, out, model):
+    write_tif(inputs / "t1.tif", _cube())
+    write_tif(inputs / "t2.tif", _cube(), epsg=32632)  # the same numbers in the next UTM zone: far away
+    return _detect(inputs, out), r"do not overlap: their footprints share no pixel"
+
+
+def case_unknown_crs(inputs, out, model):
+    write_tif(inputs / "t1.tif", _cube())
+    from osgeo import gdal
+
+    write_tif(inputs / "t2.tif", _cube(), geotransform=(500100.0, 10.0, 0.0, 4000000.0, 0.0, -10.0))
+    ds = gdal.Open(str(inputs / "t2.tif"), gdal.GA_Update)
+    ds.SetProjection("")  # T2 loses its CRS
+    ds = None
+    return _detect(inputs, out), r"T2 \(t2.tif\) has no coordinate reference system.*Assign its CRS"
 
 
 def case_band_counts(inputs, out, model):

@@ -40,6 +40,12 @@ INTERFACE = {
         "advanced": set(),
         "outputs": {"OUTPUT_CHANGE", "OUTPUT_INTENSITY", "CHANGED_PIXELS", "CHANGED_FRACTION"},
     },
+    "hypernet:detectseries": {
+        "params": {"INPUTS", "DATES", "METHOD", "MODEL", "BANDS", "THRESHOLD_METHOD", "THRESHOLD", "DEVICE",
+                   "POLYGONS", "MIN_AREA", "CONNECTIVITY", "OUTPUT_FOLDER"},
+        "advanced": {"CONNECTIVITY", "EPOCHS", "SCHEDULE"},
+        "outputs": {"FIRST_CHANGE", "CHANGE_COUNT", "OUTPUT_POLYGONS"},
+    },
     "hypernet:inspectmodel": {
         "params": {"INPUT", "OUTPUT_REPORT"},
         "advanced": set(),

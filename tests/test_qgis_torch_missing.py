@@ -94,8 +94,8 @@ def test_plugin_loads_and_algorithms_explain_missing_torch(tmp_path):
     out = json.loads(line[len("RESULT "):])
     assert out["torch_importable"] is False  # the blocker works
     assert out["algorithms"] == ["hypernet:Train and detect, then evaluate", "hypernet:classicchange",
-                                 "hypernet:detectchange", "hypernet:evaluatechange", "hypernet:inspectmodel",
-                                 "hypernet:setupengine", "hypernet:trainhypernet"]
+                                 "hypernet:detectchange", "hypernet:detectseries", "hypernet:evaluatechange",
+                                 "hypernet:inspectmodel", "hypernet:setupengine", "hypernet:trainhypernet"]
     assert out["torch_loaded_by_plugin"] is False
     needs_torch = {"hypernet:trainhypernet", "hypernet:detectchange"}
     for alg_id in out["errors"].keys() - needs_torch:  # the classic and evaluation algorithms run without torch

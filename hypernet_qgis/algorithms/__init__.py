@@ -9,8 +9,9 @@ def all_algorithms() -> list:
     from .detect import DetectChangeAlgorithm
     from .evaluate import EvaluateChangeAlgorithm
     from .inspect_model import InspectModelAlgorithm
+    from .series import DetectSeriesAlgorithm
     from .setup_engine import SetupEngineAlgorithm
     from .train import TrainHyperNetAlgorithm
 
     return [TrainHyperNetAlgorithm(), DetectChangeAlgorithm(), EvaluateChangeAlgorithm(), ClassicChangeAlgorithm(),
-            InspectModelAlgorithm(), SetupEngineAlgorithm()]
+            InspectModelAlgorithm(), DetectSeriesAlgorithm(), SetupEngineAlgorithm()]

@@ -29,7 +29,10 @@ from qgis.core import (
     QgsProcessingParameterRasterDestination,
     QgsProcessingParameterRasterLayer,
     QgsProcessingOutputLayerDefinition,
+    QgsProcessingOutputNumber,
+    QgsProcessingParameterBoolean,
     QgsProcessingParameterString,
+    QgsProcessingParameterVectorDestination,
     QgsProperty,
 )
 from qgis.PyQt.QtGui import QIcon
@@ -46,6 +49,9 @@ SCHEDULES = list(options.SCHEDULES)
 THRESHOLD_METHODS = list(options.THRESHOLD_METHODS)
 MIN_SIDE = options.MIN_SIDE
 RASTER_EXTENSIONS = (".tif", ".tiff")
+VECTOR_EXTENSIONS = (".gpkg",)
+RESAMPLINGS = ["bilinear", "nearest", "cubic", "average"]
+CONNECTIVITIES = ["8", "4"]
 MODEL_FILTER = "HyperNet model (*.hypernet);;All files (*.*)"
 HTML_FILTER = "HTML report (*.html *.htm)"
 #: Third-party packages the engine imports; a ModuleNotFoundError for one of them gets install instructions.
@@ -211,6 +217,8 @@ def check_output_path(path: str, label: str, extensions: tuple[str, ...] | None 
     if not path:
         raise InputError(f"{label}: no output file was given.")
     path = os.path.abspath(os.path.expanduser(path))
+    if extensions == VECTOR_EXTENSIONS and not path.lower().endswith(extensions):
+        raise InputError(f"{label} {path} must be a GeoPackage (.gpkg). Change the file name's extension.")
     if extensions and not path.lower().endswith(extensions):
         raise InputError(f"{label} {path} must be a GeoTIFF ({', '.join(extensions)}); the change maps are written "
                          "as tiled GeoTIFFs. Change the file name's extension.")
@@ -229,13 +237,20 @@ def check_output_path(path: str, label: str, extensions: tuple[str, ...] | None 
     return path
 
 
-def check_pair(t1: str, t2: str, bands: list[int] | None, min_bands: int, what: str = "HyperNet"):
-    """Both dates readable, on one grid, enough bands after BANDS, big enough. Returns T1's RasterInfo."""
+def check_pair(t1: str, t2: str, bands: list[int] | None, min_bands: int, what: str = "HyperNet",
+               align: bool = False):
+    """Both dates readable, on one grid (``align``: or T2 can be warped onto T1's), enough bands after BANDS, big
+    enough. Returns T1's RasterInfo."""
     from ..core import raster_io
 
     check_distinct_dates(t1, t2)
     info1, info2 = raster_io.raster_info(t1), raster_io.raster_info(t2)
-    raster_io.check_same_grid(info1, info2)
+    if align:
+        from ..core.align import check_alignable
+
+        check_alignable(info1, info2)
+    else:
+        raster_io.check_same_grid(info1, info2)
     if bands is not None:
         bad = [b for b in bands if b > info1.bands]
         if bad:
@@ -251,6 +266,14 @@ def check_pair(t1: str, t2: str, bands: list[int] | None, min_bands: int, what: 
                          f"{MIN_SIDE}x{MIN_SIDE} (its 3x3, 5x5 and 7x7 windows would see mostly padding). "
                          "Use a larger area.")
     return info1
+
+
+def check_band_choice(t1: str, t2: str, bands: list[int] | None, values: dict[str, Any]) -> None:
+    """DROP_WATER without wavelengths, or no band left after leaving out the bad ones: refused up front."""
+    from ..core.bands import choose_bands
+
+    choose_bands(t1, t2, bands, drop_bad=values.get("drop_bad_bands", True), drop_water=values.get("drop_water",
+                 False))
 
 
 def check_mask(path: str, like) -> None:
@@ -313,7 +336,7 @@ class Output:
     name: str                   # parameter name, e.g. OUTPUT_CHANGE
     key: str                    # key of the path in Job.values, e.g. "change"
     label: str                  # what the dialog calls it, for messages
-    kind: str = "raster"        # "raster" (QgsProcessingParameterRasterDestination) or "file"
+    kind: str = "raster"        # "raster" (QgsProcessingParameterRasterDestination), "vector" or "file"
     chosen: str | None = None   # the file the user named; None for a temporary file or no output
     temporary: bool = False     # Processing makes a temporary file
     style: str | None = None    # "change" | "intensity": styled (and stacked) when loaded into the project
@@ -360,6 +383,10 @@ def _project_raster_layers() -> list:
         return []
     return [lay for lay in reversed(layers) if isinstance(lay, QgsRasterLayer) and lay.providerType() == "gdal"
             and lay.bandCount() >= 2]
+
+
+def _extensions(kind: str) -> tuple[str, ...] | None:
+    return RASTER_EXTENSIONS if kind == "raster" else VECTOR_EXTENSIONS if kind == "vector" else None
 
 
 class HyperNetAlgorithm(QgsProcessingAlgorithm):
@@ -495,6 +522,103 @@ class HyperNetAlgorithm(QgsProcessingAlgorithm):
             "OUTPUT_INTENSITY", "Change intensity", optional=True, createByDefault=False),
             help_text="Float GeoTIFF: the larger, the more change.")
 
+    def add_align(self) -> None:
+        """ALIGN and RESAMPLING (issue #11); optional with defaults so that saved models stay valid."""
+        self._add(QgsProcessingParameterBoolean(
+            "ALIGN", "Warp T2 onto T1's grid if they differ", defaultValue=True, optional=True), True,
+            "On (default): when T1 and T2 are not on the same grid, T2 is resampled onto T1's grid and only the "
+            "area both cover is compared (the log says what was done). Off: such pairs are refused.")
+        self._add(QgsProcessingParameterEnum(
+            "RESAMPLING", "Resampling of T2 when warped", options=RESAMPLINGS, defaultValue="bilinear",
+            optional=True, usesStaticStrings=True), True,
+            "How T2's pixels are resampled onto T1's grid; the unchanged mask always uses nearest.")
+
+    def add_band_choice(self) -> None:
+        """DROP_BAD_BANDS and DROP_WATER (issue #11); optional with defaults so that saved models stay valid."""
+        self._add(QgsProcessingParameterBoolean(
+            "DROP_BAD_BANDS", "Leave out bands marked bad (ENVI bbl)", defaultValue=True, optional=True), True,
+            "Bands either image marks bad (the ENVI header's bad band list, or bbl = 0 in the GDAL metadata) are "
+            "not used; the log lists them.")
+        self._add(QgsProcessingParameterBoolean(
+            "DROP_WATER", "Leave out water-absorption bands", defaultValue=False, optional=True), True,
+            "Bands around 1350-1450 nm and 1800-1950 nm and beyond 2450 nm are not used (needs the band "
+            "wavelengths in the files).")
+
+    def band_choice_values(self, parameters: dict, context: QgsProcessingContext) -> dict[str, Any]:
+        def flag(name: str, default: bool) -> bool:
+            if parameters.get(name) in (None, ""):
+                return default
+            return bool(self.parameterAsBool(parameters, name, context))
+
+        return {"drop_bad_bands": flag("DROP_BAD_BANDS", True), "drop_water": flag("DROP_WATER", False)}
+
+    def align_values(self, parameters: dict, context: QgsProcessingContext) -> dict[str, Any]:
+        align = parameters.get("ALIGN") in (None, "") or self.parameterAsBool(parameters, "ALIGN", context)
+        resampling = self.parameterAsEnumString(parameters, "RESAMPLING", context) or "bilinear"
+        if resampling not in RESAMPLINGS:
+            raise InputError(f"Resampling of T2 must be one of {', '.join(RESAMPLINGS)} (got {resampling!r}).")
+        return {"align": bool(align), "resampling": resampling}
+
+    def add_polygon_outputs(self) -> None:
+        """The change polygons (GeoPackage) and their options; the changed area outputs (issue #11). The options
+        are optional (with defaults) so that models saved before them stay valid."""
+        self._add(QgsProcessingParameterVectorDestination(
+            "OUTPUT_POLYGONS", "Change polygons", QgsProcessing.TypeVectorPolygon, optional=True,
+            createByDefault=False),
+            help_text="GeoPackage: one polygon per connected changed region, with its pixel count, area (map "
+                      "units² and hectares) and mean and maximum change intensity.")
+        self._add(QgsProcessingParameterNumber(
+            "MIN_AREA", "Minimum region area (map units²)", QgsProcessingParameterNumber.Double, defaultValue=0.0,
+            optional=True, minValue=0.0), help_text="Changed regions smaller than this (e.g. in m²) get no polygon.")
+        self._add(QgsProcessingParameterEnum(
+            "CONNECTIVITY", "Region connectivity", options=CONNECTIVITIES, defaultValue="8", optional=True,
+            usesStaticStrings=True), True,
+            "8: pixels touching by an edge or a corner form one region; 4: by an edge only.")
+        self._add(QgsProcessingParameterBoolean(
+            "SIEVE", "Remove small regions from the change map", defaultValue=False, optional=True), True,
+            "Regions below the minimum area also become 'no change' in the change map (needs Change polygons).")
+        self._add(QgsProcessingParameterString("DATES", "Date pair (T1,T2) for the polygons", optional=True),
+                  True, "e.g. 2019-05-01,2020-05-01: written into every polygon.")
+        self.addOutput(QgsProcessingOutputNumber("CHANGED_AREA_HA", "Changed area (ha)"))
+        self.addOutput(QgsProcessingOutputNumber("POLYGON_COUNT", "Change polygons written"))
+
+    def polygon_values(self, parameters: dict, context: QgsProcessingContext) -> dict[str, Any]:
+        """MIN_AREA, CONNECTIVITY, SIEVE and DATES, checked."""
+        from ..core.polygons import check_polygon_options, parse_dates
+
+        connectivity = self.parameterAsEnumString(parameters, "CONNECTIVITY", context) or "8"
+        if connectivity not in CONNECTIVITIES:
+            raise InputError(f"Region connectivity must be 4 or 8 (got {parameters.get('CONNECTIVITY')!r}).")
+        values = {"min_area": self.optional_number(parameters, "MIN_AREA", context) or 0.0,
+                  "connectivity": int(connectivity),
+                  "sieve": bool(parameters.get("SIEVE") not in (None, "")
+                                and self.parameterAsBool(parameters, "SIEVE", context)),
+                  "dates": parse_dates(self.parameterAsString(parameters, "DATES", context))}
+        check_polygon_options(None, values["min_area"], values["connectivity"])
+        return values
+
+    def check_polygon_request(self, job: Job) -> None:
+        """SIEVE removes the regions the polygons drop: it needs the Change polygons output."""
+        polygons = next((o for o in job.outputs if o.name == "OUTPUT_POLYGONS"), None)
+        if job.get("sieve") and (polygons is None or not polygons.requested):
+            raise InputError("Remove small regions from the change map is set but Change polygons is not; choose a "
+                             "file (or a temporary file) for Change polygons, or untick the option.")
+
+    def finish_polygons(self, job: Job, result: Any, feedback: QgisFeedback, memory_budget_mb: int = 4096
+                        ) -> dict[str, Any]:
+        """After the detection: polygons (if asked for), changed area in the log; the outputs they give."""
+        from ..core.polygons import finish_detection
+
+        if job.get("min_area") and not job.get("polygons"):
+            feedback.info("Minimum region area applies to the Change polygons, which were not asked for.")
+        poly = finish_detection(result, polygons_out=job.get("polygons"), min_area=job.get("min_area", 0.0),
+                                connectivity=job.get("connectivity", 8), sieve=job.get("sieve", False),
+                                dates=job.get("dates"), memory_budget_mb=memory_budget_mb, feedback=feedback)
+        ha = result.extra["area"]["changed_hectares"]
+        return {"OUTPUT_POLYGONS": poly.path if poly else None, "POLYGON_COUNT": poly.kept if poly else None,
+                "CHANGED_AREA_HA": ha, "CHANGED_PIXELS": int(result.changed_pixels),
+                "CHANGED_FRACTION": float(result.changed_fraction)}
+
     def add_report(self, description: str = "HTML report", advanced: bool = True) -> None:
         self._add(QgsProcessingParameterFileDestination(
             "OUTPUT_REPORT", description, HTML_FILTER, optional=True, createByDefault=False), advanced)
@@ -533,7 +657,8 @@ class HyperNetAlgorithm(QgsProcessingAlgorithm):
         (checkParameterValues runs for every dialog check and batch row). A file the user named is checked now:
         folder exists and is writable, GeoTIFF extension for rasters, not a folder."""
         definition = self.parameterDefinition(name)
-        kind = "raster" if isinstance(definition, QgsProcessingParameterRasterDestination) else "file"
+        kind = "raster" if isinstance(definition, QgsProcessingParameterRasterDestination) else \
+            "vector" if isinstance(definition, QgsProcessingParameterVectorDestination) else "file"
         value = parameters.get(name)
         if isinstance(value, QgsProcessingOutputLayerDefinition):
             value = value.sink
@@ -546,7 +671,7 @@ class HyperNetAlgorithm(QgsProcessingAlgorithm):
         elif str(value) == TEMPORARY:
             out.temporary = True
         else:
-            out.chosen = check_output_path(str(value), out.label, RASTER_EXTENSIONS if kind == "raster" else None)
+            out.chosen = check_output_path(str(value), out.label, _extensions(kind))
         job.outputs.append(out)
         job.values[key] = out.chosen
         return out
@@ -560,12 +685,11 @@ class HyperNetAlgorithm(QgsProcessingAlgorithm):
                 continue
             path = self.temporary_path(out, job) if out.temporary else None
             if path is None:
-                if out.kind == "raster":
+                if out.kind in ("raster", "vector"):
                     path = self.parameterAsOutputLayer(parameters, out.name, context)
                 else:
                     path = self.parameterAsFileOutput(parameters, out.name, context)
-            job.values[out.key] = check_output_path(path, out.label,
-                                                    RASTER_EXTENSIONS if out.kind == "raster" else None)
+            job.values[out.key] = check_output_path(path, out.label, _extensions(out.kind))
         from ..core.paths import check_job_paths
 
         check_job_paths({o.label: job.values[o.key] for o in job.outputs}, job.inputs)

@@ -13,8 +13,8 @@ from qgis.core import (
 )
 
 from ..core.errors import InputError
-from .base import MODEL_FILTER, THRESHOLD_METHODS, HyperNetAlgorithm, Job, QgisFeedback, check_device, check_mask, \
-    check_pair, layer_path, model_band_count, model_band_selection, parse_band_list, pipeline
+from .base import MODEL_FILTER, THRESHOLD_METHODS, HyperNetAlgorithm, Job, QgisFeedback, check_band_choice, \
+    check_device, check_mask, check_pair, layer_path, model_band_count, model_band_selection, parse_band_list, pipeline
 
 
 class DetectChangeAlgorithm(HyperNetAlgorithm):
@@ -38,7 +38,10 @@ class DetectChangeAlgorithm(HyperNetAlgorithm):
         "with your fixed threshold.</p>"
         "<p><b>Outputs</b>: the change map, a GeoTIFF on T1's grid with 1 = change (red), 0 = no change "
         "(transparent, so the image beneath shows), 255 = nodata; optionally the change intensity (the larger, the more change; float GeoTIFF). Also the "
-        "number and fraction of changed pixels. Styles are saved next to the files (.qml).</p>"
+        "number and fraction of changed pixels and the changed area in hectares. Optionally the <i>change "
+        "polygons</i> (GeoPackage): one polygon per connected changed region with its area (map units², "
+        "hectares) and mean and maximum intensity; regions below the minimum area are dropped (and, as an "
+        "option, removed from the change map). Styles are saved next to the files (.qml).</p>"
         "<p><b>Time</b>: seconds with a model; with training about a minute for a few hundred thousand pixels of "
         "~200 bands on a CPU (default schedule), much less on a CUDA GPU. The log says which device ran. "
         "Cancelling stops within one epoch or tile and writes nothing.</p>"
@@ -63,6 +66,9 @@ class DetectChangeAlgorithm(HyperNetAlgorithm):
         self.addOutput(QgsProcessingOutputNumber("CHANGED_PIXELS", "Changed pixels"))
         self.addOutput(QgsProcessingOutputNumber("CHANGED_FRACTION", "Changed fraction of the valid pixels"))
         self.addOutput(QgsProcessingOutputNumber("THRESHOLD_USED", "Threshold on the intensity"))
+        self.add_polygon_outputs()
+        self.add_align()
+        self.add_band_choice()
 
     def resolve(self, parameters: dict, context: QgsProcessingContext) -> Job:
         t1 = layer_path(self, parameters, "INPUT_T1", context, "Image T1")
@@ -72,9 +78,15 @@ class DetectChangeAlgorithm(HyperNetAlgorithm):
         if model:
             model = os.path.abspath(model)
             trained_on = model_band_count(model)
-            if bands is None:  # the engine then uses the model's own band selection, if it has one
-                bands = model_band_selection(model)
-        info = check_pair(t1, t2, bands, min_bands=2)
+            if bands is None:  # the model's bands: by wavelength when both know them, else its own numbers
+                from ..core.bands import bands_for_model
+                from ..core.model_file import load_model
+
+                bands = bands_for_model(t1, load_model(model)[1]) or model_band_selection(model)
+        aligning = {**self.align_values(parameters, context), **self.band_choice_values(parameters, context)}
+        info = check_pair(t1, t2, bands, min_bands=2, align=aligning["align"])
+        if not (model and bands is None):  # (a model brings its own band selection)
+            check_band_choice(t1, t2, bands, aligning)
         if model:
             count = len(bands) if bands is not None else info.bands
             if trained_on != count:
@@ -89,12 +101,16 @@ class DetectChangeAlgorithm(HyperNetAlgorithm):
         config = self.training_values(parameters, context)
         check_device(config["device"])
         job = Job({"t1": t1, "t2": t2, "bands": bands, "model": model, "mask": mask, "threshold": method,
-                   "threshold_value": value, "config": config}, inputs=[t1, t2, model, mask])
+                   "threshold_value": value, "config": config, **aligning}, inputs=[t1, t2, model, mask])
         self.declare_output(job, parameters, context, "OUTPUT_CHANGE", "change", "change", "Change map (HyperNet)")
         self.declare_output(job, parameters, context, "OUTPUT_INTENSITY", "intensity", "intensity",
                             "Change intensity (HyperNet)")
         model_out = self.declare_output(job, parameters, context, "OUTPUT_MODEL", "model_out")
         self.declare_output(job, parameters, context, "OUTPUT_REPORT", "report")
+        job.values.update(self.polygon_values(parameters, context))
+        self.declare_output(job, parameters, context, "OUTPUT_POLYGONS", "polygons", "polygons",
+                            "Change polygons (HyperNet)")
+        self.check_polygon_request(job)
         if model and model_out.requested:
             raise InputError("Save the model trained on the fly is set, but a Model file is given (nothing is "
                              "trained). Leave one of them empty.")
@@ -109,12 +125,15 @@ class DetectChangeAlgorithm(HyperNetAlgorithm):
         result = pipe.detect_files(
             job["t1"], job["t2"], job["change"], intensity_out=job["intensity"], model=job["model"],
             threshold=job["threshold"], threshold_value=job["threshold_value"], bands=job["bands"],
-            unchanged_mask=job["mask"], config=TrainConfig(**job["config"]), feedback=feedback)
+            unchanged_mask=job["mask"], config=TrainConfig(**job["config"]), feedback=feedback,
+            align=job["align"], resampling=job["resampling"],
+            drop_bad_bands=job["drop_bad_bands"], drop_water=job["drop_water"])
         outputs: dict[str, Any] = {
             "OUTPUT_CHANGE": job["change"], "OUTPUT_INTENSITY": job["intensity"],
             "CHANGED_PIXELS": int(result.changed_pixels), "CHANGED_FRACTION": float(result.changed_fraction),
             "THRESHOLD_USED": float(result.threshold), "OUTPUT_MODEL": None, "OUTPUT_REPORT": None,
         }
+        outputs.update(self.finish_polygons(job, result, feedback, job["config"]["memory_budget_mb"]))
         if job["model_out"] and result.train is not None:
             from ..core.model_file import save_model
 

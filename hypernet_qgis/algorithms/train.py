@@ -12,8 +12,8 @@ from qgis.core import (
     QgsProcessingParameterFileDestination,
 )
 
-from .base import MODEL_FILTER, HyperNetAlgorithm, Job, Output, QgisFeedback, check_device, check_mask, check_pair, \
-    layer_path, parse_band_list, pipeline
+from .base import MODEL_FILTER, HyperNetAlgorithm, Job, Output, QgisFeedback, check_band_choice, check_device, \
+    check_mask, check_pair, layer_path, parse_band_list, pipeline
 
 
 class TrainHyperNetAlgorithm(HyperNetAlgorithm):
@@ -56,18 +56,23 @@ class TrainHyperNetAlgorithm(HyperNetAlgorithm):
         self.add_report("Training report (HTML)")
         self.addOutput(QgsProcessingOutputNumber("FINAL_LOSS", "Final training loss"))
         self.addOutput(QgsProcessingOutputString("DEVICE_USED", "Device that ran the training"))
+        self.add_align()
+        self.add_band_choice()
 
     def resolve(self, parameters: dict, context: QgsProcessingContext) -> Job:
         t1 = layer_path(self, parameters, "INPUT_T1", context, "Image T1")
         t2 = layer_path(self, parameters, "INPUT_T2", context, "Image T2")
         bands = parse_band_list(self.parameterAsString(parameters, "BANDS", context))
-        info = check_pair(t1, t2, bands, min_bands=2)
+        aligning = {**self.align_values(parameters, context), **self.band_choice_values(parameters, context)}
+        info = check_pair(t1, t2, bands, min_bands=2, align=aligning["align"])
+        check_band_choice(t1, t2, bands, aligning)
         mask = layer_path(self, parameters, "UNCHANGED_MASK", context, "Known unchanged pixels", optional=True)
         if mask:
             check_mask(mask, info)
         config = self.training_values(parameters, context)
         check_device(config["device"])
-        job = Job({"t1": t1, "t2": t2, "bands": bands, "mask": mask, "config": config}, inputs=[t1, t2, mask])
+        job = Job({"t1": t1, "t2": t2, "bands": bands, "mask": mask, "config": config, **aligning},
+                  inputs=[t1, t2, mask])
         self.declare_output(job, parameters, context, "OUTPUT_MODEL", "model")
         self.declare_output(job, parameters, context, "OUTPUT_REPORT", "report")
         return job
@@ -92,7 +97,9 @@ class TrainHyperNetAlgorithm(HyperNetAlgorithm):
         from ..core.training import TrainConfig
 
         result = pipe.train_files(job["t1"], job["t2"], job["model"], bands=job["bands"],
-                                  unchanged_mask=job["mask"], config=TrainConfig(**job["config"]), feedback=feedback)
+                                  unchanged_mask=job["mask"], config=TrainConfig(**job["config"]), feedback=feedback,
+                                  align=job["align"], resampling=job["resampling"],
+                                  drop_bad_bands=job["drop_bad_bands"], drop_water=job["drop_water"])
         final_loss = float(result.loss_history[-1]) if result.loss_history else float("nan")
         feedback.info(f"Saved the model to {job['model']} (final loss {final_loss:.6g}, "
                       f"{result.seconds:.1f} s on {result.device_name}).")

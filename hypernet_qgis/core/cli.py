@@ -21,8 +21,11 @@ EPILOG = """examples:
   python -m hypernet_qgis detect t1.tif t2.tif --model pair.hypernet --output change.tif
   python -m hypernet_qgis baseline irmad t1.tif t2.tif --output change_irmad.tif
   python -m hypernet_qgis evaluate change.tif reference.tif --changed 1 --unchanged 0
+  python -m hypernet_qgis detect t1.tif t2.tif -o change.tif --polygons change.gpkg --min-area 900 --sieve
+  python -m hypernet_qgis series d1.tif d2.tif d3.tif --output-dir series/ --dates 2019-05-01,2020-05-01,2021-05-01
 
-Any raster GDAL reads works (GeoTIFF, ENVI: give the data file, VRT, ...). Both dates must share size, grid and CRS.
+Any raster GDAL reads works (GeoTIFF, ENVI: give the data file, VRT, ...). When the dates are on different grids,
+T2 is warped onto T1's grid over the common area (--no-align refuses them instead).
 Outputs are tiled, compressed GeoTIFFs with the input's georeferencing; the change map is uint8
 (1 change, 0 no change, 255 nodata).
 """
@@ -122,6 +125,59 @@ class OneLineParser(argparse.ArgumentParser):
         sys.exit(2)
 
 
+def _add_polygon_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("change polygons")
+    g.add_argument("--polygons", default=None, help="also write the changed regions as polygons (GeoPackage .gpkg)")
+    g.add_argument("--min-area", type=float, default=0.0,
+                   help="minimum mapping unit in map units² (e.g. m²): smaller regions are dropped (default 0)")
+    g.add_argument("--connectivity", type=int, choices=[4, 8], default=8,
+                   help="pixels touching by edges (4) or by edges and corners (8, default) form one region")
+    g.add_argument("--sieve", action="store_true",
+                   help="also set the regions smaller than --min-area to 0 (no change) in the change map")
+    g.add_argument("--dates", default=None, help="date pair written into each polygon, e.g. 2019-05-01,2020-05-01")
+
+
+def _add_align_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("pairs on different grids")
+    g.add_argument("--align", action=argparse.BooleanOptionalAction, default=True,
+                   help="warp T2 onto T1's grid over the common area when the grids differ (default); "
+                        "--no-align refuses such pairs")
+    g.add_argument("--resampling", default="bilinear", choices=["nearest", "bilinear", "cubic", "average"],
+                   help="resampling of T2 when it is warped (default bilinear; masks always use nearest)")
+    g = p.add_argument_group("bad bands and wavelengths")
+    g.add_argument("--keep-bad-bands", action="store_true",
+                   help="use the bands the files mark bad (ENVI bbl, GDAL bbl metadata); left out by default")
+    g.add_argument("--drop-water", action="store_true",
+                   help="leave out the water-absorption bands (1350-1450, 1800-1950, > 2450 nm); needs wavelengths")
+
+
+def _check_polygon_args(args: argparse.Namespace, inputs: list) -> None:
+    """Bad polygon options fail before the detection runs."""
+    from . import raster_io
+    from .polygons import check_polygon_options, parse_dates
+
+    check_polygon_options(args.polygons, args.min_area, args.connectivity)
+    parse_dates(args.dates)
+    if args.polygons:
+        raster_io.refuse_overwriting_inputs([args.polygons], inputs + [args.output, args.intensity])
+    elif args.sieve or args.min_area:
+        raise InputError("--min-area and --sieve apply to the change polygons; add --polygons P.gpkg.")
+
+
+def _finish(args: argparse.Namespace, res, fb, memory_budget_mb: int = 4096) -> dict:
+    """Polygons and changed area after a detection; the JSON fields they add."""
+    from .polygons import finish_detection, parse_dates
+
+    poly = finish_detection(res, polygons_out=args.polygons, min_area=args.min_area,
+                            connectivity=args.connectivity, sieve=args.sieve, dates=parse_dates(args.dates),
+                            memory_budget_mb=memory_budget_mb, feedback=fb)
+    area = res.extra["area"]
+    out = {"changed_hectares": None if area["changed_hectares"] is None else round(area["changed_hectares"], 6)}
+    if poly is not None:
+        out.update({"polygons": poly.path, "polygon_count": poly.kept, "dropped_regions": poly.dropped})
+    return out
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = OneLineParser(
         prog="python -m hypernet_qgis",
@@ -147,6 +203,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="BatchNorm statistics at detection: each date's own (default) or training's running ones")
     p.add_argument("--report", default=None, help="write an HTML report of the run")
     _add_training_args(p)
+    _add_polygon_args(p)
+    _add_align_args(p)
 
     p = sub.add_parser("train", parents=[common], help="train a HyperNet model on a pair and save it")
     p.add_argument("t1")
@@ -154,6 +212,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", "-o", required=True, help="model file to write")
     p.add_argument("--report", default=None, help="write an HTML training report")
     _add_training_args(p)
+    _add_align_args(p)
 
     p = sub.add_parser("baseline", parents=[common], help="classic change detection: cva, sam, irmad, pcakmeans")
     p.add_argument("method", choices=["cva", "sam", "irmad", "pcakmeans"])
@@ -163,6 +222,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--intensity", default=None, help="also write the change intensity")
     p.add_argument("--threshold", type=_threshold, default=None, help="otsu, kmeans or a number (method default)")
     p.add_argument("--bands", type=_band_list, default=None, help="band subset, 1-based")
+    _add_polygon_args(p)
+    _add_align_args(p)
+
+    p = sub.add_parser("series", parents=[common],
+                       help="change along a series of dates: a map per consecutive pair, first date and number of "
+                            "changes")
+    p.add_argument("images", nargs="+", help="the images (two or more, on one grid)")
+    p.add_argument("--output-dir", required=True, help="folder for change_*.tif, first_change.tif, change_count.tif")
+    p.add_argument("--dates", default=None,
+                   help="one date per image, e.g. 2019-05-01,2020-05-01,2021-05-01 (default: from the metadata, "
+                        "else the order given); the images are ordered by date")
+    p.add_argument("--method", default="hypernet", choices=["hypernet", "cva", "sam", "irmad", "pcakmeans"],
+                   help="hypernet (trained per pair, or --model for every pair) or a classic method")
+    p.add_argument("--model", default=None, help="a HyperNet model file applied to every pair")
+    p.add_argument("--threshold", type=_threshold, default=None, help="otsu, kmeans or a number (method default)")
+    p.add_argument("--polygons", action="store_true", help="also write change_polygons.gpkg with the date pairs")
+    p.add_argument("--min-area", type=float, default=0.0, help="minimum region area for the polygons (map units²)")
+    p.add_argument("--connectivity", type=int, choices=[4, 8], default=8, help="region connectivity (default 8)")
+    _add_training_args(p)
 
     p = sub.add_parser("evaluate", parents=[common], help="score a change map against a reference; prints JSON")
     p.add_argument("change", help="binary change map (1/0) or an intensity map (AUC only)")
@@ -220,22 +298,28 @@ def run(args: argparse.Namespace) -> int:
     fb = StderrFeedback(quiet=args.quiet)
     if args.command == "detect":
         method, value = _split_threshold(args.threshold)
+        _check_polygon_args(args, [args.t1, args.t2, args.model, args.unchanged_mask, args.report])
         res = pipeline.detect_files(
             args.t1, args.t2, args.output, intensity_out=args.intensity, model=args.model, threshold=method,
             threshold_value=value, bands=args.bands, unchanged_mask=args.unchanged_mask, distance=args.distance,
             batchnorm=args.batchnorm,
-            config=_config(args), feedback=fb,
+            config=_config(args), feedback=fb, align=args.align, resampling=args.resampling,
+            drop_bad_bands=not args.keep_bad_bands, drop_water=args.drop_water,
         )
         args.written += [p for p in (args.output, args.intensity) if p]
+        extra = _finish(args, res, fb, args.memory_budget_mb)
         if args.report:
             from .report import write_detection_report
 
             write_detection_report(args.report, res)
         print(json.dumps({"output": res.change_path, "intensity": res.intensity_path, "threshold": res.threshold,
-                          "changed_pixels": res.changed_pixels, "changed_fraction": round(res.changed_fraction, 6)}))
+                          "changed_pixels": res.changed_pixels, "changed_fraction": round(res.changed_fraction, 6),
+                          **extra}))
     elif args.command == "train":
         res = pipeline.train_files(args.t1, args.t2, args.output, bands=args.bands,
-                                   unchanged_mask=args.unchanged_mask, config=_config(args), feedback=fb)
+                                   unchanged_mask=args.unchanged_mask, config=_config(args), feedback=fb,
+                                   align=args.align, resampling=args.resampling,
+                                   drop_bad_bands=not args.keep_bad_bands, drop_water=args.drop_water)
         args.written.append(args.output)
         if args.report:
             from .report import write_training_report
@@ -244,10 +328,32 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps({"model": args.output, "final_loss": res.loss_history[-1], "seconds": round(res.seconds, 2)}))
     elif args.command == "baseline":
         method, value = _split_threshold(args.threshold)
+        _check_polygon_args(args, [args.t1, args.t2])
         res = pipeline.baseline_files(args.method, args.t1, args.t2, args.output, intensity_out=args.intensity,
-                                      threshold=method, threshold_value=value, bands=args.bands, feedback=fb)
+                                      threshold=method, threshold_value=value, bands=args.bands, feedback=fb,
+                                      align=args.align, resampling=args.resampling,
+                                   drop_bad_bands=not args.keep_bad_bands, drop_water=args.drop_water)
+        extra = _finish(args, res, fb)
         print(json.dumps({"output": res.change_path, "threshold": res.threshold,
-                          "changed_pixels": res.changed_pixels, "changed_fraction": round(res.changed_fraction, 6)}))
+                          "changed_pixels": res.changed_pixels, "changed_fraction": round(res.changed_fraction, 6),
+                          **extra}))
+    elif args.command == "series":
+        from .series import series_files
+
+        method, value = _split_threshold(args.threshold)
+        kwargs: dict = {"bands": args.bands}
+        if method is not None:
+            kwargs.update(threshold=method, threshold_value=value)
+        if args.method == "hypernet":
+            kwargs.update(model=args.model, unchanged_mask=args.unchanged_mask, config=_config(args))
+        elif args.model:
+            raise InputError("--model applies to --method hypernet only.")
+        dates = [d.strip() for d in args.dates.split(",")] if args.dates else None
+        res = series_files(args.images, args.output_dir, dates=dates, method=args.method, polygons=args.polygons,
+                           min_area=args.min_area, connectivity=args.connectivity, feedback=fb, **kwargs)
+        print(json.dumps({"dates": res.dates, "images": res.images, "pair_maps": res.pair_maps,
+                          "first_change": res.first_change, "change_count": res.change_count,
+                          "polygons": res.polygons, "changed_pixels": res.changed_pixels}))
     elif args.command == "evaluate":
         metrics = pipeline.evaluate_files(args.change, args.reference, changed=args.changed,
                                           unchanged=args.unchanged, ignore=args.ignore)

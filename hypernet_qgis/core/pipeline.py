@@ -92,7 +92,7 @@ def train_pair(
     return result
 
 
-def train_files(
+def _train_files(
     t1: str,
     t2: str,
     model_out: str,
@@ -118,7 +118,7 @@ def train_files(
     return result
 
 
-def detect_files(
+def _detect_files(
     t1: str,
     t2: str,
     change_out: str,
@@ -218,7 +218,7 @@ def _write_outputs(
     raster_io.write_rasters(outputs, like)
 
 
-def baseline_files(
+def _baseline_files(
     method: str,
     t1: str,
     t2: str,
@@ -253,3 +253,67 @@ def baseline_files(
     feedback.set_progress(1.0)
     return DetectResult(change_out, intensity_out, changed, valid_count, thr, threshold,
                         time.perf_counter() - start, intensity, binary, None, pair, {"method": method})
+
+
+# ----------------------------------------------------------------------------- pairs on different grids (#11)
+
+def _on_one_grid(job, method: str | None, t1: str, t2: str, out: str, align: bool, resampling: str,
+                 kwargs: dict[str, Any], drop_bad_bands: bool = True, drop_water: bool = False):
+    """Run ``job`` on the pair, T2 warped onto T1's grid over the common area first when the grids differ
+    (core.align); ``align=False`` refuses differing grids as before. Results name the original files.
+    The bands either date marks bad (ENVI bbl) and, with ``drop_water``, the water-absorption bands are left out
+    (core.bands), unless a model brings its own band selection."""
+    from .align import aligned_pair
+    from .bands import choose_bands
+
+    feedback = kwargs.get("feedback") or NullFeedback()
+    mask = kwargs.get("unchanged_mask")
+    raster_io.refuse_overwriting_inputs([out, kwargs.get("intensity_out")],
+                                        [t1, t2, kwargs.get("model"), mask])
+    if kwargs.get("model") and kwargs.get("bands") is None:  # the model's bands, by wavelength when known
+        from .bands import bands_for_model
+        from .model_file import load_model
+
+        kwargs["bands"] = bands_for_model(t1, load_model(kwargs["model"])[1], feedback)
+    else:
+        kwargs["bands"] = choose_bands(t1, t2, kwargs.get("bands"), drop_bad=drop_bad_bands, drop_water=drop_water,
+                                       feedback=feedback)
+    with aligned_pair(t1, t2, mask, enabled=align, resampling=resampling, feedback=feedback) as pair:
+        if mask:
+            kwargs["unchanged_mask"] = pair.mask
+        args = (method, pair.t1, pair.t2, out) if method is not None else (pair.t1, pair.t2, out)
+        result = job(*args, **kwargs)
+    if pair.note:
+        result.extra["align"] = pair.note
+        loaded = getattr(result, "pair", None)
+        if loaded is not None:  # the report names the files the user gave, not the temporary VRTs
+            loaded.info1.path, loaded.info2.path = str(t1), str(t2)
+        train = result if method is None and hasattr(result, "model") else getattr(result, "train", None)
+        if train is not None and isinstance(train.extra.get("inputs"), dict):
+            train.extra["inputs"].update({"t1": str(t1), "t2": str(t2)})
+    return result
+
+
+def train_files(t1: str, t2: str, model_out: str, *, align: bool = True, resampling: str = "bilinear",
+                drop_bad_bands: bool = True, drop_water: bool = False, **kwargs: Any) -> TrainResult:
+    """Train on a pair of rasters and save the model file (see _train_files; ``align``: core.align;
+    ``drop_bad_bands``, ``drop_water``: core.bands)."""
+    return _on_one_grid(_train_files, None, t1, t2, model_out, align, resampling, kwargs, drop_bad_bands,
+                        drop_water)
+
+
+def detect_files(t1: str, t2: str, change_out: str, *, align: bool = True, resampling: str = "bilinear",
+                 drop_bad_bands: bool = True, drop_water: bool = False, **kwargs: Any) -> DetectResult:
+    """Detect change between two rasters (see _detect_files for the options; ``align``: core.align;
+    ``drop_bad_bands``, ``drop_water``: core.bands)."""
+    return _on_one_grid(_detect_files, None, t1, t2, change_out, align, resampling, kwargs, drop_bad_bands,
+                        drop_water)
+
+
+def baseline_files(method: str, t1: str, t2: str, change_out: str, *, align: bool = True,
+                   resampling: str = "bilinear", drop_bad_bands: bool = True, drop_water: bool = False,
+                   **kwargs: Any) -> DetectResult:
+    """Classic change detection between two rasters (see _baseline_files; ``align``: core.align;
+    ``drop_bad_bands``, ``drop_water``: core.bands)."""
+    return _on_one_grid(_baseline_files, method, t1, t2, change_out, align, resampling, kwargs, drop_bad_bands,
+                        drop_water)

@@ -892,6 +892,15 @@ def write_detection_report(path: PathLike, result: Any) -> None:
     if extra.get("distance"):
         info["distance"] = extra["distance"]
     info["seconds"] = getattr(result, "seconds", None)
+    area = extra.get("area")
+    if area:
+        ha = area.get("changed_hectares")
+        info["changed area"] = (f"{ha:.4g} ha" if ha is not None else f"{area['changed_area']:.6g} map units²") + \
+            f", {100.0 * area['changed_share']:.2f}% of the valid area"
+    if extra.get("polygons"):
+        info["change polygons"] = extra["polygons"]
+    if extra.get("align"):
+        info["grids"] = extra["align"]
     if getattr(pair, "bands", None) is not None:
         info["band selection"] = pair.bands
     t1, t2, wavelengths = pair.report_dates()

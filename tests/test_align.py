@@ -1,0 +1,159 @@
+"""Pairs on different grids (core.align through the pipeline): a shifted or reprojected T2 gives the change map of
+the pair made on one grid, over the common area; the bad cases are refused with one clear line."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+from osgeo import gdal, osr
+
+from hypernet_qgis.core import align, pipeline
+from hypernet_qgis.core.errors import InputError
+
+GT = (500000.0, 30.0, 0.0, 4600000.0, 0.0, -30.0)
+BLOCK = (slice(20, 34), slice(25, 41))
+
+
+def write(path, arr, gt=GT, epsg: int | None = 32633, nodata: float | None = -9999.0) -> str:
+    arr = np.asarray(arr, np.float32)
+    if arr.ndim == 2:
+        arr = arr[None]
+    ds = gdal.GetDriverByName("GTiff").Create(str(path), arr.shape[2], arr.shape[1], arr.shape[0], gdal.GDT_Float32)
+    ds.SetGeoTransform(gt)
+    if epsg:
+        srs = osr.SpatialReference()
+        srs.ImportFromEPSG(epsg)
+        ds.SetProjection(srs.ExportToWkt())
+    for i in range(arr.shape[0]):
+        band = ds.GetRasterBand(i + 1)
+        if nodata is not None:
+            band.SetNoDataValue(nodata)
+        band.WriteArray(arr[i])
+    ds = None
+    return str(path)
+
+
+def smooth_pair(rows: int = 60, cols: int = 70, bands: int = 5) -> tuple[np.ndarray, np.ndarray]:
+    """A smooth scene (resampling changes it little) and T2 with a strongly changed block."""
+    yy, xx = np.mgrid[0:rows, 0:cols].astype(np.float64)
+    x1 = np.stack([100 + 20 * np.sin(xx / (7 + b)) + 15 * np.cos(yy / (9 + b)) for b in range(bands)])
+    x2 = 1.02 * x1 + 1.0
+    x2[:, BLOCK[0], BLOCK[1]] += 60.0
+    return x1, x2
+
+
+def read(path):
+    ds = gdal.Open(str(path))
+    out = ds.ReadAsArray(), ds.GetGeoTransform(), ds.GetProjection()
+    ds = None
+    return out
+
+
+def test_a_pair_on_one_grid_is_used_as_it_is(tmp_path):
+    x1, x2 = smooth_pair()
+    t1, t2 = write(tmp_path / "t1.tif", x1), write(tmp_path / "t2.tif", x2)
+    with align.aligned_pair(t1, t2) as pair:
+        assert (pair.t1, pair.t2, pair.note) == (t1, t2, None)
+
+
+def test_shifted_t2_gives_the_same_map_on_the_common_area(tmp_path):
+    x1, x2 = smooth_pair()
+    t1, t2 = write(tmp_path / "t1.tif", x1), write(tmp_path / "t2.tif", x2)
+    # T2 on a grid 7 columns right and 4 rows down of T1's, covering beyond T1 (nodata outside the scene)
+    dc, dr = 7, 4
+    shifted = np.full(x2.shape, -9999.0)
+    shifted[:, : x2.shape[1] - dr, : x2.shape[2] - dc] = x2[:, dr:, dc:]
+    gt2 = (GT[0] + dc * GT[1], GT[1], 0.0, GT[3] + dr * GT[5], 0.0, GT[5])
+    t2s = write(tmp_path / "t2_shifted.tif", shifted, gt=gt2)
+    ref = pipeline.baseline_files("cva", t1, t2, str(tmp_path / "ref.tif"))
+    messages: list[str] = []
+
+    class Log:
+        def info(self, m):
+            messages.append(m)
+
+        def set_progress(self, f):
+            pass
+
+        def is_cancelled(self):
+            return False
+
+    res = pipeline.baseline_files("cva", t1, t2s, str(tmp_path / "aligned.tif"), resampling="nearest",
+                                  feedback=Log())
+    ours, gt, wkt = read(res.change_path)
+    assert ours.shape == (x1.shape[1] - dr, x1.shape[2] - dc)  # the common area only
+    assert gt == pytest.approx((GT[0] + dc * GT[1], GT[1], 0.0, GT[3] + dr * GT[5], 0.0, GT[5]))
+    theirs = read(ref.change_path)[0][dr:, dc:]
+    assert np.mean(ours == theirs) > 0.995
+    assert ours[BLOCK[0].start - dr + 2, BLOCK[1].start - dc + 2] == 1
+    assert "warped onto T1's grid" in res.extra["align"] and any(m.startswith("Align: ") for m in messages)
+    assert res.pair.info2.path == t2s  # the report names the user's file, not a temporary VRT
+    assert not [p for p in os.listdir(tmp_path) if p.endswith(".vrt")]
+
+
+def test_reprojected_t2_gives_the_same_map_within_resampling(tmp_path):
+    x1, x2 = smooth_pair()
+    t1, t2 = write(tmp_path / "t1.tif", x1), write(tmp_path / "t2.tif", x2)
+    t2r = str(tmp_path / "t2_utm32.tif")
+    gdal.Warp(t2r, t2, dstSRS="EPSG:32632", xRes=30.0, yRes=30.0, resampleAlg="bilinear", dstNodata=-9999.0)
+    ref = read(pipeline.baseline_files("cva", t1, t2, str(tmp_path / "ref.tif")).change_path)[0]
+    res = pipeline.baseline_files("cva", t1, t2r, str(tmp_path / "aligned.tif"))
+    ours, gt, _ = read(res.change_path)
+    col0, row0 = round((gt[0] - GT[0]) / GT[1]), round((gt[3] - GT[3]) / GT[5])
+    theirs = ref[row0:row0 + ours.shape[0], col0:col0 + ours.shape[1]]
+    scored = (ours != 255) & (theirs != 255)
+    edge = np.zeros(ref.shape, bool)  # pixels within 2 of the block's edge may go either way after resampling
+    edge[BLOCK[0].start - 2:BLOCK[0].stop + 2, BLOCK[1].start - 2:BLOCK[1].stop + 2] = True
+    edge[BLOCK[0].start + 2:BLOCK[0].stop - 2, BLOCK[1].start + 2:BLOCK[1].stop - 2] = False
+    scored &= ~edge[row0:row0 + ours.shape[0], col0:col0 + ours.shape[1]]
+    assert scored.sum() > 0.8 * ours.size
+    assert np.array_equal(ours[scored], theirs[scored])
+
+
+def test_no_align_refuses_differing_grids_as_before(tmp_path):
+    x1, x2 = smooth_pair()
+    t1 = write(tmp_path / "t1.tif", x1)
+    t2 = write(tmp_path / "t2.tif", x2, gt=(GT[0] + 90.0, *GT[1:]))
+    with pytest.raises(InputError, match="not on the same grid"):
+        pipeline.baseline_files("cva", t1, t2, str(tmp_path / "c.tif"), align=False)
+
+
+@pytest.mark.parametrize("case, words", [
+    ("apart", "do not overlap"),
+    ("no_crs", "has no coordinate reference system"),
+    ("bands", "bands"),
+    ("resampling", "Unknown resampling"),
+])
+def test_bad_pairs_are_refused_with_one_line(tmp_path, case, words):
+    x1, x2 = smooth_pair()
+    t1 = write(tmp_path / "t1.tif", x1)
+    kwargs = {}
+    if case == "apart":
+        t2 = write(tmp_path / "t2.tif", x2, gt=(GT[0] + 100000.0, *GT[1:]))
+    elif case == "no_crs":
+        t2 = write(tmp_path / "t2.tif", x2, gt=(GT[0] + 60.0, *GT[1:]), epsg=None)
+    elif case == "bands":
+        t2 = write(tmp_path / "t2.tif", x2[:3], gt=(GT[0] + 60.0, *GT[1:]))
+    else:
+        t2 = write(tmp_path / "t2.tif", x2, gt=(GT[0] + 60.0, *GT[1:]))
+        kwargs["resampling"] = "lanczos9"
+    with pytest.raises(InputError, match=words) as err:
+        pipeline.baseline_files("cva", t1, t2, str(tmp_path / "c.tif"), **kwargs)
+    assert "\n" not in str(err.value)
+    assert not (tmp_path / "c.tif").exists()
+
+
+def test_cli_aligns_by_default_and_refuses_with_no_align(tmp_path):
+    from test_cli import cli
+
+    x1, x2 = smooth_pair()
+    t1 = write(tmp_path / "t1.tif", x1)
+    t2 = write(tmp_path / "t2.tif", x2, gt=(GT[0] + 90.0, *GT[1:]))  # 3 columns to the east
+    r = cli("baseline", "cva", t1, t2, "-o", str(tmp_path / "c.tif"), "--resampling", "nearest")
+    assert r.returncode == 0, r.stderr
+    assert "Align: T2 (t2.tif) warped onto T1's grid (EPSG:32633" in r.stderr
+    assert read(tmp_path / "c.tif")[0].shape == (60, 67)
+    r = cli("baseline", "cva", t1, t2, "-o", str(tmp_path / "d.tif"), "--no-align")
+    assert r.returncode == 2 and "not on the same grid" in r.stderr and not (tmp_path / "d.tif").exists()
