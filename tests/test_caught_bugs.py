@@ -184,5 +184,18 @@ def test_cancel_is_checked_every_epoch():
     x1, x2, valid = _small_pair()
     fb = _CancelAtEpoch(3)
     with pytest.raises(Cancelled):
-        train_hypernet(x1, x2, valid, TrainConfig(epochs=500, device="cpu"), feedback=fb)
-    assert fb.progress_calls == 3  # stopped before the 4th epoch ran
+        train_hypernet(x1, x2, valid, TrainConfig(epochs=40, device="cpu"), feedback=fb)
+    assert fb.progress_calls == 3  # stopped before the 4th epoch ran (without the check: all 40 epochs)
+
+
+def test_styling_survives_an_unreadable_intensity(tmp_path, qgis_app):
+    """qgis_process crashed in styling.py ('NoneType' object has no attribute 'astype') on a damaged output."""
+    from hypernet_qgis.styling import intensity_range
+
+    like = raster_io.RasterInfo(str(tmp_path / "x"), 64, 64, 1, (0.0, 1.0, 0.0, 0.0, 0.0, -1.0), "", [None], None,
+                                ["b"], "Float32")
+    path = tmp_path / "i.tif"
+    raster_io.write_raster(path, np.random.default_rng(0).normal(size=(64, 64)).astype(np.float32), like)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])  # header intact, tiles cut off
+    assert intensity_range(str(path)) == (0.0, 1.0)

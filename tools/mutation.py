@@ -37,28 +37,28 @@ class Mutant:
 MUTANTS = [
     # the deliberate bugs of issue 12 that the suite did not catch
     Mutant("T2 nodata ignored when a pair is loaded", CORE + "pipeline.py", "valid = v1 & v2", "valid = v1",
-           ("tests/test_caught_bugs.py",)),
+           ("tests/test_caught_bugs.py::test_nodata_of_either_date_is_nodata_in_the_map",)),
     Mutant("windowed path writes the change map without nodata 255", CORE + "streaming.py",
            'RasterOutput(change_out, binary, 255, "uint8")', 'RasterOutput(change_out, binary, None, "uint8")',
-           ("tests/test_caught_bugs.py",)),
+           ("tests/test_caught_bugs.py::test_windowed_path_writes_nodata_255",)),
     Mutant("temp file not deleted on error", CORE + "atomic.py", "            os.unlink(tmp)\n",
-           "            pass\n", ("tests/test_caught_bugs.py",)),
+           "            pass\n", ("tests/test_caught_bugs.py::test_a_failed_write_keeps_the_old_file_and_leaves_no_temp",)),
     Mutant("model written in place", CORE + "model_file.py",
            'with atomic_file(path, "the model file", "model.pt") as fh:', 'with open(path, "wb") as fh:',
            ("tests/test_hostile_cli.py::test_full_disk_while_saving_a_model_or_report",)),
     Mutant("first output of a set not restored when the second fails", CORE + "atomic.py",
            "                    os.replace(backup, target)", "                    pass",
-           ("tests/test_caught_bugs.py",)),
+           ("tests/test_caught_bugs.py::test_a_set_of_outputs_is_replaced_together",)),
     Mutant("mask g share 0.5 -> 0.4", CORE + "training.py", "DEFAULT_TRAINING_FRACTION = 0.5",
-           "DEFAULT_TRAINING_FRACTION = 0.4", ("tests/test_caught_bugs.py",)),
+           "DEFAULT_TRAINING_FRACTION = 0.4", ("tests/test_caught_bugs.py::test_mask_g_is_the_lowest_half",)),
     Mutant("training ignores config.gamma", CORE + "training.py", "training_loss(model, b1, b2, index, config.gamma)",
-           "training_loss(model, b1, b2, index, 1.0)", ("tests/test_caught_bugs.py",)),
+           "training_loss(model, b1, b2, index, 1.0)", ("tests/test_caught_bugs.py::test_gamma_changes_the_training",)),
     Mutant("cosine learning-rate decay removed", CORE + "training.py",
            "torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs)",
-           "torch.optim.lr_scheduler.ConstantLR(optimizer, factor=1.0)", ("tests/test_caught_bugs.py",)),
+           "torch.optim.lr_scheduler.ConstantLR(optimizer, factor=1.0)", ("tests/test_caught_bugs.py::test_learning_rate_follows_the_cosine_schedule",)),
     Mutant("no cancel check per epoch", CORE + "training.py",
            "            check_cancelled(feedback)\n            if config.schedule", "            if config.schedule",
-           ("tests/test_caught_bugs.py",)),
+           ("tests/test_caught_bugs.py::test_cancel_is_checked_every_epoch",)),
     Mutant("tiled halo reduced by 1", CORE + "tiling.py", "    halo = model.halo()\n",
            "    halo = model.halo() - 1\n", ("tests/test_tiling.py",)),
     # the checks of issue 12
@@ -76,7 +76,7 @@ MUTANTS = [
            ("tests/test_hostile_cli.py::test_full_disk_keeps_the_old_outputs_as_a_set",)),
     Mutant("outputs renamed one by one", CORE + "raster_io.py", "            replace_together(temps)",
            "            [os.replace(t, p) for t, p in temps]",
-           ("tests/test_caught_bugs.py", "tests/test_hostile_cli.py::test_full_disk_keeps_the_old_outputs_as_a_set")),
+           ("tests/test_hostile_cli.py::test_full_disk_keeps_the_old_outputs_as_a_set",)),
     Mutant("stale temp files kept", CORE + "atomic.py", "            if stale:", "            if False:",
            ("tests/test_hostile_cli.py::test_leftovers_of_killed_runs_are_removed",)),
     Mutant("SIGTERM not handled", CORE + "cli.py", "self.previous = signal.signal(signal.SIGTERM, _on_sigterm)",
@@ -144,7 +144,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--only", default="", help="run the mutants whose name contains this")
     ap.add_argument("--jobs", type=int, default=1)
-    ap.add_argument("--timeout", type=int, default=900)
+    ap.add_argument("--timeout", type=int, default=600)
     args = ap.parse_args()
     chosen = [m for m in MUTANTS if args.only.lower() in m.name.lower()]
     print("| mutant | file | tests | result | s |\n|---|---|---|---|---|")
