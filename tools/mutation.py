@@ -36,10 +36,10 @@ class Mutant:
 
 MUTANTS = [
     # the deliberate bugs of issue 12 that the suite did not catch
-    Mutant("T2 nodata ignored when a pair is loaded", CORE + "pipeline.py", "valid = v1 & v2", "valid = v1",
+    Mutant("T2 nodata ignored when a pair is loaded", CORE + "pair.py", "valid = v1 & v2", "valid = v1",
            ("tests/test_caught_bugs.py::test_nodata_of_either_date_is_nodata_in_the_map",)),
-    Mutant("windowed path writes the change map without nodata 255", CORE + "streaming.py",
-           'RasterOutput(change_out, binary, 255, "uint8")', 'RasterOutput(change_out, binary, None, "uint8")',
+    Mutant("windowed path writes the change map without nodata 255", CORE + "pipeline.py",
+           'RasterOutput(change_out, binary, NODATA, "uint8")', 'RasterOutput(change_out, binary, None, "uint8")',
            ("tests/test_caught_bugs.py::test_windowed_path_writes_nodata_255",)),
     Mutant("temp file not deleted on error", CORE + "atomic.py", "            os.unlink(tmp)\n",
            "            pass\n", ("tests/test_caught_bugs.py::test_a_failed_write_keeps_the_old_file_and_leaves_no_temp",)),
