@@ -67,7 +67,10 @@ class InspectModelAlgorithm(HyperNetAlgorithm):
         if not os.path.isfile(model):
             raise InputError(f"Model file {model} does not exist. Pick a model file written by Train HyperNet.")
         job = Job({"model": model}, inputs=[model])
-        self.declare_output(job, parameters, context, "OUTPUT_REPORT", "report")
+        report = self.declare_output(job, parameters, context, "OUTPUT_REPORT", "report")
+        if report.chosen and os.path.exists(report.chosen) and os.path.samefile(report.chosen, model):
+            raise InputError("The report would overwrite the model file; choose another file name such as "
+                             "model.html.")
         return job
 
     def run_job(self, job: Job, feedback: QgisFeedback) -> dict[str, Any]:
