@@ -13,8 +13,11 @@ from qgis.core import (
 )
 
 from ..core.errors import InputError
-from .base import MODEL_FILTER, THRESHOLD_METHODS, HyperNetAlgorithm, Job, QgisFeedback, check_device, check_mask, \
+from .base import MODEL_FILTER, HyperNetAlgorithm, Job, QgisFeedback, check_device, check_mask, \
     check_pair, layer_path, model_band_count, model_band_selection, parse_band_list, pipeline
+
+#: Detect Change's threshold methods: "auto" is the engine's default for its intensity (core/fusion.py).
+DETECT_THRESHOLDS = ["auto", "otsu", "kmeans", "mixture", "fixed"]
 
 
 class DetectChangeAlgorithm(HyperNetAlgorithm):
@@ -31,8 +34,10 @@ class DetectChangeAlgorithm(HyperNetAlgorithm):
         "on this pair (no labels needed; the training settings are under <i>Advanced</i>).</p>"
         "<p><b>Inputs</b>: <i>T1</i> and <i>T2</i>, multi- or hyperspectral rasters on the same grid (size, "
         "pixel size, CRS) with the same bands; optionally a model file from <i>Train HyperNet</i> (same sensor and "
-        "bands), a band list, and the threshold method: <i>otsu</i> (default), <i>kmeans</i>, or <i>fixed</i> "
-        "with your THRESHOLD.</p>"
+        "bands), a band list, and the threshold method: <i>auto</i> (default: a two-Gaussian mixture), "
+        "<i>otsu</i>, <i>kmeans</i>, <i>mixture</i>, or <i>fixed</i> with your THRESHOLD.</p>"
+        "<p><b>Intensity</b>: HyperNet's feature distance averaged with IR-MAD and CVA, each divided by its "
+        "median (more accurate and stable than any of them alone on the benchmark pairs; BENCHMARKS.md).</p>"
         "<p><b>Outputs</b>: the change map, a GeoTIFF on T1's grid with 1 = change (red), 0 = no change (grey), "
         "255 = nodata; optionally the change intensity (the larger, the more change; float GeoTIFF). Also the "
         "number and fraction of changed pixels. Styles are saved next to the files (.qml).</p>"
@@ -46,7 +51,7 @@ class DetectChangeAlgorithm(HyperNetAlgorithm):
         self._add(QgsProcessingParameterFile(
             "MODEL", "Model file (empty = train on this pair first)", extension="hypernet", optional=True))
         self.add_bands()
-        self.add_threshold()
+        self.add_threshold(DETECT_THRESHOLDS, default="auto")
         self.add_device()
         self.add_change_outputs()
         self.add_training(advanced=True)
@@ -80,7 +85,7 @@ class DetectChangeAlgorithm(HyperNetAlgorithm):
         mask = layer_path(self, parameters, "UNCHANGED_MASK", context, "Unchanged mask", optional=True)
         if mask:
             check_mask(mask, info)
-        method, value = self.threshold_values(parameters, context, THRESHOLD_METHODS)
+        method, value = self.threshold_values(parameters, context, DETECT_THRESHOLDS)
         config = self.training_values(parameters, context)
         check_device(config["device"])
         change = self.output_path(parameters, "OUTPUT_CHANGE", context, "Change map")

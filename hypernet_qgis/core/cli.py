@@ -45,12 +45,12 @@ def _band_list(text: str) -> list[int]:
 
 
 def _threshold(text: str) -> str:
-    if text in ("otsu", "kmeans"):
+    if text in ("auto", "otsu", "kmeans", "mixture"):
         return text
     try:
         float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"use otsu, kmeans or a number, not {text!r}") from None
+        raise argparse.ArgumentTypeError(f"use auto, otsu, kmeans, mixture or a number, not {text!r}") from None
     return text
 
 
@@ -95,7 +95,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", "-o", required=True, help="binary change map to write (GeoTIFF)")
     p.add_argument("--intensity", default=None, help="also write the change intensity (float32 GeoTIFF)")
     p.add_argument("--model", default=None, help="a model file from 'train'; without it the pair is trained first")
-    p.add_argument("--threshold", type=_threshold, default="otsu", help="otsu (default), kmeans, or a number")
+    p.add_argument("--threshold", type=_threshold, default="auto",
+                   help="auto (default: mixture for the fused intensity, otsu for --evidence hypernet), otsu, "
+                        "kmeans, mixture, or a number")
+    p.add_argument("--evidence", default="fused", choices=["fused", "hypernet"],
+                   help="fused (default): HyperNet's distance averaged with IR-MAD and CVA, each divided by its "
+                        "median; hypernet: HyperNet's distance alone")
     p.add_argument("--distance", default=None, choices=["mse", "cosine", "rx"],
                    help="feature distance (default mse, the paper's)")
     p.add_argument("--batchnorm", default="per-date", choices=["per-date", "running"],
@@ -144,7 +149,7 @@ def _config(args: argparse.Namespace):
 
 
 def _split_threshold(value: str | None) -> tuple[str | None, float | None]:
-    if value is None or value in ("otsu", "kmeans"):
+    if value is None or value in ("auto", "otsu", "kmeans", "mixture"):
         return value, None
     return "fixed", float(value)
 
@@ -159,7 +164,7 @@ def run(args: argparse.Namespace) -> int:
         res = pipeline.detect_files(
             args.t1, args.t2, args.output, intensity_out=args.intensity, model=args.model, threshold=method,
             threshold_value=value, bands=args.bands, unchanged_mask=args.unchanged_mask, distance=args.distance,
-            batchnorm=args.batchnorm,
+            batchnorm=args.batchnorm, evidence=args.evidence,
             config=_config(args), feedback=fb,
         )
         if args.report:

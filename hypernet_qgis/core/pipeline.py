@@ -16,6 +16,7 @@ from . import raster_io, streaming
 from .errors import InputError
 from .evaluation import evaluate_files  # noqa: F401  (the evaluation job, re-exported with the other jobs)
 from .progress import Feedback, NullFeedback, SubFeedback, check_cancelled
+from .fusion import DEFAULT_EVIDENCE, check_evidence, classic_evidence, fuse, resolve_threshold
 from .scaling import standardize
 from .thresholds import NODATA, binary_change
 
@@ -168,7 +169,7 @@ def detect_files(
     *,
     intensity_out: str | None = None,
     model: str | None = None,
-    threshold: str = "otsu",
+    threshold: str = "auto",
     threshold_value: float | None = None,
     bands: Sequence[int] | None = None,
     unchanged_mask: str | None = None,
@@ -176,9 +177,13 @@ def detect_files(
     batchnorm: str = "per-date",
     config: TrainConfig | None = None,
     feedback: Feedback | None = None,
+    evidence: str = DEFAULT_EVIDENCE,
 ) -> DetectResult:
     """Detect change between two rasters: train on the pair (or load a model), intensity, threshold, write.
 
+    ``evidence``: "fused" (default) averages HyperNet's root feature distance with IR-MAD and CVA, each divided
+    by its median, and splits the mean with a two-Gaussian mixture (``fusion.py``); "hypernet" uses HyperNet's
+    distance alone (Otsu on its root). ``threshold="auto"`` picks the mode's threshold.
     ``batchnorm``: "per-date" normalises each date's features with its own whole-image statistics (default),
     "running" uses the running statistics of training (the paper's eval mode).
     """
@@ -190,6 +195,7 @@ def detect_files(
     feedback = feedback or NullFeedback()
     config = config or TrainConfig()
     config.validate()
+    check_evidence(evidence)
     if threshold == "fixed" and threshold_value is None:
         raise InputError("THRESHOLD_METHOD=fixed needs a THRESHOLD value (a number).")
     outputs = [change_out] + ([intensity_out] if intensity_out else [])
@@ -201,6 +207,10 @@ def detect_files(
             bands = metadata["band_selection"]
             feedback.info(f"Using the model's band selection: {bands}.")
     if streaming.whole_pair_mb(raster_io.raster_info(t1), bands) > config.memory_budget_mb:
+        if evidence != "hypernet":
+            feedback.info("The pair is larger than the memory budget: the change intensity is HyperNet's alone "
+                          "(the fusion with IR-MAD and CVA needs both dates in memory).")
+        threshold = resolve_threshold(threshold, "hypernet")
         return _detect_streamed(t1, t2, change_out, intensity_out, loaded, metadata, threshold, threshold_value,
                                 bands, unchanged_mask, distance, batchnorm, config, feedback, start)
     pair = load_pair(t1, t2, bands, min_bands=2)
@@ -226,7 +236,14 @@ def detect_files(
         net, pair.x1s, pair.x2s, pair.valid, distance, config.device, SubFeedback(feedback, 0.85, 0.97),
         memory_budget_mb=config.memory_budget_mb, batchnorm=batchnorm,
     )
-    binary, thr = threshold_feature_distance(intensity, pair.valid, threshold, threshold_value)
+    threshold = resolve_threshold(threshold, evidence)
+    if evidence == "fused":
+        feedback.info("Averaging with IR-MAD and CVA (each divided by its median); threshold: "
+                      f"{threshold if threshold != 'fixed' else threshold_value}.")
+        intensity = fuse(intensity, classic_evidence(pair.x1, pair.x2, pair.valid), pair.valid)
+        binary, thr = binary_change(intensity, pair.valid, threshold, threshold_value)
+    else:
+        binary, thr = threshold_feature_distance(intensity, pair.valid, threshold, threshold_value)
     check_cancelled(feedback)
     _write_outputs(change_out, intensity_out, binary, intensity, pair.info1)
     changed = int((binary == 1).sum())
@@ -238,7 +255,7 @@ def detect_files(
     )
     return DetectResult(
         change_out, intensity_out, changed, valid_count, thr, threshold, time.perf_counter() - start,
-        intensity, binary, train_result, pair, {"distance": distance, "batchnorm": batchnorm},
+        intensity, binary, train_result, pair, {"distance": distance, "batchnorm": batchnorm, "evidence": evidence},
     )
 
 
@@ -320,7 +337,7 @@ def baseline_files(
     key = {"pcakmeans": "pca_kmeans"}.get(method, method)
     if key not in BASELINES:
         raise InputError(f"Unknown method {method!r}; use one of cva, sam, irmad, pcakmeans.")
-    if threshold is None:
+    if threshold in (None, "auto"):
         threshold = DEFAULT_THRESHOLDS.get(key, "otsu")
         threshold_value = DEFAULT_THRESHOLD_VALUES.get(key)
     raster_io.refuse_overwriting_inputs([change_out] + ([intensity_out] if intensity_out else []), [t1, t2])
