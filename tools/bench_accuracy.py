@@ -37,10 +37,17 @@ from hypernet_qgis.core.training import TrainConfig, model_widths, train_hyperne
 SHARED = REPO.parent / "shared" / "data"
 #: The default settings, and the paper's schedule (whole image per step, 200 epochs) at the same branch width so
 #: that only the schedule differs ("width:cap" = the default schedule's automatic width).
-DEFAULT_VARIANTS = [("HyperNet", {}), ("HyperNet, paper schedule", {"schedule": "paper", "width": "cap"})]
+DEFAULT_NAME = "HyperNet + IR-MAD + CVA (default)"
+DEFAULT_VARIANTS = [(DEFAULT_NAME, {}),
+                    ("HyperNet + IR-MAD + CVA, paper schedule", {"schedule": "paper", "width": "cap"})]
 #: Each HyperNet run is scored twice from the same trained model: with the default evidence (fused with IR-MAD
 #: and CVA, core/fusion.py) under the variant's name, and alone (``evidence=hypernet``) under this suffix.
 ALONE = ", HyperNet alone"
+
+
+def alone_name(vname: str) -> str:
+    """Row name of a variant's HyperNet-alone score."""
+    return "HyperNet alone (--evidence hypernet)" if vname == DEFAULT_NAME else vname + ALONE
 EXPLORE = bool(os.environ.get("HYPERNET_EXPLORE"))
 
 
@@ -198,7 +205,7 @@ def main() -> int:
                       flush=True)
             alone = [r.pop("alone") for r in runs]
             results[name][vname] = {"runs": runs, "mean_sd": summarise(runs), "options": opts}
-            results[name][vname + ALONE] = {"runs": alone, "mean_sd": summarise(alone), "options": opts}
+            results[name][alone_name(vname)] = {"runs": alone, "mean_sd": summarise(alone), "options": opts}
     results["_meta"] = {"peak_rss_mb": peak_rss_mb(), "command": " ".join(sys.argv), "cpus": os.cpu_count()}
     Path(args.output).parent.mkdir(parents=True, exist_ok=True)
     Path(args.output).write_text(json.dumps(results, indent=1))
