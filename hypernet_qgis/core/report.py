@@ -881,6 +881,8 @@ def write_detection_report(path: PathLike, result: Any) -> None:
         title = "HyperNet change detection report"
     if extra.get("distance"):
         info["distance"] = extra["distance"]
+    if extra.get("evidence") == "fused" and not extra.get("streamed"):
+        info["intensity"] = "mean of HyperNet, IR-MAD and CVA, each divided by its median (core/fusion.py)"
     info["seconds"] = getattr(result, "seconds", None)
     if getattr(pair, "bands", None) is not None:
         info["band selection"] = pair.bands
