@@ -63,7 +63,7 @@ def test_model_file_round_trip_gives_the_same_intensity(synthetic_pair, tmp_path
     net, meta = load_model(model)
     assert meta["band_count"] == 8 and meta["loss_history"] == res.loss_history
     assert meta["training"]["seed"] == 0 and meta["width"] == 16
-    direct = pipeline.detect_files(t1, t2, str(tmp_path / "a.tif"), model=str(model))
+    direct = pipeline.detect_files(t1, t2, str(tmp_path / "a.tif"), model=str(model), evidence="hypernet")
     pair = pipeline.load_pair(t1, t2)
     from hypernet_qgis.core.detection import change_intensity
 
@@ -195,7 +195,8 @@ def test_a_pair_larger_than_the_budget_is_detected_by_windows_with_the_same_resu
     t1, t2 = str(synthetic_pair["t1"]), str(synthetic_pair["t2"])
     model = tmp_path / "m.hypernet"
     pipeline.train_files(t1, t2, str(model), config=TrainConfig(**FAST))
-    whole = pipeline.detect_files(t1, t2, str(tmp_path / "a.tif"), model=str(model))
+    # windowed detection is HyperNet alone (the fusion with IR-MAD and CVA needs both dates in memory)
+    whole = pipeline.detect_files(t1, t2, str(tmp_path / "a.tif"), model=str(model), evidence="hypernet")
     small = TrainConfig(device="cpu", memory_budget_mb=0.1)  # the 40x36x8 pair needs ~0.2 MB in memory
     streamed = pipeline.detect_files(t1, t2, str(tmp_path / "b.tif"), model=str(model), config=small)
     assert streamed.extra.get("streamed") and not whole.extra.get("streamed")

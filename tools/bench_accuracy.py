@@ -1,6 +1,6 @@
 """Accuracy benchmark (``make bench``): HyperNet with default settings and every classic baseline on the
-benchmark pairs of ../shared/data, 3 seeds for HyperNet. Writes bench-results/accuracy.json and the table in
-BENCHMARKS.md (between the ACCURACY markers).
+benchmark pairs of ../shared/data, 5 seeds for HyperNet (each run scored as the default fused intensity and as
+HyperNet alone). Writes bench-results/accuracy.json and the table in BENCHMARKS.md (between the ACCURACY markers).
 
 Also the experiment harness behind the default choices: ``--variant NAME=key:value,...`` runs HyperNet with
 other settings (distance, threshold, fraction, width, epochs, schedule) on the same pairs and seeds.
@@ -24,6 +24,7 @@ sys.path.insert(0, str(REPO))
 from hypernet_qgis.core import raster_io  # noqa: E402
 from hypernet_qgis.core.baselines import BASELINES, DEFAULT_THRESHOLD_VALUES, DEFAULT_THRESHOLDS  # noqa: E402
 from hypernet_qgis.core.detection import binary_change, change_intensity  # noqa: E402
+from hypernet_qgis.core.fusion import classic_evidence, fuse, resolve_threshold  # noqa: E402
 from hypernet_qgis.core.metrics import change_metrics, reference_from_masks, roc_auc  # noqa: E402
 from hypernet_qgis.core.pipeline import (  # noqa: E402
     DEFAULT_DISTANCE,
@@ -36,7 +37,17 @@ from hypernet_qgis.core.training import TrainConfig, model_widths, train_hyperne
 SHARED = REPO.parent / "shared" / "data"
 #: The default settings, and the paper's schedule (whole image per step, 200 epochs) at the same branch width so
 #: that only the schedule differs ("width:cap" = the default schedule's automatic width).
-DEFAULT_VARIANTS = [("HyperNet", {}), ("HyperNet, paper schedule", {"schedule": "paper", "width": "cap"})]
+DEFAULT_NAME = "HyperNet + IR-MAD + CVA (default)"
+DEFAULT_VARIANTS = [(DEFAULT_NAME, {}),
+                    ("HyperNet + IR-MAD + CVA, paper schedule", {"schedule": "paper", "width": "cap"})]
+#: Each HyperNet run is scored twice from the same trained model: with the default evidence (fused with IR-MAD
+#: and CVA, core/fusion.py) under the variant's name, and alone (``evidence=hypernet``) under this suffix.
+ALONE = ", HyperNet alone"
+
+
+def alone_name(vname: str) -> str:
+    """Row name of a variant's HyperNet-alone score."""
+    return "HyperNet alone (--evidence hypernet)" if vname == DEFAULT_NAME else vname + ALONE
 EXPLORE = bool(os.environ.get("HYPERNET_EXPLORE"))
 
 
@@ -78,9 +89,14 @@ def run_hypernet(pair: ImagePair, ref: np.ndarray, seed: int, opts: dict) -> dic
     res = train_hypernet(pair.x1s, pair.x2s, pair.valid, cfg)
     intensity = change_intensity(res.model, pair.x1s, pair.x2s, pair.valid, opts.get("distance", DEFAULT_DISTANCE),
                                  "cpu")
-    binary, _ = threshold_feature_distance(intensity, pair.valid, opts.get("threshold", "otsu"))
-    out = score(binary, intensity, ref)
+    binary, _ = threshold_feature_distance(intensity, pair.valid, resolve_threshold(opts.get("threshold"), "hypernet"))
+    alone = score(binary, intensity, ref)
+    alone["seconds"] = time.perf_counter() - start
+    fused = fuse(intensity, classic_evidence(pair.x1, pair.x2, pair.valid), pair.valid)
+    binary, _ = binary_change(fused, pair.valid, resolve_threshold(opts.get("threshold"), "fused"))
+    out = score(binary, fused, ref)
     out["seconds"] = time.perf_counter() - start
+    out["alone"] = alone
     if EXPLORE:  # the same trained model under other distances and thresholds (no retraining)
         out["explore"] = explore(res.model, pair, ref)
         print("    " + " ".join(f"{k}={v:.3f}" for k, v in out["explore"].items()), flush=True)
@@ -129,6 +145,8 @@ def job(kind: str, name: str, method: str, opts: dict, seed: int) -> dict:
     pair = load_pair(t1, t2)
     out = run_baseline(method, pair, ref) if kind == "baseline" else run_hypernet(pair, ref, seed, opts)
     out["peak_rss_mb"] = peak_rss_mb()
+    if "alone" in out:
+        out["alone"]["peak_rss_mb"] = out["peak_rss_mb"]
     return out
 
 
@@ -154,7 +172,7 @@ def summarise(rows: list[dict]) -> dict:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--seeds", type=int, default=3)
+    ap.add_argument("--seeds", type=int, default=5)
     ap.add_argument("--variant", action="append", default=[], help="NAME=key:value,... (HyperNet settings)")
     ap.add_argument("--pairs", default=None, help="comma-separated subset of pairs")
     ap.add_argument("--no-baselines", action="store_true")
@@ -183,8 +201,11 @@ def main() -> int:
                 r = in_fresh_process("hypernet", name, "", opts, seed)
                 runs.append(r)
                 print(f"{name:20s} {vname:22s} seed {seed} kappa {r['kappa']:.3f} AUC {r['AUC']:.3f} "
-                      f"{r['seconds']:.1f}s", flush=True)
+                      f"{r['seconds']:.1f}s (alone: kappa {r['alone']['kappa']:.3f} AUC {r['alone']['AUC']:.3f})",
+                      flush=True)
+            alone = [r.pop("alone") for r in runs]
             results[name][vname] = {"runs": runs, "mean_sd": summarise(runs), "options": opts}
+            results[name][alone_name(vname)] = {"runs": alone, "mean_sd": summarise(alone), "options": opts}
     results["_meta"] = {"peak_rss_mb": peak_rss_mb(), "command": " ".join(sys.argv), "cpus": os.cpu_count()}
     Path(args.output).parent.mkdir(parents=True, exist_ok=True)
     Path(args.output).write_text(json.dumps(results, indent=1))

@@ -13,8 +13,11 @@ from qgis.core import (
 )
 
 from ..core.errors import InputError
-from .base import MODEL_FILTER, THRESHOLD_METHODS, HyperNetAlgorithm, Job, QgisFeedback, check_band_choice, \
-    check_device, check_mask, check_pair, layer_path, model_band_count, model_band_selection, parse_band_list, pipeline
+from .base import MODEL_FILTER, HyperNetAlgorithm, Job, QgisFeedback, check_band_choice, check_device, check_mask, \
+    check_pair, layer_path, model_band_count, model_band_selection, parse_band_list, pipeline
+
+#: Detect Change's threshold methods: "auto" is the engine's default for its intensity (core/fusion.py).
+DETECT_THRESHOLDS = ["auto", "otsu", "kmeans", "mixture", "fixed"]
 
 
 class DetectChangeAlgorithm(HyperNetAlgorithm):
@@ -34,14 +37,17 @@ class DetectChangeAlgorithm(HyperNetAlgorithm):
         "on this pair (no labels needed; the training settings are under <i>Advanced</i>).</p>"
         "<p><b>Inputs</b>: <i>T1</i> and <i>T2</i>, multi- or hyperspectral rasters on the same grid (size, "
         "pixel size, CRS) with the same bands; optionally a model file from <i>Train HyperNet</i> (same sensor and "
-        "bands), a band list, and the threshold method: <i>otsu</i> (default), <i>kmeans</i>, or <i>fixed</i> "
-        "with your fixed threshold.</p>"
+        "bands), a band list, and the threshold method: <i>auto</i> (default: a two-Gaussian mixture), "
+        "<i>otsu</i>, <i>kmeans</i>, <i>mixture</i>, or <i>fixed</i> with your fixed threshold.</p>"
+        "<p><b>Intensity</b>: by default HyperNet's feature distance averaged with IR-MAD and CVA, each divided "
+        "by its median (more accurate and far more stable than any of them alone on the benchmark pairs; "
+        "BENCHMARKS.md); <i>Evidence = hypernet</i> uses HyperNet's distance alone.</p>"
         "<p><b>Outputs</b>: the change map, a GeoTIFF on T1's grid with 1 = change (red), 0 = no change "
-        "(transparent, so the image beneath shows), 255 = nodata; optionally the change intensity (the larger, the more change; float GeoTIFF). Also the "
-        "number and fraction of changed pixels and the changed area in hectares. Optionally the <i>change "
-        "polygons</i> (GeoPackage): one polygon per connected changed region with its area (map units², "
-        "hectares) and mean and maximum intensity; regions below the minimum area are dropped (and, as an "
-        "option, removed from the change map). Styles are saved next to the files (.qml).</p>"
+        "(transparent, so the image beneath shows), 255 = nodata; optionally the change intensity (the larger, "
+        "the more change; float GeoTIFF). Also the number and fraction of changed pixels and the changed area in "
+        "hectares. Optionally the <i>change polygons</i> (GeoPackage): one polygon per connected changed region "
+        "with its area (map units², hectares) and mean and maximum intensity; regions below the minimum area are "
+        "dropped (and, as an option, removed from the change map). Styles are saved next to the files (.qml).</p>"
         "<p><b>Time</b>: seconds with a model; with training about a minute for a few hundred thousand pixels of "
         "~200 bands on a CPU (default schedule), much less on a CUDA GPU. The log says which device ran. "
         "Cancelling stops within one epoch or tile and writes nothing.</p>"
@@ -54,7 +60,7 @@ class DetectChangeAlgorithm(HyperNetAlgorithm):
             help_text="A model from Train HyperNet (same sensor and bands). Empty: train on this pair first; "
                       "the training settings are under Advanced.")
         self.add_bands()
-        self.add_threshold()
+        self.add_threshold(DETECT_THRESHOLDS, default="auto")
         self.add_device()
         self.add_change_outputs()
         self.add_training(advanced=True)
@@ -97,7 +103,7 @@ class DetectChangeAlgorithm(HyperNetAlgorithm):
         mask = layer_path(self, parameters, "UNCHANGED_MASK", context, "Known unchanged pixels", optional=True)
         if mask:
             check_mask(mask, info)
-        method, value = self.threshold_values(parameters, context, THRESHOLD_METHODS)
+        method, value = self.threshold_values(parameters, context, DETECT_THRESHOLDS)
         config = self.training_values(parameters, context)
         check_device(config["device"])
         job = Job({"t1": t1, "t2": t2, "bands": bands, "model": model, "mask": mask, "threshold": method,

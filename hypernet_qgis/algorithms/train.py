@@ -38,7 +38,7 @@ class TrainHyperNetAlgorithm(HyperNetAlgorithm):
         "<i>Detect Change</i> on this pair or on other pairs from the same sensor and bands; the final training "
         "loss; optionally an HTML training report.</p>"
         "<p><b>Time</b>: about a minute for a few hundred thousand pixels of ~200 bands on a recent CPU with the "
-        "default schedule (60 epochs); several times faster on a CUDA GPU (DEVICE=auto picks it). The log says "
+        "default schedule (20 epochs); several times faster on a CUDA GPU (DEVICE=auto picks it). The log says "
         "which device ran. Cancelling stops within one epoch and writes nothing.</p>"
         "<p>Advanced: <i>paper</i> schedule = 200 full-image steps as published; memory budget bounds the tile "
         "and batch sizes.</p>"

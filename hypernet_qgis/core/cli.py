@@ -57,12 +57,12 @@ def _finite(text: str) -> float:
 
 
 def _threshold(text: str) -> str:
-    if text in ("otsu", "kmeans"):
+    if text in ("auto", "otsu", "kmeans", "mixture"):
         return text
     try:
         _finite(text)
     except argparse.ArgumentTypeError:
-        raise argparse.ArgumentTypeError(f"use otsu, kmeans or a finite number, not {text!r}") from None
+        raise argparse.ArgumentTypeError(f"use auto, otsu, kmeans, mixture or a finite number, not {text!r}") from None
     return text
 
 
@@ -196,7 +196,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", "-o", required=True, help="binary change map to write (GeoTIFF)")
     p.add_argument("--intensity", default=None, help="also write the change intensity (float32 GeoTIFF)")
     p.add_argument("--model", default=None, help="a model file from 'train'; without it the pair is trained first")
-    p.add_argument("--threshold", type=_threshold, default="otsu", help="otsu (default), kmeans, or a number")
+    p.add_argument("--threshold", type=_threshold, default="auto",
+                   help="auto (default: mixture for the fused intensity, otsu for --evidence hypernet), otsu, "
+                        "kmeans, mixture, or a number")
+    p.add_argument("--evidence", default="fused", choices=["fused", "hypernet"],
+                   help="fused (default): HyperNet's distance averaged with IR-MAD and CVA, each divided by its "
+                        "median; hypernet: HyperNet's distance alone")
     p.add_argument("--distance", default=None, choices=["mse", "cosine", "rx"],
                    help="feature distance (default mse, the paper's)")
     p.add_argument("--batchnorm", default="per-date", choices=["per-date", "running"],
@@ -265,7 +270,7 @@ def _config(args: argparse.Namespace) -> options.TrainConfig:
 
 
 def _split_threshold(value: str | None) -> tuple[str | None, float | None]:
-    if value is None or value in ("otsu", "kmeans"):
+    if value is None or value in ("auto", "otsu", "kmeans", "mixture"):
         return value, None
     return "fixed", float(value)
 
@@ -302,7 +307,7 @@ def run(args: argparse.Namespace) -> int:
         res = pipeline.detect_files(
             args.t1, args.t2, args.output, intensity_out=args.intensity, model=args.model, threshold=method,
             threshold_value=value, bands=args.bands, unchanged_mask=args.unchanged_mask, distance=args.distance,
-            batchnorm=args.batchnorm,
+            batchnorm=args.batchnorm, evidence=args.evidence,
             config=_config(args), feedback=fb, align=args.align, resampling=args.resampling,
             drop_bad_bands=not args.keep_bad_bands, drop_water=args.drop_water,
         )

@@ -24,7 +24,9 @@ MIN_MEMORY_BUDGET_MB = 64
 
 DEVICES = ("auto", "cpu", "cuda")
 SCHEDULES = ("default", "paper")
-THRESHOLD_METHODS = ("otsu", "kmeans", "fixed")
+#: mixture: the boundary of a two-Gaussian mixture; auto (Detect Change): mixture for the fused intensity, Otsu on
+#: the root for HyperNet alone.
+THRESHOLD_METHODS = ("otsu", "kmeans", "mixture", "fixed")
 #: mse: the paper's per-pixel mean squared feature difference; cosine: 1 - cosine similarity of the features;
 #: rx: Mahalanobis (RX) distance of the feature difference from its own mean and covariance.
 DISTANCES = ("mse", "cosine", "rx")
@@ -39,8 +41,13 @@ CLASSIC_METHODS = ("cva", "sam", "irmad", "pcakmeans")
 DEFAULT_TRAINING_FRACTION = 0.5
 DEFAULT_LEARNING_RATE = 0.05
 DEFAULT_GAMMA = 1.0
-#: Epochs of each schedule when the user gives none.
-DEFAULT_EPOCHS = {"default": 60, "paper": 200}
+#: Epochs of each schedule when the user gives none. Default schedule: 20 ranked change as well as 60 and did better
+#: in the default fusion with IR-MAD and CVA, in a third of the time (BENCHMARKS.md, issue 10).
+DEFAULT_EPOCHS = {"default": 20, "paper": 200}
+#: What the change intensity of Detect Change is made of: "fused" = HyperNet's root feature distance averaged
+#: with IR-MAD and CVA, each divided by its median (core/fusion.py); "hypernet" = HyperNet's distance alone.
+EVIDENCE_MODES = ("fused", "hypernet")
+DEFAULT_EVIDENCE = "fused"
 #: Largest random seed (the CLI and QGIS accept 0 .. 2**32 - 1, what every torch and numpy generator takes).
 MAX_SEED = 2**32 - 1
 

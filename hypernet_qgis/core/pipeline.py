@@ -20,6 +20,7 @@ from .evaluation import evaluate_files  # noqa: F401  (the evaluation job, re-ex
 from .options import INTENSITY_NODATA
 from .pair import ImagePair, load_pair, open_pair  # noqa: F401 (load_pair re-exported for tools and tests)
 from .progress import Feedback, NullFeedback, SubFeedback, check_cancelled
+from .fusion import DEFAULT_EVIDENCE, check_evidence, classic_evidence, fuse, resolve_threshold
 from .thresholds import NODATA, binary_change, threshold_feature_distance  # noqa: F401 (re-exported)
 from .options import DEFAULT_DISTANCE, MIN_SIDE  # noqa: F401 (one home: core/options.py)
 
@@ -125,7 +126,7 @@ def _detect_files(
     *,
     intensity_out: str | None = None,
     model: str | None = None,
-    threshold: str = "otsu",
+    threshold: str = "auto",
     threshold_value: float | None = None,
     bands: Sequence[int] | None = None,
     unchanged_mask: str | None = None,
@@ -133,9 +134,13 @@ def _detect_files(
     batchnorm: str = "per-date",
     config: TrainConfig | None = None,
     feedback: Feedback | None = None,
+    evidence: str = DEFAULT_EVIDENCE,
 ) -> DetectResult:
     """Detect change between two rasters: train on the pair (or load a model), intensity, threshold, write.
 
+    ``evidence``: "fused" (default) averages HyperNet's root feature distance with IR-MAD and CVA, each divided
+    by its median, and splits the mean with a two-Gaussian mixture (``fusion.py``); "hypernet" uses HyperNet's
+    distance alone (Otsu on its root). ``threshold="auto"`` picks the mode's threshold.
     ``batchnorm``: "per-date" normalises each date's features with its own whole-image statistics (default),
     "running" uses the running statistics of training (the paper's eval mode).
     """
@@ -147,6 +152,7 @@ def _detect_files(
     feedback = feedback or NullFeedback()
     config = config or TrainConfig()
     config.validate()
+    check_evidence(evidence)
     if threshold == "fixed" and threshold_value is None:
         raise InputError("THRESHOLD_METHOD=fixed needs a THRESHOLD value (a number).")
     outputs = [change_out] + ([intensity_out] if intensity_out else [])
@@ -188,7 +194,19 @@ def _detect_files(
             memory_budget_mb=config.memory_budget_mb, batchnorm=batchnorm,
         )
         stages["detect_s"] = time.perf_counter() - clock
-    binary, thr = threshold_feature_distance(intensity, pair.valid, threshold, threshold_value)
+        if evidence == "fused" and pair.windowed:
+            feedback.info("The pair is larger than the memory budget: the change intensity is HyperNet's alone "
+                          "(the fusion with IR-MAD and CVA needs both dates in memory).")
+            evidence = "hypernet"
+        threshold = resolve_threshold(threshold, evidence)
+        if evidence == "fused":
+            feedback.info("Averaging with IR-MAD and CVA (each divided by its median); threshold: "
+                          f"{threshold if threshold != 'fixed' else threshold_value}.")
+            intensity = fuse(intensity, classic_evidence(pair.x1, pair.x2, pair.valid), pair.valid)
+    if evidence == "fused":
+        binary, thr = binary_change(intensity, pair.valid, threshold, threshold_value)
+    else:
+        binary, thr = threshold_feature_distance(intensity, pair.valid, threshold, threshold_value)
     check_cancelled(feedback)
     clock = time.perf_counter()
     _write_outputs(change_out, intensity_out, binary, intensity, pair.info1)
@@ -200,7 +218,7 @@ def _detect_files(
         f"Threshold {thr:.6g} ({threshold}); {changed} of {valid_count} valid pixels changed "
         f"({100.0 * changed / max(valid_count, 1):.2f}%)."
     )
-    extra = {"distance": distance, "batchnorm": batchnorm, "stages_s": stages}
+    extra = {"distance": distance, "batchnorm": batchnorm, "evidence": evidence, "stages_s": stages}
     if pair.windowed:
         extra["streamed"] = True
     return DetectResult(change_out, intensity_out, changed, valid_count, thr, threshold,
@@ -238,7 +256,7 @@ def _baseline_files(
     key = {"pcakmeans": "pca_kmeans"}.get(method, method)
     if key not in BASELINES:
         raise InputError(f"Unknown method {method!r}; use one of cva, sam, irmad, pcakmeans.")
-    if threshold is None:
+    if threshold in (None, "auto"):
         threshold = DEFAULT_THRESHOLDS.get(key, "otsu")
         threshold_value = DEFAULT_THRESHOLD_VALUES.get(key)
     raster_io.refuse_overwriting_inputs([change_out] + ([intensity_out] if intensity_out else []), [t1, t2])

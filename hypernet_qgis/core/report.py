@@ -891,6 +891,8 @@ def write_detection_report(path: PathLike, result: Any) -> None:
         title = "HyperNet change detection report"
     if extra.get("distance"):
         info["distance"] = extra["distance"]
+    if extra.get("evidence") == "fused" and not extra.get("streamed"):
+        info["intensity"] = "mean of HyperNet, IR-MAD and CVA, each divided by its median (core/fusion.py)"
     info["seconds"] = getattr(result, "seconds", None)
     area = extra.get("area")
     if area:

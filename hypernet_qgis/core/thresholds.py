@@ -11,8 +11,8 @@ import numpy as np
 from .errors import InputError
 from .options import CHANGED, NODATA, THRESHOLD_METHODS, UNCHANGED  # noqa: F401 (one home: core/options.py)
 
-__all__ = ["otsu_threshold", "kmeans_threshold", "compute_threshold", "choose_threshold", "binary_change", "METHODS",
-           "CHANGED", "UNCHANGED", "NODATA", "threshold_feature_distance"]
+__all__ = ["otsu_threshold", "kmeans_threshold", "mixture_threshold", "compute_threshold", "choose_threshold",
+           "binary_change", "METHODS", "CHANGED", "UNCHANGED", "NODATA", "threshold_feature_distance"]
 
 METHODS = THRESHOLD_METHODS
 def _finite_sorted(values: np.ndarray) -> np.ndarray:
@@ -87,13 +87,62 @@ def kmeans_threshold(values: np.ndarray, max_iter: int = 100) -> float:
     return float(0.5 * (c0 + c1))
 
 
+#: Values the mixture is fitted to: this many evenly spaced order statistics of the intensity (deterministic).
+MIXTURE_SAMPLE = 65536
+
+
+def mixture_threshold(values: np.ndarray, max_iter: int = 200) -> float:
+    """Threshold between the two components of a 1-D two-Gaussian mixture fitted by EM (started at Otsu's split).
+
+    Returns the point between the two means where the weighted densities are equal (the Bayes split of the
+    fitted mixture). Unlike Otsu, each class has its own variance and share, so a changed class with a long,
+    spread-out tail (IR-MAD on 204 bands) does not pull the split into that tail (BENCHMARKS.md, issue 10).
+    The fit uses ``MIXTURE_SAMPLE`` evenly spaced order statistics. A constant input returns its value.
+    """
+    v = _finite_sorted(values)
+    if v[0] == v[-1]:
+        return float(v[0])
+    if v.size > MIXTURE_SAMPLE:
+        v = v[np.linspace(0, v.size - 1, MIXTURE_SAMPLE).round().astype(np.int64)]
+    t = otsu_threshold(v)
+    lo, hi = v[v <= t], v[v > t]
+    if lo.size == 0 or hi.size == 0:
+        return float(t)
+    scale = max(float(v[-1] - v[0]), 1e-300)
+    w = np.array([lo.size, hi.size], dtype=np.float64) / v.size
+    mu = np.array([lo.mean(), hi.mean()])
+    sd = np.array([lo.std(), hi.std()]) + 1e-9 * scale
+    for _ in range(max_iter):
+        ll = -0.5 * ((v[:, None] - mu) / sd) ** 2 - np.log(sd) + np.log(np.maximum(w, 1e-300))
+        ll -= ll.max(axis=1, keepdims=True)
+        r = np.exp(ll)
+        r /= r.sum(axis=1, keepdims=True)
+        nk = np.maximum(r.sum(axis=0), 1e-12)
+        mu_new = (r * v[:, None]).sum(axis=0) / nk
+        sd_new = np.sqrt((r * (v[:, None] - mu_new) ** 2).sum(axis=0) / nk) + 1e-9 * scale
+        done = bool(np.allclose(mu_new, mu, rtol=1e-6, atol=1e-12 * scale))
+        w, mu, sd = nk / v.size, mu_new, sd_new
+        if done:
+            break
+    i0, i1 = np.argsort(mu)
+    grid = np.linspace(mu[i0], mu[i1], 2001)
+
+    def log_density(i: int) -> np.ndarray:
+        return -0.5 * ((grid - mu[i]) / sd[i]) ** 2 - np.log(sd[i]) + np.log(max(w[i], 1e-300))
+
+    above = np.nonzero(log_density(i1) > log_density(i0))[0]
+    return float(grid[above[0]]) if above.size else float(mu[i1])
+
+
 def compute_threshold(values: np.ndarray, method: str = "otsu", value: float | None = None) -> float:
-    """Threshold by name: 'otsu', 'kmeans' or 'fixed' (then ``value`` is required)."""
+    """Threshold by name: 'otsu', 'kmeans', 'mixture' or 'fixed' (then ``value`` is required)."""
     method = method.lower()
     if method == "otsu":
         return otsu_threshold(values)
     if method in ("kmeans", "k-means"):
         return kmeans_threshold(values)
+    if method == "mixture":
+        return mixture_threshold(values)
     if method == "fixed":
         if value is None or not np.isfinite(value):
             raise InputError("A fixed threshold needs a finite THRESHOLD_VALUE. Give a number, or use otsu/kmeans.")
