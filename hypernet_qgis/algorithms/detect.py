@@ -6,12 +6,14 @@ import os
 from typing import Any
 
 from qgis.core import (
+    QgsProcessingParameterEnum,
     QgsProcessingContext,
     QgsProcessingOutputNumber,
     QgsProcessingParameterFile,
     QgsProcessingParameterFileDestination,
 )
 
+from ..core import options
 from ..core.errors import InputError
 from .base import MODEL_FILTER, HyperNetAlgorithm, Job, QgisFeedback, check_band_choice, check_device, check_mask, \
     check_pair, layer_path, model_band_count, model_band_selection, parse_band_list, pipeline
@@ -61,6 +63,11 @@ class DetectChangeAlgorithm(HyperNetAlgorithm):
                       "the training settings are under Advanced.")
         self.add_bands()
         self.add_threshold(DETECT_THRESHOLDS, default="auto")
+        self._add(QgsProcessingParameterEnum(
+            "EVIDENCE", "Change evidence", options=list(options.EVIDENCE_MODES), defaultValue=options.DEFAULT_EVIDENCE,
+            usesStaticStrings=True), True,
+            "fused (default): HyperNet's feature distance averaged with IR-MAD and CVA, each divided by its median; "
+            "hypernet: HyperNet's distance alone (Otsu on its root).")
         self.add_device()
         self.add_change_outputs()
         self.add_training(advanced=True)
@@ -107,7 +114,9 @@ class DetectChangeAlgorithm(HyperNetAlgorithm):
         config = self.training_values(parameters, context)
         check_device(config["device"])
         job = Job({"t1": t1, "t2": t2, "bands": bands, "model": model, "mask": mask, "threshold": method,
-                   "threshold_value": value, "config": config, **aligning}, inputs=[t1, t2, model, mask])
+                   "threshold_value": value, "config": config,
+                   "evidence": self.enum_string(parameters, "EVIDENCE", context, list(options.EVIDENCE_MODES)),
+                   **aligning}, inputs=[t1, t2, model, mask])
         self.declare_output(job, parameters, context, "OUTPUT_CHANGE", "change", "change", "Change map (HyperNet)")
         self.declare_output(job, parameters, context, "OUTPUT_INTENSITY", "intensity", "intensity",
                             "Change intensity (HyperNet)")
@@ -132,6 +141,7 @@ class DetectChangeAlgorithm(HyperNetAlgorithm):
             job["t1"], job["t2"], job["change"], intensity_out=job["intensity"], model=job["model"],
             threshold=job["threshold"], threshold_value=job["threshold_value"], bands=job["bands"],
             unchanged_mask=job["mask"], config=TrainConfig(**job["config"]), feedback=feedback,
+            evidence=job["evidence"],
             align=job["align"], resampling=job["resampling"],
             drop_bad_bands=job["drop_bad_bands"], drop_water=job["drop_water"])
         outputs: dict[str, Any] = {
