@@ -65,7 +65,9 @@ def test_train_by_windows_saves_the_same_model_metadata(synthetic_pair, tmp_path
 
 
 def test_detect_by_windows_writes_the_same_map_and_a_report(synthetic_pair, tmp_path):
-    """The report used to fail on every pair over the budget ("carries no images")."""
+    """The report used to fail on every pair over the budget ("carries no images"). HyperNet's own intensity is
+    compared (the default fusion with IR-MAD and CVA needs both dates in memory; by windows it falls back to
+    HyperNet alone and says so, checked below)."""
     from hypernet_qgis.core.report import write_detection_report
 
     t1, t2 = str(synthetic_pair["t1"]), str(synthetic_pair["t2"])
@@ -75,7 +77,7 @@ def test_detect_by_windows_writes_the_same_map_and_a_report(synthetic_pair, tmp_
     for name, budget in (("whole", None), ("windows", TINY_MB)):
         result = pipeline.detect_files(t1, t2, str(tmp_path / f"{name}.tif"),
                                        intensity_out=str(tmp_path / f"{name}_i.tif"), model=model,
-                                       config=_config(budget))
+                                       config=_config(budget), evidence="hypernet")
         write_detection_report(str(tmp_path / f"{name}.html"), result)
         runs[name] = result
     assert runs["windows"].extra.get("streamed") and not runs["whole"].extra.get("streamed")
@@ -86,6 +88,8 @@ def test_detect_by_windows_writes_the_same_map_and_a_report(synthetic_pair, tmp_
     ib = gdal.Open(str(tmp_path / "windows_i.tif")).ReadAsArray()
     assert np.abs(ia - ib).max() <= 1e-4 * (ia[ia != -9999].max() - ia[ia != -9999].min())
     assert _sections(tmp_path / "windows.html") == _sections(tmp_path / "whole.html")
+    fused = pipeline.detect_files(t1, t2, str(tmp_path / "fused.tif"), model=model, config=_config(TINY_MB))
+    assert fused.extra["evidence"] == "hypernet"  # the documented fallback of the windowed route
     text = open(tmp_path / "windows.html", encoding="utf-8").read()
     assert re.search(r'id="v-changed">[0-9,]+<', text) and "data:image/png;base64," in text
 
