@@ -162,8 +162,12 @@ class ChannelStats:
         m = a.shape[0] * a.shape[2] * a.shape[3]
         if not m:
             return
-        var_b, mean_b = torch.var_mean(a, dim=(0, 2, 3), correction=0)
-        mean_b, m2_b = mean_b.double(), var_b.double() * m
+        # a training-mode batch_norm with momentum 1 leaves the batch mean and unbiased variance in its buffers:
+        # twice as fast as var_mean on the CPU (the normalised output is discarded)
+        mean_b = torch.zeros(a.shape[1], dtype=a.dtype, device=a.device)
+        var_b = torch.ones_like(mean_b)
+        F.batch_norm(a, mean_b, var_b, None, None, True, 1.0, 1e-5)
+        mean_b, m2_b = mean_b.double(), (var_b.double() * (m - 1) if m > 1 else torch.zeros_like(mean_b, dtype=torch.float64))
         hi, lo = a.amax(dim=(0, 2, 3)), a.amin(dim=(0, 2, 3))
         if self.mean is None or self.m2 is None or self.max is None or self.min is None:
             self.n, self.mean, self.m2, self.max, self.min = m, mean_b, m2_b, hi, lo

@@ -13,6 +13,10 @@ In eval mode (BatchNorm uses its running statistics) the features are therefore 
 Windows are clipped at the image border, where the convolutions' own zero padding then applies exactly as on the
 whole image; inside the image the halo absorbs the padding of the window. Results equal the whole-image forward
 pass up to floating-point summation order (tests/test_tiling.py: 1e-9 in float64).
+
+The statistics passes recompute the layers before each attention depth. Detection instead uses ``layerwise.py``,
+which runs every layer once per date (with the per-date BatchNorm statistics too); this module gives it the tile
+geometry (:func:`tiles`, :func:`window`, :func:`interior`).
 """
 
 from __future__ import annotations
