@@ -167,7 +167,8 @@ class ChannelStats:
         mean_b = torch.zeros(a.shape[1], dtype=a.dtype, device=a.device)
         var_b = torch.ones_like(mean_b)
         F.batch_norm(a, mean_b, var_b, None, None, True, 1.0, 1e-5)
-        mean_b, m2_b = mean_b.double(), (var_b.double() * (m - 1) if m > 1 else torch.zeros_like(mean_b, dtype=torch.float64))
+        mean_b = mean_b.double()
+        m2_b = var_b.double() * (m - 1) if m > 1 else torch.zeros_like(mean_b)
         hi, lo = a.amax(dim=(0, 2, 3)), a.amin(dim=(0, 2, 3))
         if self.mean is None or self.m2 is None or self.max is None or self.min is None:
             self.n, self.mean, self.m2, self.max, self.min = m, mean_b, m2_b, hi, lo

@@ -116,8 +116,8 @@ def detection_plan(bands: int, width: int, rows: int, cols: int, memory_budget_m
 
     Whole image: one date's forward pass while the other's 2*width features are held. By tiles: the scratch maps
     go to memory when they leave at least SCRATCH_TILE_SHARE of the budget (and a MIN_TILE tile) to the tile,
-    which then gets what is left, else to disk files (the tile gets the whole budget). On CUDA the tile works in the card's memory
-    (:func:`device_budget_mb`) while the scratch stays in host memory, under the user's budget.
+    which then gets what is left, else to disk files (the tile gets the whole budget). On CUDA the tile works in
+    the card's memory (:func:`device_budget_mb`) while the scratch stays in host memory, under the user's budget.
     """
     host = float(memory_budget_mb)
     work = device_budget_mb(device, memory_budget_mb)
