@@ -124,8 +124,9 @@ def test_each_conv_runs_once_per_date_on_each_tile():
             assert rows * cols * 2 <= pixels[m] <= 2 * (rows * cols + n * (4 * 5 * tile + 4 * 25)), m
 
 
-def test_tiled_detection_equals_whole_image_on_disk_scratch():
-    """A budget too small for in-memory scratch puts the maps on disk; the intensity is the same."""
+def test_tiled_detection_equals_whole_image_on_disk_scratch(tmp_path):
+    """A budget too small for in-memory scratch puts the maps on disk (in ``scratch_dir`` while detection runs,
+    deleted after); the intensity is the same."""
     model = _model().float()
     rng = np.random.default_rng(7)
     x1 = rng.normal(0, 1, (6, 60, 50)).astype(np.float32)
@@ -133,14 +134,19 @@ def test_tiled_detection_equals_whole_image_on_disk_scratch():
     x2[:, 3:10, 4:12] += 2.0
     valid = np.ones((60, 50), bool)
     whole = change_intensity(model, x1, x2, valid, "cosine", "cpu")
-    messages = []
+    messages, files = [], []
 
     class Record(NullFeedback):
         def info(self, text):
             messages.append(text)
 
-    tiled = change_intensity(model, x1, x2, valid, "cosine", "cpu", memory_budget_mb=0.5, feedback=Record())
+        def set_progress(self, fraction):
+            files.append(len(list(tmp_path.glob("hypernet-layers-*/*.bin"))))
+
+    tiled = change_intensity(model, x1, x2, valid, "cosine", "cpu", memory_budget_mb=0.5, feedback=Record(),
+                             scratch_dir=str(tmp_path))
     assert any("disk scratch" in m for m in messages), messages
+    assert max(files) >= 4 and not list(tmp_path.iterdir())
     assert np.nanmax(np.abs(tiled - whole)) <= 1e-4 * (np.nanmax(whole) - np.nanmin(whole))
 
 

@@ -102,12 +102,13 @@ def detection_peak_mb(side: int, bands: int, width: int, budget: int, alloc: str
 
 @pytest.mark.parametrize("alloc", ["system", "tcmalloc"])
 def test_detection_peak_rss_within_budget_plus_half_a_gigabyte(alloc):
-    """1200 x 1200 x 32 bands, width 16, budget 1024 MB: the whole image would need 1.6 GB, so detection runs by
-    tiles with its scratch maps in memory (645 MB); the process' peak RSS, engine import included, stays within
-    budget + 0.5 GB."""
-    side, bands, width, budget = 1200, 32, 16, 1024
+    """1000 x 1000 x 32 bands, width 16, budget 1024 MB: the whole image would need 1.3 GB, so detection runs by
+    tiles with its scratch maps in memory (448 MB) and the rest of the budget for the tile; the process' peak RSS,
+    engine import included, stays within budget + 0.5 GB."""
+    side, bands, width, budget = 1000, 32, 16, 1024
     assert side * side * memory.forward_bytes_per_pixel(bands, width, 2 * width) > budget * memory.MB
     plan = memory.detection_plan(bands, width, side, side, budget)
     assert not plan.whole and plan.scratch_in_memory
     out = detection_peak_mb(side, bands, width, budget, alloc)
+    print(alloc, out)
     assert out["peak_mb"] <= budget + 512, out

@@ -150,6 +150,7 @@ def change_intensity(
     memory_budget_mb: float = DEFAULT_MEMORY_BUDGET_MB,
     tile: int | None = None,
     batchnorm: str = "per-date",
+    scratch_dir: str | None = None,
 ) -> np.ndarray:
     """Per-pixel change intensity (float32, NaN where invalid) between the two dates' HyperNet features.
 
@@ -161,6 +162,7 @@ def change_intensity(
     pass 2 scores. ``x1s``/``x2s`` may be any array-like with window slicing (memory maps, ``streaming`` readers).
     ``batchnorm="per-date"`` (default) normalises each date's features with that date's own whole-image
     BatchNorm statistics, as training does (``calibration.py``); ``"running"`` is the paper's eval mode.
+    ``scratch_dir``: where disk scratch maps go (default: the system's temporary folder).
     """
     if distance not in DISTANCES:
         raise InputError(f"Unknown distance {distance!r}; use one of {', '.join(DISTANCES)}.")
@@ -194,7 +196,7 @@ def change_intensity(
                   "memory budget.")
     with streaming_allocator():  # the tiles' blocks go back to the system at once: bounded peak
         dtype = torch.empty(0, dtype=next(model.parameters()).dtype).numpy().dtype
-        with Scratch(rows, cols, dtype, plan.scratch_in_memory) as scratch:
+        with Scratch(rows, cols, dtype, plan.scratch_in_memory, scratch_dir) as scratch:
             per_date = batchnorm == "per-date"
             d1 = date_features(model, x1s, plan.tile, dev, scratch, "t1_", per_date, SubFeedback(feedback, 0.0, 0.45))
             d2 = date_features(model, x2s, plan.tile, dev, scratch, "t2_", per_date, SubFeedback(feedback, 0.45, 0.9))

@@ -271,7 +271,7 @@ def detect_files_streamed(t1: str, t2: str, change_out: str, *, intensity_out: s
         t = time.perf_counter()
         intensity = change_intensity(model, pair.x1s, pair.x2s, pair.valid, distance, config.device,
                                      SubFeedback(feedback, 0.6, 0.97), memory_budget_mb=config.memory_budget_mb,
-                                     batchnorm=batchnorm)
+                                     batchnorm=batchnorm, scratch_dir=scratch_dir)
         times["detect_s"] = time.perf_counter() - t
         binary, thr = threshold_feature_distance(intensity, pair.valid, threshold, threshold_value)
         valid_count = int(pair.valid.sum())
