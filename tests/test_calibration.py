@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 import torch
 
-from hypernet_qgis.core.calibration import backbone_batchnorms, calibrate_batchnorm
+from hypernet_qgis.core.calibration import backbone_batchnorms, batchnorm_statistics_tiled, calibrate_batchnorm
 from hypernet_qgis.core.detection import change_intensity
 from hypernet_qgis.core.errors import Cancelled
 from hypernet_qgis.core.network import HyperNet
 from hypernet_qgis.core.progress import NullFeedback
-from hypernet_qgis.core.tiling import batchnorm_statistics_tiled, calibration_points, fused_features_tiled
+from hypernet_qgis.core.tiling import fused_features_tiled, pooled_statistics
 
 
 def _model(bands: int = 6, width: int = 16) -> HyperNet:
@@ -103,17 +103,6 @@ def test_tiled_calibration_gives_training_mode_features(image):
     np.testing.assert_allclose(fused_features_tiled(calibrated, image, 12), expected, rtol=1e-9, atol=1e-9)
 
 
-def test_calibration_plan_of_the_published_network():
-    model = HyperNet(6, 16)
-    plan = calibration_points(model)
-    assert len(plan) == 7  # 3 x (BN, attention) + the fuse BN, both branches side by side
-    bns = [m for jobs in plan for _, mods, _ in jobs for m in mods if isinstance(m, torch.nn.BatchNorm2d)]
-    assert sorted(map(id, bns)) == sorted(map(id, backbone_batchnorms(model)))  # each exactly once
-    assert len(bns) == 3 + 1 + 3 + 2  # RSAB BNs, rsab1's shortcut BN, RCAB BNs, the two fuse BNs
-    for jobs in plan:
-        assert all(halo <= model.halo() for _, _, halo in jobs)
-
-
 def test_tiled_calibration_can_be_cancelled(image):
     class Cancel(NullFeedback):
         def is_cancelled(self):
@@ -141,22 +130,15 @@ def test_tiled_detection_with_per_date_statistics_equals_whole_image(distance):
     assert np.nanmax(np.abs(running - whole)) > 1e-2 * span  # the tiles did use the per-date statistics
 
 
-def test_attention_statistics_found_while_calibrating_are_reused_exactly():
-    """The tiled calibration keeps its channel-attention statistics for the same image; the tiled feature pass
-    then skips its 3 statistics passes and still gives the same features as recomputing them."""
-    from hypernet_qgis.core.tiling import batchnorm_statistics_tiled, fused_features_tiled
-
+def test_pooled_statistics_are_passed_explicitly():
+    """Pooled statistics given to the tiled feature pass replace its statistics passes: the right ones give the
+    same features as recomputing them; wrong ones (another image's) change the result, so they are used."""
     model = _model()
     x = np.random.default_rng(5).normal(0.5, 2.0, (6, 23, 29))
-    calibrated = batchnorm_statistics_tiled(model, x, 10, "cpu")
-    assert calibrated.pooled_statistics_of[0] is x
-    reused = fused_features_tiled(calibrated, x, 10, "cpu")
-    del calibrated.pooled_statistics_of
-    recomputed = fused_features_tiled(calibrated, x, 10, "cpu")
-    np.testing.assert_allclose(reused, recomputed, rtol=1e-12, atol=1e-12)
-    other = x + 1.0  # another image never uses the cache (here a deliberately empty one, which would be wrong)
-    expected = fused_features_tiled(calibrated, other, 10, "cpu")
-    calibrated.pooled_statistics_of = (x, {})
-    np.testing.assert_allclose(fused_features_tiled(calibrated, other, 10, "cpu"), expected, rtol=1e-12, atol=1e-12)
-    calibrated.pooled_statistics_of = (other, {})  # ...and used, the empty cache does change the result
-    assert np.abs(fused_features_tiled(calibrated, other, 10, "cpu") - expected).max() > 1e-6
+    pooled = pooled_statistics(model, x, 10)
+    recomputed = fused_features_tiled(model, x, 10, "cpu")
+    np.testing.assert_allclose(fused_features_tiled(model, x, 10, "cpu", pooled=pooled), recomputed,
+                               rtol=1e-12, atol=1e-12)
+    other = pooled_statistics(model, x + 1.0, 10)
+    assert np.abs(fused_features_tiled(model, x, 10, "cpu", pooled=other) - recomputed).max() > 1e-6
+    assert not hasattr(model, "pooled_statistics_of")  # no hidden cache on the model

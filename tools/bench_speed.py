@@ -224,6 +224,102 @@ def case_big(folder: str, side: int, bands: int) -> dict:
             "memory_budget_mb": TrainConfig().memory_budget_mb}
 
 
+def _disk_pair(folder: str, bands: int, rows: int, cols: int):
+    """The synthetic standardised pair written strip by strip as the streamed route's scratch files (WindowReaders)."""
+    import numpy as np
+
+    from hypernet_qgis.core.streaming import WindowReader
+
+    rng = np.random.default_rng(0)
+    classes = rng.normal(size=(6, bands)).astype(np.float32)
+    readers = []
+    for k in range(2):
+        path = os.path.join(folder, f"t{k + 1}.f32")
+        with open(path, "wb") as f:
+            for r0 in range(0, rows, 64):
+                yy, xx = np.mgrid[r0:min(rows, r0 + 64), 0:cols]
+                label = ((yy // 23) + (xx // 17)) % 6
+                if k == 1:
+                    r, c = rows // 3, cols // 3
+                    block = (yy >= r) & (yy < r + rows // 8) & (xx >= c) & (xx < c + cols // 8)
+                    label = np.where(block, (label + 3) % 6, label)
+                data = classes[label] + rng.normal(0, 0.3, (*label.shape, bands)).astype(np.float32)
+                f.write(np.ascontiguousarray(data, np.float32).tobytes())
+        readers.append(WindowReader(path, (bands, rows, cols)))
+    return readers[0], readers[1], np.ones((rows, cols), bool)
+
+
+def _detection_model(bands: int):
+    import torch
+
+    from hypernet_qgis.core.network import HyperNet, default_widths
+
+    torch.manual_seed(0)
+    return HyperNet(bands, *default_widths(bands)).eval()
+
+
+def case_tiled(side: int, bands: int) -> dict:
+    """Detection of one pair, whole image and by tiles (layer-by-layer passes), same process: wall and CPU s."""
+    import numpy as np
+    import torch
+
+    from hypernet_qgis.core.detection import change_intensity
+
+    x1, x2, valid = _synthetic(bands, side, side)
+    model = _detection_model(bands)
+    runs = [("whole", {"memory_budget_mb": 1e6}), ("4 tiles, scratch in memory", {"memory_budget_mb": 1e6,
+            "tile": (side + 1) // 2}), ("tiles by a 512 MB budget, scratch on disk", {"memory_budget_mb": 512}),
+            ("whole (again)", {"memory_budget_mb": 1e6})]
+    out: dict = {"case": "tiled", "size": f"{side}x{side}x{bands}", "threads": torch.get_num_threads(), "runs": []}
+    ref = None
+    for name, kw in runs:
+        messages = []
+
+        class Log:
+            def set_progress(self, fraction):
+                pass
+
+            def info(self, text):
+                messages.append(text)
+
+            def is_cancelled(self):
+                return False
+
+        t, c = time.perf_counter(), time.process_time()
+        got = change_intensity(model, x1, x2, valid, "mse", "cpu", feedback=Log(), **kw)
+        run = {"name": name, "wall_s": time.perf_counter() - t, "cpu_s": time.process_time() - c, "plan": messages}
+        if ref is None:
+            ref = got
+        else:
+            run["max_diff_over_range"] = float(np.nanmax(np.abs(got - ref)) / (np.nanmax(ref) - np.nanmin(ref)))
+        out["runs"].append(run)
+    whole = min(r["wall_s"] for r in out["runs"] if r["name"].startswith("whole"))
+    whole_cpu = min(r["cpu_s"] for r in out["runs"] if r["name"].startswith("whole"))
+    for r in out["runs"]:
+        r["wall_ratio"], r["cpu_ratio"] = r["wall_s"] / whole, r["cpu_s"] / whole_cpu
+    out["peak_rss_gb"] = _peak_gb()
+    return out
+
+
+def case_budget(folder: str, side: int, bands: int, budget: int) -> dict:
+    """Detection (given model) of a disk-backed pair within ``budget`` MB: peak RSS of the whole process."""
+    import numpy as np
+    import torch
+
+    from hypernet_qgis.core.detection import change_intensity
+    from hypernet_qgis.core.memory import detection_plan
+
+    x1, x2, valid = _disk_pair(folder, bands, side, side)
+    model = _detection_model(bands)
+    before = _peak_gb()
+    t = time.perf_counter()
+    out = change_intensity(model, x1, x2, valid, "mse", "cpu", memory_budget_mb=budget)
+    plan = detection_plan(bands, model.width, side, side, budget, model.halo())
+    return {"case": "budget", "size": f"{side}x{side}x{bands}", "budget_mb": budget,
+            "threads": torch.get_num_threads(), "seconds": time.perf_counter() - t, "peak_rss_gb": _peak_gb(),
+            "peak_rss_gb_before_detection": before, "plan": plan.__dict__, "finite": bool(np.isfinite(out).all())}
+
+
 # ------------------------------------------------------------------------------------------------ driver
 
 def _run_child(args: list[str], threads: int | None, timeout: int, alloc: str = "system") -> dict:
@@ -338,12 +434,46 @@ def _markdown(results: dict) -> str:
     return "\n".join(lines)
 
 
-def _update_benchmarks_md(section: str) -> None:
+def _markdown_detection(results: dict) -> str:
+    """The DETECTION-SPEED section: tiled/whole detection and peak RSS against the budget."""
+    lines: list[str] = []
+    tiled = [r for r in results["cases"] if r.get("case") == "tiled" and "error" not in r]
+    if tiled:
+        lines += ["### Detection by tiles against the whole image (same model, same pair, same process)", "",
+                  "| size | threads | run | wall s | CPU s | wall / whole | CPU / whole | max difference / range |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for r in tiled:
+            for run in r["runs"]:
+                lines.append(f"| {r['size']} | {r['omp_num_threads']} | {run['name']} | {_fmt(run['wall_s'])} | "
+                             f"{_fmt(run['cpu_s'])} | {_fmt(run['wall_ratio'], 2)} | {_fmt(run['cpu_ratio'], 2)} | "
+                             f"{run.get('max_diff_over_range', 0):.1e} |")
+    budgets = [r for r in results["cases"] if r.get("case") == "budget" and "error" not in r]
+    if budgets:
+        lines += ["", "### Peak RSS against the memory budget (detection of a disk-backed pair, given model)", "",
+                  "| size | budget (MB) | allocator | plan | seconds | peak RSS (GB), whole process | "
+                  "budget + 0.5 GB |", "|---|---|---|---|---|---|---|"]
+        for r in budgets:
+            p = r["plan"]
+            how = "whole" if p["whole"] else f"tiles of {p['tile']}, scratch in " + (
+                "memory" if p["scratch_in_memory"] else "disk files")
+            lines.append(f"| {r['size']} | {r['budget_mb']} | {r.get('allocator', 'system')} | {how} | "
+                         f"{_fmt(r['seconds'])} | {_fmt(r['peak_rss_gb'], 2)} | "
+                         f"{(r['budget_mb'] + 512) / 1024:.2f} |")
+    lines = ["<!-- DETECTION-SPEED -->", f"`python tools/bench_speed.py --detection-only`, {results['date']}, "
+             f"{results['machine']}, torch {results['torch']}. The machine is shared with other jobs: wall seconds "
+             "vary with the load; the CPU seconds and the ratios within one process are the comparison.", ""] + lines
+    lines += ["", "<!-- /DETECTION-SPEED -->"]
+    return "\n".join(lines)
+
+
+def _update_benchmarks_md(section: str, tag: str = "SPEED") -> None:
     path = REPO / "BENCHMARKS.md"
     text = path.read_text() if path.exists() else "# Benchmarks\n"
-    pattern = re.compile(r"<!-- SPEED -->.*?<!-- /SPEED -->", re.S)
+    pattern = re.compile(rf"<!-- {tag} -->.*?<!-- /{tag} -->", re.S)
     if pattern.search(text):
         text = pattern.sub(lambda m: section, text)
+    elif tag != "SPEED" and "<!-- /SPEED -->" in text:  # right after the SPEED section
+        text = text.replace("<!-- /SPEED -->", "<!-- /SPEED -->\n\n" + section, 1)
     else:
         text = text.rstrip("\n") + "\n\n" + section + "\n"
     path.write_text(text)
@@ -357,6 +487,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--big-tcmalloc", action="store_true", help="run the big scene with tcmalloc preloaded")
     p.add_argument("--big-only", action="store_true",
                    help="run only the big streamed scene; keep the other results of the last run in the report")
+    p.add_argument("--detection-only", action="store_true",
+                   help="run only the tiled-versus-whole and peak-RSS-versus-budget detection cases; keep the other "
+                        "results of the last run in the report")
     p.add_argument("--quick", action="store_true", help="only the 307x241x154 paper epochs (a smoke run)")
     p.add_argument("--epochs", type=int, default=2, help="paper epochs per case, the first is the warm-up")
     p.add_argument("--out", default=str(REPO / "bench-results" / "speed.json"))
@@ -372,6 +505,10 @@ def main(argv: list[str] | None = None) -> int:
                 res = case_detect_default(args.child[1], folder)
             elif kind == "big":
                 res = case_big(folder, int(args.child[1]), int(args.child[2]))
+            elif kind == "tiled":
+                res = case_tiled(int(args.child[1]), int(args.child[2]))
+            elif kind == "budget":
+                res = case_budget(folder, int(args.child[1]), int(args.child[2]), int(args.child[3]))
             else:
                 raise SystemExit(f"unknown case {kind}")
         print(json.dumps(res))
@@ -382,11 +519,12 @@ def main(argv: list[str] | None = None) -> int:
     start = time.perf_counter()
     cases = []
     plan: list[tuple[list[str], int | None, int, str]] = []
-    for threads in (1, None) if not args.big_only else ():
+    only = args.big_only or args.detection_only
+    for threads in (1, None) if not only else ():
         for ops in ("ours", "published"):
             plan.append((["paper", "307x241x154", str(args.epochs + 1), "reuse", ops], threads, 900, "system"))
         plan.append((["paper", "307x241x154", str(args.epochs + 1), "reuse", "ours"], threads, 900, "tcmalloc"))
-    if not args.quick and not args.big_only:
+    if not args.quick and not only:
         plan.append((["paper", "307x241x154", str(args.epochs + 1), "noreuse"], 1, 900, "system"))
         for ops in ("ours", "published"):  # no page reuse here: 2 x 13.7 GB is over the machine's 23 GB
             plan.append((["paper", "600x500x224", str(args.epochs), "reuse", ops], None, 1800, "system"))
@@ -394,7 +532,12 @@ def main(argv: list[str] | None = None) -> int:
         plan.append((["detect_default", "600x500x224"], 1, 1800, "system"))
         for alloc in ("system", "tcmalloc"):
             plan.append((["detect_default", "600x500x224"], None, 1800, alloc))
-    if args.big or args.big_only:
+    if not args.quick and not args.big_only:
+        plan.append((["tiled", "1000", "100"], 2, 1800, "system"))
+        for budget in (1024, 2048, 4096):
+            for alloc in ("system", "tcmalloc"):
+                plan.append((["budget", "1500", "100", str(budget)], 2, 1800, alloc))
+    if (args.big or args.big_only) and not args.detection_only:
         plan.append((["big", str(args.big_side), "224"], 1, 7200, "tcmalloc" if args.big_tcmalloc else "system"))
     for child, threads, timeout, alloc in plan:
         cases.append(_run_child(child, threads, timeout, alloc))
@@ -409,6 +552,15 @@ def main(argv: list[str] | None = None) -> int:
             r["date"] = time.strftime("%Y-%m-%d")
             big_recorded[r.get("allocator", "system")] = r
             big_path.write_text(json.dumps(big_recorded, indent=2))
+    detection = {"date": time.strftime("%Y-%m-%d %H:%M"), "torch": torch.__version__,
+                 "machine": f"{os.cpu_count()} CPUs, {platform.machine()}, {platform.python_version()}",
+                 "cases": [r for r in cases if r.get("case") in ("tiled", "budget")]}
+    if detection["cases"]:
+        out.with_name("speed-detection.json").write_text(json.dumps(detection, indent=2))
+        _update_benchmarks_md(_markdown_detection(detection), "DETECTION-SPEED")
+    if args.detection_only:
+        print(f"recorded the detection cases in {out.with_name('speed-detection.json')} and BENCHMARKS.md")
+        return 0
     if args.big_only and out.exists():  # keep the last full run, with the new big record
         results = json.loads(out.read_text())
         results["big_recorded"], results["big_skipped"] = big_recorded, True

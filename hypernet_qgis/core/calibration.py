@@ -14,22 +14,21 @@ import copy
 
 import numpy as np
 import torch
-from torch import nn
 
+from . import memory
+from .layerwise import Scratch, backbone_batchnorms, date_features
 from .network import HyperNet
 from .progress import Feedback
 from .options import BATCHNORM_MODES  # noqa: F401 (one home: core/options.py)
+from .tiling import resolve_device
 
-
-def backbone_batchnorms(model: HyperNet) -> list[nn.BatchNorm2d]:
-    """The BatchNorms that the fused features go through (not the training heads' projector and predictor)."""
-    heads = {id(m) for head in (model.projector, model.predictor) for m in head.modules()}
-    return [m for m in model.modules() if isinstance(m, nn.BatchNorm2d) and id(m) not in heads]
+__all__ = ["BATCHNORM_MODES", "backbone_batchnorms", "batchnorm_statistics_tiled", "calibrate_batchnorm"]
 
 
 @torch.no_grad()
 def calibrate_batchnorm(model: HyperNet, x: np.ndarray, device: torch.device, tile: int | None = None,
-                        feedback: Feedback | None = None) -> HyperNet:
+                        feedback: Feedback | None = None,
+                        memory_budget_mb: float = memory.DEFAULT_MEMORY_BUDGET_MB) -> HyperNet:
     """A copy of ``model`` (eval mode, on ``device``) whose BatchNorms hold the whole-image statistics of ``x``.
 
     Only the backbone's BatchNorms (:func:`backbone_batchnorms`) are calibrated; the training heads' are kept.
@@ -38,14 +37,13 @@ def calibrate_batchnorm(model: HyperNet, x: np.ndarray, device: torch.device, ti
     leaves each BatchNorm's running mean equal to that layer's batch mean; the running variance, which torch
     keeps unbiased, is rescaled to the biased variance that training-mode normalisation divides by. In eval mode
     the copy then reproduces the training-mode (batch-statistics) features exactly, and does so tile by tile.
-    ``tile`` smaller than the image streams the same statistics over haloed tiles instead (bounded memory,
-    ``tiling.batchnorm_statistics_tiled``; ``feedback``: its cancellation and progress).
+    ``tile`` smaller than the image finds the same statistics by haloed tiles instead, each layer once
+    (:func:`batchnorm_statistics_tiled`; ``feedback``: its cancellation and progress; ``memory_budget_mb``: where
+    its scratch maps go).
     """
     rows, cols = x.shape[1:]
     if tile is not None and tile < max(rows, cols):
-        from .tiling import batchnorm_statistics_tiled
-
-        return batchnorm_statistics_tiled(model, x, tile, device, feedback)
+        return batchnorm_statistics_tiled(model, x, tile, device, feedback, memory_budget_mb)
     calibrated = copy.deepcopy(model).to(device)
     bns = backbone_batchnorms(calibrated)
     saved = [bn.momentum for bn in bns]
@@ -62,3 +60,28 @@ def calibrate_batchnorm(model: HyperNet, x: np.ndarray, device: torch.device, ti
             bn.running_var.mul_((n - 1) / n)
         bn.momentum = momentum
     return calibrated.eval()
+
+
+@torch.no_grad()
+def batchnorm_statistics_tiled(model: HyperNet, x: np.ndarray, tile: int, device="cpu",
+                               feedback: Feedback | None = None,
+                               memory_budget_mb: float = memory.DEFAULT_MEMORY_BUDGET_MB) -> HyperNet:
+    """Tiled, exact :func:`calibrate_batchnorm`: an eval-mode copy with ``x``'s whole-image statistics.
+
+    The layer-by-layer passes of ``layerwise.py`` (each layer once, by haloed tiles) find every backbone
+    BatchNorm's input mean and biased variance over the whole image; they become its running statistics.
+    Memory: one haloed tile, plus the scratch maps (in memory when they fit ``memory_budget_mb``, else on disk).
+    """
+    work = copy.deepcopy(model).eval()
+    rows, cols = x.shape[1:]
+    dtype = next(work.parameters()).dtype
+    value_bytes = torch.empty(0, dtype=dtype).element_size()
+    in_memory = memory.scratch_in_memory(work.bands, work.width, rows, cols, memory_budget_mb, work.halo(),
+                                         value_bytes, tile_on_host=resolve_device(device).type != "cuda")
+    with Scratch(rows, cols, torch.empty(0, dtype=dtype).numpy().dtype, in_memory) as scratch:
+        date = date_features(work, x, tile, device, scratch, per_date=True, feedback=feedback)
+    for bn, (mean, var) in date.norms.items():
+        bn.running_mean.copy_(mean)
+        bn.running_var.copy_(var)
+        bn.num_batches_tracked.fill_(1)
+    return work

@@ -5,13 +5,15 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from . import tiling as _tiling
+from . import memory
 from .calibration import BATCHNORM_MODES, calibrate_batchnorm
 from .device import resolve_device
 from .errors import InputError
-from .perf import device_budget_mb, streaming_allocator
+from .layerwise import DateFeatures, Scratch, date_features
 from .network import HyperNet
+from .perf import streaming_allocator
 from .progress import Feedback, NullFeedback, SubFeedback, check_cancelled
+from .tiling import tiles
 from .thresholds import CHANGED, NODATA, UNCHANGED, binary_change, choose_threshold  # noqa: F401 (re-exported)
 from .options import DEFAULT_MEMORY_BUDGET_MB, DISTANCES, THRESHOLD_METHODS  # noqa: F401 (one home: core/options.py)
 
@@ -115,39 +117,20 @@ class RxStats:
         return out
 
 
-class _MeanProgress:
-    """Feedback for two interleaved jobs: reports the mean of their progress (monotonic if each is)."""
+def _value_bytes(model: HyperNet) -> int:
+    return next(model.parameters()).element_size()
 
-    def __init__(self, feedback: Feedback, lo: float, hi: float) -> None:
-        self.feedback, self.lo, self.hi, self.parts = feedback, lo, hi, [0.0, 0.0]
 
-    def part(self, i: int) -> Feedback:
-        outer = self
-
-        class _Part(NullFeedback):
-            def set_progress(self, fraction: float) -> None:
-                outer.parts[i] = fraction
-                outer.feedback.set_progress(outer.lo + (outer.hi - outer.lo) * sum(outer.parts) / 2)
-
-            def is_cancelled(self) -> bool:
-                return outer.feedback.is_cancelled()
-
-        return _Part()
+def detection_plan(model: HyperNet, rows: int, cols: int, memory_budget_mb: float, device: torch.device,
+                   tile: int | None = None) -> memory.DetectionPlan:
+    """How detection of a ``rows`` x ``cols`` pair runs within the budget (``memory.detection_plan``)."""
+    return memory.detection_plan(model.bands, model.width, rows, cols, memory_budget_mb, model.halo(), device, tile,
+                                 _value_bytes(model))
 
 
 def detection_tile(model: HyperNet, rows: int, cols: int, memory_budget_mb: float, device: torch.device) -> int:
-    """Tile side for detection: the whole image when it fits the budget, else the largest tile that does.
-
-    Two dates are in flight (one date's 2*width features are held while the other's are computed). On CUDA the
-    budget is the GPU's free memory (``perf.device_budget_mb``); host memory then holds only per-tile
-    distances.
-    """
-    memory_budget_mb = device_budget_mb(device, memory_budget_mb)
-    halo = model.halo()
-    per_pixel = 4 * (model.bands + (_tiling.MAPS_PER_PIXEL + 2) * model.width + 2 * model.width)
-    if rows * cols * per_pixel <= memory_budget_mb * 2**20:
-        return max(rows, cols)
-    return _tiling.tile_for_budget(model.bands, model.width, memory_budget_mb, halo=halo, extra_maps=2 * model.width)
+    """Tile side for detection: the whole image when it fits the budget, else the largest tile that does."""
+    return detection_plan(model, rows, cols, memory_budget_mb, device).tile
 
 
 def change_intensity(
@@ -161,43 +144,38 @@ def change_intensity(
     memory_budget_mb: float = DEFAULT_MEMORY_BUDGET_MB,
     tile: int | None = None,
     batchnorm: str = "per-date",
+    scratch_dir: str | None = None,
 ) -> np.ndarray:
     """Per-pixel change intensity (float32, NaN where invalid) between the two dates' HyperNet features.
 
     The whole image is run in one forward pass per date when it fits ``memory_budget_mb``; otherwise the
-    features are computed exactly by haloed tiles (``tiling.py``) and each tile is reduced to its per-pixel
-    distance at once, so peak memory is set by the budget, not by the scene (``tile`` forces a tile side).
-    ``rx`` runs the tiles twice: pass 1 accumulates the mean and covariance of the feature difference, pass 2
-    scores. ``x1s``/``x2s`` may be any array-like with window slicing (memory maps, ``streaming`` readers).
+    features are computed exactly by haloed tiles in linear passes, each layer once per date (``layerwise.py``;
+    the intermediate maps in memory or disk scratch as ``memory.detection_plan`` decides), and reduced to the
+    per-pixel distance tile by tile, so peak memory is set by the budget, not by the scene (``tile`` forces a tile
+    side). ``rx`` reads the features twice: pass 1 accumulates the mean and covariance of the feature difference,
+    pass 2 scores. ``x1s``/``x2s`` may be any array-like with window slicing (memory maps, ``streaming`` readers).
     ``batchnorm="per-date"`` (default) normalises each date's features with that date's own whole-image
     BatchNorm statistics, as training does (``calibration.py``); ``"running"`` is the paper's eval mode.
+    ``scratch_dir``: where disk scratch maps go (default: the system's temporary folder).
     """
     if distance not in DISTANCES:
         raise InputError(f"Unknown distance {distance!r}; use one of {', '.join(DISTANCES)}.")
     if tuple(x1s.shape) != tuple(x2s.shape) or tuple(valid.shape) != tuple(x1s.shape[1:]):
         raise InputError(f"The two dates and the valid mask differ in shape: {x1s.shape}, {x2s.shape}, {valid.shape}.")
+    if batchnorm not in BATCHNORM_MODES:
+        raise InputError(f"Unknown BatchNorm mode {batchnorm!r}; use one of {', '.join(BATCHNORM_MODES)}.")
     feedback = feedback or NullFeedback()
     check_cancelled(feedback)
     dev = resolve_device(device)
     model.eval()
     rows, cols = x1s.shape[1:]
-    if tile is None:
-        tile = detection_tile(model, rows, cols, memory_budget_mb, dev)
-    tile = int(tile)
-    if tile >= max(rows, cols):
+    plan = detection_plan(model, rows, cols, memory_budget_mb, dev, tile)
+    if plan.whole:
         feedback.info("Detection runs the whole image in one pass per date.")
-    else:
-        count = len(_tiling.tiles(rows, cols, tile))
-        feedback.info(f"Detection runs by {count} tiles of {tile}x{tile} pixels (halo {model.halo()}) per pass, "
-                      f"to stay within the {memory_budget_mb:g} MB memory budget.")
-    if batchnorm not in BATCHNORM_MODES:
-        raise InputError(f"Unknown BatchNorm mode {batchnorm!r}; use one of {', '.join(BATCHNORM_MODES)}.")
-    if tile >= max(rows, cols) and isinstance(x1s, np.ndarray) and isinstance(x2s, np.ndarray):
-        model1, model2 = _date_models(model, x1s, x2s, batchnorm, dev, tile, feedback)
-        f1 = fused_features(model1, x1s, dev)
+        f1 = _whole_image_features(model, x1s, batchnorm, dev)
         feedback.set_progress(0.5)
         check_cancelled(feedback)
-        f2 = fused_features(model2, x2s, dev)
+        f2 = _whole_image_features(model, x2s, batchnorm, dev)
         if distance == "rx":
             out = rx_score((f1 - f2).cpu().numpy(), valid)
         else:
@@ -205,44 +183,40 @@ def change_intensity(
             out[~valid] = np.nan
         feedback.set_progress(1.0)
         return out.astype(np.float32)
-
-    with streaming_allocator():  # the tiled calibration passes too: their peak is one haloed tile
-        calibrating = batchnorm == "per-date"
-        start = CALIBRATION_SHARE if calibrating else 0.0
-        model1, model2 = _date_models(model, x1s, x2s, batchnorm, dev, tile, SubFeedback(feedback, 0.0, start))
-        return _tiled_intensity(model1, model2, x1s, x2s, valid, distance, dev, SubFeedback(feedback, start, 1.0),
-                                tile)
-
-
-#: Share of the tiled detection's progress taken by the per-date BatchNorm calibration (7 partial passes per
-#: date, against 3 partial statistics passes and one feature pass per distance pass).
-CALIBRATION_SHARE = 0.5
-
-
-def _date_models(model: HyperNet, x1s, x2s, batchnorm: str, dev: torch.device, tile: int,
-                 feedback: Feedback) -> tuple[HyperNet, HyperNet]:
-    """The model each date is run through: the same model ("running"), or one calibrated per date."""
-    if batchnorm == "running":
-        return model, model
-    if batchnorm != "per-date":
-        raise InputError(f"Unknown BatchNorm mode {batchnorm!r}; use one of {', '.join(BATCHNORM_MODES)}.")
-    return (calibrate_batchnorm(model, x1s, dev, tile, SubFeedback(feedback, 0.0, 0.5)),
-            calibrate_batchnorm(model, x2s, dev, tile, SubFeedback(feedback, 0.5, 1.0)))
+    count = len(tiles(rows, cols, plan.tile))
+    where = "memory" if plan.scratch_in_memory else "disk scratch files"
+    feedback.info(f"Detection runs by {count} tiles of {plan.tile}x{plan.tile} pixels (halo {model.halo()}), each "
+                  f"layer once per date with its maps in {where}, to stay within the {memory_budget_mb:g} MB "
+                  "memory budget.")
+    with streaming_allocator():  # the tiles' blocks go back to the system at once: bounded peak
+        dtype = torch.empty(0, dtype=next(model.parameters()).dtype).numpy().dtype
+        with Scratch(rows, cols, dtype, plan.scratch_in_memory, scratch_dir) as scratch:
+            per_date = batchnorm == "per-date"
+            d1 = date_features(model, x1s, plan.tile, dev, scratch, "t1_", per_date, SubFeedback(feedback, 0.0, 0.45))
+            d2 = date_features(model, x2s, plan.tile, dev, scratch, "t2_", per_date, SubFeedback(feedback, 0.45, 0.9))
+            return _tiled_intensity(d1, d2, valid, distance, plan.tile, SubFeedback(feedback, 0.9, 1.0))
 
 
-def _tiled_intensity(model1: HyperNet, model2: HyperNet, x1s, x2s, valid: np.ndarray, distance: str,
-                     dev: torch.device, feedback: Feedback, tile: int) -> np.ndarray:
-    """The tiled path of change_intensity: both dates' tiles in step, each reduced to its distance at once."""
+def _whole_image_features(model: HyperNet, x, batchnorm: str, dev: torch.device) -> torch.Tensor:
+    """One date's fused features in one pass: its own BatchNorm statistics ("per-date") or the running ones."""
+    x = np.asarray(x)  # a window reader reads the whole image here (the plan found that it fits)
+    date_model = calibrate_batchnorm(model, x, dev) if batchnorm == "per-date" else model
+    return fused_features(date_model, x, dev)
+
+
+def _tiled_intensity(d1: DateFeatures, d2: DateFeatures, valid: np.ndarray, distance: str, tile: int,
+                     feedback: Feedback) -> np.ndarray:
+    """The tiled path of change_intensity: both dates' features read tile by tile and reduced to the distance."""
     rows, cols = valid.shape
+    parts = tiles(rows, cols, tile)
     passes = 2 if distance == "rx" else 1
     out = np.full((rows, cols), np.nan, dtype=np.float32)
-    stats = RxStats(2 * model1.width) if distance == "rx" else None
+    stats = RxStats(2 * d1.model.width) if distance == "rx" else None
     for p in range(passes):
-        progress = _MeanProgress(feedback, p / passes, (p + 1) / passes)
-        gen1 = _tiling.iter_fused_features(model1, x1s, tile, dev, progress.part(0), as_tensor=True)
-        gen2 = _tiling.iter_fused_features(model2, x2s, tile, dev, progress.part(1), as_tensor=True)
-        for (r0, c0, f1), (_, _, f2) in zip(gen1, gen2):
-            r1, c1 = r0 + f1.shape[1], c0 + f1.shape[2]
+        for i, t in enumerate(parts):
+            check_cancelled(feedback)
+            r0, r1, c0, c1 = t
+            f1, f2 = d1.features(t), d2.features(t)
             v = valid[r0:r1, c0:c1]
             if stats is None:
                 d = feature_distance(f1, f2, distance).float().cpu().numpy()
@@ -253,5 +227,6 @@ def _tiled_intensity(model1: HyperNet, model2: HyperNet, x1s, x2s, valid: np.nda
             else:
                 out[r0:r1, c0:c1] = stats.score(f1 - f2, v)
             del f1, f2
+            feedback.set_progress((p + (i + 1) / len(parts)) / passes)
     feedback.set_progress(1.0)
     return out

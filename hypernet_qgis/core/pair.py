@@ -131,7 +131,7 @@ def check_pair_files(t1: str, t2: str, bands: Sequence[int] | None = None, min_b
 
 
 def in_memory_mb(info: raster_io.RasterInfo, bands: Sequence[int] | None = None) -> float:
-    """Memory (MB) a pair needs in memory: both dates raw and standardised, float32."""
+    """Memory (MB) a pair needs in memory (the memory model's rule, ``memory.whole_pair_mb``)."""
     return streaming.whole_pair_mb(info, bands)
 
 
@@ -146,7 +146,7 @@ def open_pair(t1: str, t2: str, bands: Sequence[int] | None = None, *, min_bands
         return load_pair(t1, t2, bands, min_bands, what, checked=True)
     feedback.info(f"The pair needs more than the {memory_budget_mb:g} MB memory budget in memory: it is read, "
                   "standardised and used by windows.")
-    source = streaming.load_pair_streamed(t1, t2, bands, scratch_dir, feedback)
+    source = streaming.load_pair_streamed(t1, t2, bands, scratch_dir, feedback, memory_budget_mb=memory_budget_mb)
     return ImagePair(source.x1s, source.x2s, source.valid, source.info1, source.info2, source.bands,
                      source.scaling, cva=source.cva, windowed_source=source)
 

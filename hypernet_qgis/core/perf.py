@@ -1,11 +1,7 @@
-"""Memory budgets and speed switches for training and detection (CPU and CUDA).
+"""Speed switches for training and detection (CPU allocator settings), and the paper schedule's budget check.
 
-Memory model of one training step (both dates, forward + backward, float32), from peak-RSS growth on CPU with
-torch 2.13 (tools/bench_speed.py re-measures it): ``4 * (3 * bands + 170 * width)`` bytes per pixel plus a fixed
-256 MB. Measured, in width-channel maps per pixel: ~100 when glibc maps every large tensor afresh (tensors over
-32 MB, or a fixed mmap threshold), 130-140+ with page reuse (:func:`training_allocator`), and 165-185 in glibc's
-default steady state when the tensors are under 32 MB (heap fragmentation; 307x241x154 paper: 4.4 GB peak RSS
-after 3 epochs). 170 covers all of them. On CUDA the budget is the card's free memory (``mem_get_info``).
+The sizes themselves (training step, crops, tiles, scratch, strips; CPU and CUDA) are decided in ``memory.py``;
+its names are re-exported here for the callers that imported them from this module.
 
 The allocator switch: glibc serves tensors above its mmap threshold (at most 32 MB) with fresh ``mmap`` pages, so
 every training step page-faults and zeroes its large activations again, and its *dynamic* threshold lets
@@ -25,14 +21,8 @@ from collections.abc import Iterator
 import torch
 
 from .errors import InputError
-
-#: Bytes per pixel of a training step = 4 * (TRAIN_BAND_MAPS * bands + TRAIN_WIDTH_MAPS * width) (see above).
-TRAIN_BAND_MAPS = 3
-TRAIN_WIDTH_MAPS = 170
-#: Fixed overhead of a training step (MB): optimiser state, allocator slack, thread buffers.
-TRAIN_FIXED_MB = 256
-#: Share of a CUDA card's free memory that automatic sizing uses.
-CUDA_SHARE = 0.8
+from .memory import (CUDA_SHARE, TRAIN_BAND_MAPS, TRAIN_FIXED_MB, TRAIN_WIDTH_MAPS,  # noqa: F401 (re-exported)
+                     crop_plan, device_budget_mb, train_bytes_per_pixel, train_pixels_for_budget, train_step_mb)
 
 # glibc mallopt parameters
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD, _M_MMAP_MAX = -1, -3, -4
@@ -100,30 +90,6 @@ def streaming_allocator() -> Iterator[None]:
         _restore_defaults(lib)
 
 
-def device_budget_mb(device: torch.device, memory_budget_mb: float) -> float:
-    """Working memory available on ``device``: the user's budget on the CPU, CUDA_SHARE of the free memory on a GPU."""
-    if device.type == "cuda":
-        free, _ = torch.cuda.mem_get_info(device)
-        return CUDA_SHARE * free / 2**20
-    return float(memory_budget_mb)
-
-
-def train_bytes_per_pixel(bands: int, width: int) -> int:
-    """Peak bytes per pixel of one training step (both dates, forward and backward)."""
-    return 4 * (TRAIN_BAND_MAPS * bands + TRAIN_WIDTH_MAPS * width)
-
-
-def train_pixels_for_budget(bands: int, width: int, budget_mb: float) -> int:
-    """How many pixels one training step may hold within ``budget_mb``."""
-    usable = max(0.0, budget_mb - TRAIN_FIXED_MB) * 2**20
-    return int(usable // train_bytes_per_pixel(bands, width))
-
-
-def train_step_mb(bands: int, width: int, pixels: int) -> float:
-    """Estimated peak MB of one training step on ``pixels`` pixels."""
-    return TRAIN_FIXED_MB + pixels * train_bytes_per_pixel(bands, width) / 2**20
-
-
 def check_paper_fits(bands: int, width: int, rows: int, cols: int, budget_mb: float, device: torch.device) -> None:
     """The paper schedule trains on the whole image every step: refuse it when that cannot fit the budget."""
     need = train_step_mb(bands, width, rows * cols)
@@ -135,20 +101,3 @@ def check_paper_fits(bands: int, width: int, rows: int, cols: int, budget_mb: fl
             f"({budget_mb / 1024:.1f} GB). Use --schedule default (random crops, bounded memory), a smaller area "
             "or width, or raise --memory-budget-mb if the machine has the memory."
         )
-
-
-def crop_plan(rows: int, cols: int, bands: int, width: int, crop_size: int, pixels_per_step: int,
-              budget_mb: float) -> tuple[int, int]:
-    """(crop side, crops per step) of the default schedule within the budget.
-
-    The crop is ``crop_size`` (at most the image); the crop count covers about ``pixels_per_step`` pixels, fewer
-    when the budget cannot hold them, always at least one crop (the crop side shrinks, down to 16, if even one
-    crop does not fit).
-    """
-    crop = max(1, min(crop_size, rows, cols))
-    limit = train_pixels_for_budget(bands, width, budget_mb)
-    while crop > 16 and crop * crop > limit:
-        crop //= 2
-    pixels = min(pixels_per_step, rows * cols, max(limit, crop * crop))
-    count = max(1, pixels // (crop * crop))
-    return crop, count

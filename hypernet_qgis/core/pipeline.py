@@ -192,6 +192,7 @@ def _detect_files(
         intensity = change_intensity(
             net, pair.x1s, pair.x2s, pair.valid, distance, config.device, SubFeedback(feedback, 0.85, 0.97),
             memory_budget_mb=config.memory_budget_mb, batchnorm=batchnorm,
+            scratch_dir=pair.windowed_source.scratch if pair.windowed_source is not None else None,
         )
         stages["detect_s"] = time.perf_counter() - clock
         if evidence == "fused" and pair.windowed:

@@ -28,12 +28,12 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from . import raster_io
+from . import memory, raster_io
 from .errors import InputError
 from .progress import Feedback, NullFeedback, SubFeedback, check_cancelled
 
-#: Float32 values of one input strip (both dates are read together): 32 M values = 128 MB per date.
-STRIP_VALUES = 32 * 2**20
+#: Most float32 values of one input strip (the memory model's; the budget may ask for fewer, memory.strip_values).
+STRIP_VALUES = memory.STRIP_VALUES
 
 
 class WindowReader:
@@ -166,14 +166,20 @@ def _standardise(x: np.ndarray, valid: np.ndarray, stats: dict) -> np.ndarray:
 
 
 def load_pair_streamed(t1: str, t2: str, bands: Sequence[int] | None = None, scratch_dir: str | None = None,
-                       feedback: Feedback | None = None, strip_values: int = STRIP_VALUES) -> StreamedPair:
-    """Read, check and standardise a pair strip by strip into scratch files (see the module docstring)."""
+                       feedback: Feedback | None = None, strip_values: int | None = None,
+                       memory_budget_mb: float | None = None) -> StreamedPair:
+    """Read, check and standardise a pair strip by strip into scratch files (see the module docstring).
+
+    ``strip_values``: float32 values per strip and date; by default what ``memory_budget_mb`` allows
+    (``memory.strip_values``)."""
     start = time.perf_counter()
     feedback = feedback or NullFeedback()
     info1, info2 = raster_io.raster_info(t1), raster_io.raster_info(t2)
     raster_io.check_same_grid(info1, info2)
     nb = len(bands) if bands else info1.bands
     rows, cols = info1.rows, info1.cols
+    if strip_values is None:
+        strip_values = memory.strip_values(memory_budget_mb, nb, cols)
     strips = _strips(rows, cols, nb, strip_values)
     valid = np.zeros((rows, cols), dtype=bool)
     moments = [_BandMoments(nb), _BandMoments(nb)]
@@ -220,5 +226,4 @@ def load_pair_streamed(t1: str, t2: str, bands: Sequence[int] | None = None, scr
 
 def whole_pair_mb(info: raster_io.RasterInfo, bands: Sequence[int] | None = None) -> float:
     """Memory (MB) that pipeline.load_pair needs: both dates raw and standardised, float32."""
-    nb = len(bands) if bands else info.bands
-    return 4 * nb * info.rows * info.cols * 4 / 2**20
+    return memory.whole_pair_mb(len(bands) if bands else info.bands, info.rows, info.cols)

@@ -1,0 +1,184 @@
+"""The memory model: every size decision of detection and training, CPU and CUDA, with its constants.
+
+One budget (``memory_budget_mb``, the user's; on CUDA the card's free memory, :func:`device_budget_mb`) bounds
+the working memory of a job. What it decides:
+
+* **training** (one step, both dates, forward + backward): ``4 * (TRAIN_BAND_MAPS * bands + TRAIN_WIDTH_MAPS *
+  width)`` bytes per pixel plus ``TRAIN_FIXED_MB``, from peak-RSS growth on CPU with torch 2.13: ~100 maps a pixel
+  when glibc maps every large tensor afresh, 130-140+ with page reuse, 165-185 in glibc's default steady state
+  (heap fragmentation; 307x241x154 paper: 4.4 GB peak RSS after 3 epochs); 170 covers them
+  (:func:`crop_plan`, :func:`train_step_mb`);
+* **detection**, whole image or tiles (:func:`detection_plan`): a no-grad forward pass of a window holds its input
+  (bands), about ``MAPS_PER_PIXEL`` width-channel maps at the peak and the 2*width output (measured 6.3 to 11.2
+  maps including the output for (bands, width) = (200, 100), (100, 50), (20, 16); 12 + 2 leaves a margin). By
+  tiles, the layer-by-layer passes (``layerwise.py``) keep their intermediate maps, ``SCRATCH_WIDTH_MAPS``
+  width-channel maps per pixel at the peak, in memory when they fit the budget next to the tile, else in
+  disk scratch files read by windows;
+* **read strips** of the streamed route (:func:`strip_values`): both dates' strips, raw and standardised, in a
+  quarter of the budget, capped at ``STRIP_VALUES``;
+* **whole pair or windows** (:func:`whole_pair_mb`): the in-memory route holds both dates raw and standardised.
+
+Peak RSS also carries the engine itself (~0.3 GB imported) and the per-pixel maps of the job (valid mask,
+intensity, change map: about 10 bytes a pixel), which the budget does not size; ``tests/test_memory.py`` checks
+that peak RSS stays within the budget plus 0.5 GB. Torch is imported only when a CUDA budget is asked for.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from .options import DEFAULT_MEMORY_BUDGET_MB  # noqa: F401 (the default budget's one home: core/options.py)
+
+#: Bytes of one float32 value, the engine's working precision.
+FLOAT_BYTES = 4
+#: Width-channel maps alive at the peak of a no-grad forward pass of a window (besides its input and output).
+MAPS_PER_PIXEL = 12
+#: Width-channel maps per pixel that the layer-by-layer tiled passes keep in scratch at their peak: one date's
+#: raw fused maps (2) while the other date runs, plus a stage's inputs and outputs (4) and the finished branch (1).
+SCRATCH_WIDTH_MAPS = 7
+#: Share of the budget that in-memory scratch must leave to the tile (else the scratch goes to disk: small tiles
+#: would cost more halo work than the page-cached files cost copies).
+SCRATCH_TILE_SHARE = 0.25
+#: Smallest and largest tile sides of tiled detection.
+MIN_TILE, MAX_TILE = 32, 4096
+#: Bytes per pixel of a training step = 4 * (TRAIN_BAND_MAPS * bands + TRAIN_WIDTH_MAPS * width) (see above).
+TRAIN_BAND_MAPS = 3
+TRAIN_WIDTH_MAPS = 170
+#: Fixed overhead of a training step (MB): optimiser state, allocator slack, thread buffers.
+TRAIN_FIXED_MB = 256
+#: Share of a CUDA card's free memory that automatic sizing uses.
+CUDA_SHARE = 0.8
+#: Most float32 values of one input strip of the streamed route (per date): 32 M values = 128 MB.
+STRIP_VALUES = 32 * 2**20
+#: Share of the budget that the streamed route's read strips may take (both dates, raw and standardised).
+STRIP_SHARE = 0.25
+
+MB = 2**20
+
+
+def device_budget_mb(device: Any, memory_budget_mb: float) -> float:
+    """Working memory available on ``device``: the user's budget on the CPU, CUDA_SHARE of the free memory on a GPU."""
+    if getattr(device, "type", str(device)) == "cuda":
+        import torch
+
+        free, _ = torch.cuda.mem_get_info(device)
+        return CUDA_SHARE * free / MB
+    return float(memory_budget_mb)
+
+
+# --- detection --------------------------------------------------------------------------------------------------
+
+def forward_bytes_per_pixel(bands: int, width: int, extra_maps: int = 0, value_bytes: int = FLOAT_BYTES) -> int:
+    """Peak bytes per pixel of a no-grad forward pass of a window: input, MAPS_PER_PIXEL maps, the 2*width output,
+    and ``extra_maps`` more channels held meanwhile."""
+    return value_bytes * (bands + (MAPS_PER_PIXEL + 2) * width + extra_maps)
+
+
+def tile_for_budget(bands: int, width: int, memory_budget_mb: float, halo: int = 14, bytes_per_value: int = 4,
+                    minimum: int = MIN_TILE, maximum: int = MAX_TILE, extra_maps: int = 0) -> int:
+    """Largest square tile whose haloed window's forward pass fits ``memory_budget_mb`` (clamped to the limits)."""
+    per_pixel = forward_bytes_per_pixel(bands, width, extra_maps, bytes_per_value)
+    side = math.isqrt(max(0, int(memory_budget_mb * MB / per_pixel)))
+    return int(max(minimum, min(maximum, side - 2 * halo)))
+
+
+def scratch_mb(width: int, rows: int, cols: int, value_bytes: int = FLOAT_BYTES) -> float:
+    """Peak MB of the layer-by-layer passes' scratch maps for a pair of ``rows`` x ``cols``."""
+    return SCRATCH_WIDTH_MAPS * width * rows * cols * value_bytes / MB
+
+
+def scratch_in_memory(bands: int, width: int, rows: int, cols: int, memory_budget_mb: float, halo: int = 14,
+                      value_bytes: int = FLOAT_BYTES, tile_on_host: bool = True) -> bool:
+    """Whether the scratch maps stay in memory: they must leave SCRATCH_TILE_SHARE of the budget, and at least a
+    MIN_TILE tile's window, to the tile (``tile_on_host``: False when the tile works on a GPU)."""
+    left = memory_budget_mb - scratch_mb(width, rows, cols, value_bytes)
+    if not tile_on_host:
+        return left >= 0.0
+    min_window_mb = (MIN_TILE + 2 * halo) ** 2 * forward_bytes_per_pixel(bands, width, 0, value_bytes) / MB
+    return left >= max(min_window_mb, SCRATCH_TILE_SHARE * memory_budget_mb)
+
+
+@dataclass(frozen=True)
+class DetectionPlan:
+    """How detection runs: ``whole`` (one pass per date) or by ``tile`` x ``tile`` tiles with its scratch maps
+    in memory (``scratch_in_memory``) or in disk files."""
+
+    whole: bool
+    tile: int
+    scratch_in_memory: bool
+
+
+def detection_plan(bands: int, width: int, rows: int, cols: int, memory_budget_mb: float, halo: int = 14,
+                   device: Any = "cpu", tile: int | None = None, value_bytes: int = FLOAT_BYTES) -> DetectionPlan:
+    """Whole image when both dates' whole-image passes fit the budget, else tiles (``tile`` forces a side).
+
+    Whole image: one date's forward pass while the other's 2*width features are held. By tiles: the scratch maps
+    go to memory when they leave at least SCRATCH_TILE_SHARE of the budget (and a MIN_TILE tile) to the tile,
+    which then gets what is left, else to disk files (the tile gets the whole budget). On CUDA the tile works in
+    the card's memory (:func:`device_budget_mb`) while the scratch stays in host memory, under the user's budget.
+    """
+    host = float(memory_budget_mb)
+    work = device_budget_mb(device, memory_budget_mb)
+    if tile is None and rows * cols * forward_bytes_per_pixel(bands, width, 2 * width, value_bytes) <= work * MB:
+        return DetectionPlan(True, max(rows, cols), False)
+    if tile is not None and int(tile) >= max(rows, cols):
+        return DetectionPlan(True, max(rows, cols), False)
+    on_cuda = getattr(device, "type", str(device)) == "cuda"
+    in_memory = scratch_in_memory(bands, width, rows, cols, host, halo, value_bytes, tile_on_host=not on_cuda)
+    if tile is None:
+        left = host - scratch_mb(width, rows, cols, value_bytes)
+        tile = tile_for_budget(bands, width, work if on_cuda or not in_memory else left, halo, value_bytes)
+    return DetectionPlan(False, int(tile), in_memory)
+
+
+# --- training -------------------------------------------------------------------------------------------------
+
+def train_bytes_per_pixel(bands: int, width: int) -> int:
+    """Peak bytes per pixel of one training step (both dates, forward and backward)."""
+    return FLOAT_BYTES * (TRAIN_BAND_MAPS * bands + TRAIN_WIDTH_MAPS * width)
+
+
+def train_pixels_for_budget(bands: int, width: int, budget_mb: float) -> int:
+    """How many pixels one training step may hold within ``budget_mb``."""
+    usable = max(0.0, budget_mb - TRAIN_FIXED_MB) * MB
+    return int(usable // train_bytes_per_pixel(bands, width))
+
+
+def train_step_mb(bands: int, width: int, pixels: int) -> float:
+    """Estimated peak MB of one training step on ``pixels`` pixels."""
+    return TRAIN_FIXED_MB + pixels * train_bytes_per_pixel(bands, width) / MB
+
+
+def crop_plan(rows: int, cols: int, bands: int, width: int, crop_size: int, pixels_per_step: int,
+              budget_mb: float) -> tuple[int, int]:
+    """(crop side, crops per step) of the default schedule within the budget.
+
+    The crop is ``crop_size`` (at most the image); the crop count covers about ``pixels_per_step`` pixels, fewer
+    when the budget cannot hold them, always at least one crop (the crop side shrinks, down to 16, if even one
+    crop does not fit).
+    """
+    crop = max(1, min(crop_size, rows, cols))
+    limit = train_pixels_for_budget(bands, width, budget_mb)
+    while crop > 16 and crop * crop > limit:
+        crop //= 2
+    pixels = min(pixels_per_step, rows * cols, max(limit, crop * crop))
+    count = max(1, pixels // (crop * crop))
+    return crop, count
+
+
+# --- reading ----------------------------------------------------------------------------------------------------
+
+def whole_pair_mb(bands: int, rows: int, cols: int) -> float:
+    """Memory (MB) that the in-memory route needs: both dates raw and standardised, float32."""
+    return 4 * bands * rows * cols * FLOAT_BYTES / MB
+
+
+def strip_values(memory_budget_mb: float | None, bands: int = 1, cols: int = 1) -> int:
+    """Float32 values of one date's read strip: STRIP_SHARE of the budget over both dates raw and standardised
+    (and a float64 standardising temporary: 4 copies of 4 bytes + 2 of 8), at most STRIP_VALUES, at least a row."""
+    if memory_budget_mb is None:
+        return STRIP_VALUES
+    values = int(STRIP_SHARE * memory_budget_mb * MB / (2 * (2 * FLOAT_BYTES + 8)))
+    return max(bands * cols, min(STRIP_VALUES, values))

@@ -1,0 +1,114 @@
+"""The memory model (core/memory.py): its decisions, and peak RSS within the budget + 0.5 GB (subprocess)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from hypernet_qgis.core import memory
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_detection_plan_whole_tiles_memory_disk():
+    # 300 x 300 x 100 bands, width 50: the whole image needs 300 * 300 * 4 * (100 + 16 * 50) B = 309 MB
+    assert memory.detection_plan(100, 50, 300, 300, 400) == memory.DetectionPlan(True, 300, False)
+    # 1000 x 1000 at 2048 MB: tiles; the scratch maps (7 * 50 maps, 1335 MB) leave over a quarter of the budget
+    plan = memory.detection_plan(100, 50, 1000, 1000, 2048)
+    assert not plan.whole and plan.scratch_in_memory
+    left = 2048 - memory.scratch_mb(50, 1000, 1000)
+    assert (plan.tile + 28) ** 2 * memory.forward_bytes_per_pixel(100, 50) <= left * memory.MB
+    # at 512 MB the maps go to disk and the tile gets the whole budget
+    plan = memory.detection_plan(100, 50, 1000, 1000, 512)
+    assert not plan.whole and not plan.scratch_in_memory
+    assert plan.tile == memory.tile_for_budget(100, 50, 512, 14)
+    # a forced tile covering the image is the whole image; a smaller one is kept
+    assert memory.detection_plan(100, 50, 1000, 1000, 512, tile=1000).whole
+    assert memory.detection_plan(100, 50, 1000, 1000, 16000, tile=500).tile == 500
+
+
+def test_strips_follow_the_budget():
+    assert memory.strip_values(None) == memory.STRIP_VALUES
+    assert memory.strip_values(4096) == memory.STRIP_VALUES
+    small = memory.strip_values(1024, 224, 2000)
+    assert 224 * 2000 <= small < memory.STRIP_VALUES
+    # both dates' strips, raw and standardised (+ a float64 temporary), within a quarter of the budget
+    assert small * 2 * (4 + 4 + 8) <= 0.25 * 1024 * memory.MB
+    assert memory.strip_values(1, 224, 2000) == 224 * 2000  # at least a row
+
+
+def test_whole_pair_and_training_sizes():
+    assert memory.whole_pair_mb(224, 2000, 2000) == pytest.approx(4 * 224 * 4e6 * 4 / memory.MB)
+    assert memory.train_step_mb(224, 112, 0) == memory.TRAIN_FIXED_MB
+    pixels = memory.train_pixels_for_budget(224, 112, 1024)
+    assert memory.train_step_mb(224, 112, pixels) <= 1024 < memory.train_step_mb(224, 112, pixels + 1)
+
+
+_DETECT_SCRIPT = textwrap.dedent(
+    """
+    import json, os, resource, sys, tempfile, time
+    import numpy as np, torch
+    torch.set_num_threads(1)
+    from hypernet_qgis.core.detection import change_intensity
+    from hypernet_qgis.core.network import HyperNet
+    from hypernet_qgis.core.streaming import WindowReader
+    side, bands, width, budget = (int(v) for v in sys.argv[1:5])
+    folder = tempfile.mkdtemp()
+    readers = []
+    rng = np.random.default_rng(0)
+    for name in ("t1", "t2"):  # disk-backed standardised dates, as the streamed route keeps them
+        path = os.path.join(folder, name)
+        with open(path, "wb") as f:
+            for r0 in range(0, side, 100):
+                f.write(rng.normal(size=(min(100, side - r0), side, bands)).astype(np.float32).tobytes())
+        readers.append(WindowReader(path, (bands, side, side)))
+    torch.manual_seed(0)
+    model = HyperNet(bands, width).eval()
+    valid = np.ones((side, side), bool)
+    start = time.perf_counter()
+    out = change_intensity(model, readers[0], readers[1], valid, "mse", "cpu", memory_budget_mb=budget)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    for r in readers:
+        r.close()
+        os.unlink(r.path)
+    os.rmdir(folder)
+    print(json.dumps({"peak_mb": peak, "seconds": time.perf_counter() - start, "finite": bool(np.isfinite(out).all())}))
+    """
+)
+
+
+def detection_peak_mb(side: int, bands: int, width: int, budget: int, alloc: str = "system") -> dict:
+    """Peak RSS (MB, whole process: engine import included) of a detection of a disk-backed side x side pair."""
+    from hypernet_qgis.core import allocator
+
+    env = {k: v for k, v in os.environ.items() if k not in ("LD_PRELOAD", allocator.ENV_DONE, allocator.ENV_CHOICE)}
+    env.update(PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
+    if alloc == "tcmalloc":
+        env = allocator.preload_environment(env)
+        if env is None:
+            pytest.skip("tcmalloc is not installed")
+    res = subprocess.run([sys.executable, "-c", _DETECT_SCRIPT, str(side), str(bands), str(width), str(budget)],
+                         capture_output=True, text=True, env=env, timeout=900, check=True)
+    out = json.loads(res.stdout.strip().splitlines()[-1])
+    assert out["finite"]
+    return out
+
+
+@pytest.mark.parametrize("alloc", ["system", "tcmalloc"])
+def test_detection_peak_rss_within_budget_plus_half_a_gigabyte(alloc):
+    """1000 x 1000 x 32 bands, width 16, budget 1024 MB: the whole image would need 1.3 GB, so detection runs by
+    tiles with its scratch maps in memory (448 MB) and the rest of the budget for the tile; the process' peak RSS,
+    engine import included, stays within budget + 0.5 GB."""
+    side, bands, width, budget = 1000, 32, 16, 1024
+    assert side * side * memory.forward_bytes_per_pixel(bands, width, 2 * width) > budget * memory.MB
+    plan = memory.detection_plan(bands, width, side, side, budget)
+    assert not plan.whole and plan.scratch_in_memory
+    out = detection_peak_mb(side, bands, width, budget, alloc)
+    print(alloc, out)
+    assert out["peak_mb"] <= budget + 512, out
