@@ -160,7 +160,7 @@ def _post_processor_class():
             stack_layer(layer, self.kind, context.project() or QgsProject.instance())
 
         @classmethod
-        def create(cls, kind: str, name: str | None) -> "StylePostProcessor":
+        def create(cls, kind: str, name: str | None) -> StylePostProcessor:
             instance = cls(kind, name)
             cls._alive = cls._alive[-31:] + [instance]
             return instance

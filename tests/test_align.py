@@ -1,4 +1,4 @@
-"""Pairs on different grids (core.align through the pipeline): a shifted or reprojected T2 gives the change map of
+"""Pairs on different grids (core.io.align through the pipeline): a shifted or reprojected T2 gives the change map of
 the pair made on one grid, over the common area; the bad cases are refused with one clear line."""
 
 from __future__ import annotations

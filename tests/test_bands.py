@@ -1,4 +1,4 @@
-"""Bad bands and wavelengths (core.bands): ENVI bbl and GDAL bbl metadata honoured, water-absorption bands left out
+"""Bad bands and wavelengths (core.io.bands): ENVI bbl and GDAL bbl metadata honoured, water-absorption bands left out
 on request, clear messages when wavelengths are missing; through the pipeline and the CLI on real files."""
 
 from __future__ import annotations
@@ -156,7 +156,7 @@ def test_cli_keeps_bad_bands_or_drops_water_on_request(envi_pair, tmp_path):
 
 def test_a_model_applies_by_wavelength_to_a_scene_with_another_band_subset(tmp_path):
     """Trained on bands 2-5 of a 6-band scene; the same scene without its first band (5 bands) gets bands 1-4."""
-    from hypernet_qgis.core.training import TrainConfig
+    from hypernet_qgis.core.hypernet.training import TrainConfig
 
     wl = {i + 1: {"wavelength": str(w), "wavelength_units": "nm"} for i, w in enumerate(WAVELENGTHS)}
     x1, x2 = cube(0), cube(1)

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from hypernet_qgis.core.baselines import (
+from hypernet_qgis.core.classic.baselines import (
     BASELINES,
     DEFAULT_THRESHOLD_VALUES,
     DEFAULT_THRESHOLDS,
@@ -18,9 +18,9 @@ from hypernet_qgis.core.baselines import (
     pca_kmeans,
     sam,
 )
-from hypernet_qgis.core.metrics import change_metrics, reference_from_masks, roc_auc
-from hypernet_qgis.core.raster_io import read_mask, read_raster
-from hypernet_qgis.core.thresholds import compute_threshold
+from hypernet_qgis.core.classic.metrics import change_metrics, reference_from_masks, roc_auc
+from hypernet_qgis.core.classic.thresholds import compute_threshold
+from hypernet_qgis.core.io.raster_io import read_mask, read_raster
 
 
 def synthetic_pair(seed: int = 0, bands: int = 6, size: int = 48):
@@ -195,7 +195,7 @@ def test_sample_salinasA_int16_keeps_the_bench_scores(sample_dir):
 
 
 def test_pca_kmeans_neighbourhood_features_by_row_chunks():
-    from hypernet_qgis.core.baselines import _project_neighbourhoods
+    from hypernet_qgis.core.classic.baselines import _project_neighbourhoods
 
     rng = np.random.default_rng(9)
     d = rng.random((23, 17))

@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 import torch
 
-from hypernet_qgis.core.calibration import backbone_batchnorms, batchnorm_statistics_tiled, calibrate_batchnorm
-from hypernet_qgis.core.detection import change_intensity
 from hypernet_qgis.core.errors import Cancelled
-from hypernet_qgis.core.network import HyperNet
+from hypernet_qgis.core.hypernet.calibration import backbone_batchnorms, batchnorm_statistics_tiled, calibrate_batchnorm
+from hypernet_qgis.core.hypernet.detection import change_intensity
+from hypernet_qgis.core.hypernet.network import HyperNet
+from hypernet_qgis.core.hypernet.tiling import fused_features_tiled, pooled_statistics
 from hypernet_qgis.core.progress import NullFeedback
-from hypernet_qgis.core.tiling import fused_features_tiled, pooled_statistics
 
 
 def _model(bands: int = 6, width: int = 16) -> HyperNet:

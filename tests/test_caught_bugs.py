@@ -11,16 +11,21 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import write_pair
 from osgeo import gdal
 from torch.optim.optimizer import register_optimizer_step_pre_hook
 
-from conftest import write_pair
 from hypernet_qgis.core import pipeline, raster_io
-from hypernet_qgis.core.atomic import atomic_file, replace_together, temp_path
 from hypernet_qgis.core.errors import Cancelled, InputError
+from hypernet_qgis.core.hypernet.training import (
+    DEFAULT_TRAINING_FRACTION,
+    TrainConfig,
+    pre_detection_score,
+    select_training_pixels,
+    train_hypernet,
+)
+from hypernet_qgis.core.io.atomic import atomic_file, replace_together, temp_path
 from hypernet_qgis.core.progress import NullFeedback
-from hypernet_qgis.core.training import DEFAULT_TRAINING_FRACTION, TrainConfig, pre_detection_score, \
-    select_training_pixels, train_hypernet
 
 T2_HOLE = (slice(30, 36), slice(28, 34))  # pixels that are nodata in T2 only
 

@@ -7,7 +7,6 @@ import json
 import numpy as np
 import pytest
 from osgeo import gdal, ogr
-
 from test_cli import cli
 
 

@@ -7,11 +7,11 @@ import pytest
 from osgeo import gdal
 
 from hypernet_qgis.core import pipeline
+from hypernet_qgis.core.classic.thresholds import METHODS, mixture_threshold, otsu_threshold
 from hypernet_qgis.core.errors import InputError
 from hypernet_qgis.core.fusion import CLASSIC_EVIDENCE, classic_evidence, fuse, ratio_to_median, resolve_threshold
-from hypernet_qgis.core.thresholds import METHODS, mixture_threshold, otsu_threshold
+from hypernet_qgis.core.hypernet.training import TrainConfig
 from hypernet_qgis.core.options import DEFAULT_EPOCHS
-from hypernet_qgis.core.training import TrainConfig
 
 
 def test_ratio_to_median_is_one_at_the_median_and_nan_outside():
@@ -95,7 +95,7 @@ def test_detect_default_is_the_fusion_and_hypernet_alone_stays_an_option(synthet
 
 
 def test_cli_detect_defaults_and_the_hypernet_alone_switch():
-    from hypernet_qgis.core.cli import build_parser
+    from hypernet_qgis.cli import build_parser
 
     args = build_parser().parse_args(["detect", "a.tif", "b.tif", "-o", "c.tif"])
     assert args.evidence == "fused" and args.threshold == "auto"

@@ -18,9 +18,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from osgeo import gdal
-
 from conftest import write_pair
+from osgeo import gdal
 
 REPO = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "PYTHONPATH": str(REPO), "HYPERNET_ALLOCATOR": "system"}

@@ -16,9 +16,15 @@ import pytest
 import torch
 
 from hypernet_qgis.core.errors import InputError
-from hypernet_qgis.core.model_file import FORMAT, FORMAT_VERSION, expected_state, load_model, read_metadata, \
-    save_model
-from hypernet_qgis.core.network import HyperNet
+from hypernet_qgis.core.hypernet.model_file import (
+    FORMAT,
+    FORMAT_VERSION,
+    expected_state,
+    load_model,
+    read_metadata,
+    save_model,
+)
+from hypernet_qgis.core.hypernet.network import HyperNet
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -158,7 +164,7 @@ def test_read_metadata_does_not_read_the_weights(tmp_path):
     path = tmp_path / "big.hypernet"
     save_model(path, model, {"band_count": 2000})
     del model
-    code = ("import resource, sys; from hypernet_qgis.core.model_file import read_metadata; "
+    code = ("import resource, sys; from hypernet_qgis.core.hypernet.model_file import read_metadata; "
             "r0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss; m = read_metadata(sys.argv[1]); "
             "print(m['bands'], resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - r0)")
     out = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True, cwd=REPO,
@@ -172,8 +178,8 @@ FUZZ = r'''
 import io, json, random, resource, sys, traceback, zipfile
 import torch
 from hypernet_qgis.core.errors import InputError
-from hypernet_qgis.core.model_file import FORMAT, FORMAT_VERSION, load_model, read_metadata, save_model
-from hypernet_qgis.core.network import HyperNet
+from hypernet_qgis.core.hypernet.model_file import FORMAT, FORMAT_VERSION, load_model, read_metadata, save_model
+from hypernet_qgis.core.hypernet.network import HyperNet
 
 folder, count = sys.argv[1], int(sys.argv[2])
 rng = random.Random(12)

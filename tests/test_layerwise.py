@@ -1,4 +1,4 @@
-"""Linear passes (core/layerwise.py): features by tiles, each layer once per date, equal the whole-image pass."""
+"""Linear passes (core/hypernet/layerwise.py): features by tiles, each layer once per date, equal the whole-image pass."""
 
 from __future__ import annotations
 
@@ -10,12 +10,12 @@ import pytest
 import torch
 from torch import nn
 
-from hypernet_qgis.core.detection import change_intensity
 from hypernet_qgis.core.errors import Cancelled
-from hypernet_qgis.core.layerwise import ChannelStats, Scratch, backbone_batchnorms, date_features
-from hypernet_qgis.core.network import HyperNet
+from hypernet_qgis.core.hypernet.detection import change_intensity
+from hypernet_qgis.core.hypernet.layerwise import ChannelStats, Scratch, backbone_batchnorms, date_features
+from hypernet_qgis.core.hypernet.network import HyperNet
+from hypernet_qgis.core.hypernet.tiling import tiles
 from hypernet_qgis.core.progress import NullFeedback
-from hypernet_qgis.core.tiling import tiles
 
 
 def _model(bands: int = 6, width: int = 16, seed: int = 0) -> HyperNet:

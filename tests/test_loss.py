@@ -7,8 +7,8 @@ import math
 import pytest
 import torch
 
-from hypernet_qgis.core.loss import focal_cosine_loss, training_loss
-from hypernet_qgis.core.network import HyperNet
+from hypernet_qgis.core.hypernet.loss import focal_cosine_loss, training_loss
+from hypernet_qgis.core.hypernet.network import HyperNet
 
 
 def _img(*pixels):

@@ -55,9 +55,9 @@ _DETECT_SCRIPT = textwrap.dedent(
     import json, os, resource, sys, tempfile, time
     import numpy as np, torch
     torch.set_num_threads(1)
-    from hypernet_qgis.core.detection import change_intensity
-    from hypernet_qgis.core.network import HyperNet
-    from hypernet_qgis.core.streaming import WindowReader
+    from hypernet_qgis.core.hypernet.detection import change_intensity
+    from hypernet_qgis.core.hypernet.network import HyperNet
+    from hypernet_qgis.core.io.streaming import WindowReader
     side, bands, width, budget = (int(v) for v in sys.argv[1:5])
     folder = tempfile.mkdtemp()
     readers = []

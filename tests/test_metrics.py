@@ -5,8 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from hypernet_qgis.core.errors import InputError
-from hypernet_qgis.core.metrics import (
+from hypernet_qgis.core.classic.metrics import (
     change_metrics,
     confusion,
     metrics_from_confusion,
@@ -15,6 +14,7 @@ from hypernet_qgis.core.metrics import (
     roc_auc,
     roc_curve,
 )
+from hypernet_qgis.core.errors import InputError
 
 
 def test_small_hand_computed_case_with_nodata_and_unlabelled():

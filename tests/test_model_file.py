@@ -12,8 +12,8 @@ import torch
 
 from hypernet_qgis import __version__
 from hypernet_qgis.core.errors import InputError
-from hypernet_qgis.core.model_file import FORMAT, FORMAT_VERSION, load_model, save_model
-from hypernet_qgis.core.network import HyperNet
+from hypernet_qgis.core.hypernet.model_file import FORMAT, FORMAT_VERSION, load_model, save_model
+from hypernet_qgis.core.hypernet.network import HyperNet
 
 
 def _trained_like_model(bands: int = 6, width: int = 16) -> HyperNet:

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-from hypernet_qgis.core.loss import training_loss, training_step
-from hypernet_qgis.core.network import HyperNet, default_widths, reference_to_ours
+from hypernet_qgis.core.hypernet.loss import training_loss, training_step
+from hypernet_qgis.core.hypernet.network import HyperNet, default_widths, reference_to_ours
 
 RTOL = 1e-9
 ATOL = 1e-12
@@ -142,7 +142,7 @@ def test_channels_last_gives_the_same_features():
 def test_box_mean_is_the_published_average_pooling(shape):
     """The 5x5 mean of the spatial branch equals nn.AvgPool2d(5, 1, 2) (zero padding counted), values and
     gradients, including the borders and images smaller than the window."""
-    from hypernet_qgis.core.network import BoxMean
+    from hypernet_qgis.core.hypernet.network import BoxMean
 
     torch.manual_seed(4)
     x = torch.randn(*shape, dtype=torch.float64, requires_grad=True)

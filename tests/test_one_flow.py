@@ -11,7 +11,7 @@ import pytest
 from osgeo import gdal
 
 from hypernet_qgis.core import pipeline
-from hypernet_qgis.core.model_file import load_model
+from hypernet_qgis.core.hypernet.model_file import load_model
 from hypernet_qgis.core.options import TrainConfig
 
 #: A budget far below what the 40x36x8 test pair needs in memory (~0.2 MB): everything goes by windows.
@@ -68,7 +68,7 @@ def test_detect_by_windows_writes_the_same_map_and_a_report(synthetic_pair, tmp_
     """The report used to fail on every pair over the budget ("carries no images"). HyperNet's own intensity is
     compared (the default fusion with IR-MAD and CVA needs both dates in memory; by windows it falls back to
     HyperNet alone and says so, checked below)."""
-    from hypernet_qgis.core.report import write_detection_report
+    from hypernet_qgis.core.report.report import write_detection_report
 
     t1, t2 = str(synthetic_pair["t1"]), str(synthetic_pair["t2"])
     model = str(tmp_path / "m.hypernet")

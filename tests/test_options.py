@@ -45,7 +45,7 @@ def test_train_config_defaults_come_from_options():
     assert config.memory_budget_mb == options.DEFAULT_MEMORY_BUDGET_MB
     assert config.resolved_epochs() == options.DEFAULT_EPOCHS["default"]
     assert options.TrainConfig(schedule="paper").resolved_epochs() == options.DEFAULT_EPOCHS["paper"]
-    from hypernet_qgis.core.training import TrainConfig
+    from hypernet_qgis.core.hypernet.training import TrainConfig
 
     assert TrainConfig is options.TrainConfig  # one class, importable without torch from options
 

@@ -67,7 +67,7 @@ def test_zip_layout_and_contents(plugin_zip):
     assert {n.split("/")[0] for n in names} == {PLUGIN}  # one top folder, named like the package
     assert re.fullmatch(r"[A-Za-z_][A-Za-z0-9_\-]*", PLUGIN)
     for required in ("__init__.py", "metadata.txt", "LICENSE", "requirements.txt", "resources/icons/hypernet.svg",
-                     "resources/styles/change.qml", "core/launch.py", "algorithms/base.py"):
+                     "resources/styles/change.qml", "launch.py", "algorithms/base.py"):
         assert f"{PLUGIN}/{required}" in names, required
     for name in names:
         assert not name.startswith("/") and ".." not in name.split("/"), name
@@ -186,7 +186,7 @@ def test_wheel_gives_the_hypernet_command_in_a_fresh_venv(tmp_path):
         entry_points = archive.read(f"hypernet_qgis-{__version__}.dist-info/entry_points.txt").decode()
         requires = archive.read(f"hypernet_qgis-{__version__}.dist-info/METADATA").decode()
     assert "hypernet_qgis/core/pipeline.py" in names and not any(n.endswith(".pyc") for n in names)
-    assert "hypernet = hypernet_qgis.core.launch:main" in entry_points
+    assert "hypernet = hypernet_qgis.launch:main" in entry_points
     assert re.search(r"^Requires-Dist: torch<2\.14,>=2\.1$", requires, re.M), requires[:1500]
     assert "Provides-Extra: test" in requires
 

@@ -12,9 +12,9 @@ from osgeo import gdal
 
 from hypernet_qgis.core import pipeline
 from hypernet_qgis.core.errors import Cancelled, InputError
-from hypernet_qgis.core.model_file import load_model
+from hypernet_qgis.core.hypernet.model_file import load_model
+from hypernet_qgis.core.hypernet.training import TrainConfig, select_training_pixels, train_hypernet
 from hypernet_qgis.core.progress import NullFeedback
-from hypernet_qgis.core.training import TrainConfig, select_training_pixels, train_hypernet
 
 FAST = dict(epochs=3, device="cpu")
 
@@ -65,7 +65,7 @@ def test_model_file_round_trip_gives_the_same_intensity(synthetic_pair, tmp_path
     assert meta["training"]["seed"] == 0 and meta["width"] == 16
     direct = pipeline.detect_files(t1, t2, str(tmp_path / "a.tif"), model=str(model), evidence="hypernet")
     pair = pipeline.load_pair(t1, t2)
-    from hypernet_qgis.core.detection import change_intensity
+    from hypernet_qgis.core.hypernet.detection import change_intensity
 
     again = change_intensity(res.model, pair.x1s, pair.x2s, pair.valid, "mse", "cpu")
     np.testing.assert_allclose(direct.intensity, again, rtol=1e-6, equal_nan=True)
@@ -172,7 +172,7 @@ def test_forcing_cuda_without_a_gpu_is_a_clear_error(synthetic_pair, tmp_path):
 def test_otsu_on_the_square_root_keeps_long_tailed_change():
     """Squared feature distances of changed pixels are long-tailed; Otsu on the raw values cuts far out in the
     tail, Otsu on their square root separates the two groups (FINDINGS.md 3)."""
-    from hypernet_qgis.core.thresholds import otsu_threshold
+    from hypernet_qgis.core.classic.thresholds import otsu_threshold
 
     rng = np.random.default_rng(0)
     unchanged = rng.gamma(2.0, 0.05, 9000)

@@ -1,4 +1,4 @@
-"""Change polygons (core.polygons) on real GeoTIFFs and GeoPackages: georeferencing, areas, MIN_AREA, connectivity,
+"""Change polygons (core.io.polygons) on real GeoTIFFs and GeoPackages: georeferencing, areas, MIN_AREA, connectivity,
 intensity statistics, sieving, bad input, and the by-rows path against the in-memory one."""
 
 from __future__ import annotations
@@ -218,6 +218,7 @@ def test_bad_options_are_refused_with_one_clear_line(tmp_path, kwargs, words):
 def test_a_multiband_raster_is_not_a_change_map(tmp_path):
     path = str(tmp_path / "two.tif")
     ds = gdal.GetDriverByName("GTiff").Create(path, 5, 5, 2, gdal.GDT_Byte)
+    ds.FlushCache()
     ds = None
     with pytest.raises(InputError, match="has 2 bands"):
         polygons.polygonize_change(path, str(tmp_path / "p.gpkg"))

@@ -7,7 +7,6 @@ import os
 
 import numpy as np
 import pytest
-
 from test_qgis_support import (  # noqa: F401 (fixtures)
     CHANGED,
     GEOTRANSFORM,
@@ -63,7 +62,7 @@ def test_train_writes_a_model_and_logs_the_device(hypernet_provider, pair_dir, t
     assert on_cpu or "Training HyperNet on CUDA: " in log, log
     assert max(feedback.progress) == pytest.approx(100.0)
     assert len(set(round(p) for p in feedback.progress)) >= 3  # progress per epoch, not one jump
-    from hypernet_qgis.core.model_file import load_model
+    from hypernet_qgis.core.hypernet.model_file import load_model
 
     model, meta = load_model(out)
     assert model.bands == 6
@@ -120,7 +119,7 @@ def test_a_model_trained_on_a_band_subset_keeps_it(hypernet_provider, pair_dir, 
     processing.run("hypernet:trainhypernet", {
         "INPUT_T1": str(pair_dir / "t1.tif"), "INPUT_T2": str(pair_dir / "t2.tif"), "BANDS": "2-5", "EPOCHS": 2,
         "OUTPUT_MODEL": model})
-    from hypernet_qgis.core.model_file import load_model
+    from hypernet_qgis.core.hypernet.model_file import load_model
 
     assert load_model(model)[0].bands == 4
     result = processing.run("hypernet:detectchange", {
@@ -232,8 +231,13 @@ def test_sidecar_styles_apply_when_the_file_is_opened_later(hypernet_provider, p
 
 def _run_task(alg_id: str, params: dict, cancel_at: float | None = None, timeout_ms: int = 240000):
     """Run through QgsApplication.taskManager() with QgsProcessingAlgRunnerTask, as the dialog does."""
-    from qgis.core import (QgsApplication, QgsProcessingAlgRunnerTask, QgsProcessingContext,
-                           QgsProcessingFeedback, QgsProject)
+    from qgis.core import (
+        QgsApplication,
+        QgsProcessingAlgRunnerTask,
+        QgsProcessingContext,
+        QgsProcessingFeedback,
+        QgsProject,
+    )
     from qgis.PyQt.QtCore import QEventLoop, QTimer
 
     alg = QgsApplication.processingRegistry().algorithmById(alg_id)

@@ -11,7 +11,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from test_qgis_support import hashes, hypernet_provider, pair_dir, trained_model, write_tif  # noqa: F401 (fixtures)
 
 RNG = np.random.default_rng(7)

@@ -6,7 +6,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from osgeo import gdal
-
 from test_bands import HEADER, cube, write_envi, write_tif
 from test_qgis_support import hypernet_provider  # noqa: F401 (fixture)
 

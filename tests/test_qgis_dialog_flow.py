@@ -13,7 +13,6 @@ import os
 from pathlib import Path
 
 import pytest
-
 from test_qgis_support import hypernet_provider, pair_dir, trained_model  # noqa: F401 (fixtures)
 
 TEMPORARY = "TEMPORARY_OUTPUT"
@@ -29,8 +28,14 @@ def _output(value: str):
 def run_like_the_dialog(alg_id: str, params: dict, timeout_ms: int = 240000) -> dict:
     """checkParameterValues, a QgsProcessingAlgRunnerTask, then handleAlgorithmResults: as AlgorithmDialog."""
     from processing.gui.Postprocessing import handleAlgorithmResults
-    from qgis.core import (Qgis, QgsApplication, QgsProcessingAlgRunnerTask, QgsProcessingContext,
-                           QgsProcessingFeedback, QgsProject)
+    from qgis.core import (
+        Qgis,
+        QgsApplication,
+        QgsProcessingAlgRunnerTask,
+        QgsProcessingContext,
+        QgsProcessingFeedback,
+        QgsProject,
+    )
     from qgis.PyQt.QtCore import QEventLoop, QTimer
 
     alg = QgsApplication.processingRegistry().createAlgorithmById(alg_id)

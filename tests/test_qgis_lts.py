@@ -10,7 +10,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from test_qgis_process import QGIS_PROCESS_BIN, results_of, run, wrapper  # noqa: F401 (fixture)
 from test_qgis_support import read
 

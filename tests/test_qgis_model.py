@@ -6,7 +6,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from test_qgis_support import hashes, hypernet_provider, read  # noqa: F401 (fixture)
 
 REPO = Path(__file__).resolve().parents[1]

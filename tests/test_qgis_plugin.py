@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import os
-
 import configparser
+import os
 from pathlib import Path
 
 import pytest
-
 from test_qgis_support import hypernet_provider  # noqa: F401 (fixture)
 
 REPO = Path(__file__).resolve().parents[1]
@@ -148,9 +146,9 @@ def test_parameter_defaults_match_the_engine(hypernet_provider):  # noqa: F811
     from qgis.core import QgsApplication
 
     from hypernet_qgis.algorithms.base import MIN_SIDE
-    from hypernet_qgis.qgis_compat import FLAG_OPTIONAL, has_flag
     from hypernet_qgis.core import pipeline
-    from hypernet_qgis.core.training import TrainConfig
+    from hypernet_qgis.core.hypernet.training import TrainConfig
+    from hypernet_qgis.qgis_compat import FLAG_OPTIONAL, has_flag
 
     assert MIN_SIDE == pipeline.MIN_SIDE
     cfg = TrainConfig()

@@ -8,9 +8,14 @@ import os
 import numpy as np
 import pytest
 from osgeo import gdal, ogr
-
-from test_qgis_dialog_flow import TEMPORARY, _layer, _output, _tree_names, check_change_style, clean_project, \
-    run_like_the_dialog  # noqa: F401 (fixture)
+from test_qgis_dialog_flow import (
+    TEMPORARY,
+    _layer,
+    _output,
+    _tree_names,
+    check_change_style,
+    run_like_the_dialog,  # noqa: F401 (fixture)
+)
 from test_qgis_process import QGIS_PROCESS_BIN, results_of, run, wrapper  # noqa: F401 (fixture)
 from test_qgis_support import hypernet_provider, pair_dir, same_crs, trained_model  # noqa: F401 (fixtures)
 
@@ -125,7 +130,6 @@ def test_qgis_process_writes_styled_polygons(wrapper, pair_dir, tmp_path):  # no
 def test_classic_change_aligns_a_shifted_t2_and_refuses_with_align_off(clean_project, pair_dir, tmp_path):  # noqa: F811,E501
     """ALIGN (default on): T2 on another grid is warped onto T1's; the dialog check accepts it; off: refused."""
     from qgis.core import QgsApplication, QgsProcessingContext, QgsProject
-
     from test_qgis_support import GEOTRANSFORM, write_tif
 
     x2 = gdal.Open(str(pair_dir / "t2.tif")).ReadAsArray()

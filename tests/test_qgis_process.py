@@ -16,7 +16,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from test_qgis_support import CHANGED, GEOTRANSFORM, hashes, make_pair, read, same_crs
 
 REPO = Path(__file__).resolve().parents[1]
@@ -156,7 +155,7 @@ def test_installed_wrapper_if_present():
 
 def test_wrapper_runs_qgis_with_tcmalloc(wrapper, tmp_path):
     """The wrapper preloads tcmalloc when installed (whole-image training up to 2x faster); the log says which."""
-    from hypernet_qgis.core.allocator import find_tcmalloc
+    from hypernet_qgis.core.hypernet.allocator import find_tcmalloc
 
     files = make_pair(tmp_path / "data")
     args = ("run", "hypernet:trainhypernet", "--", f"INPUT_T1={files['t1']}", f"INPUT_T2={files['t2']}",

@@ -11,11 +11,11 @@ from pathlib import Path
 import pytest
 import torch
 from osgeo import gdal
-
-from hypernet_qgis.core.network import HyperNet
-from hypernet_qgis.core.model_file import save_model
 from test_qgis_process import QGIS_PROCESS_BIN, results_of, run, wrapper  # noqa: F401  (wrapper: a fixture)
 from test_qgis_support import hashes, make_pair
+
+from hypernet_qgis.core.hypernet.model_file import save_model
+from hypernet_qgis.core.hypernet.network import HyperNet
 
 pytestmark = pytest.mark.skipif(not QGIS_PROCESS_BIN.exists(), reason="qgis_process.bin is not installed")
 

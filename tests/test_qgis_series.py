@@ -6,7 +6,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from osgeo import gdal
-
 from test_qgis_dialog_flow import _tree_names, clean_project, run_like_the_dialog  # noqa: F401 (fixture)
 from test_qgis_polygons import check_polygon_style
 from test_qgis_process import wrapper  # noqa: F401 (fixture)

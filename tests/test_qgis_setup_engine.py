@@ -16,7 +16,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from test_qgis_process import QGIS_PROCESS_BIN, assemble_plugin
 from test_qgis_support import make_pair, read
 
@@ -62,7 +61,7 @@ def test_setup_engine_from_a_wheel_folder_then_detect(wheels, tmp_path):
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV", "LD_PRELOAD")}
     env.update(QGIS_PLUGINPATH=str(tmp_path / "plugins"), QGIS_CUSTOM_CONFIG_PATH=str(config),
                PYTHONPATH="/usr/share/qgis/python/plugins", QT_QPA_PLATFORM="offscreen", XDG_RUNTIME_DIR=str(runtime),
-               PATH=f"/usr/bin:/bin", HYPERNET_ALLOCATOR="system")
+               PATH="/usr/bin:/bin", HYPERNET_ALLOCATOR="system")
     assert qgis_process(env, "plugins", "enable", "hypernet_qgis").returncode == 0
     files = make_pair(tmp_path / "data")
     detect = ("--json", "run", "hypernet:detectchange", "--", f"INPUT_T1={files['t1']}", f"INPUT_T2={files['t2']}",

@@ -9,7 +9,7 @@ import pytest
 from osgeo import gdal, osr
 
 from hypernet_qgis.core.errors import InputError
-from hypernet_qgis.core.raster_io import (
+from hypernet_qgis.core.io.raster_io import (
     RasterInfo,
     check_same_grid,
     constant_bands,

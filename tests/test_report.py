@@ -13,7 +13,8 @@ from html.parser import HTMLParser
 import numpy as np
 import pytest
 
-from hypernet_qgis.core import metrics, quicklook as ql, report
+from hypernet_qgis.core import metrics, report
+from hypernet_qgis.core import quicklook as ql
 from hypernet_qgis.core.errors import InputError
 
 EVIL = '<script>alert("x")</script> & <b>bold</b>'
@@ -399,8 +400,8 @@ def test_qt_html_viewer_shows_the_pictures(tmp_path, qgis_app):
 
 def _model_file(folder) -> str:
     pytest.importorskip("torch")
-    from hypernet_qgis.core.model_file import save_model
-    from hypernet_qgis.core.network import HyperNet
+    from hypernet_qgis.core.hypernet.model_file import save_model
+    from hypernet_qgis.core.hypernet.network import HyperNet
 
     path = str(folder / "tiny.hypernet")
     save_model(path, HyperNet(5, 8, 16, 8), {"loss_history": [0.3, 0.1, -0.05], "device": "cpu <test>",
@@ -445,7 +446,7 @@ def test_glue_from_engine_results(tmp_path):
     from test_qgis_support import make_pair
 
     from hypernet_qgis.core import pipeline
-    from hypernet_qgis.core.training import TrainConfig
+    from hypernet_qgis.core.hypernet.training import TrainConfig
 
     p = make_pair(tmp_path / "data", bands=6, size=24)
     cfg = TrainConfig(epochs=2, seed=0, device="cpu")

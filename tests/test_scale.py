@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 import torch
 
-from hypernet_qgis.core.detection import RxStats, change_intensity, detection_tile, rx_score
 from hypernet_qgis.core.errors import InputError
-from hypernet_qgis.core.network import HyperNet
+from hypernet_qgis.core.hypernet.detection import RxStats, change_intensity, detection_tile, rx_score
+from hypernet_qgis.core.hypernet.network import HyperNet
 from hypernet_qgis.core.progress import NullFeedback
 
 REPO = Path(__file__).resolve().parents[1]
@@ -142,8 +142,8 @@ _PEAK_SCRIPT = textwrap.dedent(
     import json, sys
     import numpy as np, torch
     torch.set_num_threads(1)
-    from hypernet_qgis.core.detection import change_intensity
-    from hypernet_qgis.core.network import HyperNet
+    from hypernet_qgis.core.hypernet.detection import change_intensity
+    from hypernet_qgis.core.hypernet.network import HyperNet
     side, budget = int(sys.argv[1]), float(sys.argv[2])
     torch.manual_seed(0)
     model = HyperNet(8, 16).eval()
@@ -174,7 +174,7 @@ def _peak_extra_mb(side: int, budget: float, alloc: str = "system") -> float:
 
     env = {k: v for k, v in os.environ.items() if k not in ("LD_PRELOAD", allocator.ENV_DONE, allocator.ENV_CHOICE)}
     env.update(PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
-    if alloc == "tcmalloc":  # as the command-line tools run (core/allocator.py)
+    if alloc == "tcmalloc":  # as the command-line tools run (core/hypernet/allocator.py)
         env = allocator.preload_environment(env)
         if env is None:
             pytest.skip("tcmalloc is not installed")
@@ -211,7 +211,7 @@ def test_cuda_tiled_detection_equals_cpu(pair):
 # --- training within the budget ---------------------------------------------------------------------------------
 
 def test_crop_plan_respects_the_budget():
-    from hypernet_qgis.core.perf import crop_plan, train_pixels_for_budget, train_step_mb
+    from hypernet_qgis.core.hypernet.perf import crop_plan, train_pixels_for_budget, train_step_mb
 
     # plenty of memory: the configured crops (64 x 64, 65536 pixels = 16 crops)
     assert crop_plan(1000, 1000, 224, 32, 64, 65536, 4096) == (64, 16)
@@ -228,7 +228,7 @@ def test_crop_plan_respects_the_budget():
 
 
 def test_paper_schedule_refused_when_the_budget_cannot_hold_the_image():
-    from hypernet_qgis.core.training import TrainConfig, train_hypernet
+    from hypernet_qgis.core.hypernet.training import TrainConfig, train_hypernet
 
     rng = np.random.default_rng(0)
     x1 = rng.normal(size=(8, 64, 64)).astype(np.float32)
@@ -244,7 +244,7 @@ def test_paper_schedule_refused_when_the_budget_cannot_hold_the_image():
 
 def test_training_reads_crops_from_disk_backed_inputs(tmp_path):
     """Memory-mapped inputs are read crop by crop and train exactly as the same arrays in memory."""
-    from hypernet_qgis.core.training import TrainConfig, train_hypernet
+    from hypernet_qgis.core.hypernet.training import TrainConfig, train_hypernet
 
     rng = np.random.default_rng(1)
     x1 = rng.normal(size=(6, 50, 44)).astype(np.float32)
@@ -263,7 +263,7 @@ def test_training_reads_crops_from_disk_backed_inputs(tmp_path):
 # --- scenes larger than memory: streaming.py ---------------------------------------------------------------------
 
 def test_window_reader_slices_like_the_array(tmp_path):
-    from hypernet_qgis.core.streaming import WindowReader
+    from hypernet_qgis.core.io.streaming import WindowReader
 
     x = np.arange(3 * 7 * 5, dtype=np.float32).reshape(3, 7, 5)
     path = tmp_path / "x.f32"
@@ -282,9 +282,9 @@ def test_window_reader_slices_like_the_array(tmp_path):
 def test_streamed_pair_equals_in_memory_pair(tmp_path):
     from conftest import write_pair
 
+    from hypernet_qgis.core.hypernet.training import pre_detection_score
+    from hypernet_qgis.core.io.streaming import load_pair_streamed
     from hypernet_qgis.core.pipeline import load_pair
-    from hypernet_qgis.core.streaming import load_pair_streamed
-    from hypernet_qgis.core.training import pre_detection_score
 
     p = write_pair(tmp_path, bands=7, rows=41, cols=35)
     ref = load_pair(str(p["t1"]), str(p["t2"]))
@@ -309,8 +309,8 @@ def test_streamed_detection_end_to_end(tmp_path):
     from conftest import write_pair
 
     from hypernet_qgis.core import raster_io
+    from hypernet_qgis.core.hypernet.training import TrainConfig
     from hypernet_qgis.core.pipeline import detect_files, load_pair
-    from hypernet_qgis.core.training import TrainConfig
 
     p = write_pair(tmp_path, bands=6, rows=48, cols=44)
     out, inten = tmp_path / "change.tif", tmp_path / "intensity.tif"
@@ -329,8 +329,8 @@ def test_streamed_detection_end_to_end(tmp_path):
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
 def test_cuda_budget_comes_from_the_card_and_training_runs():
-    from hypernet_qgis.core.perf import CUDA_SHARE, device_budget_mb
-    from hypernet_qgis.core.training import TrainConfig, train_hypernet
+    from hypernet_qgis.core.hypernet.perf import CUDA_SHARE, device_budget_mb
+    from hypernet_qgis.core.hypernet.training import TrainConfig, train_hypernet
 
     dev = torch.device("cuda")
     free, _ = torch.cuda.mem_get_info(dev)

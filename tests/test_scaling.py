@@ -8,8 +8,8 @@ import math
 import numpy as np
 import pytest
 
+from hypernet_qgis.core.classic.scaling import apply_stats, standardize, standardize_joint
 from hypernet_qgis.core.errors import InputError
-from hypernet_qgis.core.scaling import apply_stats, standardize, standardize_joint
 
 
 def _pair():

@@ -8,10 +8,10 @@ import json
 import numpy as np
 import pytest
 from osgeo import gdal, ogr
+from test_align import smooth_pair, write
 
 from hypernet_qgis.core import series
 from hypernet_qgis.core.errors import InputError
-from test_align import smooth_pair, write
 
 A = (slice(5, 15), slice(5, 15))     # changes between date 1 and 2
 B = (slice(30, 45), slice(40, 60))   # changes between date 2 and 3, and back between 3 and 4
@@ -130,7 +130,7 @@ def test_cli_series(tmp_path):
 
 
 def test_hypernet_series_trains_per_pair(tmp_path):
-    from hypernet_qgis.core.training import TrainConfig
+    from hypernet_qgis.core.hypernet.training import TrainConfig
 
     images = dates_stack(tmp_path, 3)
     out = tmp_path / "out"

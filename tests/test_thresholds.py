@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from hypernet_qgis.core.classic.thresholds import compute_threshold, kmeans_threshold, otsu_threshold
 from hypernet_qgis.core.errors import InputError
-from hypernet_qgis.core.thresholds import compute_threshold, kmeans_threshold, otsu_threshold
 
 
 def test_otsu_hand_computed_unbalanced():

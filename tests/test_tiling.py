@@ -7,10 +7,15 @@ import pytest
 import torch
 
 from hypernet_qgis.core.errors import Cancelled, InputError
-from hypernet_qgis.core.network import HyperNet, Pooling
+from hypernet_qgis.core.hypernet.network import HyperNet, Pooling
+from hypernet_qgis.core.hypernet.tiling import (
+    fused_features_tiled,
+    iter_fused_features,
+    pooled_statistics,
+    tile_for_budget,
+    tiles,
+)
 from hypernet_qgis.core.progress import NullFeedback
-from hypernet_qgis.core.tiling import (fused_features_tiled, iter_fused_features, pooled_statistics, tile_for_budget,
-                                       tiles)
 
 
 @pytest.fixture(scope="module")

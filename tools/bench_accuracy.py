@@ -22,17 +22,17 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from hypernet_qgis.core import raster_io  # noqa: E402
-from hypernet_qgis.core.baselines import BASELINES, DEFAULT_THRESHOLD_VALUES, DEFAULT_THRESHOLDS  # noqa: E402
-from hypernet_qgis.core.detection import binary_change, change_intensity  # noqa: E402
+from hypernet_qgis.core.classic.baselines import BASELINES, DEFAULT_THRESHOLD_VALUES, DEFAULT_THRESHOLDS  # noqa: E402
+from hypernet_qgis.core.classic.metrics import change_metrics, reference_from_masks, roc_auc  # noqa: E402
 from hypernet_qgis.core.fusion import classic_evidence, fuse, resolve_threshold  # noqa: E402
-from hypernet_qgis.core.metrics import change_metrics, reference_from_masks, roc_auc  # noqa: E402
+from hypernet_qgis.core.hypernet.detection import binary_change, change_intensity  # noqa: E402
+from hypernet_qgis.core.hypernet.training import TrainConfig, model_widths, train_hypernet  # noqa: E402
 from hypernet_qgis.core.pipeline import (  # noqa: E402
     DEFAULT_DISTANCE,
     ImagePair,
     load_pair,
     threshold_feature_distance,
 )
-from hypernet_qgis.core.training import TrainConfig, model_widths, train_hypernet  # noqa: E402
 
 SHARED = REPO.parent / "shared" / "data"
 #: The default settings, and the paper's schedule (whole image per step, 200 epochs) at the same branch width so
@@ -106,7 +106,7 @@ def run_hypernet(pair: ImagePair, ref: np.ndarray, seed: int, opts: dict) -> dic
 def explore(model, pair: ImagePair, ref: np.ndarray) -> dict:
     import torch
 
-    from hypernet_qgis.core.detection import fused_features, rx_score
+    from hypernet_qgis.core.hypernet.detection import fused_features, rx_score
 
     dev = torch.device("cpu")
     f1 = fused_features(model, pair.x1s, dev).numpy()
@@ -223,7 +223,7 @@ def write_markdown(results: dict) -> None:
         for method, r in methods.items():
             ms = r["mean_sd"]
             n = len(r["runs"])
-            fmt = (lambda k: f"{ms[k][0]:.3f} ± {ms[k][1]:.3f}") if n > 1 else (lambda k: f"{ms[k][0]:.3f}")
+            fmt = (lambda k: f"{ms[k][0]:.3f} ± {ms[k][1]:.3f}") if n > 1 else (lambda k: f"{ms[k][0]:.3f}")  # noqa: B023
             lines.append(f"| {name} | {method}{f' ({n} seeds)' if n > 1 else ''} | {fmt('OA')} | {fmt('kappa')} | "
                          f"{fmt('F1')} | {fmt('AUC')} | {ms['seconds'][0]:.1f} | {ms['peak_rss_mb'][0]:.0f} |")
     lines.append("")

@@ -10,7 +10,7 @@ default thread count (on a shared 2-core machine the default can be much slower:
   the fp32 matmul GFLOP/s measured in the same subprocess;
 * default-schedule end-to-end Detect Change (read GeoTIFFs, standardise, train, detect, threshold, write) at
   600x500x224;
-* with --big: a 2000x2000x224 scene end to end through core.streaming (train + detect) and its peak RSS.
+* with --big: a 2000x2000x224 scene end to end through core.io.streaming (train + detect) and its peak RSS.
 
 Timings on a shared machine vary with the load; compare ratios within one run (the matmul figure is the yardstick).
 """
@@ -61,7 +61,8 @@ def _train_flops_per_pixel(bands: int, width: int) -> float:
     with the published operations (the work the method asks for; our faster operations do slightly less)."""
     import torch
     from torch.utils.flop_counter import FlopCounterMode
-    from hypernet_qgis.core.network import HyperNet, default_widths
+
+    from hypernet_qgis.core.hypernet.network import HyperNet, default_widths
 
     model = HyperNet(bands, *default_widths(bands, width)).train()
     x1, x2 = torch.randn(1, bands, 32, 32), torch.randn(1, bands, 32, 32)
@@ -86,7 +87,7 @@ def _synthetic(bands: int, rows: int, cols: int, seed: int = 0):
 
 def published_training_loss(model, x1, x2, index, gamma):
     """The training loss computed as published: predictor and cosine on every pixel, then indexed by mask g."""
-    from hypernet_qgis.core.loss import focal_cosine_loss
+    from hypernet_qgis.core.hypernet.loss import focal_cosine_loss
 
     _, z1, p1 = model.features_and_projections(x1)
     _, z2, p2 = model.features_and_projections(x2)
@@ -110,9 +111,9 @@ def case_paper(size: str, epochs: int, reuse: bool, ops: str = "ours") -> dict:
     import torch
 
     from hypernet_qgis.core import perf
-    from hypernet_qgis.core.network import default_widths
+    from hypernet_qgis.core.hypernet.network import default_widths
+    from hypernet_qgis.core.hypernet.training import TrainConfig, train_hypernet
     from hypernet_qgis.core.progress import NullFeedback
-    from hypernet_qgis.core.training import TrainConfig, train_hypernet
 
     bands, rows, cols = SIZES[size]
     if not reuse:
@@ -190,8 +191,8 @@ def case_detect_default(size: str, folder: str) -> dict:
     """Default-schedule Detect Change end to end from GeoTIFFs (pipeline.detect_files)."""
     import torch
 
+    from hypernet_qgis.core.hypernet.training import TrainConfig
     from hypernet_qgis.core.pipeline import detect_files
-    from hypernet_qgis.core.training import TrainConfig
 
     bands, rows, cols = SIZES[size]
     t1, t2 = _write_geotiffs(folder, bands, rows, cols)
@@ -204,11 +205,11 @@ def case_detect_default(size: str, folder: str) -> dict:
 
 
 def case_big(folder: str, side: int, bands: int) -> dict:
-    """A side x side x bands scene end to end through core.streaming within the default memory budget."""
+    """A side x side x bands scene end to end through core.io.streaming within the default memory budget."""
     import torch
 
+    from hypernet_qgis.core.hypernet.training import TrainConfig
     from hypernet_qgis.core.pipeline import detect_files
-    from hypernet_qgis.core.training import TrainConfig
 
     t = time.perf_counter()
     t1, t2 = _write_geotiffs(folder, bands, side, side, dtype="int16")
@@ -228,7 +229,7 @@ def _disk_pair(folder: str, bands: int, rows: int, cols: int):
     """The synthetic standardised pair written strip by strip as the streamed route's scratch files (WindowReaders)."""
     import numpy as np
 
-    from hypernet_qgis.core.streaming import WindowReader
+    from hypernet_qgis.core.io.streaming import WindowReader
 
     rng = np.random.default_rng(0)
     classes = rng.normal(size=(6, bands)).astype(np.float32)
@@ -252,7 +253,7 @@ def _disk_pair(folder: str, bands: int, rows: int, cols: int):
 def _detection_model(bands: int):
     import torch
 
-    from hypernet_qgis.core.network import HyperNet, default_widths
+    from hypernet_qgis.core.hypernet.network import HyperNet, default_widths
 
     torch.manual_seed(0)
     return HyperNet(bands, *default_widths(bands)).eval()
@@ -263,7 +264,7 @@ def case_tiled(side: int, bands: int) -> dict:
     import numpy as np
     import torch
 
-    from hypernet_qgis.core.detection import change_intensity
+    from hypernet_qgis.core.hypernet.detection import change_intensity
 
     x1, x2, valid = _synthetic(bands, side, side)
     model = _detection_model(bands)
@@ -280,7 +281,7 @@ def case_tiled(side: int, bands: int) -> dict:
                 pass
 
             def info(self, text):
-                messages.append(text)
+                messages.append(text)  # noqa: B023 (used within this iteration)
 
             def is_cancelled(self):
                 return False
@@ -306,7 +307,7 @@ def case_budget(folder: str, side: int, bands: int, budget: int) -> dict:
     import numpy as np
     import torch
 
-    from hypernet_qgis.core.detection import change_intensity
+    from hypernet_qgis.core.hypernet.detection import change_intensity
     from hypernet_qgis.core.memory import detection_plan
 
     x1, x2, valid = _disk_pair(folder, bands, side, side)
@@ -405,7 +406,7 @@ def _markdown(results: dict) -> str:
                          f"{_fmt(r['peak_rss_gb'], 2)} | training "
                          f"{_fmt(r['train_s'])} s; matmul {_fmt(r['matmul_gflops'])} GFLOP/s; goal <= 300 s |")
         if r.get("case") == "big_streamed" and "error" not in r:
-            lines.append(f"| core.streaming train + detect (int16 GeoTIFFs) | {r['size']} | {r['omp_num_threads']} | "
+            lines.append(f"| core.io.streaming train + detect (int16 GeoTIFFs) | {r['size']} | {r['omp_num_threads']} | "
                          f"{r.get('allocator', 'system')} | "
                          f"{_fmt(r['seconds'])} | {_fmt(r['peak_rss_gb'], 2)} | read+standardise "
                          f"{_fmt(r.get('read_standardise_s'))} s, train {_fmt(r.get('train_s'))} s, detect "
@@ -415,7 +416,7 @@ def _markdown(results: dict) -> str:
     for r in errors:
         lines.append(f"| {r['case']} failed | | {r.get('omp_num_threads', '')} | | | | {r['error']} |")
     if results.get("big_skipped"):
-        lines += ["", "The 2000x2000x224 streamed case (train + detect through core.streaming, int16 GeoTIFFs) runs with "
+        lines += ["", "The 2000x2000x224 streamed case (train + detect through core.io.streaming, int16 GeoTIFFs) runs with "
                   "`--big` or `--big-only` (long; `--big-tcmalloc` preloads tcmalloc as the CLI does); the last "
                   "record per allocator is kept in bench-results/speed-big.json."]
     recorded = results.get("big_recorded") or {}

@@ -29,10 +29,17 @@ HELP = (
 
 def build(path: Path = OUT) -> Path:
     """Write the model file; returns its path."""
-    from qgis.core import (QgsApplication, QgsProcessingModelAlgorithm, QgsProcessingModelChildAlgorithm,
-                           QgsProcessingModelChildParameterSource, QgsProcessingModelOutput,
-                           QgsProcessingModelParameter, QgsProcessingParameterNumber,
-                           QgsProcessingParameterRasterLayer, QgsProcessingDestinationParameter)
+    from qgis.core import (
+        QgsApplication,
+        QgsProcessingDestinationParameter,
+        QgsProcessingModelAlgorithm,
+        QgsProcessingModelChildAlgorithm,
+        QgsProcessingModelChildParameterSource,
+        QgsProcessingModelOutput,
+        QgsProcessingModelParameter,
+        QgsProcessingParameterNumber,
+        QgsProcessingParameterRasterLayer,
+    )
     from qgis.PyQt.QtCore import QPointF
 
     from hypernet_qgis.qgis_compat import NUMBER_INTEGER

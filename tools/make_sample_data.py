@@ -24,8 +24,8 @@ from osgeo import gdal, osr
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from hypernet_qgis.core.metrics import reference_from_masks  # noqa: E402
-from hypernet_qgis.core.raster_io import raster_info, read_mask, read_raster  # noqa: E402
+from hypernet_qgis.core.classic.metrics import reference_from_masks  # noqa: E402
+from hypernet_qgis.core.io.raster_io import raster_info, read_mask, read_raster  # noqa: E402
 
 CROP = 200  # Taizhou crop size (pixels)
 # Small images: one pixel-interleaved strip, DEFLATE at libdeflate's top level with horizontal differencing.

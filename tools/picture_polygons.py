@@ -28,8 +28,8 @@ def main() -> None:
     args = parser.parse_args()
 
     from hypernet_qgis.core import pipeline
-    from hypernet_qgis.core.polygons import finish_detection
-    from hypernet_qgis.core.training import TrainConfig
+    from hypernet_qgis.core.hypernet.training import TrainConfig
+    from hypernet_qgis.core.io.polygons import finish_detection
     from hypernet_qgis.styling import apply_style, write_sidecar
 
     sample = REPO / "resources" / "sample" / "taizhou_crop"
@@ -39,8 +39,15 @@ def main() -> None:
         poly = finish_detection(res, polygons_out=os.path.join(tmp, "taizhou_polygons.gpkg"), min_area=1800.0)
         write_sidecar(poly.path, "polygons")
 
-        from qgis.core import (QgsApplication, QgsContrastEnhancement, QgsMapRendererParallelJob, QgsMapSettings,
-                               QgsMultiBandColorRenderer, QgsRasterLayer, QgsVectorLayer)
+        from qgis.core import (
+            QgsApplication,
+            QgsContrastEnhancement,
+            QgsMapRendererParallelJob,
+            QgsMapSettings,
+            QgsMultiBandColorRenderer,
+            QgsRasterLayer,
+            QgsVectorLayer,
+        )
         from qgis.PyQt.QtCore import QSize
         from qgis.PyQt.QtGui import QColor
 

@@ -62,7 +62,7 @@ def _example_report(path: Path, epochs: int) -> None:
         from hypernet_qgis.core import pipeline
 
         try:
-            from hypernet_qgis.core.training import TrainConfig
+            from hypernet_qgis.core.hypernet.training import TrainConfig
 
             result = pipeline.detect_files(t1, t2, str(folder / "change.tif"),
                                            config=TrainConfig(epochs=epochs, seed=0, device="cpu"))

@@ -12,9 +12,10 @@ import math
 import os
 import sys
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from qgis.core import (
     QgsProcessing,
@@ -22,15 +23,15 @@ from qgis.core import (
     QgsProcessingContext,
     QgsProcessingException,
     QgsProcessingFeedback,
+    QgsProcessingOutputLayerDefinition,
+    QgsProcessingOutputNumber,
+    QgsProcessingParameterBoolean,
     QgsProcessingParameterDefinition,
     QgsProcessingParameterEnum,
     QgsProcessingParameterFileDestination,
     QgsProcessingParameterNumber,
     QgsProcessingParameterRasterDestination,
     QgsProcessingParameterRasterLayer,
-    QgsProcessingOutputLayerDefinition,
-    QgsProcessingOutputNumber,
-    QgsProcessingParameterBoolean,
     QgsProcessingParameterString,
     QgsProcessingParameterVectorDestination,
     QgsProperty,
@@ -40,8 +41,8 @@ from qgis.PyQt.QtGui import QIcon
 from ..about import project_url
 from ..core import options
 from ..core.errors import Cancelled, InputError
-from ..resources import icon, icon_path
 from ..qgis_compat import FLAG_ADVANCED, FLAG_OPTIONAL, NUMBER_DOUBLE, NUMBER_INTEGER, has_flag
+from ..resources import icon, icon_path
 
 PROVIDER_ID = "hypernet"
 DEVICES = list(options.DEVICES)
@@ -190,7 +191,7 @@ def layer_path(alg: QgsProcessingAlgorithm, parameters: dict, name: str, context
         if optional and value in (None, ""):
             return None
         if isinstance(value, str) and os.path.exists(value):
-            from ..core import raster_io
+            from ..core.io import raster_io
 
             raster_io.raster_info(value)  # raises InputError with GDAL's reason
         raise InputError(f"{label} could not be opened as a raster: {value!r}. Check that the file exists "
@@ -241,12 +242,12 @@ def check_pair(t1: str, t2: str, bands: list[int] | None, min_bands: int, what: 
                align: bool = False):
     """Both dates readable, on one grid (``align``: or T2 can be warped onto T1's), enough bands after BANDS, big
     enough. Returns T1's RasterInfo."""
-    from ..core import raster_io
+    from ..core.io import raster_io
 
     check_distinct_dates(t1, t2)
     info1, info2 = raster_io.raster_info(t1), raster_io.raster_info(t2)
     if align:
-        from ..core.align import check_alignable
+        from ..core.io.align import check_alignable
 
         check_alignable(info1, info2)
     else:
@@ -270,7 +271,7 @@ def check_pair(t1: str, t2: str, bands: list[int] | None, min_bands: int, what: 
 
 def check_band_choice(t1: str, t2: str, bands: list[int] | None, values: dict[str, Any]) -> None:
     """DROP_WATER without wavelengths, or no band left after leaving out the bad ones: refused up front."""
-    from ..core.bands import choose_bands
+    from ..core.io.bands import choose_bands
 
     choose_bands(t1, t2, bands, drop_bad=values.get("drop_bad_bands", True), drop_water=values.get("drop_water",
                  False))
@@ -278,7 +279,7 @@ def check_band_choice(t1: str, t2: str, bands: list[int] | None, values: dict[st
 
 def check_mask(path: str, like) -> None:
     """The unchanged mask is readable and covers T1's grid."""
-    from ..core import raster_io
+    from ..core.io import raster_io
 
     info = raster_io.raster_info(path)
     if (info.rows, info.cols) != (like.rows, like.cols):
@@ -288,7 +289,7 @@ def check_mask(path: str, like) -> None:
 
 def model_band_count(path: str) -> int:
     """Band count a model file was trained on (InputError for a missing/damaged/foreign file)."""
-    from ..core import model_file
+    from ..core.hypernet import model_file
 
     reader: Callable | None = getattr(model_file, "read_metadata", None)
     if reader is not None:
@@ -307,7 +308,7 @@ def model_band_count(path: str) -> int:
 
 def model_band_selection(path: str) -> list[int] | None:
     """The BANDS a model was trained with, if it records them."""
-    from ..core import model_file
+    from ..core.hypernet import model_file
 
     reader: Callable | None = getattr(model_file, "read_metadata", None)
     meta = reader(path) if reader is not None else model_file.load_model(path)[1]
@@ -317,7 +318,7 @@ def model_band_selection(path: str) -> list[int] | None:
 
 def check_device(name: str) -> None:
     """DEVICE=cuda without a CUDA GPU is refused up front."""
-    from ..core.device import resolve_device
+    from ..core.hypernet.device import resolve_device
 
     resolve_device(name)
 
@@ -448,7 +449,7 @@ class HyperNetAlgorithm(QgsProcessingAlgorithm):
         Results Viewer still lists a report that was written)."""
         return False
 
-    def createInstance(self) -> "HyperNetAlgorithm":  # noqa: N802
+    def createInstance(self) -> HyperNetAlgorithm:  # noqa: N802
         return type(self)()
 
     # -- parameter helpers --------------------------------------------------------------------------------
@@ -584,7 +585,7 @@ class HyperNetAlgorithm(QgsProcessingAlgorithm):
 
     def polygon_values(self, parameters: dict, context: QgsProcessingContext) -> dict[str, Any]:
         """MIN_AREA, CONNECTIVITY, SIEVE and DATES, checked."""
-        from ..core.polygons import check_polygon_options, parse_dates
+        from ..core.io.polygons import check_polygon_options, parse_dates
 
         connectivity = self.parameterAsEnumString(parameters, "CONNECTIVITY", context) or "8"
         if connectivity not in CONNECTIVITIES:
@@ -607,7 +608,7 @@ class HyperNetAlgorithm(QgsProcessingAlgorithm):
     def finish_polygons(self, job: Job, result: Any, feedback: QgisFeedback, memory_budget_mb: int = 4096
                         ) -> dict[str, Any]:
         """After the detection: polygons (if asked for), changed area in the log; the outputs they give."""
-        from ..core.polygons import finish_detection
+        from ..core.io.polygons import finish_detection
 
         if job.get("min_area") and not job.get("polygons"):
             feedback.info("Minimum region area applies to the Change polygons, which were not asked for.")
@@ -690,7 +691,7 @@ class HyperNetAlgorithm(QgsProcessingAlgorithm):
                 else:
                     path = self.parameterAsFileOutput(parameters, out.name, context)
             job.values[out.key] = check_output_path(path, out.label, _extensions(out.kind))
-        from ..core.paths import check_job_paths
+        from ..core.io.paths import check_job_paths
 
         check_job_paths({o.label: job.values[o.key] for o in job.outputs}, job.inputs)
 
@@ -734,7 +735,7 @@ class HyperNetAlgorithm(QgsProcessingAlgorithm):
         if self.NEEDS_ENGINE:
             require_engine()
         job = self.resolve(parameters, context)
-        from ..core.paths import check_job_paths
+        from ..core.io.paths import check_job_paths
 
         check_job_paths({o.label: o.chosen for o in job.outputs}, job.inputs)
         return job

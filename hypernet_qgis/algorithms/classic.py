@@ -7,8 +7,16 @@ from typing import Any
 from qgis.core import QgsProcessingContext, QgsProcessingOutputNumber, QgsProcessingParameterEnum
 
 from ..core import options
-from .base import HyperNetAlgorithm, Job, QgisFeedback, check_band_choice, check_pair, layer_path, parse_band_list, \
-    pipeline
+from .base import (
+    HyperNetAlgorithm,
+    Job,
+    QgisFeedback,
+    check_band_choice,
+    check_pair,
+    layer_path,
+    parse_band_list,
+    pipeline,
+)
 
 METHODS = list(options.CLASSIC_METHODS)
 CLASSIC_THRESHOLDS = ["default", "otsu", "kmeans", "fixed"]

@@ -6,17 +6,30 @@ import os
 from typing import Any
 
 from qgis.core import (
-    QgsProcessingParameterEnum,
     QgsProcessingContext,
     QgsProcessingOutputNumber,
+    QgsProcessingParameterEnum,
     QgsProcessingParameterFile,
     QgsProcessingParameterFileDestination,
 )
 
 from ..core import options
 from ..core.errors import InputError
-from .base import MODEL_FILTER, HyperNetAlgorithm, Job, QgisFeedback, check_band_choice, check_device, check_mask, \
-    check_pair, layer_path, model_band_count, model_band_selection, parse_band_list, pipeline
+from .base import (
+    MODEL_FILTER,
+    HyperNetAlgorithm,
+    Job,
+    QgisFeedback,
+    check_band_choice,
+    check_device,
+    check_mask,
+    check_pair,
+    layer_path,
+    model_band_count,
+    model_band_selection,
+    parse_band_list,
+    pipeline,
+)
 
 #: Detect Change's threshold methods: "auto" is the engine's default for its intensity (core/fusion.py).
 DETECT_THRESHOLDS = ["auto", "otsu", "kmeans", "mixture", "fixed"]
@@ -92,8 +105,8 @@ class DetectChangeAlgorithm(HyperNetAlgorithm):
             model = os.path.abspath(model)
             trained_on = model_band_count(model)
             if bands is None:  # the model's bands: by wavelength when both know them, else its own numbers
-                from ..core.bands import bands_for_model
-                from ..core.model_file import load_model
+                from ..core.hypernet.model_file import load_model
+                from ..core.io.bands import bands_for_model
 
                 bands = bands_for_model(t1, load_model(model)[1]) or model_band_selection(model)
         aligning = {**self.align_values(parameters, context), **self.band_choice_values(parameters, context)}
@@ -133,7 +146,7 @@ class DetectChangeAlgorithm(HyperNetAlgorithm):
 
     def run_job(self, job: Job, feedback: QgisFeedback) -> dict[str, Any]:
         pipe = pipeline()
-        from ..core.training import TrainConfig
+        from ..core.hypernet.training import TrainConfig
 
         if job["model"]:
             feedback.info(f"Using the model {job['model']}; the training parameters are not used.")
@@ -151,12 +164,12 @@ class DetectChangeAlgorithm(HyperNetAlgorithm):
         }
         outputs.update(self.finish_polygons(job, result, feedback, job["config"]["memory_budget_mb"]))
         if job["model_out"] and result.train is not None:
-            from ..core.model_file import save_model
+            from ..core.hypernet.model_file import save_model
 
             save_model(job["model_out"], result.train.model, result.train.metadata())
             outputs["OUTPUT_MODEL"] = job["model_out"]
         if job["report"]:
-            from ..core.report import write_detection_report
+            from ..core.report.report import write_detection_report
 
             write_detection_report(job["report"], result)
             outputs["OUTPUT_REPORT"] = job["report"]

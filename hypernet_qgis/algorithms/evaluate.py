@@ -5,13 +5,17 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from qgis.core import QgsProcessingContext, QgsProcessingOutputNumber, QgsProcessingParameterRasterLayer, \
-    QgsProcessingParameterString
+from qgis.core import (
+    QgsProcessingContext,
+    QgsProcessingOutputNumber,
+    QgsProcessingParameterRasterLayer,
+    QgsProcessingParameterString,
+)
 
 from ..core.errors import InputError
 from .base import HyperNetAlgorithm, Job, QgisFeedback, layer_path, parse_values, pipeline
 
-#: Output name -> accepted keys of core.metrics' result (first found wins).
+#: Output name -> accepted keys of core.classic.metrics' result (first found wins).
 METRICS = {
     "OA": ("OA", "oa", "overall_accuracy"),
     "KAPPA": ("kappa", "KAPPA", "Kappa"),
@@ -60,7 +64,7 @@ class EvaluateChangeAlgorithm(HyperNetAlgorithm):
             self.addOutput(QgsProcessingOutputNumber(name, label))
 
     def resolve(self, parameters: dict, context: QgsProcessingContext) -> Job:
-        from ..core import raster_io
+        from ..core.io import raster_io
 
         change = layer_path(self, parameters, "INPUT", context, "Change map")
         reference = layer_path(self, parameters, "REFERENCE", context, "Reference")
@@ -95,7 +99,7 @@ class EvaluateChangeAlgorithm(HyperNetAlgorithm):
         feedback.info(", ".join(f"{k} {v:.4f}" for k, v in outputs.items() if not math.isnan(v)))
         outputs["OUTPUT_REPORT"] = None
         if job["report"]:
-            from ..core.report import write_evaluation_report
+            from ..core.report.report import write_evaluation_report
 
             write_evaluation_report(job["report"], job["change"], job["reference"], job["changed"],
                                     job["unchanged"], job["ignore"])

@@ -21,7 +21,7 @@ from .base import HTML_FILTER, HyperNetAlgorithm, Job, QgisFeedback
 
 def read_model_metadata(path: str) -> dict:
     """A model file's JSON metadata, read safely (core.model_file; no code in the file is run)."""
-    from ..core import model_file
+    from ..core.hypernet import model_file
 
     reader = getattr(model_file, "read_metadata", None)
     return reader(path) if reader is not None else model_file.load_model(path)[1]
@@ -74,7 +74,7 @@ class InspectModelAlgorithm(HyperNetAlgorithm):
         return job
 
     def run_job(self, job: Job, feedback: QgisFeedback) -> dict[str, Any]:
-        from ..core.report import model_report
+        from ..core.report.report import model_report
 
         meta = read_model_metadata(job["model"])
         feedback.set_progress(0.5)

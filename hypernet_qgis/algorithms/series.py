@@ -20,8 +20,17 @@ from qgis.core import (
 )
 
 from ..core.errors import InputError
-from .base import CONNECTIVITIES, HyperNetAlgorithm, Job, Output, QgisFeedback, check_device, parse_band_list, \
-    pipeline, require_engine
+from .base import (
+    CONNECTIVITIES,
+    HyperNetAlgorithm,
+    Job,
+    Output,
+    QgisFeedback,
+    check_device,
+    parse_band_list,
+    pipeline,
+    require_engine,
+)
 
 METHODS = ["hypernet", "cva", "sam", "irmad", "pcakmeans"]
 SERIES_THRESHOLDS = ["default", "otsu", "kmeans", "fixed"]
@@ -148,7 +157,7 @@ class DetectSeriesAlgorithm(HyperNetAlgorithm):
         if job["threshold"] != "default":
             kwargs.update(threshold=job["threshold"], threshold_value=job["threshold_value"])
         if job["method"] == "hypernet":
-            from ..core.training import TrainConfig
+            from ..core.hypernet.training import TrainConfig
 
             pipeline()  # torch and spectral present
             kwargs.update(model=job["model"], config=TrainConfig(**job["config"]))

@@ -12,8 +12,20 @@ from qgis.core import (
     QgsProcessingParameterFileDestination,
 )
 
-from .base import MODEL_FILTER, HyperNetAlgorithm, Job, Output, QgisFeedback, check_band_choice, check_device, \
-    check_mask, check_pair, layer_path, parse_band_list, pipeline
+from .base import (
+    MODEL_FILTER,
+    HyperNetAlgorithm,
+    Job,
+    Output,
+    QgisFeedback,
+    check_band_choice,
+    check_device,
+    check_mask,
+    check_pair,
+    layer_path,
+    parse_band_list,
+    pipeline,
+)
 
 
 class TrainHyperNetAlgorithm(HyperNetAlgorithm):
@@ -94,7 +106,7 @@ class TrainHyperNetAlgorithm(HyperNetAlgorithm):
 
     def run_job(self, job: Job, feedback: QgisFeedback) -> dict[str, Any]:
         pipe = pipeline()
-        from ..core.training import TrainConfig
+        from ..core.hypernet.training import TrainConfig
 
         result = pipe.train_files(job["t1"], job["t2"], job["model"], bands=job["bands"],
                                   unchanged_mask=job["mask"], config=TrainConfig(**job["config"]), feedback=feedback,
@@ -104,7 +116,7 @@ class TrainHyperNetAlgorithm(HyperNetAlgorithm):
         feedback.info(f"Saved the model to {job['model']} (final loss {final_loss:.6g}, "
                       f"{result.seconds:.1f} s on {result.device_name}).")
         if job["report"]:
-            from ..core.report import write_training_report
+            from ..core.report.report import write_training_report
 
             write_training_report(job["report"], result)
         return {"OUTPUT_MODEL": job["model"], "FINAL_LOSS": final_loss, "DEVICE_USED": result.device_name,

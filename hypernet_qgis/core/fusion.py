@@ -54,7 +54,7 @@ def ratio_to_median(score: np.ndarray, valid: np.ndarray) -> np.ndarray:
 
 def classic_evidence(x1: np.ndarray, x2: np.ndarray, valid: np.ndarray) -> dict[str, np.ndarray]:
     """The classic intensities of ``CLASSIC_EVIDENCE`` on the raw dates (IR-MAD ``sqrt(chi2)``, CVA norm)."""
-    from .baselines import cva, irmad
+    from .classic.baselines import cva, irmad
 
     return {"irmad": irmad(x1, x2, valid), "cva": cva(x1, x2, valid)}
 

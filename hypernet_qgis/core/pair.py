@@ -11,16 +11,17 @@ then the same code for every scene size.
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
-from . import raster_io, streaming
+from .classic.scaling import standardize
 from .errors import InputError
+from .io import raster_io, streaming
 from .options import DEFAULT_MEMORY_BUDGET_MB, MIN_SIDE
 from .progress import Feedback, NullFeedback
-from .scaling import standardize
 
 
 @dataclass
@@ -61,7 +62,7 @@ class ImagePair:
     def pre_detection_score(self) -> np.ndarray:
         """CVA of the standardised dates (NaN where invalid): the classic score that picks mask g."""
         if self.cva is None:
-            from .baselines import cva
+            from .classic.baselines import cva
 
             self.cva = cva(np.asarray(self.x1s), np.asarray(self.x2s), self.valid)
         return self.cva
@@ -71,7 +72,7 @@ class ImagePair:
         bands the true-colour quicklook shows, read from the files (bounded memory). With their wavelengths."""
         if self.x1 is not None and self.x2 is not None:
             return self.x1, self.x2, self.wavelengths_nm
-        from .quicklook import choose_rgb_bands
+        from .report.quicklook import choose_rgb_bands
 
         (r, g, b), _ = choose_rgb_bands(self.band_count, self.wavelengths_nm)
         picks = sorted({r, g, b})
@@ -86,7 +87,7 @@ class ImagePair:
         if self.windowed_source is not None:
             self.windowed_source.close()
 
-    def __enter__(self) -> "ImagePair":
+    def __enter__(self) -> ImagePair:
         return self
 
     def __exit__(self, *exc: object) -> None:

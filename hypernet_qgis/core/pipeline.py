@@ -9,23 +9,23 @@ run leaves no partial output. Errors meant for the user are InputError.
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from . import raster_io
+from .classic.evaluation import evaluate_files  # noqa: F401  (the evaluation job, re-exported with the other jobs)
+from .classic.thresholds import NODATA, binary_change, threshold_feature_distance  # noqa: F401 (re-exported)
 from .errors import InputError
-from .evaluation import evaluate_files  # noqa: F401  (the evaluation job, re-exported with the other jobs)
-from .options import INTENSITY_NODATA
+from .fusion import DEFAULT_EVIDENCE, check_evidence, classic_evidence, fuse, resolve_threshold
+from .io import raster_io
+from .options import DEFAULT_DISTANCE, INTENSITY_NODATA, MIN_SIDE  # noqa: F401 (one home: core/options.py)
 from .pair import ImagePair, load_pair, open_pair  # noqa: F401 (load_pair re-exported for tools and tests)
 from .progress import Feedback, NullFeedback, SubFeedback, check_cancelled
-from .fusion import DEFAULT_EVIDENCE, check_evidence, classic_evidence, fuse, resolve_threshold
-from .thresholds import NODATA, binary_change, threshold_feature_distance  # noqa: F401 (re-exported)
-from .options import DEFAULT_DISTANCE, MIN_SIDE  # noqa: F401 (one home: core/options.py)
 
 if TYPE_CHECKING:  # the HyperNet jobs import torch when they run; the classic and evaluation jobs never do
-    from .training import TrainConfig, TrainResult
+    from .hypernet.training import TrainConfig, TrainResult
 
 
 @dataclass
@@ -69,10 +69,8 @@ def train_pair(
     pair: ImagePair, config: TrainConfig, unchanged_mask: str | None = None, feedback: Feedback | None = None
 ) -> TrainResult:
     """Train HyperNet on a loaded pair; mask g from the user's unchanged mask or the automatic pre-detection."""
-    from .model_file import software_versions
-    from .training import train_hypernet
-
-    from .training import lowest_share
+    from .hypernet.model_file import software_versions
+    from .hypernet.training import lowest_share, train_hypernet
 
     mask = _training_mask(unchanged_mask, pair)
     if mask is None:
@@ -104,8 +102,8 @@ def _train_files(
     feedback: Feedback | None = None,
 ) -> TrainResult:
     """Train on a pair of rasters and save the model file."""
-    from .model_file import save_model
-    from .training import TrainConfig
+    from .hypernet.model_file import save_model
+    from .hypernet.training import TrainConfig
 
     feedback = feedback or NullFeedback()
     config = config or TrainConfig()
@@ -144,9 +142,9 @@ def _detect_files(
     ``batchnorm``: "per-date" normalises each date's features with its own whole-image statistics (default),
     "running" uses the running statistics of training (the paper's eval mode).
     """
-    from .detection import DISTANCES, change_intensity
-    from .model_file import load_model
-    from .training import TrainConfig
+    from .hypernet.detection import DISTANCES, change_intensity
+    from .hypernet.model_file import load_model
+    from .hypernet.training import TrainConfig
 
     start = time.perf_counter()
     feedback = feedback or NullFeedback()
@@ -250,7 +248,7 @@ def _baseline_files(
     feedback: Feedback | None = None,
 ) -> DetectResult:
     """Classic change detection (CVA, SAM, IR-MAD, PCA-k-means) between two rasters."""
-    from .baselines import BASELINES, DEFAULT_THRESHOLD_VALUES, DEFAULT_THRESHOLDS
+    from .classic.baselines import BASELINES, DEFAULT_THRESHOLD_VALUES, DEFAULT_THRESHOLDS
 
     start = time.perf_counter()
     feedback = feedback or NullFeedback()
@@ -279,19 +277,19 @@ def _baseline_files(
 def _on_one_grid(job, method: str | None, t1: str, t2: str, out: str, align: bool, resampling: str,
                  kwargs: dict[str, Any], drop_bad_bands: bool = True, drop_water: bool = False):
     """Run ``job`` on the pair, T2 warped onto T1's grid over the common area first when the grids differ
-    (core.align); ``align=False`` refuses differing grids as before. Results name the original files.
+    (core.io.align); ``align=False`` refuses differing grids as before. Results name the original files.
     The bands either date marks bad (ENVI bbl) and, with ``drop_water``, the water-absorption bands are left out
-    (core.bands), unless a model brings its own band selection."""
-    from .align import aligned_pair
-    from .bands import choose_bands
+    (core.io.bands), unless a model brings its own band selection."""
+    from .io.align import aligned_pair
+    from .io.bands import choose_bands
 
     feedback = kwargs.get("feedback") or NullFeedback()
     mask = kwargs.get("unchanged_mask")
     raster_io.refuse_overwriting_inputs([out, kwargs.get("intensity_out")],
                                         [t1, t2, kwargs.get("model"), mask])
     if kwargs.get("model") and kwargs.get("bands") is None:  # the model's bands, by wavelength when known
-        from .bands import bands_for_model
-        from .model_file import load_model
+        from .hypernet.model_file import load_model
+        from .io.bands import bands_for_model
 
         kwargs["bands"] = bands_for_model(t1, load_model(kwargs["model"])[1], feedback)
     else:
@@ -315,16 +313,16 @@ def _on_one_grid(job, method: str | None, t1: str, t2: str, out: str, align: boo
 
 def train_files(t1: str, t2: str, model_out: str, *, align: bool = True, resampling: str = "bilinear",
                 drop_bad_bands: bool = True, drop_water: bool = False, **kwargs: Any) -> TrainResult:
-    """Train on a pair of rasters and save the model file (see _train_files; ``align``: core.align;
-    ``drop_bad_bands``, ``drop_water``: core.bands)."""
+    """Train on a pair of rasters and save the model file (see _train_files; ``align``: core.io.align;
+    ``drop_bad_bands``, ``drop_water``: core.io.bands)."""
     return _on_one_grid(_train_files, None, t1, t2, model_out, align, resampling, kwargs, drop_bad_bands,
                         drop_water)
 
 
 def detect_files(t1: str, t2: str, change_out: str, *, align: bool = True, resampling: str = "bilinear",
                  drop_bad_bands: bool = True, drop_water: bool = False, **kwargs: Any) -> DetectResult:
-    """Detect change between two rasters (see _detect_files for the options; ``align``: core.align;
-    ``drop_bad_bands``, ``drop_water``: core.bands)."""
+    """Detect change between two rasters (see _detect_files for the options; ``align``: core.io.align;
+    ``drop_bad_bands``, ``drop_water``: core.io.bands)."""
     return _on_one_grid(_detect_files, None, t1, t2, change_out, align, resampling, kwargs, drop_bad_bands,
                         drop_water)
 
@@ -332,7 +330,7 @@ def detect_files(t1: str, t2: str, change_out: str, *, align: bool = True, resam
 def baseline_files(method: str, t1: str, t2: str, change_out: str, *, align: bool = True,
                    resampling: str = "bilinear", drop_bad_bands: bool = True, drop_water: bool = False,
                    **kwargs: Any) -> DetectResult:
-    """Classic change detection between two rasters (see _baseline_files; ``align``: core.align;
-    ``drop_bad_bands``, ``drop_water``: core.bands)."""
+    """Classic change detection between two rasters (see _baseline_files; ``align``: core.io.align;
+    ``drop_bad_bands``, ``drop_water``: core.io.bands)."""
     return _on_one_grid(_baseline_files, method, t1, t2, change_out, align, resampling, kwargs, drop_bad_bands,
                         drop_water)

@@ -14,14 +14,15 @@ import os
 import re
 import shutil
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 from osgeo import gdal, ogr
 
-from . import raster_io
 from .errors import InputError
+from .io import raster_io
 from .progress import Feedback, NullFeedback, SubFeedback, check_cancelled
 
 NEVER, NODATA = 0, 65535
@@ -121,7 +122,7 @@ def series_files(images: Sequence[str], out_dir: str, *, dates: Sequence[str] | 
     """Detect change along a series (see the module docstring). ``kwargs`` go to each pair's detection
     (pipeline.detect_files for "hypernet": model, threshold, bands, config, ...; baseline_files otherwise)."""
     from . import pipeline
-    from .polygons import check_polygon_options, polygonize_change
+    from .io.polygons import check_polygon_options, polygonize_change
 
     feedback = feedback or NullFeedback()
     if method not in METHODS:

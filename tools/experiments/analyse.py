@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from harness import classic, get_pair, kappa_auc, key, load_features, oracle_kappa, rank01  # noqa: E402
+from harness import get_pair, kappa_auc, key, load_features, oracle_kappa  # noqa: E402
 
-from hypernet_qgis.core.thresholds import binary_change  # noqa: E402
+from hypernet_qgis.core.classic.thresholds import binary_change  # noqa: E402
 
 PAIRS = ["salinasA_pair", "salinasA_pair_hard", "taizhou"]
 BEST = {"salinasA_pair": 0.819, "salinasA_pair_hard": 0.541, "taizhou": 0.934}
@@ -74,7 +74,7 @@ def have(name, seeds, opts):
 def gmm_threshold(values: np.ndarray, iters: int = 200) -> float:
     """2-component 1-D Gaussian mixture (EM, started from the Otsu split); the point between the means where
     the posteriors are equal."""
-    from hypernet_qgis.core.thresholds import otsu_threshold
+    from hypernet_qgis.core.classic.thresholds import otsu_threshold
     v = values[np.isfinite(values)].astype(np.float64)
     t = otsu_threshold(v)
     lo, hi = v[v <= t], v[v > t]
@@ -105,7 +105,7 @@ def gmm_threshold(values: np.ndarray, iters: int = 200) -> float:
 def threshold2(inten, valid, how):
     """More thresholds: gmm-sqrt (the mixture on the values themselves; the name is historical), gmm-log,
     gmm-root, gmm-w<q> (capped at quantile q), otsu-w<q>, mad<k> (median + k robust sd of the log)."""
-    from hypernet_qgis.core.thresholds import binary_change as bc
+    from hypernet_qgis.core.classic.thresholds import binary_change as bc
     v = valid & np.isfinite(inten)
     if how in ("gmm-log", "gmm-sqrt"):
         f = np.log if how.endswith("log") else (lambda x: x)

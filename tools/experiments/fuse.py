@@ -1,7 +1,9 @@
 """Fusion variants of HyperNet's normalised root-MSE with classic evidence (cached runs)."""
 import sys
 from pathlib import Path
+
 import numpy as np
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from analyse import *  # noqa
 

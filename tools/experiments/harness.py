@@ -10,8 +10,6 @@ The cache lives in bench-results/cache (git-ignored); analysis helpers are impor
 from __future__ import annotations
 
 import argparse
-import hashlib
-import json
 import sys
 import time
 from pathlib import Path
@@ -23,7 +21,8 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "tools"))
 
 from bench_accuracy import pairs  # noqa: E402
-from hypernet_qgis.core.metrics import change_metrics, roc_auc  # noqa: E402
+
+from hypernet_qgis.core.classic.metrics import change_metrics, roc_auc  # noqa: E402
 from hypernet_qgis.core.pipeline import load_pair  # noqa: E402
 
 CACHE = REPO / "bench-results" / "cache"
@@ -49,7 +48,7 @@ def classic(name: str) -> dict[str, np.ndarray]:
     path = CACHE / name / "classic.npz"
     if path.exists():
         return dict(np.load(path))
-    from hypernet_qgis.core.baselines import cva, irmad_details, pca_kmeans_score, sam
+    from hypernet_qgis.core.classic.baselines import cva, irmad_details, pca_kmeans_score, sam
 
     pair, _ = get_pair(name)
     d = irmad_details(pair.x1, pair.x2, pair.valid)
@@ -94,9 +93,9 @@ def prepare_inputs(name: str, opts: dict):
 def training_mask(name: str, opts: dict, x1s, x2s) -> np.ndarray:
     """mask g: 'mask' = cva (default, lowest fraction) | agree (lowest fraction of max(rank cva, rank irmad))
     | otsu (CVA below its Otsu threshold, times 'fraction' of those by rank)."""
-    from hypernet_qgis.core.baselines import cva
-    from hypernet_qgis.core.thresholds import otsu_threshold
-    from hypernet_qgis.core.training import lowest_share
+    from hypernet_qgis.core.classic.baselines import cva
+    from hypernet_qgis.core.classic.thresholds import otsu_threshold
+    from hypernet_qgis.core.hypernet.training import lowest_share
 
     pair, _ = get_pair(name)
     frac = float(opts.get("fraction", 0.5))
@@ -116,8 +115,8 @@ def training_mask(name: str, opts: dict, x1s, x2s) -> np.ndarray:
 def train_one(name: str, seed: int, opts: dict) -> Path:
     import torch
 
-    from hypernet_qgis.core.detection import _date_models, fused_features
-    from hypernet_qgis.core.training import TrainConfig, train_hypernet
+    from hypernet_qgis.core.hypernet.detection import _date_models, fused_features
+    from hypernet_qgis.core.hypernet.training import TrainConfig, train_hypernet
 
     path = key(name, seed, opts)
     if path.exists():

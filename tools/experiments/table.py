@@ -1,7 +1,10 @@
 """Print the fusion/threshold table of cached runs: HOWS=otsu,gmm-sqrt KEEP=... PAIRS=... table.py OPTS [TAIZHOU_OPTS]."""
-import sys, os
+import os
+import sys
+
 sys.path.insert(0,'tools/experiments')
 from fuse import *
+
 HOWS=os.environ['HOWS'].split(',')
 KEEP=os.environ.get('KEEP','hn,hn+irmad med,hn+irmad+cva med,irmad,cva').split(',')
 spec = sys.argv[1] if len(sys.argv) > 1 else ''

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from .errors import InputError
-from .options import CHANGED, NODATA, THRESHOLD_METHODS, UNCHANGED  # noqa: F401 (one home: core/options.py)
+from ..errors import InputError
+from ..options import CHANGED, NODATA, THRESHOLD_METHODS, UNCHANGED  # noqa: F401 (one home: core/options.py)
 
 __all__ = ["otsu_threshold", "kmeans_threshold", "mixture_threshold", "compute_threshold", "choose_threshold",
            "binary_change", "METHODS", "CHANGED", "UNCHANGED", "NODATA", "threshold_feature_distance"]

@@ -14,9 +14,10 @@ import re
 import tempfile
 import time
 import uuid
-from typing import IO, Iterator, Sequence
+from collections.abc import Iterator, Sequence
+from typing import IO
 
-from .errors import InputError
+from ..errors import InputError
 
 #: Leftovers without a process id in their name (older versions) are removed once they are this old (seconds).
 _STALE_AGE_S = 3600.0

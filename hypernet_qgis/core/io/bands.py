@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import math
 import re
-from typing import Sequence
+from collections.abc import Sequence
 
 from osgeo import gdal
 
+from ..errors import InputError
+from ..progress import Feedback, NullFeedback
 from . import raster_io
-from .errors import InputError
-from .progress import Feedback, NullFeedback
 
 #: Water-absorption regions (nm): the atmosphere absorbs there, the bands are mostly noise.
 WATER_ABSORPTION_NM = ((1350.0, 1450.0), (1800.0, 1950.0), (2450.0, math.inf))

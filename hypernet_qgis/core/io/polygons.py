@@ -17,14 +17,14 @@ import contextlib
 import math
 import os
 import uuid
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Iterator, Sequence
 
 import numpy as np
 from osgeo import gdal, ogr, osr
 
-from .errors import InputError
-from .progress import Feedback, NullFeedback, check_cancelled
+from ..errors import InputError
+from ..progress import Feedback, NullFeedback, check_cancelled
 
 CHANGE, NO_CHANGE, NODATA = 1, 0, 255
 CONNECTIVITIES = (4, 8)

@@ -24,9 +24,9 @@ from typing import Any
 
 import numpy as np
 
+from ..errors import InputError
+from ..io.atomic import atomic_file
 from . import quicklook as ql
-from .atomic import atomic_file
-from .errors import InputError
 
 PathLike = str | os.PathLike
 
@@ -159,7 +159,7 @@ class _Page:
     def __init__(self, title: str, subtitle: str = "") -> None:
         self.title = title
         self.parts: list[str] = [f"<h1>{esc(title)}</h1>"]
-        from .. import __version__
+        from ... import __version__
 
         stamp = _dt.datetime.now().strftime("%Y-%m-%d %H:%M")
         sub = f"Made {stamp} by HyperNet for QGIS {__version__}"
@@ -681,7 +681,7 @@ def evaluation_report(path: PathLike, *, prediction: np.ndarray, reference: np.n
         raise InputError("The metrics must be a dict such as the one change_metrics() returns.")
     pred = _check_2d("The prediction", prediction, None)
     ref = _check_2d("The reference", reference, pred.shape)
-    from .metrics import reference_labels
+    from ..classic.metrics import reference_labels
 
     ref_changed, labelled = reference_labels(ref, changed, unchanged, ignore)
     is_binary = pred.dtype == bool or (np.issubdtype(pred.dtype, np.integer) and bool(np.isin(pred, (0, 1, 255)).all()))
@@ -853,8 +853,7 @@ def write_training_report(path: PathLike, result: Any, t1: np.ndarray | None = N
     if t1 is None or t2 is None:
         inputs = (getattr(result, "extra", {}) or {}).get("inputs") or {}
         try:
-            from . import raster_io
-
+            from ..io import raster_io
             from .quicklook import choose_rgb_bands
 
             extra = getattr(result, "extra", {}) or {}
@@ -923,8 +922,8 @@ def write_detection_report(path: PathLike, result: Any) -> None:
 def write_evaluation_report(path: PathLike, change: str, reference: str, changed: Sequence[float] = (1,),
                             unchanged: Sequence[float] = (0,), ignore: Sequence[float] = ()) -> None:
     """Evaluation report of a change map (or intensity) file against a reference raster file."""
-    from . import metrics as m
-    from .evaluation import read_evaluation_inputs
+    from ..classic import metrics as m
+    from ..classic.evaluation import read_evaluation_inputs
 
     inputs = read_evaluation_inputs(change, reference)
     is_binary, prediction, score, ref_codes = inputs.is_binary, inputs.prediction, inputs.score, inputs.reference

@@ -20,9 +20,18 @@ from collections.abc import Iterator
 
 import torch
 
-from .errors import InputError
-from .memory import (CUDA_SHARE, TRAIN_BAND_MAPS, TRAIN_FIXED_MB, TRAIN_WIDTH_MAPS,  # noqa: F401 (re-exported)
-                     crop_plan, device_budget_mb, train_bytes_per_pixel, train_pixels_for_budget, train_step_mb)
+from ..errors import InputError
+from ..memory import (  # noqa: F401 (re-exported)
+    CUDA_SHARE,
+    TRAIN_BAND_MAPS,
+    TRAIN_FIXED_MB,
+    TRAIN_WIDTH_MAPS,
+    crop_plan,
+    device_budget_mb,
+    train_bytes_per_pixel,
+    train_pixels_for_budget,
+    train_step_mb,
+)
 
 # glibc mallopt parameters
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD, _M_MMAP_MAX = -1, -3, -4

@@ -15,11 +15,11 @@ import copy
 import numpy as np
 import torch
 
-from . import memory
+from .. import memory
+from ..options import BATCHNORM_MODES  # noqa: F401 (one home: core/options.py)
+from ..progress import Feedback
 from .layerwise import Scratch, backbone_batchnorms, date_features
 from .network import HyperNet
-from .progress import Feedback
-from .options import BATCHNORM_MODES  # noqa: F401 (one home: core/options.py)
 from .tiling import resolve_device
 
 __all__ = ["BATCHNORM_MODES", "backbone_batchnorms", "batchnorm_statistics_tiled", "calibrate_batchnorm"]

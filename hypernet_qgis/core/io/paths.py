@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import contextlib
 import os
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Iterable, Iterator, Mapping, Sequence
 
-from .errors import InputError
+from ..errors import InputError
 
 #: ENVI data files beside a header ``name.hdr``: ``name``, ``name.img``, ...
 ENVI_DATA_SUFFIXES = ("", ".img", ".IMG", ".dat", ".DAT", ".bsq", ".BSQ", ".bil", ".BIL", ".bip", ".BIP",

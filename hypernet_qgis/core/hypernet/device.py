@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from .errors import InputError
-from .options import DEVICES  # noqa: F401 (one home: core/options.py)
+from ..errors import InputError
+from ..options import DEVICES  # noqa: F401 (one home: core/options.py)
 
 
 def resolve_device(name: str = "auto") -> torch.device:

@@ -26,10 +26,10 @@ from collections.abc import Callable, Iterator
 import numpy as np
 import torch
 
-from .errors import InputError
-from .memory import MAPS_PER_PIXEL, tile_for_budget  # noqa: F401 (the memory model's, re-exported)
+from ..errors import InputError
+from ..memory import MAPS_PER_PIXEL, tile_for_budget  # noqa: F401 (the memory model's, re-exported)
+from ..progress import Feedback, check_cancelled
 from .network import HyperNet, Pooling, run_until_recorded
-from .progress import Feedback, check_cancelled
 
 #: Number of streaming statistics passes of the published network (one per attention depth), before the feature pass.
 STAT_PASSES = 3

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import sys
 
-from .allocator import preload_environment
+from .core.hypernet.allocator import preload_environment
 
 
 def restart_argv() -> list[str]:
@@ -18,7 +18,7 @@ def restart_argv() -> list[str]:
 
 def restart_with_tcmalloc() -> None:
     """On Linux with tcmalloc installed, replace this process by the same command with tcmalloc preloaded (whole-
-    image training up to 2x faster, core/allocator.py). Returns only when that is not wanted or not possible."""
+    image training up to 2x faster, core/hypernet/allocator.py). Returns only when that is not wanted or not possible."""
     env = preload_environment(os.environ)
     if env is None:
         return
@@ -44,7 +44,7 @@ def keep_gdal_error_mode() -> None:
 
 
 def main() -> int:
-    """Run the CLI (core/cli.py), under tcmalloc where available."""
+    """Run the CLI (cli.py), under tcmalloc where available."""
     restart_with_tcmalloc()
     keep_gdal_error_mode()
     from .cli import main as cli_main

@@ -17,11 +17,11 @@ more change -- with NaN on invalid pixels:
 from __future__ import annotations
 
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 
-from .errors import InputError
+from ..errors import InputError
 from .scaling import standardize
 
 __all__ = [
@@ -163,7 +163,7 @@ def irmad_details(x1: np.ndarray, x2: np.ndarray, valid: np.ndarray, max_iter: i
     rho_prev = None
     iterations = 0
     converged = False
-    for iterations in range(1, max_iter + 1):
+    for iterations in range(1, max_iter + 1):  # noqa: B007 (the count is reported after the loop)
         mean, cov = _weighted_moments(a, b, w)
         sxx, syy, sxy = cov[:p, :p], cov[p:, p:], cov[:p, p:]
         sxx = sxx + ridge * np.trace(sxx) / p * np.eye(p)

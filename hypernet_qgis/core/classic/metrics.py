@@ -14,11 +14,11 @@ Prediction maps are 1 = changed, 0 = unchanged, anything else (255 = nodata) is 
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
-from .errors import InputError
+from ..errors import InputError
 
 __all__ = [
     "UNKNOWN",

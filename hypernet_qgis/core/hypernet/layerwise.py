@@ -35,8 +35,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..progress import Feedback, check_cancelled
 from .network import RCAB, RSAB, ChannelAttention, HyperNet
-from .progress import Feedback, check_cancelled
 from .tiling import check_input, interior, resolve_device, tiles, window
 
 Tile = tuple[int, int, int, int]
@@ -138,7 +138,7 @@ class Scratch:
         if self.folder is not None:
             shutil.rmtree(self.folder, ignore_errors=True)
 
-    def __enter__(self) -> "Scratch":
+    def __enter__(self) -> Scratch:
         return self
 
     def __exit__(self, *exc) -> None:

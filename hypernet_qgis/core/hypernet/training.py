@@ -9,13 +9,13 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..errors import InputError
+from ..options import DEFAULT_TRAINING_FRACTION, SCHEDULES, TrainConfig  # noqa: F401 (torch-free; re-exported)
+from ..progress import Feedback, NullFeedback, check_cancelled
 from .device import describe_device, resolve_device
-from .errors import InputError
 from .loss import training_loss
 from .network import HyperNet, default_widths
-from .options import DEFAULT_TRAINING_FRACTION, SCHEDULES, TrainConfig  # noqa: F401 (torch-free; re-exported)
 from .perf import REUSE_HEADROOM, check_paper_fits, crop_plan, device_budget_mb, train_step_mb, training_allocator
-from .progress import Feedback, NullFeedback, check_cancelled
 
 
 @dataclass
@@ -47,7 +47,7 @@ class TrainResult:
 
 def pre_detection_score(x1s: np.ndarray, x2s: np.ndarray, valid: np.ndarray) -> np.ndarray:
     """Classic change score used to pick mask g: CVA of the per-date standardised images (NaN where invalid)."""
-    from .baselines import cva
+    from ..classic.baselines import cva
 
     return cva(x1s, x2s, valid)
 

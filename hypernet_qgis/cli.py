@@ -10,10 +10,10 @@ import json
 import math
 import signal
 import sys
-from typing import Sequence
+from collections.abc import Sequence
 
-from .errors import Cancelled, InputError
-from . import options
+from .core import options
+from .core.errors import Cancelled, InputError
 
 EPILOG = """examples:
   python -m hypernet_qgis detect t1.tif t2.tif --output change.tif --intensity intensity.tif
@@ -33,8 +33,8 @@ Outputs are tiled, compressed GeoTIFFs with the input's georeferencing; the chan
 
 def _band_list(text: str) -> list[int]:
     """'1,2,5-8' -> [1, 2, 5, 6, 7, 8] (1-based band numbers): options.parse_band_list, the syntax QGIS uses."""
-    from .errors import InputError
-    from .options import parse_band_list
+    from .core.errors import InputError
+    from .core.options import parse_band_list
 
     try:
         bands = parse_band_list(text, "--bands")
@@ -153,8 +153,8 @@ def _add_align_args(p: argparse.ArgumentParser) -> None:
 
 def _check_polygon_args(args: argparse.Namespace, inputs: list) -> None:
     """Bad polygon options fail before the detection runs."""
-    from . import raster_io
-    from .polygons import check_polygon_options, parse_dates
+    from .core.io import raster_io
+    from .core.io.polygons import check_polygon_options, parse_dates
 
     check_polygon_options(args.polygons, args.min_area, args.connectivity)
     parse_dates(args.dates)
@@ -166,7 +166,7 @@ def _check_polygon_args(args: argparse.Namespace, inputs: list) -> None:
 
 def _finish(args: argparse.Namespace, res, fb, memory_budget_mb: int = 4096) -> dict:
     """Polygons and changed area after a detection; the JSON fields they add."""
-    from .polygons import finish_detection, parse_dates
+    from .core.io.polygons import finish_detection, parse_dates
 
     poly = finish_detection(res, polygons_out=args.polygons, min_area=args.min_area,
                             connectivity=args.connectivity, sieve=args.sieve, dates=parse_dates(args.dates),
@@ -293,9 +293,9 @@ def job_paths(args: argparse.Namespace) -> tuple[dict[str, str | None], list[str
 
 def run(args: argparse.Namespace) -> int:
     """Run one subcommand; every output path is checked against the inputs before any work starts."""
-    from . import pipeline
-    from .paths import check_job_paths
-    from .progress import StderrFeedback
+    from .core import pipeline
+    from .core.io.paths import check_job_paths
+    from .core.progress import StderrFeedback
 
     outputs, inputs = job_paths(args)
     check_job_paths(outputs, inputs)
@@ -314,7 +314,7 @@ def run(args: argparse.Namespace) -> int:
         args.written += [p for p in (args.output, args.intensity) if p]
         extra = _finish(args, res, fb, args.memory_budget_mb)
         if args.report:
-            from .report import write_detection_report
+            from .core.report.report import write_detection_report
 
             write_detection_report(args.report, res)
         print(json.dumps({"output": res.change_path, "intensity": res.intensity_path, "threshold": res.threshold,
@@ -327,7 +327,7 @@ def run(args: argparse.Namespace) -> int:
                                    drop_bad_bands=not args.keep_bad_bands, drop_water=args.drop_water)
         args.written.append(args.output)
         if args.report:
-            from .report import write_training_report
+            from .core.report.report import write_training_report
 
             write_training_report(args.report, res)
         print(json.dumps({"model": args.output, "final_loss": res.loss_history[-1], "seconds": round(res.seconds, 2)}))
@@ -343,7 +343,7 @@ def run(args: argparse.Namespace) -> int:
                           "changed_pixels": res.changed_pixels, "changed_fraction": round(res.changed_fraction, 6),
                           **extra}))
     elif args.command == "series":
-        from .series import series_files
+        from .core.series import series_files
 
         method, value = _split_threshold(args.threshold)
         kwargs: dict = {"bands": args.bands}
@@ -363,17 +363,17 @@ def run(args: argparse.Namespace) -> int:
         metrics = pipeline.evaluate_files(args.change, args.reference, changed=args.changed,
                                           unchanged=args.unchanged, ignore=args.ignore)
         if args.report:
-            from .report import write_evaluation_report
+            from .core.report.report import write_evaluation_report
 
             write_evaluation_report(args.report, args.change, args.reference, args.changed, args.unchanged,
                                     args.ignore)
         print(json.dumps(metrics, indent=1, default=float))
     elif args.command == "inspect":
-        from .model_file import read_metadata
+        from .core.hypernet.model_file import read_metadata
 
         meta = read_metadata(args.model)
         if args.report:
-            from .report import model_report
+            from .core.report.report import model_report
 
             model_report(args.report, meta, source=args.model)
         print(json.dumps(meta, indent=1))

@@ -16,14 +16,14 @@ import contextlib
 import math
 import os
 import re
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 from osgeo import gdal, osr
 
-from .errors import InputError
+from ..errors import InputError
 
 __all__ = [
     "RasterInfo",

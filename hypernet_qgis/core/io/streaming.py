@@ -23,14 +23,16 @@ import os
 import shutil
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
-from . import memory, raster_io
-from .errors import InputError
-from .progress import Feedback, NullFeedback, SubFeedback, check_cancelled
+from .. import memory
+from ..errors import InputError
+from ..progress import Feedback, NullFeedback, check_cancelled
+from . import raster_io
 
 #: Most float32 values of one input strip (the memory model's; the budget may ask for fewer, memory.strip_values).
 STRIP_VALUES = memory.STRIP_VALUES
@@ -110,7 +112,7 @@ class StreamedPair:
         self.x2s.close()
         shutil.rmtree(self.scratch, ignore_errors=True)
 
-    def __enter__(self) -> "StreamedPair":
+    def __enter__(self) -> StreamedPair:
         return self
 
     def __exit__(self, *exc) -> None:

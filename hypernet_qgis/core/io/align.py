@@ -13,14 +13,14 @@ import math
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Iterator
 
 from osgeo import gdal, osr
 
+from ..errors import InputError
+from ..progress import Feedback, NullFeedback
 from . import raster_io
-from .errors import InputError
-from .progress import Feedback, NullFeedback
 
 #: Resampling methods offered for T2 (masks always use nearest).
 RESAMPLINGS = ("nearest", "bilinear", "cubic", "average")

@@ -5,17 +5,17 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from . import memory
+from .. import memory
+from ..classic.thresholds import CHANGED, NODATA, UNCHANGED, binary_change, choose_threshold  # noqa: F401 (re-exported)
+from ..errors import InputError
+from ..options import DEFAULT_MEMORY_BUDGET_MB, DISTANCES, THRESHOLD_METHODS  # noqa: F401 (one home: core/options.py)
+from ..progress import Feedback, NullFeedback, SubFeedback, check_cancelled
 from .calibration import BATCHNORM_MODES, calibrate_batchnorm
 from .device import resolve_device
-from .errors import InputError
 from .layerwise import DateFeatures, Scratch, date_features
 from .network import HyperNet
 from .perf import streaming_allocator
-from .progress import Feedback, NullFeedback, SubFeedback, check_cancelled
 from .tiling import tiles
-from .thresholds import CHANGED, NODATA, UNCHANGED, binary_change, choose_threshold  # noqa: F401 (re-exported)
-from .options import DEFAULT_MEMORY_BUDGET_MB, DISTANCES, THRESHOLD_METHODS  # noqa: F401 (one home: core/options.py)
 
 
 @torch.no_grad()

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from .errors import InputError
+from ..errors import InputError
 
 MAX_SIDE = 800
 """Longest side of a quicklook, in pixels; bigger rasters are reduced by a whole factor."""

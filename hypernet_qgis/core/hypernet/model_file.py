@@ -23,8 +23,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from .atomic import atomic_file
-from .errors import InputError
+from ..errors import InputError
+from ..io.atomic import atomic_file
 from .network import HyperNet
 
 FORMAT = "hypernet-qgis-model"
@@ -33,7 +33,7 @@ FORMAT_VERSION = 1
 
 def software_versions() -> dict[str, str | None]:
     """Versions of the software that made a model (for reproducibility)."""
-    from .. import __version__
+    from ... import __version__
 
     try:
         from osgeo import gdal

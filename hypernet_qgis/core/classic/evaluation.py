@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
-from . import raster_io
-from .errors import InputError
+from ..errors import InputError
+from ..io import raster_io
+from ..options import NODATA  # noqa: F401 (one home: core/options.py)
 from .metrics import change_metrics, roc_auc
-from .options import NODATA  # noqa: F401 (one home: core/options.py)
 
 
 @dataclass
