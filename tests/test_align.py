@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 from osgeo import gdal, osr
 
-from hypernet_qgis.core import align, pipeline
+from hypernet_qgis.core import pipeline
 from hypernet_qgis.core.errors import InputError
+from hypernet_qgis.core.io import align
 
 GT = (500000.0, 30.0, 0.0, 4600000.0, 0.0, -30.0)
 BLOCK = (slice(20, 34), slice(25, 41))

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from hypernet_qgis.core import allocator
+from hypernet_qgis.core.hypernet import allocator
 
 REPO = Path(__file__).resolve().parents[1]
 TCMALLOC = allocator.find_tcmalloc()

@@ -7,8 +7,9 @@ import numpy as np
 import pytest
 from osgeo import gdal, osr
 
-from hypernet_qgis.core import bands, pipeline
+from hypernet_qgis.core import pipeline
 from hypernet_qgis.core.errors import InputError
+from hypernet_qgis.core.io import bands
 
 WAVELENGTHS = [450.0, 900.0, 1400.0, 1850.0, 2200.0, 2480.0]
 

@@ -15,7 +15,7 @@ from conftest import write_pair
 from osgeo import gdal
 from torch.optim.optimizer import register_optimizer_step_pre_hook
 
-from hypernet_qgis.core import pipeline, raster_io
+from hypernet_qgis.core import pipeline
 from hypernet_qgis.core.errors import Cancelled, InputError
 from hypernet_qgis.core.hypernet.training import (
     DEFAULT_TRAINING_FRACTION,
@@ -24,6 +24,7 @@ from hypernet_qgis.core.hypernet.training import (
     select_training_pixels,
     train_hypernet,
 )
+from hypernet_qgis.core.io import raster_io
 from hypernet_qgis.core.io.atomic import atomic_file, replace_together, temp_path
 from hypernet_qgis.core.progress import NullFeedback
 

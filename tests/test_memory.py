@@ -85,7 +85,7 @@ _DETECT_SCRIPT = textwrap.dedent(
 
 def detection_peak_mb(side: int, bands: int, width: int, budget: int, alloc: str = "system") -> dict:
     """Peak RSS (MB, whole process: engine import included) of a detection of a disk-backed side x side pair."""
-    from hypernet_qgis.core import allocator
+    from hypernet_qgis.core.hypernet import allocator
 
     env = {k: v for k, v in os.environ.items() if k not in ("LD_PRELOAD", allocator.ENV_DONE, allocator.ENV_CHOICE)}
     env.update(PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 from osgeo import gdal, ogr, osr
 
-from hypernet_qgis.core import polygons
 from hypernet_qgis.core.errors import InputError
+from hypernet_qgis.core.io import polygons
 
 GT = (500000.0, 10.0, 0.0, 4000000.0, 0.0, -10.0)
 

@@ -429,8 +429,8 @@ def test_truncated_file_is_a_clear_error(tmp_path):
     import numpy as np
     from osgeo import gdal
 
-    from hypernet_qgis.core import raster_io
     from hypernet_qgis.core.errors import InputError
+    from hypernet_qgis.core.io import raster_io
 
     path = tmp_path / "cut.tif"
     ds = gdal.GetDriverByName("GTiff").Create(str(path), 64, 64, 3, gdal.GDT_Float32)

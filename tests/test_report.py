@@ -13,9 +13,10 @@ from html.parser import HTMLParser
 import numpy as np
 import pytest
 
-from hypernet_qgis.core import metrics, report
-from hypernet_qgis.core import quicklook as ql
+from hypernet_qgis.core.classic import metrics
 from hypernet_qgis.core.errors import InputError
+from hypernet_qgis.core.report import quicklook as ql
+from hypernet_qgis.core.report import report
 
 EVIL = '<script>alert("x")</script> & <b>bold</b>'
 

@@ -170,7 +170,7 @@ _PEAK_SCRIPT = textwrap.dedent(
 
 
 def _peak_extra_mb(side: int, budget: float, alloc: str = "system") -> float:
-    from hypernet_qgis.core import allocator
+    from hypernet_qgis.core.hypernet import allocator
 
     env = {k: v for k, v in os.environ.items() if k not in ("LD_PRELOAD", allocator.ENV_DONE, allocator.ENV_CHOICE)}
     env.update(PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
@@ -308,8 +308,8 @@ def test_streamed_detection_end_to_end(tmp_path):
     same model on the in-memory pair, and the outputs are whole GeoTIFFs."""
     from conftest import write_pair
 
-    from hypernet_qgis.core import raster_io
     from hypernet_qgis.core.hypernet.training import TrainConfig
+    from hypernet_qgis.core.io import raster_io
     from hypernet_qgis.core.pipeline import detect_files, load_pair
 
     p = write_pair(tmp_path, bands=6, rows=48, cols=44)

@@ -21,12 +21,12 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from hypernet_qgis.core import raster_io  # noqa: E402
 from hypernet_qgis.core.classic.baselines import BASELINES, DEFAULT_THRESHOLD_VALUES, DEFAULT_THRESHOLDS  # noqa: E402
 from hypernet_qgis.core.classic.metrics import change_metrics, reference_from_masks, roc_auc  # noqa: E402
 from hypernet_qgis.core.fusion import classic_evidence, fuse, resolve_threshold  # noqa: E402
 from hypernet_qgis.core.hypernet.detection import binary_change, change_intensity  # noqa: E402
 from hypernet_qgis.core.hypernet.training import TrainConfig, model_widths, train_hypernet  # noqa: E402
+from hypernet_qgis.core.io import raster_io  # noqa: E402
 from hypernet_qgis.core.pipeline import (  # noqa: E402
     DEFAULT_DISTANCE,
     ImagePair,

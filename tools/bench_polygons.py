@@ -20,7 +20,7 @@ REPO = Path(__file__).resolve().parents[1]
 CHILD = """
 import json, resource, sys, time
 sys.path.insert(0, {repo!r})
-from hypernet_qgis.core import polygons
+from hypernet_qgis.core.io import polygons
 start = time.perf_counter()
 r = polygons.polygonize_change({change!r}, {out!r}, intensity={inten!r}, connectivity=8, min_area=300,
                                memory_budget_mb={budget})

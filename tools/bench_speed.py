@@ -99,7 +99,7 @@ def _use_published_ops() -> None:
     loss on every pixel before indexing mask g (the same numbers; the yardstick for our speed-ups, same run)."""
     from torch import nn
 
-    from hypernet_qgis.core import network, training
+    from hypernet_qgis.core.hypernet import network, training
 
     network.BoxMean = lambda k: nn.AvgPool2d(k, stride=1, padding=k // 2)
     training.training_loss = published_training_loss
@@ -110,7 +110,7 @@ def case_paper(size: str, epochs: int, reuse: bool, ops: str = "ours") -> dict:
     import numpy as np
     import torch
 
-    from hypernet_qgis.core import perf
+    from hypernet_qgis.core.hypernet import perf
     from hypernet_qgis.core.hypernet.network import default_widths
     from hypernet_qgis.core.hypernet.training import TrainConfig, train_hypernet
     from hypernet_qgis.core.progress import NullFeedback
@@ -325,7 +325,7 @@ def case_budget(folder: str, side: int, bands: int, budget: int) -> dict:
 
 def _run_child(args: list[str], threads: int | None, timeout: int, alloc: str = "system") -> dict:
     """Run one case in a fresh interpreter; ``alloc`` "tcmalloc" preloads it as the CLI tools do."""
-    from hypernet_qgis.core import allocator
+    from hypernet_qgis.core.hypernet import allocator
 
     env = {k: v for k, v in os.environ.items() if k not in ("LD_PRELOAD", allocator.ENV_DONE)}
     env.update(PYTHONPATH=str(REPO), **{allocator.ENV_CHOICE: "system"})

@@ -25,7 +25,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from hypernet_qgis.core import report  # noqa: E402
+from hypernet_qgis.core.report import report  # noqa: E402
 
 TAIZHOU = REPO.parent / "shared" / "data" / "taizhou"
 
