@@ -48,8 +48,9 @@ DEFAULT_EPOCHS = {"default": 20, "paper": 200}
 #: with IR-MAD and CVA, each divided by its median (core/fusion.py); "hypernet" = HyperNet's distance alone.
 EVIDENCE_MODES = ("fused", "hypernet")
 DEFAULT_EVIDENCE = "fused"
-#: Largest random seed (the CLI and QGIS accept 0 .. 2**32 - 1, what every torch and numpy generator takes).
-MAX_SEED = 2**32 - 1
+#: Largest random seed the CLI and QGIS accept: QGIS's integer spin box holds at most 2**31 - 1 (a larger maximum
+#: makes the Processing dialog refuse the parameter), and every torch and numpy generator takes it.
+MAX_SEED = 2**31 - 1
 
 
 @dataclass
