@@ -50,7 +50,7 @@ MUTANTS = [
     Mutant("first output of a set not restored when the second fails", CORE + "io/atomic.py",
            "                    os.replace(backup, target)", "                    pass",
            ("tests/test_caught_bugs.py::test_a_set_of_outputs_is_replaced_together",)),
-    Mutant("mask g share 0.5 -> 0.4", CORE + "hypernet/training.py", "DEFAULT_TRAINING_FRACTION = 0.5",
+    Mutant("mask g share 0.5 -> 0.4", CORE + "options.py", "DEFAULT_TRAINING_FRACTION = 0.5",
            "DEFAULT_TRAINING_FRACTION = 0.4", ("tests/test_caught_bugs.py::test_mask_g_is_the_lowest_half",)),
     Mutant("training ignores config.gamma", CORE + "hypernet/training.py", "training_loss(model, b1, b2, index, config.gamma)",
            "training_loss(model, b1, b2, index, 1.0)", ("tests/test_caught_bugs.py::test_gamma_changes_the_training",)),
