@@ -12,6 +12,7 @@ from typing import Any
 
 from qgis.core import (
     Qgis,
+    QgsProcessing,
     QgsProcessingAlgorithm,
     QgsProcessingParameterDefinition,
     QgsProcessingParameterFile,
@@ -37,6 +38,9 @@ ALG_FLAG_CAN_CANCEL = _scoped("ProcessingAlgorithmFlag", "CanCancel", QgsProcess
 #: QgsProcessingParameterNumber types.
 NUMBER_INTEGER = _scoped("ProcessingNumberParameterType", "Integer", QgsProcessingParameterNumber, "Integer")
 NUMBER_DOUBLE = _scoped("ProcessingNumberParameterType", "Double", QgsProcessingParameterNumber, "Double")
+#: Processing source/layer types (QgsProcessing.TypeRaster, ...).
+SOURCE_RASTER = _scoped("ProcessingSourceType", "Raster", QgsProcessing, "TypeRaster")
+SOURCE_VECTOR_POLYGON = _scoped("ProcessingSourceType", "VectorPolygon", QgsProcessing, "TypeVectorPolygon")
 #: QgsProcessingParameterFile behaviours.
 FILE_BEHAVIOR_FILE = _scoped("ProcessingFileParameterBehavior", "File", QgsProcessingParameterFile, "File")
 FILE_BEHAVIOR_FOLDER = _scoped("ProcessingFileParameterBehavior", "Folder", QgsProcessingParameterFile, "Folder")

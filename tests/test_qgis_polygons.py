@@ -14,7 +14,8 @@ from test_qgis_dialog_flow import (
     _output,
     _tree_names,
     check_change_style,
-    run_like_the_dialog,  # noqa: F401 (fixture)
+    clean_project,  # noqa: F401 (fixture)
+    run_like_the_dialog,
 )
 from test_qgis_process import QGIS_PROCESS_BIN, results_of, run, wrapper  # noqa: F401 (fixture)
 from test_qgis_support import hypernet_provider, pair_dir, same_crs, trained_model  # noqa: F401 (fixtures)

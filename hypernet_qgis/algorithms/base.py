@@ -41,7 +41,14 @@ from qgis.PyQt.QtGui import QIcon
 from ..about import project_url
 from ..core import options
 from ..core.errors import Cancelled, InputError
-from ..qgis_compat import FLAG_ADVANCED, FLAG_OPTIONAL, NUMBER_DOUBLE, NUMBER_INTEGER, has_flag
+from ..qgis_compat import (
+    FLAG_ADVANCED,
+    FLAG_OPTIONAL,
+    NUMBER_DOUBLE,
+    NUMBER_INTEGER,
+    SOURCE_VECTOR_POLYGON,
+    has_flag,
+)
 from ..resources import icon, icon_path
 
 PROVIDER_ID = "hypernet"
@@ -564,12 +571,12 @@ class HyperNetAlgorithm(QgsProcessingAlgorithm):
         """The change polygons (GeoPackage) and their options; the changed area outputs (issue #11). The options
         are optional (with defaults) so that models saved before them stay valid."""
         self._add(QgsProcessingParameterVectorDestination(
-            "OUTPUT_POLYGONS", "Change polygons", QgsProcessing.TypeVectorPolygon, optional=True,
+            "OUTPUT_POLYGONS", "Change polygons", SOURCE_VECTOR_POLYGON, optional=True,
             createByDefault=False),
             help_text="GeoPackage: one polygon per connected changed region, with its pixel count, area (map "
                       "units² and hectares) and mean and maximum change intensity.")
         self._add(QgsProcessingParameterNumber(
-            "MIN_AREA", "Minimum region area (map units²)", QgsProcessingParameterNumber.Double, defaultValue=0.0,
+            "MIN_AREA", "Minimum region area (map units²)", NUMBER_DOUBLE, defaultValue=0.0,
             optional=True, minValue=0.0), help_text="Changed regions smaller than this (e.g. in m²) get no polygon.")
         self._add(QgsProcessingParameterEnum(
             "CONNECTIVITY", "Region connectivity", options=CONNECTIVITIES, defaultValue="8", optional=True,

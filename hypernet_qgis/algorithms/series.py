@@ -6,7 +6,6 @@ import os
 from typing import Any
 
 from qgis.core import (
-    QgsProcessing,
     QgsProcessingContext,
     QgsProcessingOutputRasterLayer,
     QgsProcessingOutputVectorLayer,
@@ -20,6 +19,7 @@ from qgis.core import (
 )
 
 from ..core.errors import InputError
+from ..qgis_compat import NUMBER_DOUBLE, SOURCE_RASTER
 from .base import (
     CONNECTIVITIES,
     HyperNetAlgorithm,
@@ -63,7 +63,7 @@ class DetectSeriesAlgorithm(HyperNetAlgorithm):
 
     def initAlgorithm(self, config: dict | None = None) -> None:  # noqa: N802
         self._add(QgsProcessingParameterMultipleLayers("INPUTS", "Images (two or more dates)",
-                                                       QgsProcessing.TypeRaster),
+                                                       SOURCE_RASTER),
                   help_text="The images of the series, on one grid; ordered by their dates.")
         self._add(QgsProcessingParameterString("DATES", "Dates, one per image (empty = metadata)", optional=True),
                   help_text="e.g. 2019-05-01,2020-05-01,2021-05-01, in the order of the images.")
@@ -76,13 +76,13 @@ class DetectSeriesAlgorithm(HyperNetAlgorithm):
         self.add_bands()
         self._add(QgsProcessingParameterEnum("THRESHOLD_METHOD", "Threshold method", options=SERIES_THRESHOLDS,
                                              defaultValue="default", usesStaticStrings=True))
-        self._add(QgsProcessingParameterNumber("THRESHOLD", "Fixed threshold", QgsProcessingParameterNumber.Double,
+        self._add(QgsProcessingParameterNumber("THRESHOLD", "Fixed threshold", NUMBER_DOUBLE,
                                                optional=True))
         self.add_device()
         self._add(QgsProcessingParameterBoolean("POLYGONS", "Also write the change polygons", defaultValue=True,
                                                 optional=True))
         self._add(QgsProcessingParameterNumber(
-            "MIN_AREA", "Minimum region area (map units²)", QgsProcessingParameterNumber.Double, defaultValue=0.0,
+            "MIN_AREA", "Minimum region area (map units²)", NUMBER_DOUBLE, defaultValue=0.0,
             optional=True, minValue=0.0))
         self._add(QgsProcessingParameterEnum(
             "CONNECTIVITY", "Region connectivity", options=CONNECTIVITIES, defaultValue="8", optional=True,

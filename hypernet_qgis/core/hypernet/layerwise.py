@@ -290,7 +290,8 @@ class _Passes:
         if self.per_date:
             norm = stats.norm(self.dtype)
         else:
-            assert bn.running_mean is not None and bn.running_var is not None
+            if bn.running_mean is None or bn.running_var is None:
+                raise ValueError("running BatchNorm statistics requested from a BatchNorm that keeps none")
             norm = (bn.running_mean, bn.running_var)
         self.result.norms[bn] = norm
         return norm

@@ -334,7 +334,7 @@ def polygonize_change(
 
 
 def _max_fid(ds, name: str) -> int:
-    sql = ds.ExecuteSQL(f'SELECT MAX(fid) FROM "{name}"')
+    sql = ds.ExecuteSQL(f'SELECT MAX(fid) FROM "{name}"')  # nosec B608 (our own layer name, not user input)
     try:
         feature = sql.GetNextFeature()
         value = feature.GetField(0) if feature is not None else None
