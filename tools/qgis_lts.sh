@@ -88,7 +88,7 @@ build() {
 
 copy_in() {
     # The assembled plugin (what the zip holds) and the tests, fresh each run.
-    local work="$ROOT/work/hypernet"
+    local work="$ROOT/opt/hypernet-tests"
     rm -rf "$work" && mkdir -p "$work/build"
     python3 "$REPO/tools/package.py" assemble "$work/build/hypernet_qgis" >/dev/null
     cp -r "$REPO/tests" "$work/tests"
@@ -118,7 +118,7 @@ sys.version.split()[0], '| numpy', numpy.__version__, '| torch', torch.__version
         set +e
         # shellcheck disable=SC2086
         in_root env QT_QPA_PLATFORM=offscreen HYPERNET_LTS=1 sh -c \
-            "cd /work/hypernet && python3 -m pytest -q -p no:cacheprovider $tests"
+            "cd /opt/hypernet-tests && python3 -m pytest -q -p no:cacheprovider $tests"
         rc=$?
         set -e
         echo "test-qgis-lts: exit $rc after $(( $(date +%s) - start )) s"
