@@ -108,15 +108,6 @@ def check_alignable(info1: raster_io.RasterInfo, info2: raster_io.RasterInfo) ->
         common_window(info1, info2)
 
 
-@contextlib.contextmanager
-def _quiet() -> Iterator[None]:
-    gdal.PushErrorHandler("CPLQuietErrorHandler")
-    try:
-        yield
-    finally:
-        gdal.PopErrorHandler()
-
-
 def _resample_alg(name: str) -> str:
     if name not in RESAMPLINGS:
         raise InputError(f"Unknown resampling {name!r}; use one of {', '.join(RESAMPLINGS)}.")
@@ -134,7 +125,7 @@ def _warp(src: str, dst: str, info1: raster_io.RasterInfo, window: tuple[int, in
                                resampleAlg=resampling, dstNodata=nodata,
                                outputType=gdal.GDT_Float32 if float_output else gdal.GDT_Unknown,
                                multithread=False)
-    with _quiet():
+    with raster_io.quiet_gdal():
         ds = gdal.Warp(dst, src, options=options)
     if ds is None:
         raise InputError(f"Warping {os.path.basename(src)} onto T1's grid failed (GDAL: {gdal.GetLastErrorMsg()}).")
@@ -162,7 +153,7 @@ def aligned_pair(t1: str, t2: str, mask: str | None = None, *, enabled: bool = T
         t1_path = t1
         if window != (0, 0, info1.cols, info1.rows):
             t1_path = os.path.join(folder, "t1_common.vrt")
-            with _quiet():
+            with raster_io.quiet_gdal():
                 ds = gdal.Translate(t1_path, info1.path, options=gdal.TranslateOptions(format="VRT",
                                                                                     srcWin=[col0, row0, cols, rows]))
             if ds is None:

@@ -25,6 +25,7 @@ from osgeo import gdal, ogr, osr
 
 from ..errors import InputError
 from ..progress import Feedback, NullFeedback, check_cancelled
+from . import raster_io
 
 CHANGE, NO_CHANGE, NODATA = 1, 0, 255
 CONNECTIVITIES = (4, 8)
@@ -137,7 +138,7 @@ def _row_blocks(rows: int, cols: int, bytes_per_pixel: int, budget_bytes: int) -
 
 
 def _open_change(path: str) -> gdal.Dataset:
-    with _quiet():
+    with raster_io.quiet_gdal():
         ds = gdal.Open(os.fspath(path))
     if ds is None:
         raise InputError(f"The change map {path} could not be opened. Give a change map written by detect or "
@@ -146,15 +147,6 @@ def _open_change(path: str) -> gdal.Dataset:
         raise InputError(f"The change map {os.path.basename(path)} has {ds.RasterCount} bands; a change map has one "
                          "(1 change, 0 no change, 255 nodata).")
     return ds
-
-
-@contextlib.contextmanager
-def _quiet() -> Iterator[None]:
-    gdal.PushErrorHandler("CPLQuietErrorHandler")
-    try:
-        yield
-    finally:
-        gdal.PopErrorHandler()
 
 
 def _intensity_block(intensity, r0: int, n: int) -> np.ndarray | None:
@@ -176,7 +168,7 @@ def _open_intensity(intensity, rows: int, cols: int):
             raise InputError(f"The intensity is {intensity.shape[1]}x{intensity.shape[0]} pixels but the change "
                              f"map is {cols}x{rows}; give the intensity of that change map.")
         return intensity
-    with _quiet():
+    with raster_io.quiet_gdal():
         ds = gdal.Open(os.fspath(intensity))
     if ds is None:
         raise InputError(f"The intensity {intensity} could not be opened as a raster.")
@@ -275,7 +267,7 @@ def polygonize_change(
             max_fid = _max_fid(scratch, "regions")
             # 3. the label raster: each region's pixels carry its fid
             labels.GetRasterBand(1).Fill(0)
-            with _quiet():  # (a map without CRS: GDAL warns that it assumes matching coordinate systems)
+            with raster_io.quiet_gdal():  # (a map without CRS: GDAL warns that it assumes matching coordinate systems)
                 failed = gdal.RasterizeLayer(labels, [1], layer, options=["ATTRIBUTE=region"]) != 0
             if failed:
                 raise InputError(f"Rasterising the change polygons failed (GDAL: {gdal.GetLastErrorMsg()}).")

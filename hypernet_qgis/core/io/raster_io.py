@@ -77,7 +77,7 @@ class RasterInfo:
 # --------------------------------------------------------------------------------------------- opening
 
 @contextlib.contextmanager
-def _quiet_gdal() -> Iterator[None]:
+def quiet_gdal() -> Iterator[None]:
     """Silence GDAL's stderr chatter; errors are reported through InputError instead."""
     gdal.PushErrorHandler("CPLQuietErrorHandler")
     gdal.ErrorReset()
@@ -116,7 +116,7 @@ def _open(path: str | os.PathLike) -> Iterator[tuple[gdal.Dataset, str]]:
     """Open a raster read-only; yields (dataset, resolved path) and closes the dataset afterwards."""
     resolved = resolve_raster_path(path)
     ds = None
-    with _quiet_gdal():
+    with quiet_gdal():
         try:
             ds = gdal.Open(resolved, gdal.GA_ReadOnly)
         except RuntimeError:  # when some other code turned GDAL exceptions on
@@ -324,7 +324,7 @@ def _read_block(ds: gdal.Dataset, band_list: Sequence[int], row0: int, nrows: in
     data = np.empty((len(band_list), nrows, ncols), dtype=np.float32)
     valid = np.ones((nrows, ncols), dtype=bool)
     # one all-band read: band by band is ~28x slower on pixel-interleaved files (each band re-reads every block)
-    with _quiet_gdal():
+    with quiet_gdal():
         try:
             block = ds.ReadAsArray(col0, row0, ncols, nrows, band_list=[int(b) for b in band_list])
         except RuntimeError:  # GDAL exceptions turned on by other code
@@ -336,7 +336,7 @@ def _read_block(ds: gdal.Dataset, band_list: Sequence[int], row0: int, nrows: in
         band = ds.GetRasterBand(b)
         arr = None if block is None else block[k]
         if arr is None:
-            with _quiet_gdal():  # find the band that fails, for the message
+            with quiet_gdal():  # find the band that fails, for the message
                 try:
                     arr = band.ReadAsArray(col0, row0, ncols, nrows)
                 except RuntimeError:
@@ -478,7 +478,7 @@ def _same_crs(a: str, b: str) -> bool:
     if not a or not b:
         return False
     sa, sb = osr.SpatialReference(), osr.SpatialReference()
-    with _quiet_gdal():
+    with quiet_gdal():
         if sa.ImportFromWkt(a) != 0 or sb.ImportFromWkt(b) != 0:
             return a == b
         return bool(sa.IsSame(sb))
@@ -602,7 +602,7 @@ def _write_temp(out: RasterOutput, like: RasterInfo, tmp: str) -> None:
                "PREDICTOR=" + ("3" if out_dtype.kind == "f" else "2")]
     if arr.shape[0] > 1:
         options.append("INTERLEAVE=BAND")
-    with _quiet_gdal():
+    with quiet_gdal():
         try:
             ds = gdal.GetDriverByName("GTiff").Create(tmp, like.cols, like.rows, arr.shape[0],
                                                       _GDAL_TYPES[out_dtype], options)
