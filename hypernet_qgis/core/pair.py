@@ -59,6 +59,12 @@ class ImagePair:
         """Wavelengths of the selected bands (None when the files do not record them)."""
         return list(self.info1.wavelengths_nm) if self.info1.wavelengths_nm else None
 
+    def raw_dates(self) -> tuple[np.ndarray, np.ndarray]:
+        """The raw dates (bands, rows, cols) of an in-memory pair; a windowed pair keeps none (ValueError)."""
+        if self.x1 is None or self.x2 is None:
+            raise ValueError("a windowed pair keeps no raw dates in memory")
+        return self.x1, self.x2
+
     def pre_detection_score(self) -> np.ndarray:
         """CVA of the standardised dates (NaN where invalid): the classic score that picks mask g."""
         if self.cva is None:

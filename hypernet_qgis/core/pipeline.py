@@ -25,6 +25,7 @@ from .pair import ImagePair, load_pair, open_pair  # noqa: F401 (load_pair re-ex
 from .progress import Feedback, NullFeedback, SubFeedback, check_cancelled
 
 if TYPE_CHECKING:  # the HyperNet jobs import torch when they run; the classic and evaluation jobs never do
+    from .hypernet.network import HyperNet
     from .hypernet.training import TrainConfig, TrainResult
 
 
@@ -155,7 +156,8 @@ def _detect_files(
         raise InputError("THRESHOLD_METHOD=fixed needs a THRESHOLD value (a number).")
     outputs = [change_out] + ([intensity_out] if intensity_out else [])
     raster_io.refuse_overwriting_inputs(outputs, [t1, t2] + [p for p in (model, unchanged_mask) if p])
-    loaded, metadata = None, {}
+    loaded: HyperNet | None = None
+    metadata: dict[str, Any] = {}
     if model:
         loaded, metadata = load_model(model)
         if bands is None and metadata.get("band_selection"):
@@ -171,7 +173,7 @@ def _detect_files(
             expected = int(metadata.get("band_count", -1))
             if expected != pair.band_count:
                 raise InputError(
-                    f"The model {_name(model)} was trained on {expected} bands but the images have "
+                    f"The model {_name(str(model))} was trained on {expected} bands but the images have "
                     f"{pair.band_count} (after the band selection). Use the same sensor and BANDS as in training, "
                     "or train a new model.")
             net = loaded
@@ -201,7 +203,7 @@ def _detect_files(
         if evidence == "fused":
             feedback.info("Averaging with IR-MAD and CVA (each divided by its median); threshold: "
                           f"{threshold if threshold != 'fixed' else threshold_value}.")
-            intensity = fuse(intensity, classic_evidence(pair.x1, pair.x2, pair.valid), pair.valid)
+            intensity = fuse(intensity, classic_evidence(*pair.raw_dates(), pair.valid), pair.valid)
     if evidence == "fused":
         binary, thr = binary_change(intensity, pair.valid, threshold, threshold_value)
     else:
@@ -261,8 +263,9 @@ def _baseline_files(
     raster_io.refuse_overwriting_inputs([change_out] + ([intensity_out] if intensity_out else []), [t1, t2])
     pair = load_pair(t1, t2, bands, min_bands=1 if method == "cva" else 2,
                      what={"pcakmeans": "PCA-k-means", "irmad": "IR-MAD"}.get(method, method.upper()))
-    feedback.info(f"Running {method} on {pair.x1.shape[0]} bands.")
-    intensity = BASELINES[key](pair.x1, pair.x2, pair.valid)
+    x1, x2 = pair.raw_dates()
+    feedback.info(f"Running {method} on {x1.shape[0]} bands.")
+    intensity = BASELINES[key](x1, x2, pair.valid)
     check_cancelled(feedback)
     binary, thr = binary_change(intensity, pair.valid, threshold, threshold_value)
     _write_outputs(change_out, intensity_out, binary, intensity, pair.info1)

@@ -268,7 +268,7 @@ def pca_kmeans(x1: np.ndarray, x2: np.ndarray, valid: np.ndarray, h: int = 4, va
     if not hi_sel.any() or hi_sel.all():
         hi_sel = dv >= dv.max()
     c = np.stack([feats[lo_sel].mean(axis=0), feats[hi_sel].mean(axis=0)])
-    labels = None
+    labels: np.ndarray | None = None
     for _ in range(max_iter):
         dist = ((feats[:, None, :] - c[None]) ** 2).sum(axis=2)
         new = np.argmin(dist, axis=1)
@@ -278,7 +278,7 @@ def pca_kmeans(x1: np.ndarray, x2: np.ndarray, valid: np.ndarray, h: int = 4, va
         for k in (0, 1):
             if (labels == k).any():
                 c[k] = feats[labels == k].mean(axis=0)
-    if (labels == 0).any() and (labels == 1).any():
+    if labels is not None and (labels == 0).any() and (labels == 1).any():
         changed_k = int(dv[labels == 1].mean() >= dv[labels == 0].mean())
     else:
         changed_k = 1  # one cluster took every pixel: keep the high-difference start as "changed" (none)

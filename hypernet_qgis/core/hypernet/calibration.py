@@ -14,6 +14,7 @@ import copy
 
 import numpy as np
 import torch
+from torch import nn
 
 from .. import memory
 from ..options import BATCHNORM_MODES  # noqa: F401 (one home: core/options.py)
@@ -23,6 +24,14 @@ from .network import HyperNet
 from .tiling import resolve_device
 
 __all__ = ["BATCHNORM_MODES", "backbone_batchnorms", "batchnorm_statistics_tiled", "calibrate_batchnorm"]
+
+
+def _running(bn: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(running mean, running variance, batches tracked) of ``bn``; HyperNet's BatchNorms always track them."""
+    mean, var, batches = bn.running_mean, bn.running_var, bn.num_batches_tracked
+    if mean is None or var is None or batches is None:
+        raise ValueError("this BatchNorm keeps no running statistics")
+    return mean, var, batches
 
 
 @torch.no_grad()
@@ -57,7 +66,7 @@ def calibrate_batchnorm(model: HyperNet, x: np.ndarray, device: torch.device, ti
     n = t.shape[0] * t.shape[2] * t.shape[3]
     for bn, momentum in zip(bns, saved):
         if n > 1:
-            bn.running_var.mul_((n - 1) / n)
+            _running(bn)[1].mul_((n - 1) / n)
         bn.momentum = momentum
     return calibrated.eval()
 
@@ -81,7 +90,8 @@ def batchnorm_statistics_tiled(model: HyperNet, x: np.ndarray, tile: int, device
     with Scratch(rows, cols, torch.empty(0, dtype=dtype).numpy().dtype, in_memory) as scratch:
         date = date_features(work, x, tile, device, scratch, per_date=True, feedback=feedback)
     for bn, (mean, var) in date.norms.items():
-        bn.running_mean.copy_(mean)
-        bn.running_var.copy_(var)
-        bn.num_batches_tracked.fill_(1)
+        running_mean, running_var, batches = _running(bn)
+        running_mean.copy_(mean)
+        running_var.copy_(var)
+        batches.fill_(1)
     return work

@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..progress import Feedback, check_cancelled
-from .network import RCAB, RSAB, ChannelAttention, HyperNet
+from .network import RCAB, RSAB, ChannelAttention, HyperNet, part
 from .tiling import check_input, interior, resolve_device, tiles, window
 
 Tile = tuple[int, int, int, int]
@@ -229,7 +229,8 @@ class DateFeatures:
         """Fused features (2*width, tile rows, tile cols) of ``tile`` on ``device``, as ``model(x)`` there."""
         spatial = torch.from_numpy(self.scratch.read(self.prefix + "fs", tile)).to(self.device)[None]
         spectral = torch.from_numpy(self.scratch.read(self.prefix + "fq", tile)).to(self.device)[None]
-        bn1, bn2 = self.model.fuse_spatial[1], self.model.fuse_spectral[1]
+        bn1 = part(self.model.fuse_spatial, 1, nn.BatchNorm2d)
+        bn2 = part(self.model.fuse_spectral, 1, nn.BatchNorm2d)
         return torch.cat([batch_norm(bn1, self.norms[bn1], spatial), batch_norm(bn2, self.norms[bn2], spectral)],
                          dim=1)[0]
 
@@ -312,7 +313,7 @@ class _Passes:
     def _finish_rsab(self, block: RSAB, weights: torch.Tensor, c: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
         out = block.sa(batch_norm(block.bn, self.result.norms[block.bn], c) * weights)
         if isinstance(block.shortcut, nn.Sequential):
-            bn = block.shortcut[1]
+            bn = part(block.shortcut, 1, nn.BatchNorm2d)
             r = batch_norm(bn, self.result.norms[bn], r)
         return F.relu(out + r)
 
@@ -347,7 +348,7 @@ class _Passes:
         for k, block in enumerate(rsabs, start=1):  # spatial passes
             self.norm(block.bn, stats[f"c{k}"])
             if conv_shortcut[k - 1]:
-                self.norm(block.shortcut[1], stats[f"r{k}"])
+                self.norm(part(block.shortcut, 1, nn.BatchNorm2d), stats[f"r{k}"])
             weights = self.attention(block.ca, block.bn, stats[f"c{k}"])
             if k < len(rsabs):
                 nxt = rsabs[k]
@@ -363,33 +364,33 @@ class _Passes:
                                  {f"c{k + 1}"} | ({f"r{k + 1}"} if conv_shortcut[k] else set()))
             else:
                 def last(c, r, block=block, weights=weights):
-                    return {"fs": m.fuse_spatial[0](m.pool(self._finish_rsab(block, weights, c, r)))}
+                    return {"fs": part(m.fuse_spatial, 0, nn.Conv2d)(m.pool(self._finish_rsab(block, weights, c, r)))}
 
-                halo = block.sa.radius + m.pool.kernel_size // 2 + m.fuse_spatial[0].kernel_size[0] // 2
+                halo = block.sa.radius + m.pool.kernel_size // 2 + int(part(m.fuse_spatial, 0, nn.Conv2d).kernel_size[0]) // 2
                 fs = self.run([f"c{k}", f"r{k}"], halo, last, {"fs": width}, {"fs"})["fs"]
-                self.norm(m.fuse_spatial[1], fs)
+                self.norm(part(m.fuse_spatial, 1, nn.BatchNorm2d), fs)
         stats = {"q1": spectral_stats}
-        for k, block in enumerate(rcabs, start=1):  # spectral passes
-            self.norm(block.bn, stats[f"q{k}"])
-            weights = self.attention(block.ca, block.bn, stats[f"q{k}"])
-            inputs = [f"q{k}"] + ([f"u{k}"] if block.residual else [])
+        for k, rcab in enumerate(rcabs, start=1):  # spectral passes
+            self.norm(rcab.bn, stats[f"q{k}"])
+            weights = self.attention(rcab.ca, rcab.bn, stats[f"q{k}"])
+            inputs = [f"q{k}"] + ([f"u{k}"] if rcab.residual else [])
             if k < len(rcabs):
-                nxt = rcabs[k]
+                nxt_q = rcabs[k]
 
-                def step_q(q, u=None, block=block, weights=weights, nxt=nxt, k=k):
+                def step_q(q, u=None, rcab=rcab, weights=weights, nxt_q=nxt_q, k=k):
                     out: dict[str, torch.Tensor] = {}
-                    self._start_rcab(nxt, self._finish_rcab(block, weights, q, u), out, k + 1)
+                    self._start_rcab(nxt_q, self._finish_rcab(rcab, weights, q, u), out, k + 1)
                     return out
 
-                outputs = {f"q{k + 1}": width} | ({f"u{k + 1}": width} if nxt.residual else {})
+                outputs = {f"q{k + 1}": width} | ({f"u{k + 1}": width} if nxt_q.residual else {})
                 stats = self.run(inputs, 0, step_q, outputs, {f"q{k + 1}"})
             else:
-                def last_q(q, u=None, block=block, weights=weights):
-                    return {"fq": m.fuse_spectral[0](self._finish_rcab(block, weights, q, u))}
+                def last_q(q, u=None, rcab=rcab, weights=weights):
+                    return {"fq": part(m.fuse_spectral, 0, nn.Conv2d)(self._finish_rcab(rcab, weights, q, u))}
 
-                halo = m.fuse_spectral[0].kernel_size[0] // 2
+                halo = int(part(m.fuse_spectral, 0, nn.Conv2d).kernel_size[0]) // 2
                 fq = self.run(inputs, halo, last_q, {"fq": width}, {"fq"})["fq"]
-                self.norm(m.fuse_spectral[1], fq)
+                self.norm(part(m.fuse_spectral, 1, nn.BatchNorm2d), fq)
         return self.result
 
 

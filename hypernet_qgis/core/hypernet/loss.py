@@ -33,7 +33,8 @@ def focal_cosine_loss(
     if index.numel() == 0:
         raise ValueError("focal_cosine_loss needs at least one training pixel")
     index = index.to(device=p1.device, dtype=torch.long)
-    return _symmetric_loss(*(pixels_at(t, index) for t in (p1, z1, p2, z2)), gamma)
+    c_p1, c_z1, c_p2, c_z2 = (pixels_at(t, index) for t in (p1, z1, p2, z2))
+    return _symmetric_loss(c_p1, c_z1, c_p2, c_z2, gamma)
 
 
 def _symmetric_loss(p1: torch.Tensor, z1: torch.Tensor, p2: torch.Tensor, z2: torch.Tensor, gamma: float) -> torch.Tensor:

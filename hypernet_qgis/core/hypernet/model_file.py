@@ -18,7 +18,7 @@ import os
 import warnings
 import zipfile
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -258,7 +258,7 @@ def _read_checked(path: Path) -> tuple[dict, dict]:
     meta = validate_metadata(meta, path)
     state = payload.get("state_dict")
     _check_state(state, meta, path)
-    return meta, state
+    return meta, cast(dict, state)  # _check_state refused anything but a dict of tensors
 
 
 def read_metadata(path: str | os.PathLike) -> dict:

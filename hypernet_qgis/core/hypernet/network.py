@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -50,6 +51,22 @@ def default_widths(bands: int, width: int | None = None) -> tuple[int, int, int]
 def _hidden(channels: int) -> int:
     """Hidden width of the channel-attention MLP: channels // 16, at least 1 (small widths)."""
     return max(1, channels // REDUCTION)
+
+
+_Part = TypeVar("_Part", bound=nn.Module)
+
+
+def part(block: nn.Module, index: int, kind: type[_Part]) -> _Part:
+    """Layer ``index`` of the ``nn.Sequential`` ``block``, checked to be a ``kind`` (the fuse blocks, shortcuts)."""
+    layer = block[index] if isinstance(block, nn.Sequential) else None
+    if not isinstance(layer, kind):
+        raise TypeError(f"expected a {kind.__name__} at {index} of {type(block).__name__}")
+    return layer
+
+
+def _kernel(block: nn.Module) -> int:
+    """Kernel size of the convolution that opens ``block``."""
+    return int(part(block, 0, nn.Conv2d).kernel_size[0])
 
 
 class _StopForward(Exception):
@@ -260,8 +277,8 @@ class HyperNet(nn.Module):
         rsabs = [self.rsab1, self.rsab2, self.rsab3]
         if key is None:
             spatial = sum(b.radius for b in rsabs) + self.pool.kernel_size // 2
-            spectral = self.fuse_spectral[0].kernel_size[0] // 2
-            return max(spatial + self.fuse_spatial[0].kernel_size[0] // 2, spectral)
+            spectral = _kernel(self.fuse_spectral) // 2
+            return max(spatial + _kernel(self.fuse_spatial) // 2, spectral)
         if key in self.SPECTRAL_KEYS:
             return 0
         k = self.SPATIAL_KEYS.index(key)

@@ -22,6 +22,7 @@ geometry (:func:`tiles`, :func:`window`, :func:`interior`).
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import numpy as np
 import torch
@@ -119,7 +120,7 @@ def pooled_statistics(model: HyperNet, x: np.ndarray, tile: int, device="cpu", f
 @torch.no_grad()
 def iter_fused_features(model: HyperNet, x: np.ndarray, tile: int, device="cpu", feedback: Feedback | None = None,
                         as_tensor: bool = False, pooled: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = None
-                        ) -> Iterator[tuple[int, int, np.ndarray]]:
+                        ) -> Iterator[tuple[int, int, Any]]:
     """Yield ``(row0, col0, features (2*width, tile rows, tile cols))`` per tile, row-major, exactly as ``model(x)``.
 
     ``model`` must be in eval mode; it is moved to ``device`` ("auto": CUDA when available).
@@ -172,6 +173,6 @@ def fused_features_tiled(model: HyperNet, x: np.ndarray, tile: int, device="cpu"
     for r0, c0, f in iter_fused_features(model, x, tile, device, feedback, pooled=pooled):
         if on_tile is not None:
             on_tile(r0, c0, f)
-        else:
+        elif out is not None:
             out[:, r0: r0 + f.shape[1], c0: c0 + f.shape[2]] = f
     return out

@@ -183,7 +183,7 @@ def train_hypernet(
     with training_allocator(device, reuse_pages):  # CPU: reuse the last step's pages when the budget allows
         for epoch in range(epochs):
             check_cancelled(feedback)
-            if config.schedule == "paper":
+            if config.schedule == "paper" and t1 is not None and t2 is not None:  # (in memory for this schedule)
                 b1, b2, gb = t1, t2, g.unsqueeze(0)
             else:
                 r0, c0, crop = _step_batches(rows, cols, config, rng, plan)

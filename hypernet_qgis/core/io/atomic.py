@@ -127,9 +127,8 @@ def atomic_file(path: str | os.PathLike, what: str, example: str, binary: bool =
     except OSError as exc:
         raise InputError(f"Cannot write {what} in {folder} ({exc.strerror}). Choose a writable folder.") from None
     try:
-        mode = "wb" if binary else "w"
         try:
-            with os.fdopen(fd, mode, **({} if binary else {"encoding": "utf-8", "newline": "\n"})) as fh:
+            with (os.fdopen(fd, "wb") if binary else os.fdopen(fd, "w", encoding="utf-8", newline="\n")) as fh:
                 yield fh
                 fh.flush()
                 os.fsync(fh.fileno())

@@ -12,6 +12,7 @@ import contextlib
 import os
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 from ..errors import InputError
 
@@ -40,7 +41,7 @@ def _partners(path: str) -> set[str]:
 
 
 @contextlib.contextmanager
-def _gdal_quiet() -> Iterator[object | None]:
+def _gdal_quiet() -> Iterator[Any]:
     try:
         from osgeo import gdal
     except ImportError:  # the model-only jobs run without GDAL
@@ -128,8 +129,8 @@ def check_job_paths(outputs: Mapping[str, str | os.PathLike | None] | Sequence[s
     ``outputs``: label -> path (None/"" = not written), or a plain list of paths. ``inputs``: every file the job
     reads (rasters, masks, model files); a VRT's sources and ENVI partners are included automatically.
     """
-    items = list(outputs.items()) if isinstance(outputs, Mapping) else [("The output", o) for o in outputs]
-    items = [(label, os.fspath(p)) for label, p in items if p is not None and os.fspath(p) != ""]
+    given = list(outputs.items()) if isinstance(outputs, Mapping) else [("The output", o) for o in outputs]
+    items = [(label, str(os.fspath(p))) for label, p in given if p is not None and os.fspath(p) != ""]
     taken = input_files(inputs)
     existing_inputs = [f for f in taken if os.path.exists(f)]
     seen: list[tuple[str, str]] = []

@@ -104,7 +104,7 @@ def area_message(changed_pixels: int, valid_pixels: int, geotransform: Sequence[
         text = f"{a['changed_hectares']:.4g} ha"
     else:
         text = f"{a['changed_area']:.6g} map units² (no projected CRS, so no hectares)"
-    return f"Changed area: {text}, {100.0 * a['changed_share']:.2f}% of the valid area."
+    return f"Changed area: {text}, {100.0 * (a['changed_share'] or 0.0):.2f}% of the valid area."
 
 
 # ------------------------------------------------------------------------------------------ helpers
@@ -284,7 +284,7 @@ def polygonize_change(
                 ids = lab[sel]
                 counts += np.bincount(ids, minlength=max_fid + 1)
                 values = _intensity_block(inten, r0, n)
-                if values is not None:
+                if values is not None and sums is not None and maxs is not None:
                     v = values.ravel()[sel]
                     ok = np.isfinite(v)
                     sums += np.bincount(ids[ok], weights=v[ok], minlength=max_fid + 1)

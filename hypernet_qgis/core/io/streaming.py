@@ -77,6 +77,8 @@ class WindowReader:
         c0, c1 = self._range(key[2], cols)
         buf = np.empty((r1 - r0, c1 - c0, bands), dtype=np.float32)
         if buf.size:
+            if self._fd is None:
+                raise OSError(f"{self.path} is closed")
             row_bytes = (c1 - c0) * bands * 4
             for i, r in enumerate(range(r0, r1)):
                 got = os.preadv(self._fd, [memoryview(buf[i]).cast("B")], ((r * cols + c0) * bands) * 4)

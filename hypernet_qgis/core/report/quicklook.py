@@ -241,7 +241,7 @@ def intensity_quicklook(
     if a.ndim != 2:
         raise InputError(f"The change intensity must be a 2-D array; got shape {a.shape}.")
     lo, hi = percentile_limits(a)
-    factor = reduction_factor(*a.shape, max_side)
+    factor = reduction_factor(a.shape[0], a.shape[1], max_side)
     small = downsample_mean(a, factor)
     s = stretch(small, lo, hi)
     lut = colour_map_lut(cmap)
@@ -263,7 +263,7 @@ def class_quicklook(
     if codes.ndim != 2:
         raise InputError(f"A class map must be a 2-D array; got shape {codes.shape}.")
     codes = codes.astype(np.uint8, copy=False)
-    factor = reduction_factor(*codes.shape, max_side)
+    factor = reduction_factor(codes.shape[0], codes.shape[1], max_side)
     small = downsample_classes(codes, factor, priority) if priority else downsample_nearest(codes, factor)
     lut = np.zeros((256, 3), dtype=np.uint8)
     for code, rgb in palette.items():
@@ -308,10 +308,10 @@ def png_bytes(image: np.ndarray) -> bytes:
     if h < 1 or w < 1:
         raise InputError("A picture must have at least one pixel.")
     rows = img.reshape(h, w * channels)
-    best = None
+    best = b""
     for kind in (0, 1, 2):
         packed = zlib.compress(_filter_rows(rows, kind, channels).tobytes(), 6)
-        if best is None or len(packed) < len(best):
+        if not best or len(packed) < len(best):
             best = packed
     header = struct.pack(">IIBBBBB", w, h, 8, colour_type, 0, 0, 0)
     return b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", header) + _png_chunk(b"IDAT", best) + _png_chunk(b"IEND", b"")

@@ -251,7 +251,7 @@ def _style_axes(ax) -> None:
     ax.tick_params(labelsize=8)
 
 
-def _clean_history(loss_history: Sequence[float] | None) -> np.ndarray | None:
+def _clean_history(loss_history: Sequence[float] | np.ndarray | None) -> np.ndarray | None:
     if loss_history is None:
         return None
     try:
@@ -261,7 +261,7 @@ def _clean_history(loss_history: Sequence[float] | None) -> np.ndarray | None:
     return values if values.size else None
 
 
-def loss_figure(loss_history: Sequence[float], size: tuple[int, int] = (PAIR_WIDTH, 300)) -> bytes:
+def loss_figure(loss_history: Sequence[float] | np.ndarray, size: tuple[int, int] = (PAIR_WIDTH, 300)) -> bytes:
     """PNG of the training loss per epoch (log scale when all positive and spanning more than 20x)."""
     values = _clean_history(loss_history)
     if values is None:
@@ -332,7 +332,7 @@ def histogram_figure(intensity: np.ndarray, threshold: float | None, method: str
     return _figure_png(fig)
 
 
-def roc_figure(fpr: Sequence[float], tpr: Sequence[float], auc: float | None,
+def roc_figure(fpr: Sequence[float] | np.ndarray, tpr: Sequence[float] | np.ndarray, auc: float | None,
                size: tuple[int, int] = (PAIR_WIDTH, PAIR_WIDTH)) -> bytes:
     """PNG of a ROC curve with the chance diagonal and the AUC in the legend."""
     fpr_a = np.asarray(fpr, dtype=np.float64).ravel()
@@ -376,7 +376,7 @@ def _cube(name: str, a: Any) -> np.ndarray:
     return arr
 
 
-def _check_2d(name: str, a: Any, shape: tuple[int, int] | None) -> np.ndarray:
+def _check_2d(name: str, a: Any, shape: tuple[int, ...] | None) -> np.ndarray:
     arr = np.asarray(a)
     if arr.ndim != 2:
         raise InputError(f"{name} must be a 2-D (rows, cols) array; got shape {arr.shape}.")
@@ -416,7 +416,7 @@ def _input_pictures(page: _Page, t1: np.ndarray, t2: np.ndarray, info: Mapping[s
     page.pictures(cells)
 
 
-def _training_section(page: _Page, loss_history: Sequence[float] | None, training_mask: np.ndarray | None,
+def _training_section(page: _Page, loss_history: Sequence[float] | np.ndarray | None, training_mask: np.ndarray | None,
                       valid: np.ndarray | None) -> None:
     history = _clean_history(loss_history)
     if history is None and training_mask is None:
@@ -665,9 +665,9 @@ def _confusion_table(cm: np.ndarray) -> str:
 
 
 def evaluation_report(path: PathLike, *, prediction: np.ndarray, reference: np.ndarray, metrics: Mapping[str, Any],
-                      roc: Sequence[Sequence[float]] | None = None, auc: float | None = None,
-                      error_map: np.ndarray | None = None, changed: Sequence[int] = (1,),
-                      unchanged: Sequence[int] = (0,), ignore: Sequence[int] = (), info: Mapping[str, Any] | None = None,
+                      roc: Sequence[Sequence[float] | np.ndarray] | None = None, auc: float | None = None,
+                      error_map: np.ndarray | None = None, changed: Sequence[float] = (1,),
+                      unchanged: Sequence[float] = (0,), ignore: Sequence[float] = (), info: Mapping[str, Any] | None = None,
                       title: str = "HyperNet accuracy report") -> None:
     """Write an HTML accuracy report: OA, kappa, F1, precision, recall (and AUC), the confusion matrix, the ROC
     curve, the error map (false alarms and misses), the prediction and the reference.
@@ -835,7 +835,8 @@ def _train_info(train: Any) -> dict[str, Any]:
         info["widths (branch, projector, predictor)"] = list(train.widths)
     config = getattr(train, "config", None)
     if config is not None:
-        info["settings"] = asdict(config) if is_dataclass(config) else dict(vars(config))
+        info["settings"] = asdict(config) if is_dataclass(config) and not isinstance(config, type) \
+            else dict(vars(config))
     scaling = extra.get("scaling")
     if isinstance(scaling, Mapping) and scaling.get("method"):
         info["scaling"] = scaling["method"]
