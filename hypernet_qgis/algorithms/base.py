@@ -210,16 +210,6 @@ def layer_path(alg: QgsProcessingAlgorithm, parameters: dict, name: str, context
     return source.split("|")[0]
 
 
-def check_distinct_dates(t1: str, t2: str) -> None:
-    """T1 and T2 must be two images: the same file (or layer) twice would train for nothing and find no change."""
-    same = os.path.realpath(t1) == os.path.realpath(t2)
-    if not same and os.path.exists(t1) and os.path.exists(t2):
-        same = os.path.samefile(t1, t2)
-    if same:
-        raise InputError(f"Image T1 and Image T2 are the same image ({os.path.basename(t1)}). Choose the image of "
-                         "the second date as T2.")
-
-
 def check_output_path(path: str, label: str, extensions: tuple[str, ...] | None = None) -> str:
     """The output folder exists and accepts a new file (a real write probe), and the extension fits."""
     if not path:
@@ -247,33 +237,10 @@ def check_output_path(path: str, label: str, extensions: tuple[str, ...] | None 
 
 def check_pair(t1: str, t2: str, bands: list[int] | None, min_bands: int, what: str = "HyperNet",
                align: bool = False):
-    """Both dates readable, on one grid (``align``: or T2 can be warped onto T1's), enough bands after BANDS, big
-    enough. Returns T1's RasterInfo."""
-    from ..core.io import raster_io
+    """The engine's pair check (``core.pair.check_pair_files``) with the dialog's labels; returns T1's RasterInfo."""
+    from ..core.pair import DIALOG_LABELS, check_pair_files
 
-    check_distinct_dates(t1, t2)
-    info1, info2 = raster_io.raster_info(t1), raster_io.raster_info(t2)
-    if align:
-        from ..core.io.align import check_alignable
-
-        check_alignable(info1, info2)
-    else:
-        raster_io.check_same_grid(info1, info2)
-    if bands is not None:
-        bad = [b for b in bands if b > info1.bands]
-        if bad:
-            raise InputError(f"Bands asks for band {bad[0]} but {info1.name} has {info1.bands} band"
-                             f"{'s' if info1.bands != 1 else ''}. Use band numbers from 1 to {info1.bands}.")
-    count = len(bands) if bands is not None else info1.bands
-    if count < min_bands:
-        raise InputError(f"{info1.name} has {count} band{'s' if count != 1 else ''}"
-                         f"{' after the band selection' if bands else ''}; {what} needs at least {min_bands}. "
-                         "Use a multi- or hyperspectral image (or more bands in Bands).")
-    if min(info1.rows, info1.cols) < MIN_SIDE:
-        raise InputError(f"The images are {info1.cols}x{info1.rows} pixels; {what} needs at least "
-                         f"{MIN_SIDE}x{MIN_SIDE} (its 3x3, 5x5 and 7x7 windows would see mostly padding). "
-                         "Use a larger area.")
-    return info1
+    return check_pair_files(t1, t2, bands, min_bands, what, align=align, labels=DIALOG_LABELS)[0]
 
 
 def check_band_choice(t1: str, t2: str, bands: list[int] | None, values: dict[str, Any]) -> None:

@@ -20,6 +20,7 @@ import numpy as np
 from .classic.scaling import standardize
 from .errors import InputError
 from .io import raster_io, streaming
+from .io.align import check_alignable
 from .options import DEFAULT_MEMORY_BUDGET_MB, MIN_SIDE
 from .progress import Feedback, NullFeedback
 
@@ -104,31 +105,49 @@ def _name(path: str) -> str:
     return os.path.basename(str(path))
 
 
+@dataclass(frozen=True)
+class PairLabels:
+    """How messages name the inputs: the CLI's and qgis_process's names, or the QGIS dialog's labels."""
+
+    t1: str = "T1"
+    t2: str = "T2"
+    bands: str = "BANDS"
+
+
+DIALOG_LABELS = PairLabels("Image T1", "Image T2", "Bands")
+
+
 def check_pair_files(t1: str, t2: str, bands: Sequence[int] | None = None, min_bands: int = 1,
-                     what: str = "HyperNet") -> tuple[raster_io.RasterInfo, raster_io.RasterInfo]:
+                     what: str = "HyperNet", *, align: bool = False, labels: PairLabels = PairLabels()
+                     ) -> tuple[raster_io.RasterInfo, raster_io.RasterInfo]:
     """Everything about the two files that can be known before reading a pixel; InputError naming the problem.
 
-    Two different images (not one file twice), the same grid, CRS and bands, the band selection within the band
-    count, at least ``min_bands`` bands after it, and at least MIN_SIDE pixels a side.
+    Two different images (not one file twice), the same grid, CRS and bands (``align``: or T2 can be warped onto
+    T1's grid), the band selection within the band count, at least ``min_bands`` bands after it, and at least
+    MIN_SIDE pixels a side. Both front ends call it; ``labels`` names the inputs as each front end shows them.
     """
     same = os.path.realpath(t1) == os.path.realpath(t2)
     if not same and os.path.exists(t1) and os.path.exists(t2):
         same = os.path.samefile(t1, t2)
     if same:
-        raise InputError(f"T1 and T2 are the same image ({_name(t1)}). Give the image of the second date as T2.")
+        raise InputError(f"{labels.t1} and {labels.t2} are the same image ({_name(t1)}). Give the image of the "
+                         f"second date as {labels.t2}.")
     info1, info2 = raster_io.raster_info(t1), raster_io.raster_info(t2)
-    raster_io.check_same_grid(info1, info2)
+    if align:
+        check_alignable(info1, info2)
+    else:
+        raster_io.check_same_grid(info1, info2)
     if bands is not None:
         bad = [b for b in bands if not 1 <= b <= info1.bands]
         if bad:
-            raise InputError(f"BANDS asks for band {bad[0]} but {info1.name} has {info1.bands} band"
+            raise InputError(f"{labels.bands} asks for band {bad[0]} but {info1.name} has {info1.bands} band"
                              f"{'s' if info1.bands != 1 else ''}. Use band numbers from 1 to {info1.bands}.")
     count = len(bands) if bands else info1.bands
     if count < min_bands:
         raise InputError(
             f"{info1.name} has {count} band{'s' if count != 1 else ''}"
             f"{' after the band selection' if bands else ''}; {what} needs at least {min_bands}. "
-            "Use a multi- or hyperspectral image, or a band list with more bands.")
+            f"Use a multi- or hyperspectral image, or more bands in {labels.bands}.")
     if min(info1.rows, info1.cols) < MIN_SIDE:
         raise InputError(
             f"The images are {info1.cols}x{info1.rows} pixels; {what} needs at least {MIN_SIDE}x{MIN_SIDE}"
