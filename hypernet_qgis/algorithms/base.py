@@ -11,7 +11,6 @@ from __future__ import annotations
 import math
 import os
 import sys
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -211,7 +210,7 @@ def layer_path(alg: QgsProcessingAlgorithm, parameters: dict, name: str, context
 
 
 def check_output_path(path: str, label: str, extensions: tuple[str, ...] | None = None) -> str:
-    """The output folder exists and accepts a new file (a real write probe), and the extension fits."""
+    """The extension fits the output's kind; then the engine's check (an existing folder that accepts a file)."""
     if not path:
         raise InputError(f"{label}: no output file was given.")
     path = os.path.abspath(os.path.expanduser(path))
@@ -220,19 +219,10 @@ def check_output_path(path: str, label: str, extensions: tuple[str, ...] | None 
     if extensions and not path.lower().endswith(extensions):
         raise InputError(f"{label} {path} must be a GeoTIFF ({', '.join(extensions)}); the change maps are written "
                          "as tiled GeoTIFFs. Change the file name's extension.")
-    folder = os.path.dirname(path)
-    if os.path.isdir(path):
-        raise InputError(f"{label} {path} is a folder. Give a file name such as change.tif.")
-    if not os.path.isdir(folder):
-        what = "is a file, not a folder" if os.path.exists(folder) else "does not exist"
-        raise InputError(f"{label}: the folder {folder} {what}. Create the folder or choose another output path.")
-    try:
-        with tempfile.NamedTemporaryFile(prefix=".hypernet-probe-", dir=folder):
-            pass
-    except OSError as exc:
-        raise InputError(f"{label}: the folder {folder} is not writable ({exc.strerror or exc}). Choose a folder "
-                         "you can write to.") from None
-    return path
+    from ..core.io.paths import check_output_file
+
+    example = "changes.gpkg" if extensions == VECTOR_EXTENSIONS else "change.tif"
+    return check_output_file(path, label, example)
 
 
 def check_pair(t1: str, t2: str, bands: list[int] | None, min_bands: int, what: str = "HyperNet",

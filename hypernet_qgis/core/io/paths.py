@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import tempfile
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -114,8 +115,12 @@ def check_output_file(path: str, label: str, example: str = "change.tif") -> str
         what = "is a file, not a folder" if os.path.exists(folder) else "does not exist"
         raise InputError(f"{label} {path}: the folder {folder} {what}. Create the folder or choose another "
                          "output path.")
-    if not os.access(folder, os.W_OK | os.X_OK):
-        raise InputError(f"{label} {path}: the folder {folder} is not writable. Choose a folder you can write to.")
+    try:  # a real write probe: permission bits and os.access miss read-only mounts, ACLs and Windows folders
+        with tempfile.NamedTemporaryFile(prefix=".hypernet-probe-", dir=folder):
+            pass
+    except OSError as exc:
+        raise InputError(f"{label} {path}: the folder {folder} is not writable ({exc.strerror or exc}). Choose a "
+                         "folder you can write to.") from None
     if os.path.exists(full) and (not os.access(full, os.W_OK) or not os.stat(full).st_mode & 0o200):
         raise InputError(f"{label} {path} exists and is read-only. Make it writable (chmod u+w) or choose another "
                          "file name; read-only files are never replaced.")
