@@ -7,7 +7,7 @@ STAMP := $(VENV)/.hypernet-installed
 APT_PACKAGES := qgis python3-qgis qgis-providers python3-gdal gdal-bin python3-venv python3-matplotlib \
                 xvfb xauth imagemagick libtcmalloc-minimal4
 # the engine's dependencies, then the test tools (pyproject.toml's [test] extra: pytest and the security scans)
-PIP_PACKAGES := torch==2.13.0 spectral "numpy<2" pytest "bandit>=1.7" "detect-secrets>=1.4" "ruff>=0.6"
+PIP_PACKAGES := torch==2.13.0 spectral "numpy<2" pytest "bandit>=1.7" "detect-secrets>=1.4" "ruff>=0.6" "mypy>=1.8"
 PLUGIN := hypernet_qgis
 BUILD := build/$(PLUGIN)
 # Any Python 3: assembling the plugin and its zip needs only the standard library (no venv, root or network).
