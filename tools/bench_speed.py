@@ -225,6 +225,28 @@ def case_big(folder: str, side: int, bands: int) -> dict:
             "memory_budget_mb": TrainConfig().memory_budget_mb}
 
 
+def case_job_budget(folder: str, side: int, bands: int, budget: int, epochs: int) -> dict:
+    """The whole Detect Change job (read, standardise, train ``epochs``, detect, write) from float32 GeoTIFFs
+    within ``budget`` MB: the peak RSS of the whole process against the budget (issue 14's goal)."""
+    import torch
+
+    from hypernet_qgis.core.hypernet.training import TrainConfig
+    from hypernet_qgis.core.memory import detection_plan
+    from hypernet_qgis.core.pipeline import detect_files
+
+    t1, t2 = _write_geotiffs(folder, bands, side, side)
+    before = _peak_gb()
+    start = time.perf_counter()
+    res = detect_files(t1, t2, os.path.join(folder, "change.tif"),
+                       config=TrainConfig(device="cpu", epochs=epochs, memory_budget_mb=budget))
+    width = res.train.model.width if res.train else 0
+    plan = detection_plan(bands, width, side, side, budget, res.train.model.halo()) if res.train else None
+    return {"case": "job_budget", "size": f"{side}x{side}x{bands}", "budget_mb": budget, "epochs": epochs,
+            "threads": torch.get_num_threads(), "seconds": time.perf_counter() - start, "peak_rss_gb": _peak_gb(),
+            "peak_rss_gb_before_job": before, "windowed": bool(res.extra.get("streamed", False)),
+            "stages_s": res.extra.get("stages_s", {}), "plan": plan.__dict__ if plan else None}
+
+
 def _disk_pair(folder: str, bands: int, rows: int, cols: int):
     """The synthetic standardised pair written strip by strip as the streamed route's scratch files (WindowReaders)."""
     import numpy as np
@@ -467,6 +489,29 @@ def _markdown_detection(results: dict) -> str:
     return "\n".join(lines)
 
 
+def _markdown_job_budget(results: dict) -> str:
+    """The JOB-BUDGET section: peak RSS of whole Detect Change jobs against the memory budget."""
+    lines = ["<!-- JOB-BUDGET -->", f"`python tools/bench_speed.py --job-budget-only`, {results['date']}, "
+             f"{results['machine']}, torch {results['torch']}; each row a fresh process (read, standardise, train, "
+             "detect, write float32 GeoTIFFs; peak RSS of the whole process, engine import included). Seconds "
+             "depend on the load of the shared machine; the peak memory does not.", "",
+             "| size | budget (MB) | allocator | epochs | route | detection | seconds | peak RSS (GB) | "
+             "budget + 0.5 GB | within |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in results["cases"]:
+        if "error" in r:
+            lines.append(f"| {r.get('case')} | | {r.get('allocator', '')} | | | | | failed: {r['error']} | | |")
+            continue
+        p = r.get("plan") or {}
+        how = "-" if not p else ("whole" if p.get("whole") else f"tiles of {p.get('tile')}, scratch in "
+                                 + ("memory" if p.get("scratch_in_memory") else "disk files"))
+        limit = (r["budget_mb"] + 512) / 1024
+        lines.append(f"| {r['size']} | {r['budget_mb']} | {r.get('allocator', 'system')} | {r['epochs']} | "
+                     f"{'windows' if r['windowed'] else 'in memory'} | {how} | {_fmt(r['seconds'])} | "
+                     f"{_fmt(r['peak_rss_gb'], 2)} | {limit:.2f} | {'yes' if r['peak_rss_gb'] <= limit else 'NO'} |")
+    lines += ["", "<!-- /JOB-BUDGET -->"]
+    return "\n".join(lines)
+
+
 def _update_benchmarks_md(section: str, tag: str = "SPEED") -> None:
     path = REPO / "BENCHMARKS.md"
     text = path.read_text() if path.exists() else "# Benchmarks\n"
@@ -491,6 +536,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--detection-only", action="store_true",
                    help="run only the tiled-versus-whole and peak-RSS-versus-budget detection cases; keep the other "
                         "results of the last run in the report")
+    p.add_argument("--job-budget-only", action="store_true",
+                   help="run only the peak-RSS-versus-budget table of whole Detect Change jobs (1024, 2048, 4096 MB; "
+                        "both allocators; --job-sizes); keep the other results of the last run in the report")
+    p.add_argument("--job-sizes", default="1500x100,2000x224", help="side x bands of the job-budget pairs")
+    p.add_argument("--job-epochs", type=int, default=2, help="training epochs of the job-budget runs")
     p.add_argument("--quick", action="store_true", help="only the 307x241x154 paper epochs (a smoke run)")
     p.add_argument("--epochs", type=int, default=2, help="paper epochs per case, the first is the warm-up")
     p.add_argument("--out", default=str(REPO / "bench-results" / "speed.json"))
@@ -510,6 +560,8 @@ def main(argv: list[str] | None = None) -> int:
                 res = case_tiled(int(args.child[1]), int(args.child[2]))
             elif kind == "budget":
                 res = case_budget(folder, int(args.child[1]), int(args.child[2]), int(args.child[3]))
+            elif kind == "job_budget":
+                res = case_job_budget(folder, *(int(a) for a in args.child[1:5]))
             else:
                 raise SystemExit(f"unknown case {kind}")
         print(json.dumps(res))
@@ -520,7 +572,7 @@ def main(argv: list[str] | None = None) -> int:
     start = time.perf_counter()
     cases = []
     plan: list[tuple[list[str], int | None, int, str]] = []
-    only = args.big_only or args.detection_only
+    only = args.big_only or args.detection_only or args.job_budget_only
     for threads in (1, None) if not only else ():
         for ops in ("ours", "published"):
             plan.append((["paper", "307x241x154", str(args.epochs + 1), "reuse", ops], threads, 900, "system"))
@@ -533,7 +585,13 @@ def main(argv: list[str] | None = None) -> int:
         plan.append((["detect_default", "600x500x224"], 1, 1800, "system"))
         for alloc in ("system", "tcmalloc"):
             plan.append((["detect_default", "600x500x224"], None, 1800, alloc))
-    if not args.quick and not args.big_only:
+    if not args.quick and not args.big_only and not args.detection_only:
+        for size in args.job_sizes.split(","):
+            side, bands = size.split("x")
+            for budget in (1024, 2048, 4096):
+                for alloc in ("system", "tcmalloc"):
+                    plan.append((["job_budget", side, bands, str(budget), str(args.job_epochs)], 2, 3600, alloc))
+    if not args.quick and not args.big_only and not args.job_budget_only:
         plan.append((["tiled", "1000", "100"], 2, 1800, "system"))
         for budget in (1024, 2048, 4096):
             for alloc in ("system", "tcmalloc"):
@@ -559,8 +617,13 @@ def main(argv: list[str] | None = None) -> int:
     if detection["cases"]:
         out.with_name("speed-detection.json").write_text(json.dumps(detection, indent=2))
         _update_benchmarks_md(_markdown_detection(detection), "DETECTION-SPEED")
-    if args.detection_only:
-        print(f"recorded the detection cases in {out.with_name('speed-detection.json')} and BENCHMARKS.md")
+    jobs = {"date": detection["date"], "torch": torch.__version__, "machine": detection["machine"],
+            "cases": [r for r in cases if str(r.get("case", "")).startswith("job_budget")]}
+    if jobs["cases"]:
+        out.with_name("speed-job-budget.json").write_text(json.dumps(jobs, indent=2))
+        _update_benchmarks_md(_markdown_job_budget(jobs), "JOB-BUDGET")
+    if args.detection_only or args.job_budget_only:
+        print(f"recorded the detection / job-budget cases in {out.parent} and BENCHMARKS.md")
         return 0
     if args.big_only and out.exists():  # keep the last full run, with the new big record
         results = json.loads(out.read_text())
