@@ -43,6 +43,49 @@ def test_strips_follow_the_budget():
     assert memory.strip_values(1, 224, 2000) == 224 * 2000  # at least a row
 
 
+def test_gdal_cache_rule():
+    # one row of blocks of both dates, with a margin, within a quarter of the budget, never below the minimum
+    assert memory.gdal_cache_mb(4096, 100) == 110
+    assert memory.gdal_cache_mb(1024, 2000) == 256
+    assert memory.gdal_cache_mb(1024, 1) == memory.GDAL_CACHE_MIN_MB
+
+
+def test_reading_a_pair_bounds_gdal_cache_and_restores_it(tmp_path):
+    """GDAL's default block cache (5 % of the machine's memory) is outside every budget: while a pair is read the
+    engine holds it to the memory model's size, on both routes, and gives the previous size back."""
+    import numpy as np
+    from osgeo import gdal
+
+    from hypernet_qgis.core.pair import open_pair
+    from test_qgis_support import write_tif
+
+    rng = np.random.default_rng(0)
+    t1 = write_tif(tmp_path / "t1.tif", rng.normal(size=(8, 64, 64)).astype(np.float32))
+    t2 = write_tif(tmp_path / "t2.tif", rng.normal(size=(8, 64, 64)).astype(np.float32))
+    before = 900 * 2**20
+    gdal.SetCacheMax(before)
+    seen: list[int] = []
+
+    class Watch:
+        def set_progress(self, fraction):
+            seen.append(gdal.GetCacheMax())
+
+        def info(self, text):
+            pass
+
+        def is_cancelled(self):
+            return False
+
+    try:
+        for budget in (1024, 0.1):  # in memory, then by windows (the pair is larger than 0.1 MB)
+            with open_pair(t1, t2, memory_budget_mb=budget, feedback=Watch()) as pair:
+                assert pair.windowed == (budget < 1)
+            assert gdal.GetCacheMax() == before
+        assert seen and max(seen) <= memory.GDAL_CACHE_MIN_MB * 2**20, seen  # (the windowed route reports progress)
+    finally:
+        gdal.SetCacheMax(256 * 2**20)
+
+
 def test_whole_pair_and_training_sizes():
     assert memory.whole_pair_mb(224, 2000, 2000) == pytest.approx(4 * 224 * 4e6 * 4 / memory.MB)
     assert memory.train_step_mb(224, 112, 0) == memory.TRAIN_FIXED_MB

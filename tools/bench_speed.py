@@ -234,7 +234,11 @@ def case_job_budget(folder: str, side: int, bands: int, budget: int, epochs: int
     from hypernet_qgis.core.memory import detection_plan
     from hypernet_qgis.core.pipeline import detect_files
 
-    t1, t2 = _write_geotiffs(folder, bands, side, side)
+    # the inputs are written by another process: GDAL's cache while writing them is not the job's memory
+    subprocess.run([sys.executable, "-c", "import sys; sys.path.insert(0, sys.argv[1]); import bench_speed; "
+                    "bench_speed._write_geotiffs(sys.argv[2], *map(int, sys.argv[3:6]))", str(Path(__file__).parent),
+                    folder, str(bands), str(side), str(side)], check=True)
+    t1, t2 = os.path.join(folder, "t1.tif"), os.path.join(folder, "t2.tif")
     before = _peak_gb()
     start = time.perf_counter()
     res = detect_files(t1, t2, os.path.join(folder, "change.tif"),

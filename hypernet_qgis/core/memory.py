@@ -16,7 +16,10 @@ the working memory of a job. What it decides:
   disk scratch files read by windows;
 * **read strips** of the streamed route (:func:`strip_values`): both dates' strips, raw and standardised, in a
   quarter of the budget, capped at ``STRIP_VALUES``;
-* **whole pair or windows** (:func:`whole_pair_mb`): the in-memory route holds both dates raw and standardised.
+* **whole pair or windows** (:func:`whole_pair_mb`): the in-memory route holds both dates raw and standardised;
+* **GDAL's block cache** while the inputs are read (:func:`gdal_cache_mb`): GDAL's default is 5 % of the
+  machine's memory (1.2 GB on 24 GB), outside any budget; the engine lowers it to what one row of blocks of both
+  dates needs, at most ``GDAL_CACHE_SHARE`` of the budget, and restores it after reading.
 
 Peak RSS also carries the engine itself (~0.3 GB imported) and the per-pixel maps of the job (valid mask,
 intensity, change map: about 10 bytes a pixel), which the budget does not size; ``tests/test_memory.py`` checks
@@ -56,6 +59,10 @@ STRIP_VALUES = 32 * 2**20
 STRIP_SHARE = 0.25
 
 MB = 2**20
+#: Most of the budget that GDAL's block cache may take while the inputs are read.
+GDAL_CACHE_SHARE = 0.25
+#: The least block cache given to GDAL (MB): a few blocks of any layout.
+GDAL_CACHE_MIN_MB = 32
 
 
 def device_budget_mb(device: Any, memory_budget_mb: float) -> float:
@@ -182,3 +189,11 @@ def strip_values(memory_budget_mb: float | None, bands: int = 1, cols: int = 1) 
         return STRIP_VALUES
     values = int(STRIP_SHARE * memory_budget_mb * MB / (2 * (2 * FLOAT_BYTES + 8)))
     return max(bands * cols, min(STRIP_VALUES, values))
+
+
+def gdal_cache_mb(memory_budget_mb: float, block_row_mb: float) -> int:
+    """GDAL's block cache (MB) while a pair is read: one row of blocks of both dates (``block_row_mb``, their sum)
+    with a 10 % margin, so that each block is decoded once by the strip-by-strip reads, but at least
+    GDAL_CACHE_MIN_MB and at most GDAL_CACHE_SHARE of the budget."""
+    want = 1.1 * block_row_mb
+    return int(math.ceil(round(max(GDAL_CACHE_MIN_MB, min(want, GDAL_CACHE_SHARE * memory_budget_mb)), 6)))

@@ -76,6 +76,29 @@ class RasterInfo:
 
 # --------------------------------------------------------------------------------------------- opening
 
+def block_row_mb(path: str) -> float:
+    """MB of one row of blocks across the raster's width and all its bands: what GDAL decodes for a strip."""
+    with quiet_gdal():
+        ds = gdal.Open(resolve_raster_path(path))
+    if ds is None:
+        return 0.0
+    band = ds.GetRasterBand(1)
+    block_rows = band.GetBlockSize()[1]
+    value_bytes = gdal.GetDataTypeSize(band.DataType) // 8
+    return block_rows * ds.RasterXSize * ds.RasterCount * value_bytes / 2**20
+
+
+@contextlib.contextmanager
+def gdal_cache(mb: int) -> Iterator[None]:
+    """GDAL's block cache at most ``mb`` MB inside the block (never raised), the previous size restored after."""
+    previous = gdal.GetCacheMax()
+    gdal.SetCacheMax(min(previous, int(mb) * 2**20))
+    try:
+        yield
+    finally:
+        gdal.SetCacheMax(previous)
+
+
 @contextlib.contextmanager
 def quiet_gdal() -> Iterator[None]:
     """Silence GDAL's stderr chatter; errors are reported through InputError instead."""
