@@ -300,15 +300,28 @@ def _on_one_grid(job, method: str | None, t1: str, t2: str, out: str, align: boo
             kwargs["unchanged_mask"] = pair.mask
         args = (method, pair.t1, pair.t2, out) if method is not None else (pair.t1, pair.t2, out)
         result = job(*args, **kwargs)
-    if pair.note:
-        result.extra["align"] = pair.note
-        loaded = getattr(result, "pair", None)
-        if loaded is not None:  # the report names the files the user gave, not the temporary VRTs
-            loaded.info1.path, loaded.info2.path = str(t1), str(t2)
-        train = result if method is None and hasattr(result, "model") else getattr(result, "train", None)
-        if train is not None and isinstance(train.extra.get("inputs"), dict):
-            train.extra["inputs"].update({"t1": str(t1), "t2": str(t2)})
+        if pair.note:
+            _name_the_given_files(result, method, str(t1), str(t2), pair.t1, pair.t2)
+            result.extra["align"] = pair.note
     return result
+
+
+def _name_the_given_files(result: Any, method: str | None, t1: str, t2: str, used1: str, used2: str) -> None:
+    """After a job on an aligned pair (inside its temporary folder): the report's pictures are read now from the
+    warped files ``used1``/``used2``, then the results name the files the user gave, not the temporary VRTs."""
+    loaded = getattr(result, "pair", None)
+    if loaded is not None:
+        loaded.keep_report_dates()  # a windowed pair re-reads its pictures from the files: not after they go
+        loaded.info1.path, loaded.info2.path = t1, t2
+    train = result if method is None and hasattr(result, "model") else getattr(result, "train", None)
+    if train is not None and isinstance(train.extra.get("inputs"), dict):
+        from .report.report import training_pictures
+
+        try:
+            train.report_images = training_pictures(train, used1, used2)
+        except Exception:  # noqa: BLE001  (only the report's pictures; the report says so by their absence)
+            train.report_images = None
+        train.extra["inputs"].update({"t1": t1, "t2": t2})
 
 
 def train_files(t1: str, t2: str, model_out: str, *, align: bool = True, resampling: str = "bilinear",

@@ -30,6 +30,8 @@ class TrainResult:
     config: TrainConfig
     widths: tuple[int, int, int]
     extra: dict[str, Any] = field(default_factory=dict)
+    #: (t1, t2, wavelengths) of the report's pictures, kept when the inputs were temporary (aligned) files
+    report_images: tuple[np.ndarray, np.ndarray, list[float] | None] | None = field(default=None, repr=False)
 
     def metadata(self) -> dict[str, Any]:
         """JSON-able training metadata for the model file."""
