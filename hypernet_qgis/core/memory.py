@@ -16,7 +16,8 @@ the working memory of a job. What it decides:
   disk scratch files read by windows;
 * **read strips** of the streamed route (:func:`strip_values`): both dates' strips, raw and standardised, in a
   quarter of the budget, capped at ``STRIP_VALUES``;
-* **whole pair or windows** (:func:`whole_pair_mb`): the in-memory route holds both dates raw and standardised.
+* **whole pair or windows** (:func:`whole_pair_mb`): the in-memory route holds both dates raw and standardised;
+  a series' shared model holds all its pairs at once, each within an equal share (:func:`shared_pair_budget_mb`).
 
 Peak RSS also carries the engine itself (~0.3 GB imported) and the per-pixel maps of the job (valid mask,
 intensity, change map: about 10 bytes a pixel), which the budget does not size; ``tests/test_memory.py`` checks
@@ -166,6 +167,13 @@ def crop_plan(rows: int, cols: int, bands: int, width: int, crop_size: int, pixe
     pixels = min(pixels_per_step, rows * cols, max(limit, crop * crop))
     count = max(1, pixels // (crop * crop))
     return crop, count
+
+
+def shared_pair_budget_mb(memory_budget_mb: float, pairs: int) -> float:
+    """The budget each pair gets when one model trains on ``pairs`` pairs at once (a series' shared model): equal
+    shares, so that the pairs held together stay within the budget; a pair over its share is read by windows
+    (``pair.open_pair``). The training step itself is sized by :func:`crop_plan` as for one pair."""
+    return float(memory_budget_mb) / max(1, int(pairs))
 
 
 # --- reading ----------------------------------------------------------------------------------------------------
