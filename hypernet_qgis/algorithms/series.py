@@ -61,7 +61,7 @@ class DetectSeriesAlgorithm(HyperNetAlgorithm):
         "of the list). The images are ordered by date. A date on another grid than the first date's is warped "
         "onto it (advanced: ALIGN).</p>"
         "<p><b>HyperNet training</b>: <i>one model for all pairs</i> (default) trains once on crops of every "
-        "consecutive pair: N-1 times faster than a model per pair, and every pair's map comes from the same "
+        "consecutive pair: one training instead of one per pair, and every pair's map comes from the same "
         "features, so the maps compare across dates; the model is saved as series_model.hypernet for later "
         "dates. <i>A model per pair</i> fits each pair on its own (the paper's setting for one pair), at N-1 "
         "trainings. With a Model file, every pair uses that model.</p>"
