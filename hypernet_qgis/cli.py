@@ -23,9 +23,11 @@ EPILOG = """examples:
   python -m hypernet_qgis evaluate change.tif reference.tif --changed 1 --unchanged 0
   python -m hypernet_qgis detect t1.tif t2.tif -o change.tif --polygons change.gpkg --min-area 900 --sieve
   python -m hypernet_qgis series d1.tif d2.tif d3.tif --output-dir series/ --dates 2019-05-01,2020-05-01,2021-05-01
+  python -m hypernet_qgis series d1.tif d2.tif d3.tif --output-dir series/ --training per-pair --polygons
 
 Any raster GDAL reads works (GeoTIFF, ENVI: give the data file, VRT, ...). When the dates are on different grids,
-T2 is warped onto T1's grid over the common area (--no-align refuses them instead).
+T2 is warped onto T1's grid over the common area, and the dates of a series onto the first date's grid
+(--no-align refuses them instead).
 Outputs are tiled, compressed GeoTIFFs with the input's georeferencing; the change map is uint8
 (1 change, 0 no change, 255 nodata).
 """
@@ -137,13 +139,13 @@ def _add_polygon_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--dates", default=None, help="date pair written into each polygon, e.g. 2019-05-01,2020-05-01")
 
 
-def _add_align_args(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("pairs on different grids")
+def _add_align_args(p: argparse.ArgumentParser, image: str = "T2",
+                    target: str = "T1's grid over the common area") -> None:
+    g = p.add_argument_group("images on different grids")
     g.add_argument("--align", action=argparse.BooleanOptionalAction, default=True,
-                   help="warp T2 onto T1's grid over the common area when the grids differ (default); "
-                        "--no-align refuses such pairs")
+                   help=f"warp {image} onto {target} when the grids differ (default); --no-align refuses them")
     g.add_argument("--resampling", default="bilinear", choices=["nearest", "bilinear", "cubic", "average"],
-                   help="resampling of T2 when it is warped (default bilinear; masks always use nearest)")
+                   help=f"resampling of {image} when it is warped (default bilinear; masks always use nearest)")
     g = p.add_argument_group("bad bands and wavelengths")
     g.add_argument("--keep-bad-bands", action="store_true",
                    help="use the bands the files mark bad (ENVI bbl, GDAL bbl metadata); left out by default")
@@ -239,13 +241,18 @@ def build_parser() -> argparse.ArgumentParser:
                    help="one date per image, e.g. 2019-05-01,2020-05-01,2021-05-01 (default: from the metadata, "
                         "else the order given); the images are ordered by date")
     p.add_argument("--method", default="hypernet", choices=["hypernet", "cva", "sam", "irmad", "pcakmeans"],
-                   help="hypernet (trained per pair, or --model for every pair) or a classic method")
+                   help="hypernet (trained on the series, or --model for every pair) or a classic method")
+    p.add_argument("--training", default=options.DEFAULT_SERIES_TRAINING, choices=list(options.SERIES_TRAININGS),
+                   help="hypernet: shared (default) trains one model on all consecutive pairs, once, so every "
+                        "pair's map comes from the same features (saved as series_model.hypernet); per-pair "
+                        "trains a model on each pair (N-1 trainings)")
     p.add_argument("--model", default=None, help="a HyperNet model file applied to every pair")
     p.add_argument("--threshold", type=_threshold, default=None, help="otsu, kmeans or a number (method default)")
     p.add_argument("--polygons", action="store_true", help="also write change_polygons.gpkg with the date pairs")
     p.add_argument("--min-area", type=float, default=0.0, help="minimum region area for the polygons (map units²)")
     p.add_argument("--connectivity", type=int, choices=[4, 8], default=8, help="region connectivity (default 8)")
     _add_training_args(p)
+    _add_align_args(p, "a date", "the first date's grid (nodata where it does not reach)")
 
     p = sub.add_parser("evaluate", parents=[common], help="score a change map against a reference; prints JSON")
     p.add_argument("change", help="binary change map (1/0) or an intensity map (AUC only)")
@@ -346,7 +353,8 @@ def run(args: argparse.Namespace) -> int:
         from .core.series import series_files
 
         method, value = _split_threshold(args.threshold)
-        kwargs: dict = {"bands": args.bands}
+        kwargs: dict = {"bands": args.bands, "drop_bad_bands": not args.keep_bad_bands,
+                        "drop_water": args.drop_water}
         if method is not None:
             kwargs.update(threshold=method, threshold_value=value)
         if args.method == "hypernet":
@@ -354,11 +362,13 @@ def run(args: argparse.Namespace) -> int:
         elif args.model:
             raise InputError("--model applies to --method hypernet only.")
         dates = [d.strip() for d in args.dates.split(",")] if args.dates else None
-        res = series_files(args.images, args.output_dir, dates=dates, method=args.method, polygons=args.polygons,
+        res = series_files(args.images, args.output_dir, dates=dates, method=args.method, training=args.training,
+                           align=args.align, resampling=args.resampling, polygons=args.polygons,
                            min_area=args.min_area, connectivity=args.connectivity, feedback=fb, **kwargs)
         print(json.dumps({"dates": res.dates, "images": res.images, "pair_maps": res.pair_maps,
                           "first_change": res.first_change, "change_count": res.change_count,
-                          "polygons": res.polygons, "changed_pixels": res.changed_pixels}))
+                          "polygons": res.polygons, "changed_pixels": res.changed_pixels, "training": res.training,
+                          "model": res.model, "aligned": res.aligned}))
     elif args.command == "evaluate":
         metrics = pipeline.evaluate_files(args.change, args.reference, changed=args.changed,
                                           unchanged=args.unchanged, ignore=args.ignore)

@@ -158,3 +158,96 @@ def test_cli_aligns_by_default_and_refuses_with_no_align(tmp_path):
     assert read(tmp_path / "c.tif")[0].shape == (60, 67)
     r = cli("baseline", "cva", t1, t2, "-o", str(tmp_path / "d.tif"), "--no-align")
     assert r.returncode == 2 and "not on the same grid" in r.stderr and not (tmp_path / "d.tif").exists()
+
+
+# ------------------------------------------------------------- the windowed route (pairs over the memory budget)
+
+def shifted_pair(tmp_path, rows: int = 60, cols: int = 70, dc: int = 7, dr: int = 4) -> tuple[str, str]:
+    """T1 and a T2 on a grid ``dc`` columns right and ``dr`` rows down of T1's (nodata beyond the scene)."""
+    x1, x2 = smooth_pair(rows, cols)
+    shifted = np.full(x2.shape, -9999.0)
+    shifted[:, : rows - dr, : cols - dc] = x2[:, dr:, dc:]
+    gt2 = (GT[0] + dc * GT[1], GT[1], 0.0, GT[3] + dr * GT[5], 0.0, GT[5])
+    return write(tmp_path / "t1.tif", x1), write(tmp_path / "t2_shifted.tif", shifted, gt=gt2)
+
+
+def _features(path) -> list[tuple]:
+    from osgeo import ogr
+
+    ds = ogr.Open(str(path))
+    out = sorted((f["pixels"], f["area_ha"], round(f["mean_intensity"], 3), f.GetGeometryRef().ExportToWkt())
+                 for f in ds.GetLayer(0))
+    ds = None
+    return out
+
+
+def test_windowed_route_aligns_and_polygonises_like_the_in_memory_route(tmp_path):
+    """Detect Change over the memory budget (read, trained and detected by windows) on a pair that needs ALIGN,
+    with polygons: the same change map and polygons as in memory, the intensity to float rounding. Both budgets
+    get the same training crops here (a tiny budget shrinks them to one 16-pixel crop a step, memory.crop_plan),
+    so the routes train alike; the report of the windowed pair shows the warped T2."""
+    from hypernet_qgis.core.hypernet.training import TrainConfig
+    from hypernet_qgis.core.io.polygons import finish_detection
+    from hypernet_qgis.core.report.report import write_detection_report
+
+    t1, t2 = shifted_pair(tmp_path)
+    got = {}
+    for name, budget in (("memory", 4096), ("windows", 0.02)):
+        cfg = TrainConfig(epochs=3, device="cpu", crop_size=16, pixels_per_step=256, memory_budget_mb=budget)
+        res = pipeline.detect_files(t1, t2, str(tmp_path / f"{name}.tif"), intensity_out=str(tmp_path / f"{name}_i.tif"),
+                                    config=cfg, evidence="hypernet", resampling="nearest")
+        finish_detection(res, polygons_out=str(tmp_path / f"{name}.gpkg"), memory_budget_mb=budget)
+        assert "warped onto T1's grid" in res.extra["align"]
+        assert res.extra.get("streamed", False) is (name == "windows")
+        write_detection_report(str(tmp_path / f"{name}.html"), res)
+        got[name] = (read(tmp_path / f"{name}.tif"), read(tmp_path / f"{name}_i.tif")[0],
+                     _features(tmp_path / f"{name}.gpkg"))
+    (mem, mem_gt, mem_crs), mem_i, mem_p = got["memory"]
+    (win, win_gt, win_crs), win_i, win_p = got["windows"]
+    assert mem.shape == (56, 63) and (mem_gt, mem_crs) == (win_gt, win_crs)
+    assert np.array_equal(mem, win) and (mem == 1).sum() > 100
+    assert np.max(np.abs(mem_i - win_i)) <= 1e-4 * (mem_i.max() - mem_i[mem_i > -9999].min())
+    assert mem_p == win_p and len(mem_p) >= 1
+    assert "t2_shifted.tif" in (tmp_path / "windows.html").read_text(encoding="utf-8")
+    assert not [p for p in os.listdir(tmp_path) if p.endswith(".vrt")]
+
+
+def test_cli_windowed_detect_with_align_and_polygons(tmp_path):
+    """The CLI with --memory-budget-mb 1 on a 5 x 130 x 140 pair (1.4 MB in memory) that needs ALIGN: read and
+    detected by windows, with a model file (so both routes use the same network) the change map and polygons
+    equal the default budget's; without one the log says the windowed intensity is HyperNet's alone (the
+    fusion with IR-MAD and CVA needs both dates in memory), which is why those maps differ."""
+    from test_cli import cli
+
+    t1, t2 = shifted_pair(tmp_path, rows=130, cols=140)
+    model = str(tmp_path / "m.hypernet")
+    r = cli("train", t1, t2, "-o", model, "--epochs", "2", "--device", "cpu", "--quiet")
+    assert r.returncode == 0, r.stderr
+    runs = {}
+    for name, budget in (("memory", "4096"), ("windows", "1")):
+        r = cli("detect", t1, t2, "--model", model, "-o", str(tmp_path / f"{name}.tif"), "--evidence", "hypernet",
+                "--polygons", str(tmp_path / f"{name}.gpkg"), "--report", str(tmp_path / f"{name}.html"),
+                "--memory-budget-mb", budget, "--device", "cpu")
+        assert r.returncode == 0, r.stderr
+        assert "Align: T2 (t2_shifted.tif) warped onto T1's grid" in r.stderr
+        assert ("read, standardised and used by windows" in r.stderr) is (name == "windows")
+        runs[name] = read(tmp_path / f"{name}.tif")[0], _features(tmp_path / f"{name}.gpkg")
+    assert np.array_equal(runs["memory"][0], runs["windows"][0]) and runs["memory"][0].shape == (126, 133)
+    assert runs["memory"][1] == runs["windows"][1]
+    r = cli("detect", t1, t2, "-o", str(tmp_path / "fused.tif"), "--epochs", "1", "--memory-budget-mb", "1",
+            "--device", "cpu", "--polygons", str(tmp_path / "fused.gpkg"))
+    assert r.returncode == 0, r.stderr
+    assert "the change intensity is HyperNet's alone" in r.stderr and (tmp_path / "fused.gpkg").exists()
+
+
+def test_reports_of_an_aligned_pair_show_the_warped_dates(tmp_path):
+    """The training report's pictures come from the warped T2 (the files it records are the user's, on other
+    grids than the training mask)."""
+    from hypernet_qgis.core.hypernet.training import TrainConfig
+    from hypernet_qgis.core.report.report import write_training_report
+
+    t1, t2 = shifted_pair(tmp_path)
+    res = pipeline.train_files(t1, t2, str(tmp_path / "m.hypernet"), config=TrainConfig(epochs=1, device="cpu"))
+    assert res.extra["inputs"]["t2"] == t2 and res.report_images[0].shape[1:] == res.training_mask.shape
+    write_training_report(str(tmp_path / "train.html"), res)
+    assert (tmp_path / "train.html").read_text(encoding="utf-8").count("<img") >= 3

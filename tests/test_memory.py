@@ -55,9 +55,9 @@ def test_reading_a_pair_bounds_gdal_cache_and_restores_it(tmp_path):
     engine holds it to the memory model's size, on both routes, and gives the previous size back."""
     import numpy as np
     from osgeo import gdal
+    from test_qgis_support import write_tif
 
     from hypernet_qgis.core.pair import open_pair
-    from test_qgis_support import write_tif
 
     rng = np.random.default_rng(0)
     t1 = write_tif(tmp_path / "t1.tif", rng.normal(size=(8, 64, 64)).astype(np.float32))

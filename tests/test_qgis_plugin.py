@@ -39,10 +39,10 @@ INTERFACE = {
         "outputs": {"OUTPUT_CHANGE", "OUTPUT_INTENSITY", "CHANGED_PIXELS", "CHANGED_FRACTION"},
     },
     "hypernet:detectseries": {
-        "params": {"INPUTS", "DATES", "METHOD", "MODEL", "BANDS", "THRESHOLD_METHOD", "THRESHOLD", "DEVICE",
-                   "POLYGONS", "MIN_AREA", "CONNECTIVITY", "OUTPUT_FOLDER"},
-        "advanced": {"CONNECTIVITY", "EPOCHS", "SCHEDULE"},
-        "outputs": {"FIRST_CHANGE", "CHANGE_COUNT", "OUTPUT_POLYGONS"},
+        "params": {"INPUTS", "DATES", "METHOD", "MODEL", "TRAINING", "BANDS", "THRESHOLD_METHOD", "THRESHOLD",
+                   "DEVICE", "POLYGONS", "MIN_AREA", "CONNECTIVITY", "ALIGN", "RESAMPLING", "OUTPUT_FOLDER"},
+        "advanced": {"CONNECTIVITY", "EPOCHS", "SCHEDULE", "ALIGN", "RESAMPLING"},
+        "outputs": {"FIRST_CHANGE", "CHANGE_COUNT", "OUTPUT_POLYGONS", "OUTPUT_MODEL"},
     },
     "hypernet:inspectmodel": {
         "params": {"INPUT", "OUTPUT_REPORT"},

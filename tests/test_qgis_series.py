@@ -31,6 +31,61 @@ def test_series_the_dialog_way(clean_project, tmp_path):  # noqa: F811
     from qgis.core import QgsProject
 
     check_polygon_style(QgsProject.instance().mapLayersByName("Change polygons of the series")[0])
+    check_series_styles("2018-01-01", "2019-01-01", "2020-01-01")
+    assert (out / "first_change.qml").exists() and (out / "change_count.qml").exists()  # styled when reopened
+
+
+def check_series_styles(*dates: str) -> None:
+    """First change: paletted, one class per date pair labelled by its dates, early and late in different
+    colours; number of changes: one class per count; 0 (no change) transparent, 65535 nodata not drawn."""
+    from qgis.core import QgsPalettedRasterRenderer, QgsProject
+
+    first = QgsProject.instance().mapLayersByName("First change (pair number)")[0]
+    renderer = first.renderer()
+    assert isinstance(renderer, QgsPalettedRasterRenderer), type(renderer)
+    classes = {c.value: c for c in renderer.classes()}
+    pairs = len(dates) - 1
+    assert set(classes) == set(range(pairs + 1))
+    assert classes[0].color.alpha() == 0 and classes[0].label == "No change"
+    for k in range(1, pairs + 1):
+        assert classes[k].label == f"{dates[k - 1]} → {dates[k]}" and classes[k].color.alpha() == 255
+    assert classes[1].color != classes[pairs].color
+    assert first.dataProvider().sourceNoDataValue(1) == 65535
+    count = QgsProject.instance().mapLayersByName("Number of changes")[0]
+    renderer = count.renderer()
+    assert isinstance(renderer, QgsPalettedRasterRenderer), type(renderer)
+    labels = {c.value: c.label for c in renderer.classes()}
+    assert labels == {0: "No change", 1: "1 change", **{k: f"{k} changes" for k in range(2, pairs + 1)}}
+    assert {c.value: c.color.alpha() for c in renderer.classes()}[0] == 0
+
+
+def test_hypernet_series_training_choice_and_align(hypernet_provider, tmp_path):  # noqa: F811
+    """processing.run: one model for all pairs by default (OUTPUT_MODEL), a model per pair on request; a date on a
+    moved grid is warped onto the first date's (ALIGN, default) or refused up front with ALIGN off."""
+    import processing
+    from qgis.core import QgsApplication, QgsProcessingContext, QgsProject
+    from test_align import GT, write
+
+    from hypernet_qgis.core.hypernet.model_file import read_metadata
+
+    images = dates_stack(tmp_path, 3)
+    images[2] = write(tmp_path / "d3_moved.tif", gdal.Open(images[2]).ReadAsArray(), gt=(GT[0] + 60.0, *GT[1:]))
+    args = {"INPUTS": images, "DATES": "2018-01-01,2019-01-01,2020-01-01", "EPOCHS": 1, "DEVICE": "cpu",
+            "POLYGONS": False}
+    shared = processing.run("hypernet:detectseries", {**args, "OUTPUT_FOLDER": str(tmp_path / "shared")})
+    assert shared["OUTPUT_MODEL"] == str(tmp_path / "shared" / "series_model.hypernet")
+    assert read_metadata(shared["OUTPUT_MODEL"])["pairs"] == 2
+    first = gdal.Open(shared["FIRST_CHANGE"])
+    assert first.GetGeoTransform() == GT and np.all(first.ReadAsArray()[:, :2] == 65535)  # date 3 does not reach
+    per_pair = processing.run("hypernet:detectseries", {**args, "TRAINING": "per-pair",
+                                                        "OUTPUT_FOLDER": str(tmp_path / "per_pair")})
+    assert not per_pair["OUTPUT_MODEL"] and not (tmp_path / "per_pair" / "series_model.hypernet").exists()
+    context = QgsProcessingContext()
+    context.setProject(QgsProject.instance())
+    alg = QgsApplication.processingRegistry().createAlgorithmById("hypernet:detectseries")
+    ok, message = alg.checkParameterValues({**args, "ALIGN": False, "OUTPUT_FOLDER": str(tmp_path / "off")},
+                                           context)
+    assert not ok and "ALIGN is off" in message and "d3_moved.tif" in message, message
 
 
 @pytest.mark.parametrize("count, dates, words", [

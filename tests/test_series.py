@@ -75,7 +75,11 @@ def test_images_are_ordered_by_date(tmp_path):
     ("count", "3 dates were given for 2 images"),
     ("same", "have the same date 2019-01-01"),
     ("notdate", "'soon' is not a date"),
-    ("grid", "A series needs all dates on one grid"),
+    ("grid", r"A series needs all dates on one grid \(ALIGN is off\): date 1 \(d1.tif\) and date 2 \(moved.tif\)"),
+    ("apart", r"date 1 \(d1.tif\) and date 3 \(far.tif\) do not overlap"),
+    ("no_crs", r"date 2 \(nocrs.tif\) has no coordinate reference system"),
+    ("bands", r"date 1 \(d1.tif\) has 5 bands but date 2 \(three.tif\) has 3"),
+    ("training", "Unknown training 'sometimes'"),
     ("method", "Unknown method"),
 ])
 def test_bad_series_are_refused_with_one_line(tmp_path, case, words):
@@ -94,6 +98,18 @@ def test_bad_series_are_refused_with_one_line(tmp_path, case, words):
     elif case == "grid":
         x1, _ = smooth_pair()
         images[1] = write(tmp_path / "moved.tif", x1, gt=(500090.0, 30.0, 0.0, 4600000.0, 0.0, -30.0))
+        kwargs["align"] = False
+    elif case == "apart":
+        x1, _ = smooth_pair()
+        images[2] = write(tmp_path / "far.tif", x1, gt=(600000.0, 30.0, 0.0, 4600000.0, 0.0, -30.0))
+    elif case == "no_crs":
+        x1, _ = smooth_pair()
+        images[1] = write(tmp_path / "nocrs.tif", x1, gt=(500090.0, 30.0, 0.0, 4600000.0, 0.0, -30.0), epsg=None)
+    elif case == "bands":
+        x1, _ = smooth_pair(bands=3)
+        images[1] = write(tmp_path / "three.tif", x1, gt=(500090.0, 30.0, 0.0, 4600000.0, 0.0, -30.0))
+    elif case == "training":
+        kwargs.update(method="hypernet", training="sometimes")
     else:
         kwargs["method"] = "magic"
     with pytest.raises(InputError, match=words) as err:
@@ -135,7 +151,156 @@ def test_hypernet_series_trains_per_pair(tmp_path):
     images = dates_stack(tmp_path, 3)
     out = tmp_path / "out"
     out.mkdir()
-    res = series.series_files(images, str(out), method="hypernet", config=TrainConfig(epochs=2, seed=0,
-                                                                                         device="cpu"))
+    res = series.series_files(images, str(out), method="hypernet", training="per-pair",
+                              config=TrainConfig(epochs=2, seed=0, device="cpu"))
     first = gdal.Open(res.first_change).ReadAsArray()
     assert first[10, 10] == 1 and first[37, 50] == 2 and len(res.changed_pixels) == 2
+    assert res.training == "per-pair" and res.model is None and not (out / series.MODEL_NAME).exists()
+
+
+class Log:
+    """A Feedback that keeps the messages."""
+
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+
+    def info(self, message: str) -> None:
+        self.lines.append(message)
+
+    def set_progress(self, fraction: float) -> None:
+        pass
+
+    def is_cancelled(self) -> bool:
+        return False
+
+
+def test_hypernet_series_shared_model_trains_once(tmp_path):
+    """training="shared" (the default): one model on crops of both pairs, saved in the output folder with the
+    series it was trained on; every pair's map comes from it."""
+    from hypernet_qgis.core.hypernet.model_file import read_metadata
+    from hypernet_qgis.core.hypernet.training import TrainConfig
+
+    images = dates_stack(tmp_path, 3)
+    out = tmp_path / "out"
+    out.mkdir()
+    log = Log()
+    res = series.series_files(images, str(out), dates=["2018-01-01", "2019-01-01", "2020-01-01"],
+                              method="hypernet", config=TrainConfig(epochs=2, seed=0, device="cpu"), feedback=log)
+    assert res.training == "shared" and res.model == str(out / series.MODEL_NAME)
+    assert sum(m.startswith("Training HyperNet on") for m in log.lines) == 1
+    assert any("2 pairs of 70x60 pixels" in m for m in log.lines)
+    meta = read_metadata(res.model)
+    assert meta["pairs"] == 2 and meta["series"]["dates"] == res.dates and meta["series"]["training"] == "shared"
+    assert meta["inputs"]["pairs"] == [[images[0], images[1]], [images[1], images[2]]]
+    assert meta["training_pixels"] >= 70 * 60  # mask g of both pairs (half the valid pixels of each)
+    first = gdal.Open(res.first_change).ReadAsArray()
+    assert first[10, 10] == 1 and first[37, 50] == 2 and len(res.pair_maps) == 2
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        [p.split("/")[-1] for p in res.pair_maps] + ["first_change.tif", "change_count.tif", series.MODEL_NAME])
+
+
+def test_shared_training_follows_the_memory_budget(tmp_path):
+    """Over the budget, the pairs of the shared model are read by windows (each gets an equal share)."""
+    from hypernet_qgis.core.hypernet.training import TrainConfig
+    from hypernet_qgis.core.memory import shared_pair_budget_mb
+
+    assert shared_pair_budget_mb(4096, 4) == 1024
+    images = dates_stack(tmp_path, 3)
+    out = tmp_path / "out"
+    out.mkdir()
+    log = Log()
+    res = series.series_files(images, str(out), method="hypernet", feedback=log, evidence="hypernet",
+                              config=TrainConfig(epochs=2, seed=0, device="cpu", memory_budget_mb=0.2))
+    assert any("more than the 0.1 MB memory budget" in m for m in log.lines)  # 0.2 MB shared by 2 pairs
+    assert gdal.Open(res.first_change).ReadAsArray()[10, 10] == 1
+
+
+SAMPLE = __import__("pathlib").Path(__file__).resolve().parents[1] / "resources" / "sample" / "salinasA_pair"
+
+
+@pytest.mark.parametrize("training", ["shared", "per-pair"])
+def test_hypernet_series_on_the_salinas_sample(tmp_path, training):
+    """A real series of three dates: the AVIRIS sample's T1, T2 and T1 again (the implanted change and back).
+    Both training modes find the change in pair 1 and its return in pair 2 against the sample's reference."""
+    from hypernet_qgis.core.classic.metrics import change_metrics
+    from hypernet_qgis.core.hypernet.training import TrainConfig
+
+    if not (SAMPLE / "t1.tif").exists():
+        pytest.skip("the sample pair resources/sample/salinasA_pair is not in this checkout")
+    import shutil
+
+    images = [str(tmp_path / f"d{k}.tif") for k in (1, 2, 3)]
+    for src, dst in zip(("t1.tif", "t2.tif", "t1.tif"), images):
+        shutil.copy(SAMPLE / src, dst)
+    out = tmp_path / "out"
+    out.mkdir()
+    log = Log()
+    res = series.series_files(images, str(out), dates=["2019-06-01", "2020-06-01", "2021-06-01"],
+                              method="hypernet", training=training, feedback=log,
+                              config=TrainConfig(epochs=3, seed=0, device="cpu"))
+    trainings = sum(m.startswith("Training HyperNet on") for m in log.lines)
+    assert trainings == (1 if training == "shared" else 2)
+    assert (res.model is not None) is (training == "shared")
+    reference = gdal.Open(str(SAMPLE / "gt.tif")).ReadAsArray()
+    for path in res.pair_maps:
+        f1 = change_metrics(gdal.Open(path).ReadAsArray(), reference)["F1"]
+        assert f1 > 0.6, (path, f1)
+    count = gdal.Open(res.change_count).ReadAsArray()
+    assert np.mean(count[reference == 1] == 2) > 0.6  # changed, and changed back
+
+
+def test_dates_off_the_first_grid_are_warped_onto_it(tmp_path):
+    """ALIGN (default): a date on a shifted grid is warped onto the first date's grid (nodata where it does not
+    reach); the maps equal the same-grid series' where it reaches, and the log and result say what was done."""
+    from test_align import GT
+
+    images = dates_stack(tmp_path, 3)
+    same, moved = tmp_path / "same", tmp_path / "moved"
+    same.mkdir()
+    moved.mkdir()
+    dates = ["2018-01-01", "2019-01-01", "2020-01-01"]
+    ref = series.series_files(images, str(same), dates=dates, method="cva")
+    x3 = gdal.Open(images[2]).ReadAsArray()
+    dc, dr = 5, 3
+    shifted = np.full(x3.shape, -9999.0)
+    shifted[:, : x3.shape[1] - dr, : x3.shape[2] - dc] = x3[:, dr:, dc:]
+    images[2] = write(tmp_path / "d3_shifted.tif", shifted, gt=(GT[0] + dc * GT[1], GT[1], 0.0,
+                                                                GT[3] + dr * GT[5], 0.0, GT[5]))
+    log = Log()
+    res = series.series_files(images, str(moved), dates=dates, method="cva", resampling="nearest", feedback=log)
+    assert len(res.aligned) == 1 and "date 3 (d3_shifted.tif) warped onto date 1's grid" in res.aligned[0]
+    assert any(m.startswith("Align: date 3 (d3_shifted.tif)") for m in log.lines)
+    for ours_path, theirs_path in zip(res.pair_maps + [res.first_change, res.change_count],
+                                      ref.pair_maps + [ref.first_change, ref.change_count]):
+        ours, theirs = gdal.Open(ours_path), gdal.Open(theirs_path)
+        assert ours.GetGeoTransform() == theirs.GetGeoTransform() == GT
+        a, b = ours.ReadAsArray(), theirs.ReadAsArray()
+        nodata = ours.GetRasterBand(1).GetNoDataValue()
+        reached = np.zeros(a.shape, bool)
+        reached[dr:, dc:] = True
+        assert np.all(a[~reached] == nodata) or ours_path == res.pair_maps[0]
+        assert np.mean(a[reached] == b[reached]) > 0.995, ours_path
+    with pytest.raises(InputError, match=r"ALIGN is off.*Or turn ALIGN on") as err:
+        series.series_files(images, str(tmp_path / "same"), dates=dates, method="cva", align=False)
+    assert "\n" not in str(err.value)
+
+
+def test_cli_series_training_and_align(tmp_path):
+    from test_align import GT
+    from test_cli import cli
+
+    images = dates_stack(tmp_path, 3)
+    x2 = gdal.Open(images[1]).ReadAsArray()
+    images[1] = write(tmp_path / "d2_moved.tif", x2, gt=(GT[0] + 60.0, *GT[1:]))
+    out = tmp_path / "out"
+    out.mkdir()
+    r = cli("series", *images, "--output-dir", str(out), "--training", "per-pair", "--epochs", "1",
+            "--device", "cpu", "--dates", "2018-01-01,2019-01-01,2020-01-01")
+    assert r.returncode == 0, r.stderr
+    res = json.loads(r.stdout.strip().splitlines()[-1])
+    assert res["training"] == "per-pair" and res["model"] is None and len(res["aligned"]) == 1
+    assert "Align: date 2 (d2_moved.tif) warped onto date 1's grid" in r.stderr
+    r = cli("series", *images, "--output-dir", str(out), "--method", "cva", "--no-align", "--quiet")
+    assert r.returncode == 2 and "ALIGN is off" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    r = cli("series", *images, "--output-dir", str(out), "--training", "sometimes")
+    assert r.returncode == 2 and "invalid choice" in r.stderr

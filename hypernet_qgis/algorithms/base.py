@@ -487,16 +487,22 @@ class HyperNetAlgorithm(QgsProcessingAlgorithm):
             "OUTPUT_INTENSITY", "Change intensity", optional=True, createByDefault=False),
             help_text="Float GeoTIFF: the larger, the more change.")
 
-    def add_align(self) -> None:
-        """ALIGN and RESAMPLING (issue #11); optional with defaults so that saved models stay valid."""
-        self._add(QgsProcessingParameterBoolean(
-            "ALIGN", "Warp T2 onto T1's grid if they differ", defaultValue=True, optional=True), True,
-            "On (default): when T1 and T2 are not on the same grid, T2 is resampled onto T1's grid and only the "
-            "area both cover is compared (the log says what was done). Off: such pairs are refused.")
+    def add_align(self, series: bool = False) -> None:
+        """ALIGN and RESAMPLING (issue #11); optional with defaults so that saved models stay valid. ``series``:
+        the words of a series (every date onto the first date's grid)."""
+        if series:
+            label, resampling = "Warp dates onto the first date's grid", "Resampling of warped dates"
+            text = ("On (default): a date whose grid differs from the first date's is resampled onto it (nodata "
+                    "where it does not reach; the log says what was done). Off: such series are refused.")
+        else:
+            label, resampling = "Warp T2 onto T1's grid if they differ", "Resampling of T2 when warped"
+            text = ("On (default): when T1 and T2 are not on the same grid, T2 is resampled onto T1's grid and only "
+                    "the area both cover is compared (the log says what was done). Off: such pairs are refused.")
+        self._add(QgsProcessingParameterBoolean("ALIGN", label, defaultValue=True, optional=True), True, text)
         self._add(QgsProcessingParameterEnum(
-            "RESAMPLING", "Resampling of T2 when warped", options=RESAMPLINGS, defaultValue="bilinear",
+            "RESAMPLING", resampling, options=RESAMPLINGS, defaultValue="bilinear",
             optional=True, usesStaticStrings=True), True,
-            "How T2's pixels are resampled onto T1's grid; the unchanged mask always uses nearest.")
+            "How the pixels are resampled onto the target grid; the unchanged mask always uses nearest.")
 
     def add_band_choice(self) -> None:
         """DROP_BAD_BANDS and DROP_WATER (issue #11); optional with defaults so that saved models stay valid."""

@@ -7,6 +7,7 @@ from typing import Any
 
 from qgis.core import (
     QgsProcessingContext,
+    QgsProcessingOutputFile,
     QgsProcessingOutputRasterLayer,
     QgsProcessingOutputVectorLayer,
     QgsProcessingParameterBoolean,
@@ -18,6 +19,7 @@ from qgis.core import (
     QgsProcessingParameterString,
 )
 
+from ..core import options
 from ..core.errors import InputError
 from ..qgis_compat import NUMBER_DOUBLE, SOURCE_RASTER
 from .base import (
@@ -34,6 +36,7 @@ from .base import (
 
 METHODS = ["hypernet", "cva", "sam", "irmad", "pcakmeans"]
 SERIES_THRESHOLDS = ["default", "otsu", "kmeans", "fixed"]
+TRAININGS = list(options.SERIES_TRAININGS)
 
 
 class DetectSeriesAlgorithm(HyperNetAlgorithm):
@@ -50,29 +53,40 @@ class DetectSeriesAlgorithm(HyperNetAlgorithm):
     ANCHOR = "a-series-of-dates"
     HELP = (
         "<p>Change along a series of images of the same place: a change map for each pair of consecutive dates "
-        "(HyperNet trained on each pair, or one model file for every pair, or a classic method), a <i>first "
-        "change</i> raster (the number of the first pair that changed, 0 = never) and a <i>number of changes</i> "
-        "raster, and optionally the change polygons of every pair with their date pair.</p>"
-        "<p><b>Inputs</b>: two or more images on one grid with the same bands; their dates (one per image, e.g. "
+        "(HyperNet, or a classic method), a <i>first change</i> raster (the first date pair that changed, 0 = "
+        "never; styled with one colour per date pair) and a <i>number of changes</i> raster, and optionally the "
+        "change polygons of every pair with their date pair.</p>"
+        "<p><b>Inputs</b>: two or more images with the same bands; their dates (one per image, e.g. "
         "2019-05-01,2020-05-01,2021-05-01; empty: the acquisition dates in the files' metadata, else the order "
-        "of the list). The images are ordered by date.</p>"
+        "of the list). The images are ordered by date. A date on another grid than the first date's is warped "
+        "onto it (advanced: ALIGN).</p>"
+        "<p><b>HyperNet training</b>: <i>one model for all pairs</i> (default) trains once on crops of every "
+        "consecutive pair: one training instead of one per pair, and every pair's map comes from the same "
+        "features, so the maps compare across dates; the model is saved as series_model.hypernet for later "
+        "dates. <i>A model per pair</i> fits each pair on its own (the paper's setting for one pair), at N-1 "
+        "trainings. With a Model file, every pair uses that model.</p>"
         "<p><b>Outputs</b>: in the output folder change_&lt;i&gt;_&lt;date&gt;_&lt;date&gt;.tif per pair, "
-        "first_change.tif, change_count.tif and change_polygons.gpkg.</p>"
-        "<p><b>Time</b>: that of one detection per pair.</p>"
+        "first_change.tif, change_count.tif, change_polygons.gpkg and series_model.hypernet.</p>"
+        "<p><b>Time</b>: one training (or one per pair) and one detection per pair.</p>"
     )
 
     def initAlgorithm(self, config: dict | None = None) -> None:  # noqa: N802
         self._add(QgsProcessingParameterMultipleLayers("INPUTS", "Images (two or more dates)",
                                                        SOURCE_RASTER),
-                  help_text="The images of the series, on one grid; ordered by their dates.")
+                  help_text="The images of the series (same bands); ordered by their dates.")
         self._add(QgsProcessingParameterString("DATES", "Dates, one per image (empty = metadata)", optional=True),
                   help_text="e.g. 2019-05-01,2020-05-01,2021-05-01, in the order of the images.")
         self._add(QgsProcessingParameterEnum("METHOD", "Method", options=METHODS, defaultValue="hypernet",
                                              usesStaticStrings=True))
         self._add(QgsProcessingParameterFile("MODEL", "Model file for every pair", extension="hypernet",
                                              optional=True),
-                  help_text="HyperNet only: a model from Train HyperNet applied to every pair; empty: train on each "
-                            "pair.")
+                  help_text="HyperNet only: a model from Train HyperNet applied to every pair; empty: train on the "
+                            "series (see HyperNet training).")
+        self._add(QgsProcessingParameterEnum(
+            "TRAINING", "HyperNet training", options=TRAININGS, defaultValue=options.DEFAULT_SERIES_TRAINING,
+            optional=True, usesStaticStrings=True),
+            help_text="shared: one model for all pairs (default: one training, the same features for every pair, "
+                      "saved as series_model.hypernet); per-pair: a model trained on each pair.")
         self.add_bands()
         self._add(QgsProcessingParameterEnum("THRESHOLD_METHOD", "Threshold method", options=SERIES_THRESHOLDS,
                                              defaultValue="default", usesStaticStrings=True))
@@ -89,10 +103,12 @@ class DetectSeriesAlgorithm(HyperNetAlgorithm):
             usesStaticStrings=True), True)
         self.add_training(advanced=True)
         self.add_training_advanced()
+        self.add_align(series=True)
         self._add(QgsProcessingParameterFolderDestination("OUTPUT_FOLDER", "Output folder"))
         self.addOutput(QgsProcessingOutputRasterLayer("FIRST_CHANGE", "First change (pair number)"))
         self.addOutput(QgsProcessingOutputRasterLayer("CHANGE_COUNT", "Number of changes"))
         self.addOutput(QgsProcessingOutputVectorLayer("OUTPUT_POLYGONS", "Change polygons of the series"))
+        self.addOutput(QgsProcessingOutputFile("OUTPUT_MODEL", "Model trained on the series"))
 
     def resolve(self, parameters: dict, context: QgsProcessingContext) -> Job:
         layers = self.parameterAsLayerList(parameters, "INPUTS", context)
@@ -109,7 +125,12 @@ class DetectSeriesAlgorithm(HyperNetAlgorithm):
         dates = [d.strip() for d in text.replace(";", ",").split(",")] if text and text.strip() else None
         from ..core.series import order_images
 
-        order_images(images, dates, QgisFeedback(None))  # the date checks, up front
+        ordered, _ = order_images(images, dates, QgisFeedback(None))  # the date checks, up front
+        from ..core.io.raster_io import raster_info
+        from ..core.series import check_series_grid
+
+        align = self.align_values(parameters, context)
+        check_series_grid([raster_info(p) for p in ordered], align["align"])  # grids, up front
         method = self.enum_string(parameters, "METHOD", context, METHODS)
         if method == "hypernet":
             require_engine()
@@ -124,7 +145,9 @@ class DetectSeriesAlgorithm(HyperNetAlgorithm):
         check_device(config["device"])
         connectivity = self.parameterAsEnumString(parameters, "CONNECTIVITY", context) or "8"
         polygons = parameters.get("POLYGONS") in (None, "") or self.parameterAsBool(parameters, "POLYGONS", context)
-        job = Job({"images": images, "dates": dates, "method": method, "model": model,
+        training = self.enum_string(parameters, "TRAINING", context, TRAININGS) \
+            if parameters.get("TRAINING") not in (None, "") else options.DEFAULT_SERIES_TRAINING
+        job = Job({"images": images, "dates": dates, "method": method, "model": model, "training": training, **align,
                    "bands": parse_band_list(self.parameterAsString(parameters, "BANDS", context)),
                    "threshold": threshold, "threshold_value": value, "config": config, "polygons": bool(polygons),
                    "min_area": self.optional_number(parameters, "MIN_AREA", context) or 0.0,
@@ -161,25 +184,29 @@ class DetectSeriesAlgorithm(HyperNetAlgorithm):
 
             pipeline()  # torch and spectral present
             kwargs.update(model=job["model"], config=TrainConfig(**job["config"]))
-        res = series_files(job["images"], folder, dates=job["dates"], method=job["method"],
-                           polygons=job["polygons"], min_area=job["min_area"], connectivity=job["connectivity"],
-                           feedback=feedback, **kwargs)
+        res = series_files(job["images"], folder, dates=job["dates"], method=job["method"], training=job["training"],
+                           align=job["align"], resampling=job["resampling"], polygons=job["polygons"],
+                           min_area=job["min_area"], connectivity=job["connectivity"], feedback=feedback, **kwargs)
         self._register(res)
         return {"OUTPUT_FOLDER": folder, "FIRST_CHANGE": res.first_change, "CHANGE_COUNT": res.change_count,
-                "OUTPUT_POLYGONS": res.polygons}
+                "OUTPUT_POLYGONS": res.polygons, "OUTPUT_MODEL": res.model}
 
     def _register(self, res) -> None:
         """Load the first change, the number of changes and the polygons into the project when run from the
-        dialog (the polygons styled, on top)."""
+        dialog: styled (first change by date pair, number of changes by count, polygons outlined), named and
+        stacked (polygons on top)."""
         from qgis.core import QgsProcessingContext as Context
+
+        from ..styling import CHANGE_COUNT, FIRST_CHANGE, POLYGONS
 
         context = getattr(self, "_context", None)
         if context is None or context.project() is None:
             return
-        for path, name, output, style in ((res.change_count, "Number of changes", "CHANGE_COUNT", "plain"),
-                                          (res.first_change, "First change (pair number)", "FIRST_CHANGE", "plain"),
+        for path, name, output, style in ((res.change_count, "Number of changes", "CHANGE_COUNT", CHANGE_COUNT),
+                                          (res.first_change, "First change (pair number)", "FIRST_CHANGE",
+                                           FIRST_CHANGE),
                                           (res.polygons, "Change polygons of the series", "OUTPUT_POLYGONS",
-                                           "polygons")):
+                                           POLYGONS)):
             if not path:
                 continue
             details = Context.LayerDetails(name, context.project(), output)

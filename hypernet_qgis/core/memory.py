@@ -17,6 +17,7 @@ the working memory of a job. What it decides:
 * **read strips** of the streamed route (:func:`strip_values`): both dates' strips, raw and standardised, in a
   quarter of the budget, capped at ``STRIP_VALUES``;
 * **whole pair or windows** (:func:`whole_pair_mb`): the in-memory route holds both dates raw and standardised;
+  a series' shared model holds all its pairs at once, each within an equal share (:func:`shared_pair_budget_mb`).
 * **GDAL's block cache** while the inputs are read (:func:`gdal_cache_mb`): GDAL's default is 5 % of the
   machine's memory (1.2 GB on 24 GB), outside any budget; the engine lowers it to what one row of blocks of both
   dates needs, at most ``GDAL_CACHE_SHARE`` of the budget, and restores it after reading.
@@ -173,6 +174,13 @@ def crop_plan(rows: int, cols: int, bands: int, width: int, crop_size: int, pixe
     pixels = min(pixels_per_step, rows * cols, max(limit, crop * crop))
     count = max(1, pixels // (crop * crop))
     return crop, count
+
+
+def shared_pair_budget_mb(memory_budget_mb: float, pairs: int) -> float:
+    """The budget each pair gets when one model trains on ``pairs`` pairs at once (a series' shared model): equal
+    shares, so that the pairs held together stay within the budget; a pair over its share is read by windows
+    (``pair.open_pair``). The training step itself is sized by :func:`crop_plan` as for one pair."""
+    return float(memory_budget_mb) / max(1, int(pairs))
 
 
 # --- reading ----------------------------------------------------------------------------------------------------

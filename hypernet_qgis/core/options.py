@@ -36,6 +36,13 @@ DEFAULT_DISTANCE = "mse"
 BATCHNORM_MODES = ("per-date", "running")
 #: Classic detectors (CLI/QGIS names).
 CLASSIC_METHODS = ("cva", "sam", "irmad", "pcakmeans")
+#: How HyperNet trains along a series of dates: "shared" = one model on crops from all consecutive pairs (saved as
+#: series_model.hypernet), "per-pair" = a model trained on each pair alone (the paper's setting for one pair).
+SERIES_TRAININGS = ("shared", "per-pair")
+#: Shared by default: one training instead of N-1 (a series of 5 dates trains once, not 4 times), and every pair's
+#: change intensity comes from the same features, so the maps of the pairs are comparable; it also learns from
+#: N-1 times as many unchanged pixels. Per pair adapts each model to its own pair, at N-1 times the training time.
+DEFAULT_SERIES_TRAINING = "shared"
 
 #: Share of the valid pixels, lowest pre-detection score first, used as training pixels (mask g).
 DEFAULT_TRAINING_FRACTION = 0.5

@@ -46,6 +46,7 @@ class ImagePair:
     x2: np.ndarray | None = field(default=None, repr=False)
     cva: np.ndarray | None = field(default=None, repr=False)
     windowed_source: streaming.StreamedPair | None = field(default=None, repr=False)
+    kept_report_dates: tuple[np.ndarray, np.ndarray, list[float] | None] | None = field(default=None, repr=False)
 
     @property
     def windowed(self) -> bool:
@@ -80,6 +81,8 @@ class ImagePair:
         bands the true-colour quicklook shows, read from the files (bounded memory). With their wavelengths."""
         if self.x1 is not None and self.x2 is not None:
             return self.x1, self.x2, self.wavelengths_nm
+        if self.kept_report_dates is not None:
+            return self.kept_report_dates
         from .report.quicklook import choose_rgb_bands
 
         (r, g, b), _ = choose_rgb_bands(self.band_count, self.wavelengths_nm)
@@ -89,6 +92,11 @@ class ImagePair:
         t2 = raster_io.read_raster(self.info2.path, numbers)[0]
         wavelengths = [self.wavelengths_nm[i] for i in picks] if self.wavelengths_nm else None
         return t1, t2, wavelengths
+
+    def keep_report_dates(self) -> None:
+        """Read the report's pictures now (a windowed pair whose files are temporary, e.g. warped by align)."""
+        if self.x1 is None and self.kept_report_dates is None:
+            self.kept_report_dates = self.report_dates()
 
     def close(self) -> None:
         """Delete the scratch files of a windowed pair (nothing to do in memory)."""

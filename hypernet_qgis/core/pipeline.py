@@ -66,29 +66,90 @@ def _training_mask(path: str | None, pair: ImagePair) -> np.ndarray | None:
     return mask
 
 
-def train_pair(
-    pair: ImagePair, config: TrainConfig, unchanged_mask: str | None = None, feedback: Feedback | None = None
-) -> TrainResult:
-    """Train HyperNet on a loaded pair; mask g from the user's unchanged mask or the automatic pre-detection."""
-    from .hypernet.model_file import software_versions
-    from .hypernet.training import lowest_share, train_hypernet
+def pair_training_mask(pair: ImagePair, config: TrainConfig, unchanged_mask: str | None = None) -> np.ndarray:
+    """Mask g of a loaded pair: the user's unchanged mask, else the lowest share of the pre-detection score."""
+    from .hypernet.training import lowest_share
 
     mask = _training_mask(unchanged_mask, pair)
     if mask is None:
         config.validate()
         mask = lowest_share(pair.pre_detection_score(), pair.valid, config.training_fraction)
+    return mask
+
+
+def _model_metadata(pair: ImagePair, config: TrainConfig, unchanged_mask: str | None) -> dict[str, Any]:
+    """What a model file records about the data it was trained on (bands, wavelengths, scaling, mask g)."""
+    from .hypernet.model_file import software_versions
+
+    return {
+        "band_count": pair.band_count,
+        "band_selection": pair.bands,
+        "wavelengths_nm": pair.wavelengths_nm,
+        "scaling": {"method": "per-date per-band standardisation", **pair.scaling},
+        "mask_g": "user mask" if unchanged_mask else f"lowest {config.training_fraction:.0%} of standardised CVA",
+        "inputs": {"t1": str(pair.info1.path), "t2": str(pair.info2.path)},
+        "software": software_versions(),
+    }
+
+
+def train_pair(
+    pair: ImagePair, config: TrainConfig, unchanged_mask: str | None = None, feedback: Feedback | None = None
+) -> TrainResult:
+    """Train HyperNet on a loaded pair; mask g from the user's unchanged mask or the automatic pre-detection."""
+    from .hypernet.training import train_hypernet
+
+    mask = pair_training_mask(pair, config, unchanged_mask)
     result = train_hypernet(pair.x1s, pair.x2s, pair.valid, config, mask, feedback)
-    result.extra.update(
-        {
-            "band_count": pair.band_count,
-            "band_selection": pair.bands,
-            "wavelengths_nm": pair.wavelengths_nm,
-            "scaling": {"method": "per-date per-band standardisation", **pair.scaling},
-            "mask_g": "user mask" if unchanged_mask else f"lowest {config.training_fraction:.0%} of standardised CVA",
-            "inputs": {"t1": str(pair.info1.path), "t2": str(pair.info2.path)},
-            "software": software_versions(),
-        }
-    )
+    result.extra.update(_model_metadata(pair, config, unchanged_mask))
+    return result
+
+
+def train_pairs_files(
+    pairs: Sequence[tuple[str, str]],
+    model_out: str,
+    *,
+    bands: Sequence[int] | None = None,
+    unchanged_mask: str | None = None,
+    config: TrainConfig | None = None,
+    feedback: Feedback | None = None,
+    metadata: dict[str, Any] | None = None,
+) -> TrainResult:
+    """Train one model on several pairs of one grid (a series' consecutive pairs) and save it to ``model_out``.
+
+    All pairs are open at once, each within an equal share of the memory budget (``memory.shared_pair_budget_mb``:
+    a pair over its share is read by windows); mask g is chosen per pair; every step takes its crops from the
+    pairs in turn (``training.train_hypernet_pairs``). ``metadata`` is added to the model file's (e.g. the dates).
+    The model file records the first pair's scaling and inputs, and ``inputs["pairs"]`` lists every pair.
+    """
+    import contextlib
+
+    from .hypernet.model_file import save_model
+    from .hypernet.training import TrainConfig, TrainingPair, train_hypernet_pairs
+    from .memory import shared_pair_budget_mb
+
+    feedback = feedback or NullFeedback()
+    config = config or TrainConfig()
+    config.validate()
+    inputs = [p for pair in pairs for p in pair] + ([unchanged_mask] if unchanged_mask else [])
+    raster_io.refuse_overwriting_inputs([model_out], inputs)
+    share = shared_pair_budget_mb(config.memory_budget_mb, len(pairs))
+    with contextlib.ExitStack() as stack:
+        opened: list[ImagePair] = []
+        for i, (t1, t2) in enumerate(pairs):
+            check_cancelled(feedback)
+            pair = stack.enter_context(open_pair(t1, t2, bands, min_bands=2, memory_budget_mb=share,
+                                                 feedback=SubFeedback(feedback, 0.0, 0.0)))
+            pair.x1 = pair.x2 = None  # the raw dates: only the classic detectors need them, not training
+            opened.append(pair)
+            feedback.set_progress(0.1 * (i + 1) / len(pairs))
+        training = [TrainingPair(p.x1s, p.x2s, p.valid, pair_training_mask(p, config, unchanged_mask))
+                    for p in opened]
+        result = train_hypernet_pairs(training, config, SubFeedback(feedback, 0.1, 1.0))
+        result.extra.update(_model_metadata(opened[0], config, unchanged_mask))
+        result.extra["inputs"]["pairs"] = [[str(t1), str(t2)] for t1, t2 in pairs]
+        result.extra.update(metadata or {})
+    check_cancelled(feedback)
+    save_model(model_out, result.model, result.metadata())
     return result
 
 
@@ -303,15 +364,28 @@ def _on_one_grid(job, method: str | None, t1: str, t2: str, out: str, align: boo
             kwargs["unchanged_mask"] = pair.mask
         args = (method, pair.t1, pair.t2, out) if method is not None else (pair.t1, pair.t2, out)
         result = job(*args, **kwargs)
-    if pair.note:
-        result.extra["align"] = pair.note
-        loaded = getattr(result, "pair", None)
-        if loaded is not None:  # the report names the files the user gave, not the temporary VRTs
-            loaded.info1.path, loaded.info2.path = str(t1), str(t2)
-        train = result if method is None and hasattr(result, "model") else getattr(result, "train", None)
-        if train is not None and isinstance(train.extra.get("inputs"), dict):
-            train.extra["inputs"].update({"t1": str(t1), "t2": str(t2)})
+        if pair.note:
+            _name_the_given_files(result, method, str(t1), str(t2), pair.t1, pair.t2)
+            result.extra["align"] = pair.note
     return result
+
+
+def _name_the_given_files(result: Any, method: str | None, t1: str, t2: str, used1: str, used2: str) -> None:
+    """After a job on an aligned pair (inside its temporary folder): the report's pictures are read now from the
+    warped files ``used1``/``used2``, then the results name the files the user gave, not the temporary VRTs."""
+    loaded = getattr(result, "pair", None)
+    if loaded is not None:
+        loaded.keep_report_dates()  # a windowed pair re-reads its pictures from the files: not after they go
+        loaded.info1.path, loaded.info2.path = t1, t2
+    train = result if method is None and hasattr(result, "model") else getattr(result, "train", None)
+    if train is not None and isinstance(train.extra.get("inputs"), dict):
+        from .report.report import training_pictures
+
+        try:
+            train.report_images = training_pictures(train, used1, used2)
+        except Exception:  # noqa: BLE001  (only the report's pictures; the report says so by their absence)
+            train.report_images = None
+        train.extra["inputs"].update({"t1": t1, "t2": t2})
 
 
 def train_files(t1: str, t2: str, model_out: str, *, align: bool = True, resampling: str = "bilinear",

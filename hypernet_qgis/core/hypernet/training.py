@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -30,6 +31,8 @@ class TrainResult:
     config: TrainConfig
     widths: tuple[int, int, int]
     extra: dict[str, Any] = field(default_factory=dict)
+    #: (t1, t2, wavelengths) of the report's pictures, kept when the inputs were temporary (aligned) files
+    report_images: tuple[np.ndarray, np.ndarray, list[float] | None] | None = field(default=None, repr=False)
 
     def metadata(self) -> dict[str, Any]:
         """JSON-able training metadata for the model file."""
@@ -41,7 +44,7 @@ class TrainResult:
             "training_pixels": int(self.training_mask.sum()),
             "device": self.device_name,
             "seconds": round(self.seconds, 3),
-            **self.extra,
+            **self.extra,  # (with several pairs: their training pixels together, and the pair count)
         }
 
 
@@ -124,6 +127,16 @@ def _step_batches(
     return r0, c0, crop
 
 
+@dataclass
+class TrainingPair:
+    """One standardised pair to train on: the dates (arrays or disk-backed windows), valid pixels and mask g."""
+
+    x1s: Any
+    x2s: Any
+    valid: np.ndarray
+    mask: np.ndarray
+
+
 def train_hypernet(
     x1s: np.ndarray,
     x2s: np.ndarray,
@@ -140,22 +153,48 @@ def train_hypernet(
     """
     config = config or TrainConfig()
     config.validate()
-    feedback = feedback or NullFeedback()
     if training_mask is None:
         training_mask = select_training_pixels(x1s, x2s, valid, config.training_fraction)
-    training_mask = training_mask & valid
-    _check_inputs(x1s, x2s, valid, training_mask)
+    return train_hypernet_pairs([TrainingPair(x1s, x2s, valid, training_mask)], config, feedback)
+
+
+def train_hypernet_pairs(
+    pairs: Sequence[TrainingPair], config: TrainConfig | None = None, feedback: Feedback | None = None
+) -> TrainResult:
+    """Train one HyperNet on one or more standardised pairs of one shape (a series' consecutive pairs).
+
+    A step costs what a step on one pair costs: with several pairs, the default schedule's crops are taken from
+    the pairs in turn (crop j of step e from pair (j + e) mod N), the paper schedule's whole image is pair e mod N.
+    One pair trains exactly as :func:`train_hypernet` always has. ``TrainResult.training_mask`` is the first
+    pair's mask g; the metadata count the training pixels of all pairs.
+    """
+    config = config or TrainConfig()
+    config.validate()
+    feedback = feedback or NullFeedback()
+    if not pairs:
+        raise InputError("Training needs at least one image pair.")
+    masks = []
+    for p in pairs:
+        mask = p.mask & p.valid
+        _check_inputs(p.x1s, p.x2s, p.valid, mask)
+        if tuple(p.x1s.shape) != tuple(pairs[0].x1s.shape):
+            raise InputError(f"The pairs to train one model on differ in shape: {tuple(pairs[0].x1s.shape)} vs "
+                             f"{tuple(p.x1s.shape)}; put every date on one grid with the same bands.")
+        masks.append(mask)
+    n_pairs = len(pairs)
+    training_pixels = int(sum(int(m.sum()) for m in masks))
 
     device = resolve_device(config.device)
     device_name = describe_device(device, config.device)
-    bands, rows, cols = x1s.shape
+    bands, rows, cols = pairs[0].x1s.shape
     epochs = config.resolved_epochs()
     torch.manual_seed(config.seed)
     rng = np.random.default_rng(config.seed)
     model, widths = _make_model(bands, config, device)
+    of_pairs = f"{n_pairs} pairs of " if n_pairs > 1 else ""
     feedback.info(
-        f"Training HyperNet on {device_name}: {bands} bands, {cols}x{rows} pixels, branch width {widths[0]}, "
-        f"{epochs} epochs ({config.schedule} schedule), {int(training_mask.sum())} training pixels."
+        f"Training HyperNet on {device_name}: {bands} bands, {of_pairs}{cols}x{rows} pixels, branch width "
+        f"{widths[0]}, {epochs} epochs ({config.schedule} schedule), {training_pixels} training pixels."
     )
     optimizer = torch.optim.SGD(
         model.parameters(), lr=config.learning_rate, momentum=config.momentum, weight_decay=config.weight_decay
@@ -170,12 +209,18 @@ def train_hypernet(
         plan = crop_plan(rows, cols, bands, widths[0], config.crop_size, config.pixels_per_step, budget)
         step_pixels = plan[0] * plan[0] * plan[1]
     reuse_pages = train_step_mb(bands, widths[0], step_pixels) * REUSE_HEADROOM <= budget
-    # in-memory inputs become one tensor each; disk-backed ones (memory maps, streaming.WindowReader) are read
-    # crop by crop, so a scene larger than memory trains with the default schedule
-    in_memory = (type(x1s) is np.ndarray and type(x2s) is np.ndarray) or config.schedule == "paper"
-    t1 = torch.from_numpy(np.ascontiguousarray(x1s, dtype=np.float32)).unsqueeze(0).to(device) if in_memory else None
-    t2 = torch.from_numpy(np.ascontiguousarray(x2s, dtype=np.float32)).unsqueeze(0).to(device) if in_memory else None
-    g = torch.from_numpy(training_mask).to(device)
+    # in-memory inputs become one tensor each (on the device for one pair; with several, host tensors that share
+    # the arrays' memory, and each step's batch goes to the device); disk-backed ones (memory maps,
+    # streaming.WindowReader) are read crop by crop, so a scene larger than memory trains with the default schedule
+    where = device if n_pairs == 1 else torch.device("cpu")
+    t1s: list[torch.Tensor | None] = []
+    t2s: list[torch.Tensor | None] = []
+    gs: list[torch.Tensor] = []
+    for p, mask in zip(pairs, masks):
+        in_memory = (type(p.x1s) is np.ndarray and type(p.x2s) is np.ndarray) or config.schedule == "paper"
+        t1s.append(_tensor(p.x1s, where) if in_memory else None)
+        t2s.append(_tensor(p.x2s, where) if in_memory else None)
+        gs.append(torch.from_numpy(mask).to(where))
 
     history: list[float] = []
     start = time.perf_counter()
@@ -183,13 +228,16 @@ def train_hypernet(
     with training_allocator(device, reuse_pages):  # CPU: reuse the last step's pages when the budget allows
         for epoch in range(epochs):
             check_cancelled(feedback)
-            if config.schedule == "paper" and t1 is not None and t2 is not None:  # (in memory for this schedule)
-                b1, b2, gb = t1, t2, g.unsqueeze(0)
+            k = epoch % n_pairs
+            whole1, whole2 = t1s[k], t2s[k]
+            if config.schedule == "paper" and whole1 is not None and whole2 is not None:  # (in memory: paper)
+                b1, b2, gb = whole1.to(device), whole2.to(device), gs[k].unsqueeze(0).to(device)
             else:
                 r0, c0, crop = _step_batches(rows, cols, config, rng, plan)
-                b1 = _crops(t1, x1s, r0, c0, crop, device)
-                b2 = _crops(t2, x2s, r0, c0, crop, device)
-                gb = torch.stack([g[r : r + crop, c : c + crop] for r, c in zip(r0, c0)])
+                which = (np.arange(len(r0)) + epoch) % n_pairs
+                b1 = _mixed_crops(t1s, [p.x1s for p in pairs], which, r0, c0, crop, device)
+                b2 = _mixed_crops(t2s, [p.x2s for p in pairs], which, r0, c0, crop, device)
+                gb = torch.stack([gs[k][r : r + crop, c : c + crop] for k, r, c in zip(which, r0, c0)]).to(device)
             index = torch.nonzero(gb.reshape(-1)).squeeze(1)
             if index.numel() == 0:  # a crop batch without training pixels: nothing to learn from this step
                 history.append(history[-1] if history else float("nan"))
@@ -212,7 +260,24 @@ def train_hypernet(
     model.eval()
     seconds = time.perf_counter() - start
     feedback.info(f"Training finished in {seconds:.1f} s; final loss {history[-1]:.5f}.")
-    return TrainResult(model, history, training_mask, device_name, seconds, config, widths)
+    result = TrainResult(model, history, masks[0], device_name, seconds, config, widths)
+    if n_pairs > 1:
+        result.extra.update({"training_pixels": training_pixels, "pairs": n_pairs})
+    return result
+
+
+def _tensor(x, device: torch.device) -> torch.Tensor:
+    """A (1, bands, rows, cols) float32 tensor of an in-memory date (no copy on the CPU when already float32)."""
+    return torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).unsqueeze(0).to(device)
+
+
+def _mixed_crops(tensors: Sequence[torch.Tensor | None], arrays: Sequence[Any], which: np.ndarray, r0: np.ndarray,
+                 c0: np.ndarray, crop: int, device: torch.device) -> torch.Tensor:
+    """The step's crop batch: crop j from pair ``which[j]`` (one pair: exactly :func:`_crops`)."""
+    if len(tensors) == 1:
+        return _crops(tensors[0], arrays[0], r0, c0, crop, device)
+    parts = [_crops(tensors[k], arrays[k], r0[j : j + 1], c0[j : j + 1], crop, device) for j, k in enumerate(which)]
+    return torch.cat(parts).to(device)
 
 
 def _crops(t: torch.Tensor | None, x, r0: np.ndarray, c0: np.ndarray, crop: int, device: torch.device) -> torch.Tensor:

@@ -847,24 +847,34 @@ def _train_info(train: Any) -> dict[str, Any]:
     return info
 
 
+def training_pictures(result: Any, t1_path: str | None = None, t2_path: str | None = None
+                      ) -> tuple[np.ndarray, np.ndarray, list[float] | None]:
+    """The bands a training report shows (true colour or three spread bands) of both dates, read from
+    ``t1_path``/``t2_path`` (default: the inputs the TrainResult records), with their wavelengths."""
+    from ..io import raster_io
+    from .quicklook import choose_rgb_bands
+
+    extra = getattr(result, "extra", {}) or {}
+    inputs = extra.get("inputs") or {}
+    selection = extra.get("band_selection") or list(range(1, int(extra["band_count"]) + 1))
+    (r, g, b), _ = choose_rgb_bands(len(selection), extra.get("wavelengths_nm"))
+    picks = sorted({r, g, b})  # only the bands the pictures show: bounded memory for any scene
+    t1 = raster_io.read_raster(t1_path or inputs["t1"], [selection[i] for i in picks])[0]
+    t2 = raster_io.read_raster(t2_path or inputs["t2"], [selection[i] for i in picks])[0]
+    wavelengths = [extra["wavelengths_nm"][i] for i in picks] if extra.get("wavelengths_nm") else None
+    return t1, t2, wavelengths
+
+
 def write_training_report(path: PathLike, result: Any, t1: np.ndarray | None = None,
                           t2: np.ndarray | None = None) -> None:
     """Training report from a TrainResult; the images are re-read from the inputs it records when not given."""
     info = _train_info(result)
     if t1 is None or t2 is None:
-        inputs = (getattr(result, "extra", {}) or {}).get("inputs") or {}
+        kept = getattr(result, "report_images", None)  # read while an aligned pair's warped files existed
         try:
-            from ..io import raster_io
-            from .quicklook import choose_rgb_bands
-
-            extra = getattr(result, "extra", {}) or {}
-            selection = extra.get("band_selection") or list(range(1, int(extra["band_count"]) + 1))
-            (r, g, b), _ = choose_rgb_bands(len(selection), extra.get("wavelengths_nm"))
-            picks = sorted({r, g, b})  # only the bands the pictures show: bounded memory for any scene
-            t1 = raster_io.read_raster(inputs["t1"], [selection[i] for i in picks])[0]
-            t2 = raster_io.read_raster(inputs["t2"], [selection[i] for i in picks])[0]
-            if extra.get("wavelengths_nm"):
-                info["wavelengths_nm"] = [extra["wavelengths_nm"][i] for i in picks]
+            t1, t2, wavelengths = kept if kept is not None else training_pictures(result)
+            if wavelengths:
+                info["wavelengths_nm"] = wavelengths
         except Exception:  # the report still tells the training story without pictures of the inputs
             t1 = t2 = None
     training_report(path, t1=t1, t2=t2, info=info, loss_history=result.loss_history,
