@@ -103,20 +103,24 @@ class Mixture:
     threshold: float  # the Bayes split between the means (change = above)
 
     def log_likelihood_ratio(self, x: np.ndarray) -> np.ndarray:
-        """log p(x, changed) - log p(x, unchanged), made monotone in ``x``: two Gaussians of different spreads
-        cross again in the tails, so above the changed mean the ratio is held at least at its value there, and
-        below the unchanged mean at most at its value there (a larger intensity never counts as less change)."""
+        """log p(x, changed) - log p(x, unchanged) of each (finite) value, made non-decreasing over the values
+        given: two Gaussians of different spreads cross again in a tail, so above the threshold each value gets
+        the largest ratio of any value between the threshold and itself, and below it the smallest (a larger
+        intensity never counts as less change)."""
         x = np.asarray(x, dtype=np.float64)
 
-        def log_density(z: np.ndarray | float, i: int) -> np.ndarray:
-            return (-0.5 * ((z - self.means[i]) / self.sds[i]) ** 2 - np.log(self.sds[i])
+        def log_density(i: int) -> np.ndarray:
+            return (-0.5 * ((x - self.means[i]) / self.sds[i]) ** 2 - np.log(self.sds[i])
                     + np.log(max(self.weights[i], 1e-300)))
 
-        llr = log_density(x, 1) - log_density(x, 0)
-        at_hi = float(log_density(self.means[1], 1) - log_density(self.means[1], 0))
-        at_lo = float(log_density(self.means[0], 1) - log_density(self.means[0], 0))
-        llr = np.where(x > self.means[1], np.maximum(llr, at_hi), llr)
-        return np.where(x < self.means[0], np.minimum(llr, at_lo), llr)
+        llr = (log_density(1) - log_density(0)).ravel()
+        order = np.argsort(x.ravel(), kind="stable")
+        ranked = llr[order]
+        above = x.ravel()[order] > self.threshold  # a suffix of the sorted values
+        ranked[above] = np.maximum.accumulate(ranked[above])
+        ranked[~above] = np.minimum.accumulate(ranked[~above][::-1])[::-1]
+        llr[order] = ranked
+        return llr.reshape(x.shape)
 
 
 def fit_mixture(values: np.ndarray, max_iter: int = 200) -> Mixture | None:
