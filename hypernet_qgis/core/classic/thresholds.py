@@ -1,7 +1,8 @@
 """Thresholds that split a change-intensity map into changed / unchanged.
 
-Convention everywhere: a pixel is CHANGED when its intensity is strictly greater than the threshold.
-Only finite values are used (NaN marks invalid pixels).
+Convention everywhere: a pixel is CHANGED when its intensity is strictly greater than the threshold, except in the
+"mrf" map (``mrf_change``), where a pixel's label also depends on its neighbours' and the threshold reported is the
+mixture's split the map starts from. Only finite values are used (NaN marks invalid pixels).
 """
 
 from __future__ import annotations
