@@ -58,13 +58,17 @@ def _finite(text: str) -> float:
     return value
 
 
+#: --threshold's names (a number means a fixed threshold).
+_THRESHOLD_NAMES = ("auto",) + tuple(m for m in options.THRESHOLD_METHODS if m != "fixed")
+
+
 def _threshold(text: str) -> str:
-    if text in ("auto", "otsu", "kmeans", "mixture"):
+    if text in _THRESHOLD_NAMES:
         return text
     try:
         _finite(text)
     except argparse.ArgumentTypeError:
-        raise argparse.ArgumentTypeError(f"use auto, otsu, kmeans, mixture or a finite number, not {text!r}") from None
+        raise argparse.ArgumentTypeError(f"use {', '.join(_THRESHOLD_NAMES)} or a finite number, not {text!r}") from None
     return text
 
 
@@ -199,8 +203,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--intensity", default=None, help="also write the change intensity (float32 GeoTIFF)")
     p.add_argument("--model", default=None, help="a model file from 'train'; without it the pair is trained first")
     p.add_argument("--threshold", type=_threshold, default="auto",
-                   help="auto (default: mixture for the fused intensity, otsu for --evidence hypernet), otsu, "
-                        "kmeans, mixture, or a number")
+                   help="auto (default: mrf for the fused intensity, otsu for --evidence hypernet), otsu, "
+                        "kmeans, mixture, mrf (the mixture regularised by each pixel's 5x5 neighbours), or a "
+                        "number")
     p.add_argument("--evidence", default="fused", choices=["fused", "hypernet"],
                    help="fused (default): HyperNet's distance averaged with IR-MAD and CVA, each divided by its "
                         "median; hypernet: HyperNet's distance alone")
@@ -277,7 +282,7 @@ def _config(args: argparse.Namespace) -> options.TrainConfig:
 
 
 def _split_threshold(value: str | None) -> tuple[str | None, float | None]:
-    if value is None or value in ("auto", "otsu", "kmeans", "mixture"):
+    if value is None or value in _THRESHOLD_NAMES:
         return value, None
     return "fixed", float(value)
 

@@ -7,7 +7,7 @@ import pytest
 from osgeo import gdal
 
 from hypernet_qgis.core import pipeline
-from hypernet_qgis.core.classic.thresholds import METHODS, mixture_threshold, otsu_threshold
+from hypernet_qgis.core.classic.thresholds import METHODS, mixture_threshold, mrf_change, otsu_threshold
 from hypernet_qgis.core.errors import InputError
 from hypernet_qgis.core.fusion import CLASSIC_EVIDENCE, classic_evidence, fuse, ratio_to_median, resolve_threshold
 from hypernet_qgis.core.hypernet.training import TrainConfig
@@ -65,7 +65,7 @@ def test_mixture_threshold_splits_a_long_tailed_change_class_where_otsu_cuts_the
 
 
 def test_auto_threshold_depends_on_the_evidence():
-    assert resolve_threshold("auto", "fused") == "mixture" and resolve_threshold(None, "fused") == "mixture"
+    assert resolve_threshold("auto", "fused") == "mrf" and resolve_threshold(None, "fused") == "mrf"
     assert resolve_threshold("auto", "hypernet") == "otsu"
     assert resolve_threshold("kmeans", "fused") == "kmeans"
     assert TrainConfig().resolved_epochs() == DEFAULT_EPOCHS["default"] == 20
@@ -79,7 +79,7 @@ def test_detect_default_is_the_fusion_and_hypernet_alone_stays_an_option(synthet
                                   evidence="hypernet", config=TrainConfig(**cfg))
     fused = pipeline.detect_files(t1, t2, str(tmp_path / "f.tif"), intensity_out=str(tmp_path / "fi.tif"),
                                   config=TrainConfig(**cfg))
-    assert fused.extra["evidence"] == "fused" and fused.threshold_method == "mixture"
+    assert fused.extra["evidence"] == "fused" and fused.threshold_method == "mrf"
     assert alone.extra["evidence"] == "hypernet" and alone.threshold_method == "otsu"
     pair = fused.pair
     expected = fuse(alone.intensity, classic_evidence(pair.x1, pair.x2, pair.valid), pair.valid)
@@ -88,7 +88,9 @@ def test_detect_default_is_the_fusion_and_hypernet_alone_stays_an_option(synthet
     written = ds.GetRasterBand(1).ReadAsArray()
     ds = None
     assert np.allclose(written[pair.valid], fused.intensity[pair.valid], rtol=1e-6)
-    assert np.array_equal(fused.binary[pair.valid] == 1, fused.intensity[pair.valid] > fused.threshold)
+    # the default map is the mixture's, regularised by the 5x5 Potts MRF; it starts at the mixture's threshold
+    assert np.array_equal(fused.binary, mrf_change(fused.intensity, pair.valid)[0])
+    assert fused.threshold == pytest.approx(mixture_threshold(fused.intensity[pair.valid]))
     assert pipeline.evaluate_files(str(tmp_path / "f.tif"), gt)["kappa"] > 0.9
     with pytest.raises(InputError, match="evidence"):
         pipeline.detect_files(t1, t2, str(tmp_path / "x.tif"), evidence="sam", config=TrainConfig(**cfg))
@@ -102,3 +104,5 @@ def test_cli_detect_defaults_and_the_hypernet_alone_switch():
     args = build_parser().parse_args(["detect", "a.tif", "b.tif", "-o", "c.tif", "--evidence", "hypernet",
                                       "--threshold", "mixture"])
     assert args.evidence == "hypernet" and args.threshold == "mixture"
+    args = build_parser().parse_args(["detect", "a.tif", "b.tif", "-o", "c.tif", "--threshold", "mrf"])
+    assert args.threshold == "mrf"

@@ -207,3 +207,23 @@ def test_a_pair_larger_than_the_budget_is_detected_by_windows_with_the_same_resu
     a = gdal.Open(str(tmp_path / "a.tif")).ReadAsArray()
     b = gdal.Open(str(tmp_path / "b.tif")).ReadAsArray()
     assert (a != b).sum() <= 2 and ((a == 255) == (b == 255)).all()
+
+
+def test_the_mrf_map_can_be_asked_for_on_the_windowed_route(synthetic_pair, tmp_path):
+    """Over the budget the evidence is HyperNet alone (auto = Otsu on the root); --threshold mrf still applies,
+    on the root of the in-memory intensity, with the same map as the whole-image route."""
+    from hypernet_qgis.core.classic.thresholds import mrf_change
+
+    t1, t2 = str(synthetic_pair["t1"]), str(synthetic_pair["t2"])
+    model = tmp_path / "m.hypernet"
+    pipeline.train_files(t1, t2, str(model), config=TrainConfig(**FAST))
+    small = TrainConfig(device="cpu", memory_budget_mb=0.1)
+    streamed = pipeline.detect_files(t1, t2, str(tmp_path / "b.tif"), model=str(model), config=small,
+                                     threshold="mrf")
+    assert streamed.extra.get("streamed") and streamed.extra["evidence"] == "hypernet"
+    assert streamed.threshold_method == "mrf"
+    expected, root = mrf_change(np.sqrt(np.maximum(streamed.intensity, 0.0)), streamed.pair.valid)
+    assert np.array_equal(streamed.binary, expected) and streamed.threshold == pytest.approx(root ** 2)
+    whole = pipeline.detect_files(t1, t2, str(tmp_path / "a.tif"), model=str(model), evidence="hypernet",
+                                  threshold="mrf")
+    assert (whole.binary != streamed.binary).sum() <= 2

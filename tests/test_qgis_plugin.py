@@ -162,7 +162,8 @@ def test_parameter_defaults_match_the_engine(hypernet_provider):  # noqa: F811
     assert p("DEVICE").defaultValue() == cfg.device and p("DEVICE").options() == ["auto", "cpu", "cuda"]
     assert p("EPOCHS").defaultValue() is None and has_flag(p("EPOCHS").flags(), FLAG_OPTIONAL)
     detect = QgsApplication.processingRegistry().algorithmById("hypernet:detectchange")
-    assert detect.parameterDefinition("THRESHOLD_METHOD").options() == ["auto", "otsu", "kmeans", "mixture", "fixed"]
+    assert detect.parameterDefinition("THRESHOLD_METHOD").options() == ["auto", "otsu", "kmeans", "mixture", "mrf",
+                                                                         "fixed"]
     classic = QgsApplication.processingRegistry().algorithmById("hypernet:classicchange")
     assert classic.parameterDefinition("METHOD").options() == ["cva", "sam", "irmad", "pcakmeans"]
 

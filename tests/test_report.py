@@ -148,6 +148,19 @@ def test_detection_report_without_training_has_no_training_figures(tmp_path):
     doc = _parse(out)
     _check_figures(doc, ["fig-t1", "fig-t2", "fig-intensity", "fig-binary", "fig-histogram"])
     assert "fig-loss" not in doc.images and "fig-mask" not in doc.images
+    assert "Pixels above the dashed line are mapped as changed." in out.read_text()
+
+
+def test_detection_report_of_the_mrf_map_does_not_claim_a_pixelwise_threshold(tmp_path):
+    """With the MRF map some pixels above the mixture's split are unchanged and some below changed."""
+    t1, t2, intensity = _scene()
+    binary = np.where(np.isfinite(intensity), (intensity > 1).astype(np.uint8), 255).astype(np.uint8)
+    out = tmp_path / "m.html"
+    report.detection_report(out, t1=t1, t2=t2, intensity=intensity, binary=binary, threshold=1.0,
+                            threshold_method="mrf", info=None)
+    text = out.read_text()
+    assert "Pixels above the dashed line are mapped as changed." not in text
+    assert "where the MRF map starts" in text
 
 
 def test_training_report(tmp_path):

@@ -73,3 +73,96 @@ def test_compute_threshold_dispatch():
         compute_threshold(v, "fixed")
     with pytest.raises(InputError, match="Unknown threshold"):
         compute_threshold(v, "median")
+
+
+# ---------------------------------------------------------------------------- the mixture + Potts MRF map ("mrf")
+
+def _blocks_with_noise(seed: int = 0):
+    """A 60x60 scene: a 20x20 changed block (intensity ~3) on an unchanged background (~1), both noisy enough that
+    the pixel-wise mixture makes speckle; one isolated pixel far above everything (a real small change)."""
+    rng = np.random.default_rng(seed)
+    truth = np.zeros((60, 60), bool)
+    truth[20:40, 10:30] = True
+    x = np.where(truth, rng.normal(3.0, 0.9, truth.shape), rng.normal(1.0, 0.35, truth.shape))
+    x[50, 50] = 40.0
+    truth[50, 50] = True
+    return x.astype(np.float32), truth
+
+
+def test_mrf_removes_speckle_and_fills_holes_that_the_pixelwise_mixture_leaves():
+    from hypernet_qgis.core.classic.thresholds import binary_change, mixture_threshold, mrf_change
+
+    x, truth = _blocks_with_noise()
+    valid = np.ones(x.shape, bool)
+    pixelwise, t_mix = binary_change(x, valid, "mixture")
+    mrf, t_mrf = binary_change(x, valid, "mrf")
+    assert t_mrf == t_mix == mixture_threshold(x[valid])  # the MRF starts at the mixture's split
+    wrong_pixelwise = int(((pixelwise == 1) != truth).sum())
+    wrong_mrf = int(((mrf == 1) != truth).sum())
+    assert wrong_pixelwise > 40  # speckle outside the block and holes inside it
+    assert wrong_mrf <= wrong_pixelwise // 4
+    assert mrf[50, 50] == 1  # strong evidence stays changed even with no changed neighbour
+    # without the prior (beta 0) the MRF map is the mixture's own
+    assert np.array_equal(mrf_change(x, valid, beta=0.0)[0], pixelwise)
+
+
+def test_mrf_a_weak_isolated_pixel_follows_its_neighbours_and_invalid_pixels_are_not_neighbours():
+    from hypernet_qgis.core.classic.thresholds import MRF_BETA, MRF_RADIUS, fit_mixture, mrf_change
+
+    x, _ = _blocks_with_noise(1)
+    valid = np.ones(x.shape, bool)
+    mixture = fit_mixture(x[valid])
+    # a pixel just above the split, alone in the background: its llr is below beta * 24, so it turns unchanged
+    x[5, 45] = mixture.threshold + 0.05
+    assert 0 < mixture.log_likelihood_ratio(np.array([x[5, 45]]))[0] < MRF_BETA * ((2 * MRF_RADIUS + 1) ** 2 - 1)
+    out, _ = mrf_change(x, valid)
+    assert out[5, 45] == 0
+    # the same pixel inside the changed block, with its 5x5 window invalid except itself: nothing pulls it
+    x2 = x.copy()
+    x2[30, 20] = mixture.threshold + 0.05
+    valid2 = valid.copy()
+    valid2[28:33, 18:23] = False
+    valid2[30, 20] = True
+    x2[~valid2] = np.nan
+    out2, _ = mrf_change(x2, valid2)
+    assert out2[30, 20] == 1 and (out2[~valid2] == 255).all()
+
+
+def test_mixture_log_likelihood_ratio_is_monotone_beyond_the_means():
+    from hypernet_qgis.core.classic.thresholds import fit_mixture
+
+    rng = np.random.default_rng(3)
+    # the changed class narrower than the unchanged one: the raw Gaussian ratio falls again far out in the tail
+    values = np.r_[rng.normal(0.0, 1.0, 9000), rng.normal(6.0, 0.3, 1000)]
+    m = fit_mixture(values)
+    grid = np.linspace(-10, 30, 4001)
+    llr = m.log_likelihood_ratio(grid)
+    assert m.means[0] < m.threshold < m.means[1]
+    assert (np.diff(llr) >= 0).all() and (llr[grid > m.threshold] > 0).all() and (llr[grid < m.means[0]] < 0).all()
+    raw = m.log_likelihood_ratio(np.array([30.0]))[0]  # one value alone: nothing holds it up
+    assert raw < 0 < llr[-1]  # far out in the narrow class's tail the raw ratio says "unchanged"; the held one not
+    assert fit_mixture(np.full(50, 2.0)) is None
+
+
+def test_mrf_on_the_real_taizhou_pair_beats_the_pixelwise_mixture(shared_dir):
+    """IR-MAD and CVA of Taizhou, averaged as the default fusion does (each over its median): the MRF map scores
+    kappa 0.963 where the pixel-wise mixture scores 0.933 (BENCHMARKS.md, issue 10)."""
+    from hypernet_qgis.core.classic.baselines import cva, irmad
+    from hypernet_qgis.core.classic.metrics import change_metrics, reference_from_masks
+    from hypernet_qgis.core.classic.thresholds import binary_change
+    from hypernet_qgis.core.fusion import ratio_to_median
+    from hypernet_qgis.core.io.raster_io import read_mask, read_raster
+
+    tz = shared_dir / "data" / "taizhou"
+    x1, v1, info = read_raster(tz / "2000TM")
+    x2, v2, _ = read_raster(tz / "2003TM.HDR")
+    valid = v1 & v2
+    ref = reference_from_masks(read_mask(tz / "change.bmp", info), read_mask(tz / "unchanged.bmp", info))
+    fused = (ratio_to_median(irmad(x1, x2, valid), valid) + ratio_to_median(cva(x1, x2, valid), valid)) / 2
+
+    def kappa(how: str) -> float:
+        return change_metrics(binary_change(fused, valid, how)[0], ref, changed=(1,), unchanged=(0,),
+                              ignore=(255,))["kappa"]
+
+    assert kappa("mixture") == pytest.approx(0.933, abs=0.005)
+    assert kappa("mrf") == pytest.approx(0.963, abs=0.005)

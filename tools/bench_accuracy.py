@@ -37,7 +37,7 @@ from hypernet_qgis.core.pipeline import (  # noqa: E402
 SHARED = REPO.parent / "shared" / "data"
 #: The default settings, and the paper's schedule (whole image per step, 200 epochs) at the same branch width so
 #: that only the schedule differs ("width:cap" = the default schedule's automatic width).
-DEFAULT_NAME = "HyperNet + IR-MAD + CVA (default)"
+DEFAULT_NAME = "HyperNet + IR-MAD + CVA, MRF map (default)"
 DEFAULT_VARIANTS = [(DEFAULT_NAME, {}),
                     ("HyperNet + IR-MAD + CVA, paper schedule", {"schedule": "paper", "width": "cap"})]
 #: Each HyperNet run is scored twice from the same trained model: with the default evidence (fused with IR-MAD

@@ -58,10 +58,15 @@ MUTANTS = [
            "torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs)",
            "torch.optim.lr_scheduler.ConstantLR(optimizer, factor=1.0)", ("tests/test_caught_bugs.py::test_learning_rate_follows_the_cosine_schedule",)),
     Mutant("no cancel check per epoch", CORE + "hypernet/training.py",
-           "            check_cancelled(feedback)\n            if config.schedule", "            if config.schedule",
+           "            check_cancelled(feedback)\n            k = epoch % n_pairs", "            k = epoch % n_pairs",
            ("tests/test_caught_bugs.py::test_cancel_is_checked_every_epoch",)),
     Mutant("tiled halo reduced by 1", CORE + "hypernet/tiling.py", "    halo = model.halo()\n",
            "    halo = model.halo() - 1\n", ("tests/test_tiling.py",)),
+    # issue 10: the MRF map of the fused intensity
+    Mutant("MRF counts changed neighbours only (no pull towards unchanged)", CORE + "classic/thresholds.py",
+           "llr + beta * (2.0 * around - neighbours) > 0", "llr + beta * around > 0", ("tests/test_thresholds.py",)),
+    Mutant("MRF likelihood ratio not held monotone", CORE + "classic/thresholds.py",
+           "        ranked[above] = np.maximum.accumulate(ranked[above])\n", "", ("tests/test_thresholds.py",)),
     # the checks of issue 12
     Mutant("output path check skipped by the CLI", PACKAGE + "cli.py", "    check_job_paths(outputs, inputs)\n",
            "", ("tests/test_hostile_cli.py::test_report_never_overwrites_an_input_or_another_output",)),

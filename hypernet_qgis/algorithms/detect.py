@@ -32,7 +32,7 @@ from .base import (
 )
 
 #: Detect Change's threshold methods: "auto" is the engine's default for its intensity (core/fusion.py).
-DETECT_THRESHOLDS = ["auto", "otsu", "kmeans", "mixture", "fixed"]
+DETECT_THRESHOLDS = ["auto", "otsu", "kmeans", "mixture", "mrf", "fixed"]
 
 
 class DetectChangeAlgorithm(HyperNetAlgorithm):
@@ -52,8 +52,9 @@ class DetectChangeAlgorithm(HyperNetAlgorithm):
         "on this pair (no labels needed; the training settings are under <i>Advanced</i>).</p>"
         "<p><b>Inputs</b>: <i>T1</i> and <i>T2</i>, multi- or hyperspectral rasters on the same grid (size, "
         "pixel size, CRS) with the same bands; optionally a model file from <i>Train HyperNet</i> (same sensor and "
-        "bands), a band list, and the threshold method: <i>auto</i> (default: a two-Gaussian mixture), "
-        "<i>otsu</i>, <i>kmeans</i>, <i>mixture</i>, or <i>fixed</i> with your fixed threshold.</p>"
+        "bands), a band list, and the threshold method: <i>auto</i> (default: <i>mrf</i>, a two-Gaussian "
+        "mixture whose map is regularised by each pixel's 5x5 neighbours), <i>otsu</i>, <i>kmeans</i>, "
+        "<i>mixture</i> (pixel by pixel), <i>mrf</i>, or <i>fixed</i> with your fixed threshold.</p>"
         "<p><b>Intensity</b>: by default HyperNet's feature distance averaged with IR-MAD and CVA, each divided "
         "by its median (more accurate and far more stable than any of them alone on the benchmark pairs; "
         "BENCHMARKS.md); <i>Evidence = hypernet</i> uses HyperNet's distance alone.</p>"

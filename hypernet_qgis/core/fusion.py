@@ -13,8 +13,11 @@ The recipe, each step scale-free so that no weight is tuned:
 2. each divided by its median over the valid pixels (the typical, mostly unchanged, distance), so that
    ``2`` reads "twice the usual difference" in every detector;
 3. their mean is the fused intensity;
-4. the change map splits it where a two-component Gaussian mixture puts the boundary
-   (``thresholds.mixture_threshold``): the classes have different spreads and shares, which Otsu ignores.
+4. a two-component Gaussian mixture is fitted to it (``thresholds.fit_mixture``): the classes have different
+   spreads and shares, which Otsu ignores;
+5. the change map is that mixture's, regularised by a Potts Markov random field over each pixel's 5x5
+   neighbourhood (``thresholds.mrf_change``, threshold method "mrf"): uncertain pixels follow their neighbours,
+   pixels with strong evidence keep their label. ``--threshold mixture`` gives the pixel-wise split alone.
 
 ``evidence="hypernet"`` keeps HyperNet alone (the intensity is then the MSE, thresholded by Otsu on its root).
 """
@@ -28,8 +31,10 @@ from .options import DEFAULT_EVIDENCE, EVIDENCE_MODES  # noqa: F401 (one home: c
 
 #: The classic detectors whose (median-normalised) intensities are averaged with HyperNet's.
 CLASSIC_EVIDENCE = ("irmad", "cva")
-#: Threshold used when the caller asks for "auto": the mixture for the fused intensity, Otsu for HyperNet alone.
-AUTO_THRESHOLD = {"fused": "mixture", "hypernet": "otsu"}
+#: Threshold used when the caller asks for "auto": the mixture regularised by its neighbours (mrf) for the fused
+#: intensity, Otsu on the root for HyperNet alone (whose mixture, with or without the MRF, varies with the seed:
+#: kappa 0.44-0.81 on salinasA_pair, BENCHMARKS.md).
+AUTO_THRESHOLD = {"fused": "mrf", "hypernet": "otsu"}
 
 
 def check_evidence(evidence: str) -> str:

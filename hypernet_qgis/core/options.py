@@ -24,9 +24,10 @@ MIN_MEMORY_BUDGET_MB = 64
 
 DEVICES = ("auto", "cpu", "cuda")
 SCHEDULES = ("default", "paper")
-#: mixture: the boundary of a two-Gaussian mixture; auto (Detect Change): mixture for the fused intensity, Otsu on
-#: the root for HyperNet alone.
-THRESHOLD_METHODS = ("otsu", "kmeans", "mixture", "fixed")
+#: mixture: the boundary of a two-Gaussian mixture; mrf: that mixture's map regularised by its neighbours (a Potts
+#: Markov random field, core/classic/thresholds.mrf_change); auto (Detect Change): mrf for the fused intensity, Otsu
+#: on the root for HyperNet alone.
+THRESHOLD_METHODS = ("otsu", "kmeans", "mixture", "mrf", "fixed")
 #: mse: the paper's per-pixel mean squared feature difference; cosine: 1 - cosine similarity of the features;
 #: rx: Mahalanobis (RX) distance of the feature difference from its own mean and covariance.
 DISTANCES = ("mse", "cosine", "rx")

@@ -199,8 +199,11 @@ def _detect_files(
     """Detect change between two rasters: train on the pair (or load a model), intensity, threshold, write.
 
     ``evidence``: "fused" (default) averages HyperNet's root feature distance with IR-MAD and CVA, each divided
-    by its median, and splits the mean with a two-Gaussian mixture (``fusion.py``); "hypernet" uses HyperNet's
-    distance alone (Otsu on its root). ``threshold="auto"`` picks the mode's threshold.
+    by its median, and maps the mean with a two-Gaussian mixture regularised by each pixel's neighbours ("mrf",
+    ``fusion.py``); "hypernet" uses HyperNet's distance alone (Otsu on its root). ``threshold="auto"`` picks the
+    mode's threshold. On the windowed route (a pair over the memory budget) the fusion is not available (IR-MAD
+    needs both dates in memory) and evidence falls back to "hypernet", whose auto threshold is Otsu; "mrf" can
+    still be asked for there (it works on the in-memory intensity).
     ``batchnorm``: "per-date" normalises each date's features with its own whole-image statistics (default),
     "running" uses the running statistics of training (the paper's eval mode).
     """
@@ -276,8 +279,9 @@ def _detect_files(
     changed = int((binary == 1).sum())
     valid_count = int(pair.valid.sum())
     feedback.set_progress(1.0)
+    how = " (the mixture's split, then each pixel weighed with its 5x5 neighbours)" if threshold == "mrf" else ""
     feedback.info(
-        f"Threshold {thr:.6g} ({threshold}); {changed} of {valid_count} valid pixels changed "
+        f"Threshold {thr:.6g} ({threshold}{how}); {changed} of {valid_count} valid pixels changed "
         f"({100.0 * changed / max(valid_count, 1):.2f}%)."
     )
     extra = {"distance": distance, "batchnorm": batchnorm, "evidence": evidence, "stages_s": stages}

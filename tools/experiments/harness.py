@@ -115,7 +115,7 @@ def training_mask(name: str, opts: dict, x1s, x2s) -> np.ndarray:
 def train_one(name: str, seed: int, opts: dict) -> Path:
     import torch
 
-    from hypernet_qgis.core.hypernet.detection import _date_models, fused_features
+    from hypernet_qgis.core.hypernet.detection import _whole_image_features
     from hypernet_qgis.core.hypernet.training import TrainConfig, train_hypernet
 
     path = key(name, seed, opts)
@@ -134,10 +134,8 @@ def train_one(name: str, seed: int, opts: dict) -> Path:
     res = train_hypernet(x1s, x2s, pair.valid, cfg, training_mask=g)
     train_s = time.perf_counter() - t0
     dev = torch.device("cpu")
-    rows, cols = pair.valid.shape
-    m1, m2 = _date_models(res.model, x1s, x2s, "per-date", dev, max(rows, cols), None)
-    f1 = fused_features(m1, x1s, dev).numpy()
-    f2 = fused_features(m2, x2s, dev).numpy()
+    f1 = _whole_image_features(res.model, x1s, "per-date", dev).numpy()
+    f2 = _whole_image_features(res.model, x2s, "per-date", dev).numpy()
     total_s = time.perf_counter() - t0
     path.parent.mkdir(parents=True, exist_ok=True)
     np.savez(path, f1=f1.astype(np.float16), f2=f2.astype(np.float16), g=g, train_s=train_s, total_s=total_s,

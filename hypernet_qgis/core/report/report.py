@@ -574,8 +574,12 @@ def detection_report(path: PathLike, *, t1: np.ndarray, t2: np.ndarray, intensit
     binary_cell = _map_figure("fig-binary", picture, f"Binary change map ({method or 'threshold'})", factor, legend)
     page.pictures([intensity_cell, binary_cell])
     size = (2 * PAIR_WIDTH + 10, 300)
+    caption = ("The dashed line is the two-Gaussian mixture's split, where the MRF map starts; the map then weighs "
+               "each pixel's evidence with its 5x5 neighbours' labels, so uncertain pixels near the line take the "
+               "label their neighbours agree on." if method == "mrf" else
+               "Pixels above the dashed line are mapped as changed.")
     page.pictures([_plot_figure("fig-histogram", histogram_figure(intensity, threshold, method, size), size,
-                                "Pixels above the dashed line are mapped as changed.")])
+                                caption)])
 
     _training_section(page, loss_history, mask, valid)
     _details(page, info)
