@@ -57,21 +57,53 @@ def activate(settings_dir: str | os.PathLike) -> Path | None:
     return folder
 
 
+def missing_packages(settings_dir: str | os.PathLike | None = None) -> list[str]:
+    """The engine's packages (torch, spectral) this Python cannot find, the private engine folder activated first.
+    Looks for them (importlib.util.find_spec) without importing them: cheap enough for QGIS's start-up, and a
+    broken torch cannot take QGIS down here. No network."""
+    import importlib.util
+
+    if settings_dir is not None:
+        try:
+            activate(settings_dir)
+        except OSError:
+            pass
+    missing = []
+    for name in PACKAGES:
+        try:
+            found = importlib.util.find_spec(name) is not None
+        except (ImportError, ValueError):  # a finder that refuses the name, a module without a spec
+            found = False
+        if not found:
+            missing.append(name)
+    return missing
+
+
 def interpreter() -> str:
-    """The Python executable of this process for pip: sys.executable is the QGIS binary in several builds."""
+    """The Python executable of this process, for pip and the engine's child process. sys.executable is the QGIS
+    binary in several builds, and in desktop QGIS on Linux whatever ``python3`` comes first on PATH (a pyenv shim,
+    a conda Python): only a python* inside sys.exec_prefix (a venv's counts) is taken as it is."""
     exe = sys.executable or ""
-    if os.path.basename(exe).lower().startswith("python"):
+    if os.path.basename(exe).lower().startswith("python") and _inside(exe, sys.exec_prefix):
         return exe
     version = f"{sys.version_info[0]}.{sys.version_info[1]}"
     if os.name == "nt":  # OSGeo4W and the standalone installer: python.exe beside the Python installation
         candidates = [Path(sys.exec_prefix) / "python.exe", Path(sys.exec_prefix) / "python3.exe"]
     else:  # macOS QGIS.app (Contents/MacOS/bin), Linux distributions (/usr/bin)
         candidates = [Path(sys.exec_prefix) / "bin" / f"python{version}", Path(sys.exec_prefix) / "bin" / "python3",
-                      Path(sys.executable).parent / "bin" / "python3", Path("/usr/bin") / f"python{version}"]
+                      Path(exe).parent / "bin" / "python3", Path("/usr/bin") / f"python{version}"]
     for candidate in candidates:
         if candidate.is_file():
             return str(candidate)
-    return shutil.which("python3") or "python3"
+    return exe if os.path.basename(exe).lower().startswith("python") else shutil.which("python3") or "python3"
+
+
+def _inside(path: str, folder: str) -> bool:
+    try:
+        folder = os.path.abspath(folder)
+        return os.path.commonpath([os.path.abspath(path), folder]) == folder
+    except (OSError, ValueError):  # different drives on Windows
+        return False
 
 
 def qgis_pins() -> dict[str, str]:
