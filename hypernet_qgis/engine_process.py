@@ -1,9 +1,10 @@
 """The engine in a child process: QGIS runs ``python -m hypernet_qgis train|detect ...`` and supervises it.
 
-Why (docs/decisions/engine-process.md, BENCHMARKS.md): torch and its libraries never load into QGIS (QGIS keeps
-about 150 MB instead of growing by the engine's heap after every job), a crash in native code ends the child and
-leaves QGIS running, cancel is a SIGTERM that the CLI turns into its clean-up (outputs whole or absent), and the
-child starts with tcmalloc preloaded (launch.py), which desktop QGIS could not have.
+Why (docs/ARCHITECTURE.md "The engine runs in a child process", BENCHMARKS.md): torch and its libraries never
+load into QGIS (QGIS stays at about 180 MB instead of keeping ~1 GB after a detection), a crash in native code
+ends the child and leaves QGIS running, cancel is a SIGTERM that the CLI turns into its clean-up (outputs whole or
+absent) within the running torch call instead of the rest of an epoch, and the child starts with tcmalloc
+preloaded (launch.py), which desktop QGIS could not have.
 
 The child is the Python QGIS runs (engine_setup.interpreter()), seeing what QGIS sees: the private engine folder
 first (engine_setup.engine_dir), then this plugin's parent folder, then QGIS's own sys.path. It prints progress
@@ -83,7 +84,8 @@ def describe(settings_dir: str | os.PathLike | None = None, python: str | None =
 
 # ------------------------------------------------------------------------------------------ command lines
 
-def _common(values: dict[str, Any]) -> list[str]:
+def _training(values: dict[str, Any]) -> list[str]:
+    """The bands, known-unchanged mask and training settings (the CLI's "training" group)."""
     argv: list[str] = []
     if values.get("bands"):
         argv += ["--bands", ",".join(str(b) for b in values["bands"])]
@@ -95,6 +97,12 @@ def _common(values: dict[str, Any]) -> list[str]:
                       ("width", "--width"), ("memory_budget_mb", "--memory-budget-mb")):
         if config.get(key) is not None:
             argv += [flag, repr(config[key]) if isinstance(config[key], float) else str(config[key])]
+    return argv
+
+
+def _common(values: dict[str, Any]) -> list[str]:
+    """Training settings, grid alignment, bad/water bands and the report (train and detect)."""
+    argv = _training(values)
     argv.append("--align" if values.get("align", True) else "--no-align")
     argv += ["--resampling", values.get("resampling") or "bilinear"]
     if not values.get("drop_bad_bands", True):
@@ -130,6 +138,26 @@ def detect_argv(values: dict[str, Any]) -> list[str]:
             argv.append("--sieve")
         if values.get("dates"):
             argv += ["--dates", ",".join(values["dates"])]
+    return argv
+
+
+def series_argv(values: dict[str, Any]) -> list[str]:
+    """``series`` for Detect change in a time series' job values with the HyperNet method."""
+    argv = ["series", *values["images"], "--output-dir", values["folder"], "--method", "hypernet",
+            *_training(values)]
+    if values.get("dates"):
+        argv += ["--dates", ",".join(values["dates"])]
+    if values.get("model"):
+        argv += ["--model", values["model"]]
+    method = values.get("threshold") or "default"
+    if method == "fixed":
+        argv += ["--threshold", repr(float(values["threshold_value"]))]
+    elif method != "default":
+        argv += ["--threshold", method]
+    if values.get("polygons"):
+        argv.append("--polygons")
+    argv += ["--min-area", repr(float(values.get("min_area") or 0.0)), "--connectivity",
+             str(values.get("connectivity", 8))]
     return argv
 
 

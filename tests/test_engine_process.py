@@ -60,6 +60,24 @@ def test_train_values_become_the_same_cli_arguments(tmp_path):
         "train", values["model"], [1, 2, 5, 6], 7, "paper", values["report"])
 
 
+def test_series_values_become_the_same_cli_arguments(tmp_path):
+    values = {"images": ["/d/a.tif", "/d/b.tif", "/d/c.tif"], "folder": str(tmp_path), "method": "hypernet",
+              "dates": ["2019-05-01", "2020-05-01", "2021-05-01"], "model": "/d/m.hypernet", "bands": [3, 4],
+              "threshold": "fixed", "threshold_value": 0.25, "config": {"epochs": 4, "seed": 3, "device": "cpu",
+                                                                        "memory_budget_mb": 2048},
+              "polygons": True, "min_area": 450.0, "connectivity": 4}
+    args = cli.build_parser().parse_args(engine_process.series_argv(values))
+    assert (args.command, args.images, args.output_dir, args.method) == ("series", values["images"], str(tmp_path),
+                                                                          "hypernet")
+    assert (args.dates, args.model, args.bands, args.threshold) == (
+        "2019-05-01,2020-05-01,2021-05-01", "/d/m.hypernet", [3, 4], "0.25")
+    assert (args.epochs, args.seed, args.device, args.memory_budget_mb) == (4, 3, "cpu", 2048)
+    assert (args.polygons, args.min_area, args.connectivity) == (True, 450.0, 4)
+    default = cli.build_parser().parse_args(engine_process.series_argv(
+        {**values, "threshold": "default", "dates": None, "model": None, "polygons": False}))
+    assert (default.threshold, default.dates, default.model, default.polygons) == (None, None, None, False)
+
+
 class Recorder:
     """core.progress.Feedback that records, and cancels or crashes the engine once it computes."""
 
