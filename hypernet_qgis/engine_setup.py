@@ -14,6 +14,7 @@ from __future__ import annotations
 import importlib
 import json
 import os
+import re
 import shutil
 import subprocess  # nosec B404: runs only this QGIS's own Python (pip, the import check), never a shell
 import sys
@@ -130,16 +131,42 @@ def has_nvidia_driver() -> bool:
     return bool(system_root and (Path(system_root) / "System32" / "nvcuda.dll").exists())
 
 
+_VERSION = re.compile(r"^\d+(\.\d+){0,2}(\+[a-z0-9.]+)?$")
+_INDEX = re.compile(r"^(https?|file)://[^\s]+$")
+
+
+def check_torch_version(version: str | None) -> str | None:
+    """'' or None (the newest that fits) or a release such as 2.13.0 (2.13.0+cpu); ValueError otherwise."""
+    version = (version or "").strip()
+    if version and not _VERSION.match(version):
+        raise ValueError(f"PyTorch version {version!r} is not a release number; write e.g. 2.13.0, or leave it empty "
+                         "for the newest that fits.")
+    return version or None
+
+
+def check_index_url(url: str | None) -> str | None:
+    """'' or None (PyPI, with PyTorch's CPU index for the CPU build) or an index address; ValueError otherwise."""
+    url = (url or "").strip()
+    if url and not _INDEX.match(url):
+        raise ValueError(f"Package index {url!r} is not an http(s):// or file:// address of a simple index (e.g. "
+                         "https://pypi.org/simple or your organisation's mirror).")
+    return url or None
+
+
 def pip_command(python: str, target: Path, constraints: Path, source: str | None = None,
-                variant: str = "auto") -> list[str]:
-    """The pip command line: offline from a folder of wheels (``source``) or from the package index."""
+                variant: str = "auto", torch_version: str | None = None, index_url: str | None = None) -> list[str]:
+    """The pip command line: offline from a folder of wheels (``source``), from ``index_url`` (a mirror) alone,
+    or from PyPI (with PyTorch's CPU index first for the CPU build). ``torch_version`` pins torch."""
     cmd = [python, "-m", "pip", "install", "--target", str(target), "--constraint", str(constraints),
            "--no-input", "--disable-pip-version-check", "--no-warn-script-location", "--progress-bar", "off"]
     if source:
         cmd += ["--no-index", "--find-links", str(source)]
+    elif index_url:
+        cmd += ["--index-url", index_url]
     elif variant == "cpu" or (variant == "auto" and not has_nvidia_driver()):
         cmd += ["--index-url", CPU_INDEX, "--extra-index-url", "https://pypi.org/simple"]
-    return cmd + list(PACKAGES)
+    torch = f"torch=={torch_version}" if torch_version else "torch"
+    return cmd + [torch, *PACKAGES[1:]]
 
 
 def drop_pinned(folder: Path) -> None:
@@ -175,7 +202,7 @@ def check_import(python: str, folder: Path, timeout: float = 300) -> tuple[bool,
 
 def install(settings_dir: str | os.PathLike, source: str | None = None, variant: str = "auto",
             log: Callable[[str], None] = print, cancelled: Callable[[], bool] = lambda: False,
-            python: str | None = None) -> dict:
+            python: str | None = None, torch_version: str | None = None, index_url: str | None = None) -> dict:
     """Install (or repair) the engine; returns its stamp. Raises RuntimeError with a one-line reason."""
     python = python or interpreter()
     final = engine_dir(settings_dir)
@@ -185,7 +212,7 @@ def install(settings_dir: str | os.PathLike, source: str | None = None, variant:
     pins = qgis_pins()
     constraints = final.parent / "constraints.txt"
     constraints.write_text("".join(f"{k}=={v}\n" for k, v in sorted(pins.items())), encoding="utf-8")
-    cmd = pip_command(python, part, constraints, source, variant)
+    cmd = pip_command(python, part, constraints, source, variant, torch_version, index_url)
     log(f"Installing the HyperNet engine into {final} with {python}; keeping QGIS's "
         f"{', '.join(f'{k} {v}' for k, v in sorted(pins.items())) or 'packages'}.")
     log(" ".join(cmd))
@@ -205,7 +232,7 @@ def install(settings_dir: str | os.PathLike, source: str | None = None, variant:
             raise RuntimeError("Cancelled; the engine was not changed.")
     if proc.wait() != 0:
         shutil.rmtree(part, ignore_errors=True)
-        where = f"the folder {source}" if source else "the package index"
+        where = f"the folder {source}" if source else index_url or "the package index"
         last = tail[-1] if tail else "no output"
         raise RuntimeError(f"pip could not install torch and spectral from {where} ({last}). Check the network or "
                            "the wheel folder, or see README 'When it fails'.")
@@ -215,7 +242,7 @@ def install(settings_dir: str | os.PathLike, source: str | None = None, variant:
         shutil.rmtree(part, ignore_errors=True)
         raise RuntimeError(f"torch was installed but does not import ({detail}); the previous engine was kept. "
                            "See README 'When it fails'.")
-    stamp = {"torch_numpy": detail, "python": python, "source": source or "index", "variant": variant,
+    stamp = {"torch_numpy": detail, "python": python, "source": source or index_url or "index", "variant": variant,
              "pins": pins, "seconds": round(time.monotonic() - started, 1), "layout": LAYOUT}
     (part / STAMP).write_text(json.dumps(stamp, indent=1), encoding="utf-8")
     old = final.with_name(final.name + ".old")
