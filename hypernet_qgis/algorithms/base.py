@@ -79,6 +79,9 @@ def missing_dependency_message(module: str, detail: str = "") -> str:
     """One line: what is missing, for which Python, and the way out (the set-up algorithm)."""
     what = {"torch": "PyTorch ('torch')", "spectral": "the package 'spectral'"}.get(module, f"the package '{module}'")
     extra = f" ({detail})" if detail else ""
+    if module not in ("torch", "spectral"):  # numpy, GDAL, matplotlib: QGIS's (the set-up never installs them)
+        return (f"HyperNet needs {what}, which the Python QGIS runs ({python_description()}) cannot find{extra}: "
+                "QGIS normally brings it; install it for that Python or repair QGIS (README 'When it fails').")
     return (f"HyperNet needs {what}, which the Python QGIS runs ({python_description()}) cannot find{extra}: run "
             "Set up the HyperNet engine (hypernet:setupengine, in the Processing Toolbox under HyperNet change "
             "detection > Set-up) once, then run this again.")
