@@ -214,6 +214,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batchnorm", default="per-date", choices=["per-date", "running"],
                    help="BatchNorm statistics at detection: each date's own (default) or training's running ones")
     p.add_argument("--report", default=None, help="write an HTML report of the run")
+    p.add_argument("--save-model", default=None,
+                   help="also save the model trained on the pair (not with --model)")
     _add_training_args(p)
     _add_polygon_args(p)
     _add_align_args(p)
@@ -291,7 +293,8 @@ def job_paths(args: argparse.Namespace) -> tuple[dict[str, str | None], list[str
     """(label -> output path, inputs) of a subcommand, for core.paths.check_job_paths."""
     report = {"The report (--report)": getattr(args, "report", None)}
     if args.command == "detect":
-        return ({"The change map (--output)": args.output, "The intensity (--intensity)": args.intensity, **report},
+        return ({"The change map (--output)": args.output, "The intensity (--intensity)": args.intensity,
+                 "The model file (--save-model)": args.save_model, **report},
                 [args.t1, args.t2, args.model, args.unchanged_mask])
     if args.command == "train":
         return {"The model file (--output)": args.output, **report}, [args.t1, args.t2, args.unchanged_mask]
@@ -316,6 +319,9 @@ def run(args: argparse.Namespace) -> int:
     if args.command == "detect":
         method, value = _split_threshold(args.threshold)
         _check_polygon_args(args, [args.t1, args.t2, args.model, args.unchanged_mask, args.report])
+        if args.model and args.save_model:
+            raise InputError("--save-model saves a model trained on the pair, but --model is given (nothing is "
+                             "trained). Leave one of them out.")
         res = pipeline.detect_files(
             args.t1, args.t2, args.output, intensity_out=args.intensity, model=args.model, threshold=method,
             threshold_value=value, bands=args.bands, unchanged_mask=args.unchanged_mask, distance=args.distance,
@@ -325,12 +331,18 @@ def run(args: argparse.Namespace) -> int:
         )
         args.written += [p for p in (args.output, args.intensity) if p]
         extra = _finish(args, res, fb, args.memory_budget_mb)
+        if args.save_model and res.train is not None:
+            from .core.hypernet.model_file import save_model
+
+            save_model(args.save_model, res.train.model, res.train.metadata())
+            args.written.append(args.save_model)
+            extra["model"] = args.save_model
         if args.report:
             from .core.report.report import write_detection_report
 
             write_detection_report(args.report, res)
         print(json.dumps({"output": res.change_path, "intensity": res.intensity_path, "threshold": res.threshold,
-                          "changed_pixels": res.changed_pixels, "changed_fraction": round(res.changed_fraction, 6),
+                          "changed_pixels": res.changed_pixels, "changed_fraction": float(res.changed_fraction),
                           **extra}))
     elif args.command == "train":
         res = pipeline.train_files(args.t1, args.t2, args.output, bands=args.bands,
@@ -342,7 +354,8 @@ def run(args: argparse.Namespace) -> int:
             from .core.report.report import write_training_report
 
             write_training_report(args.report, res)
-        print(json.dumps({"model": args.output, "final_loss": res.loss_history[-1], "seconds": round(res.seconds, 2)}))
+        print(json.dumps({"model": args.output, "final_loss": res.loss_history[-1], "seconds": round(res.seconds, 2),
+                          "device": res.device_name}))
     elif args.command == "baseline":
         method, value = _split_threshold(args.threshold)
         _check_polygon_args(args, [args.t1, args.t2])
@@ -352,7 +365,7 @@ def run(args: argparse.Namespace) -> int:
                                    drop_bad_bands=not args.keep_bad_bands, drop_water=args.drop_water)
         extra = _finish(args, res, fb)
         print(json.dumps({"output": res.change_path, "threshold": res.threshold,
-                          "changed_pixels": res.changed_pixels, "changed_fraction": round(res.changed_fraction, 6),
+                          "changed_pixels": res.changed_pixels, "changed_fraction": float(res.changed_fraction),
                           **extra}))
     elif args.command == "series":
         from .core.series import series_files

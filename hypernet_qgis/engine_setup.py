@@ -14,6 +14,7 @@ from __future__ import annotations
 import importlib
 import json
 import os
+import re
 import shutil
 import subprocess  # nosec B404: runs only this QGIS's own Python (pip, the import check), never a shell
 import sys
@@ -57,21 +58,53 @@ def activate(settings_dir: str | os.PathLike) -> Path | None:
     return folder
 
 
+def missing_packages(settings_dir: str | os.PathLike | None = None) -> list[str]:
+    """The engine's packages (torch, spectral) this Python cannot find, the private engine folder activated first.
+    Looks for them (importlib.util.find_spec) without importing them: cheap enough for QGIS's start-up, and a
+    broken torch cannot take QGIS down here. No network."""
+    import importlib.util
+
+    if settings_dir is not None:
+        try:
+            activate(settings_dir)
+        except OSError:
+            pass
+    missing = []
+    for name in PACKAGES:
+        try:
+            found = importlib.util.find_spec(name) is not None
+        except (ImportError, ValueError):  # a finder that refuses the name, a module without a spec
+            found = False
+        if not found:
+            missing.append(name)
+    return missing
+
+
 def interpreter() -> str:
-    """The Python executable of this process for pip: sys.executable is the QGIS binary in several builds."""
+    """The Python executable of this process, for pip and the engine's child process. sys.executable is the QGIS
+    binary in several builds, and in desktop QGIS on Linux whatever ``python3`` comes first on PATH (a pyenv shim,
+    a conda Python): only a python* inside sys.exec_prefix (a venv's counts) is taken as it is."""
     exe = sys.executable or ""
-    if os.path.basename(exe).lower().startswith("python"):
+    if os.path.basename(exe).lower().startswith("python") and _inside(exe, sys.exec_prefix):
         return exe
     version = f"{sys.version_info[0]}.{sys.version_info[1]}"
     if os.name == "nt":  # OSGeo4W and the standalone installer: python.exe beside the Python installation
         candidates = [Path(sys.exec_prefix) / "python.exe", Path(sys.exec_prefix) / "python3.exe"]
     else:  # macOS QGIS.app (Contents/MacOS/bin), Linux distributions (/usr/bin)
         candidates = [Path(sys.exec_prefix) / "bin" / f"python{version}", Path(sys.exec_prefix) / "bin" / "python3",
-                      Path(sys.executable).parent / "bin" / "python3", Path("/usr/bin") / f"python{version}"]
+                      Path(exe).parent / "bin" / "python3", Path("/usr/bin") / f"python{version}"]
     for candidate in candidates:
         if candidate.is_file():
             return str(candidate)
-    return shutil.which("python3") or "python3"
+    return exe if os.path.basename(exe).lower().startswith("python") else shutil.which("python3") or "python3"
+
+
+def _inside(path: str, folder: str) -> bool:
+    try:
+        folder = os.path.abspath(folder)
+        return os.path.commonpath([os.path.abspath(path), folder]) == folder
+    except (OSError, ValueError):  # different drives on Windows
+        return False
 
 
 def qgis_pins() -> dict[str, str]:
@@ -98,16 +131,42 @@ def has_nvidia_driver() -> bool:
     return bool(system_root and (Path(system_root) / "System32" / "nvcuda.dll").exists())
 
 
+_VERSION = re.compile(r"^\d+(\.\d+){0,2}(\+[a-z0-9.]+)?$")
+_INDEX = re.compile(r"^(https?|file)://[^\s]+$")
+
+
+def check_torch_version(version: str | None) -> str | None:
+    """'' or None (the newest that fits) or a release such as 2.13.0 (2.13.0+cpu); ValueError otherwise."""
+    version = (version or "").strip()
+    if version and not _VERSION.match(version):
+        raise ValueError(f"PyTorch version {version!r} is not a release number; write e.g. 2.13.0, or leave it empty "
+                         "for the newest that fits.")
+    return version or None
+
+
+def check_index_url(url: str | None) -> str | None:
+    """'' or None (PyPI, with PyTorch's CPU index for the CPU build) or an index address; ValueError otherwise."""
+    url = (url or "").strip()
+    if url and not _INDEX.match(url):
+        raise ValueError(f"Package index {url!r} is not an http(s):// or file:// address of a simple index (e.g. "
+                         "https://pypi.org/simple or your organisation's mirror).")
+    return url or None
+
+
 def pip_command(python: str, target: Path, constraints: Path, source: str | None = None,
-                variant: str = "auto") -> list[str]:
-    """The pip command line: offline from a folder of wheels (``source``) or from the package index."""
+                variant: str = "auto", torch_version: str | None = None, index_url: str | None = None) -> list[str]:
+    """The pip command line: offline from a folder of wheels (``source``), from ``index_url`` (a mirror) alone,
+    or from PyPI (with PyTorch's CPU index first for the CPU build). ``torch_version`` pins torch."""
     cmd = [python, "-m", "pip", "install", "--target", str(target), "--constraint", str(constraints),
            "--no-input", "--disable-pip-version-check", "--no-warn-script-location", "--progress-bar", "off"]
     if source:
         cmd += ["--no-index", "--find-links", str(source)]
+    elif index_url:
+        cmd += ["--index-url", index_url]
     elif variant == "cpu" or (variant == "auto" and not has_nvidia_driver()):
         cmd += ["--index-url", CPU_INDEX, "--extra-index-url", "https://pypi.org/simple"]
-    return cmd + list(PACKAGES)
+    torch = f"torch=={torch_version}" if torch_version else "torch"
+    return cmd + [torch, *PACKAGES[1:]]
 
 
 def drop_pinned(folder: Path) -> None:
@@ -143,7 +202,7 @@ def check_import(python: str, folder: Path, timeout: float = 300) -> tuple[bool,
 
 def install(settings_dir: str | os.PathLike, source: str | None = None, variant: str = "auto",
             log: Callable[[str], None] = print, cancelled: Callable[[], bool] = lambda: False,
-            python: str | None = None) -> dict:
+            python: str | None = None, torch_version: str | None = None, index_url: str | None = None) -> dict:
     """Install (or repair) the engine; returns its stamp. Raises RuntimeError with a one-line reason."""
     python = python or interpreter()
     final = engine_dir(settings_dir)
@@ -153,7 +212,7 @@ def install(settings_dir: str | os.PathLike, source: str | None = None, variant:
     pins = qgis_pins()
     constraints = final.parent / "constraints.txt"
     constraints.write_text("".join(f"{k}=={v}\n" for k, v in sorted(pins.items())), encoding="utf-8")
-    cmd = pip_command(python, part, constraints, source, variant)
+    cmd = pip_command(python, part, constraints, source, variant, torch_version, index_url)
     log(f"Installing the HyperNet engine into {final} with {python}; keeping QGIS's "
         f"{', '.join(f'{k} {v}' for k, v in sorted(pins.items())) or 'packages'}.")
     log(" ".join(cmd))
@@ -173,7 +232,7 @@ def install(settings_dir: str | os.PathLike, source: str | None = None, variant:
             raise RuntimeError("Cancelled; the engine was not changed.")
     if proc.wait() != 0:
         shutil.rmtree(part, ignore_errors=True)
-        where = f"the folder {source}" if source else "the package index"
+        where = f"the folder {source}" if source else index_url or "the package index"
         last = tail[-1] if tail else "no output"
         raise RuntimeError(f"pip could not install torch and spectral from {where} ({last}). Check the network or "
                            "the wheel folder, or see README 'When it fails'.")
@@ -183,7 +242,7 @@ def install(settings_dir: str | os.PathLike, source: str | None = None, variant:
         shutil.rmtree(part, ignore_errors=True)
         raise RuntimeError(f"torch was installed but does not import ({detail}); the previous engine was kept. "
                            "See README 'When it fails'.")
-    stamp = {"torch_numpy": detail, "python": python, "source": source or "index", "variant": variant,
+    stamp = {"torch_numpy": detail, "python": python, "source": source or index_url or "index", "variant": variant,
              "pins": pins, "seconds": round(time.monotonic() - started, 1), "layout": LAYOUT}
     (part / STAMP).write_text(json.dumps(stamp, indent=1), encoding="utf-8")
     old = final.with_name(final.name + ".old")

@@ -44,11 +44,29 @@ class HyperNetPlugin:
         self.action.triggered.connect(self.open_detect_dialog)
         self.iface.addPluginToRasterMenu(MENU, self.action)
         self.iface.addRasterToolBarIcon(self.action)
+        self.offer_engine_setup()
+
+    def offer_engine_setup(self) -> bool:
+        """At start-up, when torch or spectral is missing: a message-bar line offering the set-up (engine_prompt.py
+        says where and why). Looks the packages up without importing them; no network. True when shown."""
+        from . import engine_prompt
+
+        try:
+            missing = engine_prompt.engine_missing()
+        except Exception:  # noqa: BLE001  (a start-up check must never stop QGIS from starting)
+            return False
+        return bool(missing) and engine_prompt.offer_setup(at_start=True)
 
     def open_detect_dialog(self) -> None:
-        """Open the Processing dialog of Detect Change."""
+        """Open the Processing dialog of Detect Change; without the engine, the set-up dialog (and the reason)."""
         import processing
 
+        from . import engine_prompt
+
+        if engine_prompt.engine_missing():
+            engine_prompt.offer_setup("Detect Change needs the HyperNet engine (PyTorch): set it up first, once.")
+            engine_prompt.open_setup_dialog()
+            return
         processing.execAlgorithmDialog(DETECT_ID, {})
 
     def unload(self) -> None:

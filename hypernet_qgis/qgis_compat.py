@@ -44,6 +44,8 @@ SOURCE_VECTOR_POLYGON = _scoped("ProcessingSourceType", "VectorPolygon", QgsProc
 #: QgsProcessingParameterFile behaviours.
 FILE_BEHAVIOR_FILE = _scoped("ProcessingFileParameterBehavior", "File", QgsProcessingParameterFile, "File")
 FILE_BEHAVIOR_FOLDER = _scoped("ProcessingFileParameterBehavior", "Folder", QgsProcessingParameterFile, "Folder")
+#: Message levels (message bar, message log).
+MESSAGE_INFO = _scoped("MessageLevel", "Info", Qgis, "Info")
 
 
 def has_flag(flags: Any, flag: Any) -> bool:

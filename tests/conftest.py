@@ -95,3 +95,8 @@ def write_pair(folder: Path, bands: int = 8, rows: int = 40, cols: int = 36, see
 def synthetic_pair(tmp_path: Path) -> dict[str, Path]:
     """Paths t1, t2, gt of a small synthetic pair with known change (see write_pair)."""
     return write_pair(tmp_path)
+
+
+def pytest_configure(config) -> None:
+    config.addinivalue_line("markers", "network: needs the internet (pypi.org); skipped with its reason when offline, "
+                                       "deselect with -m 'not network'")

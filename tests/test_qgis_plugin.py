@@ -71,6 +71,7 @@ def test_metadata_is_complete():
         assert general.get(key, "").strip(), key
     about = general["about"]
     assert "torch" in about and "spectral" in about and "pip install" in about
+    assert '"Set up the HyperNet engine"' in about  # the way from inside QGIS comes first
     assert (REPO / "resources" / "icons" / Path(general["icon"]).name).is_file()
     from hypernet_qgis import __version__
 

@@ -139,7 +139,8 @@ def test_torch_missing_under_qgis_process(wrapper, tmp_path):
                f"INPUT_T2={files['t2']}", f"OUTPUT_CHANGE={tmp_path / 'c.tif'}", env=env)
     text = proc.stdout + proc.stderr
     assert proc.returncode != 0 and "not found" not in text  # the provider loaded; the algorithm refused
-    assert "'torch'" in text and "pip install torch" in text and "sys.executable" in text, text[-2000:]
+    assert "'torch'" in text and "Set up the HyperNet engine (hypernet:setupengine" in text, text[-2000:]
+    assert "the Python QGIS runs (/usr/bin/python3" in text, text[-2000:]  # QGIS's Python, named
     assert not (tmp_path / "c.tif").exists()
 
 

@@ -1,6 +1,7 @@
 """hypernet:setupengine through qgis_process, for a QGIS whose Python has no torch (the system python3 here), with a
-throw-away profile and an offline source (a folder of wheels): Detect Change refuses, the set-up installs the
-engine into the profile, Detect Change then runs, uninstall removes it.
+throw-away profile, from an offline source (a folder of wheels) and from the package index (network; skipped with
+the reason when pypi.org is unreachable): Detect Change refuses, the set-up installs the engine into the profile,
+Detect Change then runs with it (in a child process; the log names the engine folder), uninstall removes it.
 
 The wheel folder is made with `pip download` (torch's CPU wheel from pip's find-links, the rest from the
 configured indexes); the test skips when that is impossible (no network and no local wheels).
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -52,7 +54,8 @@ def results_of(proc: subprocess.CompletedProcess) -> dict:
     return json.loads(proc.stdout[start:])["results"]
 
 
-def test_setup_engine_from_a_wheel_folder_then_detect(wheels, tmp_path):
+def _throwaway_qgis(tmp_path: Path) -> tuple[dict, Path]:
+    """A QGIS whose Python is the system's (no torch) with a throw-away profile and the plugin enabled."""
     (tmp_path / "plugins").mkdir()
     assemble_plugin(tmp_path / "plugins")
     config = tmp_path / "config"
@@ -61,8 +64,14 @@ def test_setup_engine_from_a_wheel_folder_then_detect(wheels, tmp_path):
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV", "LD_PRELOAD")}
     env.update(QGIS_PLUGINPATH=str(tmp_path / "plugins"), QGIS_CUSTOM_CONFIG_PATH=str(config),
                PYTHONPATH="/usr/share/qgis/python/plugins", QT_QPA_PLATFORM="offscreen", XDG_RUNTIME_DIR=str(runtime),
-               PATH="/usr/bin:/bin", HYPERNET_ALLOCATOR="system")
+               PATH="/usr/bin:/bin")
     assert qgis_process(env, "plugins", "enable", "hypernet_qgis").returncode == 0
+    return env, config
+
+
+def _install_then_detect(tmp_path: Path, env: dict, config: Path, *setup_args: str) -> tuple[dict, Path]:
+    """Detect Change refused, the set-up with ``setup_args``, Detect Change run by the installed engine (in a child
+    process, tcmalloc preloaded where installed), uninstall. Returns the set-up's results and the engine folder."""
     files = make_pair(tmp_path / "data")
     detect = ("--json", "run", "hypernet:detectchange", "--", f"INPUT_T1={files['t1']}", f"INPUT_T2={files['t2']}",
               "EPOCHS=2", "DEVICE=cpu", f"OUTPUT_CHANGE={tmp_path / 'change.tif'}")
@@ -72,21 +81,72 @@ def test_setup_engine_from_a_wheel_folder_then_detect(wheels, tmp_path):
     assert "Set up the HyperNet engine" in before.stdout + before.stderr, before.stdout[-2000:] + before.stderr[-2000:]
 
     setup = results_of(qgis_process(env, "--json", "run", "hypernet:setupengine", "--", "ACTION=install",
-                                    f"SOURCE={wheels}"))
+                                    *setup_args, timeout=1800))
     folder = Path(setup["ENGINE_FOLDER"])
     assert folder.is_dir() and str(folder).startswith(str(config / "profiles" / "default" / "hypernet" / "engine"))
     assert (folder / "torch").is_dir() and (folder / "hypernet-engine.json").is_file()
+    assert not (folder / "numpy").exists()  # QGIS's numpy stays the only one
     numpy_version = subprocess.run([SYSTEM_PYTHON, "-c", "import numpy; print(numpy.__version__)"],
                                    capture_output=True, text=True).stdout.strip()
     assert setup["VERSIONS"].split()[1] == numpy_version  # QGIS's numpy kept
     assert not (tmp_path / "plugins" / "hypernet_qgis" / "torch").exists()  # not in the plugin folder
 
-    after = results_of(qgis_process(env, *detect))  # a new QGIS process finds the engine at start
+    run = qgis_process(env, *detect)  # a new QGIS process finds the engine
+    after = results_of(run)
     values = read(str(tmp_path / "change.tif"))[0]
     assert after["CHANGED_PIXELS"] == int((values == 1).sum()) > 0 and values.dtype == np.uint8
+    log = run.stdout + run.stderr
+    assert f"HyperNet engine: torch {setup['VERSIONS'].split()[0]}" in log and str(folder / "torch") in log, log[-3000:]
 
     gone = results_of(qgis_process(env, "--json", "run", "hypernet:setupengine", "--", "ACTION=uninstall"))
     assert gone["ENGINE_FOLDER"] == str(folder) and not folder.exists()
+    return setup, folder
+
+
+def test_setup_engine_from_a_wheel_folder_then_detect(wheels, tmp_path):
+    env, config = _throwaway_qgis(tmp_path)
+    env["HYPERNET_ALLOCATOR"] = "system"
+    _install_then_detect(tmp_path, env, config, f"SOURCE={wheels}")
+
+
+def offline_reason() -> str | None:
+    """Why the package index cannot be reached from here, or None when it can."""
+    try:
+        socket.create_connection(("pypi.org", 443), timeout=10).close()
+    except OSError as exc:
+        return f"offline: pypi.org:443 is not reachable ({exc}); the package-index route needs the network"
+    return None
+
+
+@pytest.mark.network
+def test_setup_engine_from_the_package_index_then_detect(tmp_path):
+    """The package-index route: no SOURCE, so pip resolves torch, spectral and their dependencies from an index over
+    the network. PyTorch's CPU index (download.pytorch.org, the default for the CPU build) is not reachable from
+    this project's machines, so the test names PyPI as the index (INDEX_URL) and pins torch to the version the venv
+    has (TORCH_VERSION): where pip is configured with a folder of wheels (find-links, as here) it takes torch's CPU
+    wheel from there, elsewhere PyPI's build (large)."""
+    reason = offline_reason()
+    if reason:
+        pytest.skip(reason)
+    if subprocess.run([SYSTEM_PYTHON, "-c", "import torch"], capture_output=True).returncode == 0:
+        pytest.skip("the system Python already imports torch; this test needs a QGIS Python without it")
+    import torch
+
+    version = torch.__version__.split("+")[0]
+    env, config = _throwaway_qgis(tmp_path)
+    setup, folder = _install_then_detect(tmp_path, env, config, "VARIANT=cpu", f"TORCH_VERSION={version}",
+                                         "INDEX_URL=https://pypi.org/simple")
+    assert setup["VERSIONS"].split()[0].split("+")[0] == version
+
+
+def test_bad_version_or_index_is_refused(tmp_path):
+    env, config = _throwaway_qgis(tmp_path)
+    for arg, pattern in (("TORCH_VERSION=latest", "not a release number"),
+                         ("INDEX_URL=pypi.org", "not an http(s):// or file:// address")):
+        proc = qgis_process(env, "run", "hypernet:setupengine", "--", "ACTION=install", arg)
+        assert proc.returncode != 0 and pattern in proc.stdout + proc.stderr, proc.stdout[-2000:]
+    assert not (config / "profiles" / "default" / "hypernet" / "engine").exists() or not any(
+        (config / "profiles" / "default" / "hypernet" / "engine").glob("py*-v*/torch"))
 
 
 def test_bad_source_is_refused(tmp_path):

@@ -20,8 +20,9 @@ SUITE="${HYPERNET_LTS_SUITE:-trixie}"
 MIRROR="${HYPERNET_LTS_MIRROR:-http://deb.debian.org/debian}"
 PACKAGES="qgis python3-qgis qgis-providers python3-gdal python3-torch python3-spectral python3-matplotlib
           python3-pytest xauth"
-# The QGIS-facing tests run there: provider and plugin, the algorithms in-process, qgis_process, the LTS checks.
-DEFAULT_TESTS="tests/test_qgis_lts.py tests/test_qgis_plugin.py tests/test_qgis_process.py"
+# The QGIS-facing tests run there: provider and plugin, qgis_process, the engine in its child process, the LTS
+# checks.
+DEFAULT_TESTS="tests/test_qgis_lts.py tests/test_qgis_plugin.py tests/test_qgis_process.py tests/test_engine_process.py"
 
 die() { echo "test-qgis-lts: $*" >&2; exit 1; }
 [ "$(id -u)" = 0 ] || die "needs root (debootstrap, chroot, mounts); run it with sudo."

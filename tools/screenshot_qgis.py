@@ -150,10 +150,10 @@ def write_profile(profiles: Path) -> None:
 
 
 def take(out: Path, timeout: int = 180, keep: Path | None = None, startup: str = STARTUP,
-         env_extra: dict[str, str] | None = None) -> dict:
+         env_extra: dict[str, str] | None = None, venv: bool = True) -> dict:
     """Run QGIS under xvfb with a ``startup`` script (default: the screenshot tour), return its findings as written
     to $HYPERNET_SHOT_JSON (raises RuntimeError when QGIS gave none in time). ``env_extra``: more variables for
-    the script."""
+    the script. ``venv=False``: QGIS without the checkout's venv on its path (no torch: the first-use case)."""
     if shutil.which("xvfb-run") is None or shutil.which("qgis") is None:
         raise RuntimeError("xvfb-run and qgis are needed (apt-get install xvfb xauth qgis)")
     work = Path(tempfile.mkdtemp(prefix="hypernet-shot-")) if keep is None else keep
@@ -167,7 +167,7 @@ def take(out: Path, timeout: int = 180, keep: Path | None = None, startup: str =
     report = work / "report.json"
     out = out.resolve()
     out.parent.mkdir(parents=True, exist_ok=True)
-    site = sorted((REPO / ".venv" / "lib").glob("python3*/site-packages"))
+    site = sorted((REPO / ".venv" / "lib").glob("python3*/site-packages")) if venv else []
     env = dict(os.environ)
     env.pop("QT_QPA_PLATFORM", None)  # a real X server (xvfb) this time
     runtime = work / "xdg"

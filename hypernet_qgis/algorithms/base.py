@@ -13,10 +13,10 @@ import os
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from qgis.core import (
+    QgsApplication,
     QgsProcessing,
     QgsProcessingAlgorithm,
     QgsProcessingContext,
@@ -68,41 +68,36 @@ EXTERNAL_PACKAGES = ("torch", "spectral", "numpy", "osgeo", "matplotlib")
 # ------------------------------------------------------------------------------------- missing dependencies
 
 def python_description() -> str:
-    """Which Python runs inside QGIS, for install instructions."""
-    return f"{sys.executable or 'unknown'} (Python {sys.version.split()[0]})"
+    """Which Python runs inside QGIS (the one the engine is installed for and runs with), for messages."""
+    from ..engine_setup import interpreter
 
-
-def pip_command() -> str:
-    """A pip command line for the Python QGIS uses (sys.executable is the QGIS binary in some builds)."""
-    exe = sys.executable or ""
-    if not os.path.basename(exe).lower().startswith("python"):
-        guess = Path(sys.exec_prefix) / ("python.exe" if os.name == "nt" else
-                                         f"bin/python{sys.version_info[0]}.{sys.version_info[1]}")
-        exe = str(guess) if guess.exists() else "python3"
-    return f'"{exe}" -m pip install torch spectral'
+    return f"{interpreter()}, Python {sys.version.split()[0]}"
 
 
 def missing_dependency_message(module: str, detail: str = "") -> str:
-    """One clear message: what is missing, for which Python, and how to install it."""
+    """One line: what is missing, for which Python, and the way out (the set-up algorithm)."""
+    what = {"torch": "PyTorch ('torch')", "spectral": "the package 'spectral'"}.get(module, f"the package '{module}'")
     extra = f" ({detail})" if detail else ""
-    return (
-        f"HyperNet needs the Python package '{module}', which the Python used by QGIS cannot import{extra}. "
-        f"QGIS runs sys.executable = {sys.executable or 'unknown'}, sys.version = {sys.version.split()[0]}. "
-        "Run Processing > HyperNet change detection > Set up the HyperNet engine (hypernet:setupengine), or "
-        f"install PyTorch and spectral into that Python, e.g. {pip_command()} (on Windows: from the OSGeo4W "
-        "shell; on Debian/Ubuntu add --user or --break-system-packages), then restart QGIS."
-    )
+    if module not in ("torch", "spectral"):  # numpy, GDAL, matplotlib: QGIS's (the set-up never installs them)
+        return (f"HyperNet needs {what}, which the Python QGIS runs ({python_description()}) cannot find{extra}: "
+                "QGIS normally brings it; install it for that Python or repair QGIS (README 'When it fails').")
+    return (f"HyperNet needs {what}, which the Python QGIS runs ({python_description()}) cannot find{extra}: run "
+            "Set up the HyperNet engine (hypernet:setupengine, in the Processing Toolbox under HyperNet change "
+            "detection > Set-up) once, then run this again.")
+
+
+class EngineMissing(InputError):
+    """torch or spectral is not installed for QGIS's Python (the message names the set-up algorithm)."""
 
 
 def require_engine() -> None:
-    """Raise InputError with install instructions when torch (or spectral) cannot be imported."""
-    for module in ("torch", "spectral"):
-        try:
-            __import__(module)
-        except ImportError:
-            raise InputError(missing_dependency_message(module)) from None
-        except Exception as exc:  # a broken install (missing shared library, ...)
-            raise InputError(missing_dependency_message(module, f"{type(exc).__name__}: {exc}")) from None
+    """Raise EngineMissing when torch or spectral cannot be found (looked up, never imported: the engine runs in
+    a child process, engine_process.py)."""
+    from .. import engine_setup
+
+    missing = engine_setup.missing_packages(QgsApplication.qgisSettingsDirPath())
+    if missing:
+        raise EngineMissing(missing_dependency_message(missing[0]))
 
 
 def pipeline(engine: bool = True):
@@ -281,10 +276,16 @@ def model_band_selection(path: str) -> list[int] | None:
 
 
 def check_device(name: str) -> None:
-    """DEVICE=cuda without a CUDA GPU is refused up front."""
-    from ..core.hypernet.device import resolve_device
+    """DEVICE=cuda without a CUDA GPU is refused up front, without loading torch into QGIS: no NVIDIA driver, no
+    CUDA (with a driver, the engine itself says whether its torch sees the GPU)."""
+    from ..engine_setup import has_nvidia_driver
 
-    resolve_device(name)
+    name = (name or "auto").lower()
+    if name not in DEVICES and not name.startswith("cuda:"):
+        raise InputError(f"Unknown device {name!r}; use one of {', '.join(DEVICES)}.")
+    if name.startswith("cuda") and not has_nvidia_driver():
+        raise InputError(f"DEVICE={name} was asked for, but this machine has no NVIDIA driver, so torch sees no CUDA "
+                         "GPU. Use DEVICE=auto or cpu, or run on a machine with an NVIDIA GPU.")
 
 
 # ------------------------------------------------------------------------------------------------- the job
@@ -710,10 +711,29 @@ class HyperNetAlgorithm(QgsProcessingAlgorithm):
         check_job_paths({o.label: o.chosen for o in job.outputs}, job.inputs)
         return job
 
+    def run_engine(self, argv: list[str], feedback: QgisFeedback) -> dict[str, Any]:
+        """Run the engine's CLI (``python -m hypernet_qgis <argv>``) in a child process (engine_process.py) and
+        return its JSON summary; its progress and log stream into ``feedback``, Cancel sends it SIGTERM."""
+        from .. import engine_process
+
+        settings = QgsApplication.qgisSettingsDirPath()
+        feedback.info(engine_process.describe(settings))
+        try:
+            return engine_process.run_engine(argv, feedback, settings_dir=settings)
+        except engine_process.EngineCancelled as exc:
+            raise Cancelled(str(exc)) from None
+        except engine_process.EngineFailed as exc:
+            raise InputError(str(exc)) from None
+
     def checkParameterValues(self, parameters: dict, context: QgsProcessingContext):  # noqa: N802
         ok, message = super().checkParameterValues(self.enums_by_name(parameters), context)
         try:  # our message first: it says what is wrong with the file and how to fix it
             self._resolve_checked(parameters, context)
+        except EngineMissing as exc:  # desktop: the message bar offers the set-up (engine_prompt.py)
+            from ..engine_prompt import offer_setup_soon
+
+            offer_setup_soon()
+            return False, str(exc)
         except (InputError, QgsProcessingException) as exc:
             return False, str(exc)
         except Exception as exc:  # noqa: BLE001  (an exception escaping here aborts qgis_process and QGIS)

@@ -28,7 +28,6 @@ from .base import (
     model_band_count,
     model_band_selection,
     parse_band_list,
-    pipeline,
 )
 
 #: Detect Change's threshold methods: "auto" is the engine's default for its intensity (core/fusion.py).
@@ -146,32 +145,19 @@ class DetectChangeAlgorithm(HyperNetAlgorithm):
         return job
 
     def run_job(self, job: Job, feedback: QgisFeedback) -> dict[str, Any]:
-        pipe = pipeline()
-        from ..core.hypernet.training import TrainConfig
+        """The engine's ``detect`` in a child process (engine_process.py): the same core.pipeline.detect_files the
+        CLI runs, with polygons, the model trained on the fly and the report."""
+        from ..engine_process import detect_argv
 
         if job["model"]:
             feedback.info(f"Using the model {job['model']}; the training parameters are not used.")
-        result = pipe.detect_files(
-            job["t1"], job["t2"], job["change"], intensity_out=job["intensity"], model=job["model"],
-            threshold=job["threshold"], threshold_value=job["threshold_value"], bands=job["bands"],
-            unchanged_mask=job["mask"], config=TrainConfig(**job["config"]), feedback=feedback,
-            evidence=job["evidence"],
-            align=job["align"], resampling=job["resampling"],
-            drop_bad_bands=job["drop_bad_bands"], drop_water=job["drop_water"])
-        outputs: dict[str, Any] = {
+        if job.get("min_area") and not job.get("polygons"):
+            feedback.info("Minimum region area applies to the Change polygons, which were not asked for.")
+        summary = self.run_engine(detect_argv(job.values), feedback)
+        return {
             "OUTPUT_CHANGE": job["change"], "OUTPUT_INTENSITY": job["intensity"],
-            "CHANGED_PIXELS": int(result.changed_pixels), "CHANGED_FRACTION": float(result.changed_fraction),
-            "THRESHOLD_USED": float(result.threshold), "OUTPUT_MODEL": None, "OUTPUT_REPORT": None,
+            "CHANGED_PIXELS": int(summary["changed_pixels"]), "CHANGED_FRACTION": float(summary["changed_fraction"]),
+            "THRESHOLD_USED": float(summary["threshold"]), "OUTPUT_MODEL": summary.get("model"),
+            "OUTPUT_REPORT": job["report"] or None, "OUTPUT_POLYGONS": summary.get("polygons"),
+            "POLYGON_COUNT": summary.get("polygon_count"), "CHANGED_AREA_HA": summary.get("changed_hectares"),
         }
-        outputs.update(self.finish_polygons(job, result, feedback, job["config"]["memory_budget_mb"]))
-        if job["model_out"] and result.train is not None:
-            from ..core.hypernet.model_file import save_model
-
-            save_model(job["model_out"], result.train.model, result.train.metadata())
-            outputs["OUTPUT_MODEL"] = job["model_out"]
-        if job["report"]:
-            from ..core.report.report import write_detection_report
-
-            write_detection_report(job["report"], result)
-            outputs["OUTPUT_REPORT"] = job["report"]
-        return outputs

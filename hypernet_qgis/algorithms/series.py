@@ -30,7 +30,6 @@ from .base import (
     QgisFeedback,
     check_device,
     parse_band_list,
-    pipeline,
     require_engine,
 )
 
@@ -179,14 +178,19 @@ class DetectSeriesAlgorithm(HyperNetAlgorithm):
         kwargs: dict[str, Any] = {"bands": job["bands"]}
         if job["threshold"] != "default":
             kwargs.update(threshold=job["threshold"], threshold_value=job["threshold_value"])
-        if job["method"] == "hypernet":
-            from ..core.hypernet.training import TrainConfig
+        if job["method"] == "hypernet":  # the engine in a child process, as Detect Change (engine_process.py)
+            from types import SimpleNamespace
 
-            pipeline()  # torch and spectral present
-            kwargs.update(model=job["model"], config=TrainConfig(**job["config"]))
-        res = series_files(job["images"], folder, dates=job["dates"], method=job["method"], training=job["training"],
-                           align=job["align"], resampling=job["resampling"], polygons=job["polygons"],
-                           min_area=job["min_area"], connectivity=job["connectivity"], feedback=feedback, **kwargs)
+            from ..engine_process import series_argv
+
+            summary = self.run_engine(series_argv(job.values), feedback)
+            res = SimpleNamespace(first_change=summary["first_change"], change_count=summary["change_count"],
+                                  polygons=summary.get("polygons"), model=summary.get("model"))
+        else:
+            res = series_files(job["images"], folder, dates=job["dates"], method=job["method"],
+                               training=job["training"], align=job["align"], resampling=job["resampling"],
+                               polygons=job["polygons"], min_area=job["min_area"], connectivity=job["connectivity"],
+                               feedback=feedback, **kwargs)
         self._register(res)
         return {"OUTPUT_FOLDER": folder, "FIRST_CHANGE": res.first_change, "CHANGE_COUNT": res.change_count,
                 "OUTPUT_POLYGONS": res.polygons, "OUTPUT_MODEL": res.model}

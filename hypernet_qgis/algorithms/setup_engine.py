@@ -12,6 +12,7 @@ from qgis.core import (
     QgsProcessingOutputString,
     QgsProcessingParameterEnum,
     QgsProcessingParameterFile,
+    QgsProcessingParameterString,
 )
 
 from .. import engine_setup
@@ -42,7 +43,8 @@ class SetupEngineAlgorithm(HyperNetAlgorithm):
         "<p><b>Inputs.</b> Action: install, repair (reinstall) or uninstall. Offline source: a folder of wheel "
         "files (pip download -d FOLDER torch spectral on a connected machine with the same system and Python); "
         "empty = the package index. Build: auto = the CUDA build when an NVIDIA driver is installed, else the "
-        "small CPU build; cpu or cuda to choose.</p>"
+        "small CPU build; cpu or cuda to choose. Under Advanced: a PyTorch version to pin (e.g. 2.13.0) and a "
+        "package index (your organisation's mirror) instead of PyPI.</p>"
         "<p><b>Outputs.</b> The engine folder and the torch and numpy versions; the log shows pip's output.</p>"
         "<p><b>Time.</b> A few minutes (the CPU build is about 200 MB to download, the CUDA build several GB). "
         "Cancel stops pip and keeps the previous engine. Nothing else in the plugin uses the network.</p>"
@@ -59,6 +61,11 @@ class SetupEngineAlgorithm(HyperNetAlgorithm):
             "VARIANT", "PyTorch build", options=list(engine_setup.VARIANTS), defaultValue="auto",
             usesStaticStrings=True), True, "auto = the CUDA build when an NVIDIA driver is installed, else the CPU "
                                            "build.")
+        self._add(QgsProcessingParameterString("TORCH_VERSION", "PyTorch version", optional=True), True,
+                  "e.g. 2.13.0; empty = the newest that fits this Python.")
+        self._add(QgsProcessingParameterString("INDEX_URL", "Package index", optional=True), True,
+                  "Your organisation's mirror (a simple index, e.g. https://pypi.example.org/simple), used alone; "
+                  "empty = PyPI (and PyTorch's CPU index for the CPU build).")
         self.addOutput(QgsProcessingOutputString("ENGINE_FOLDER", "Engine folder"))
         self.addOutput(QgsProcessingOutputString("VERSIONS", "torch and numpy versions"))
 
@@ -70,10 +77,15 @@ class SetupEngineAlgorithm(HyperNetAlgorithm):
         if source and not any(n.endswith((".whl", ".tar.gz", ".zip")) for n in os.listdir(source)):
             raise InputError(f"The offline source {source} holds no wheels. Fill it on a connected machine with "
                              "pip download -d FOLDER torch spectral (same system and Python as QGIS).")
+        try:
+            torch_version = engine_setup.check_torch_version(self.parameterAsString(parameters, "TORCH_VERSION", context))
+            index_url = engine_setup.check_index_url(self.parameterAsString(parameters, "INDEX_URL", context))
+        except ValueError as exc:
+            raise InputError(str(exc)) from None
         return Job(values={
             "action": self.enum_string(parameters, "ACTION", context, ACTIONS),
             "variant": self.enum_string(parameters, "VARIANT", context, list(engine_setup.VARIANTS)),
-            "source": source,
+            "source": source, "torch_version": torch_version, "index_url": index_url,
             "settings": QgsApplication.qgisSettingsDirPath(),
         })
 
@@ -85,7 +97,8 @@ class SetupEngineAlgorithm(HyperNetAlgorithm):
             return {"ENGINE_FOLDER": str(folder), "VERSIONS": ""}
         try:
             stamp = engine_setup.install(job["settings"], source=job["source"], variant=job["variant"],
-                                         log=feedback.info, cancelled=feedback.is_cancelled)
+                                         log=feedback.info, cancelled=feedback.is_cancelled,
+                                         torch_version=job["torch_version"], index_url=job["index_url"])
         except RuntimeError as exc:
             raise InputError(str(exc)) from None
         engine_setup.activate(job["settings"])

@@ -24,7 +24,6 @@ from .base import (
     check_pair,
     layer_path,
     parse_band_list,
-    pipeline,
 )
 
 
@@ -105,19 +104,12 @@ class TrainHyperNetAlgorithm(HyperNetAlgorithm):
         return candidate if os.access(folder, os.W_OK) else None
 
     def run_job(self, job: Job, feedback: QgisFeedback) -> dict[str, Any]:
-        pipe = pipeline()
-        from ..core.hypernet.training import TrainConfig
+        """The engine's ``train`` in a child process (engine_process.py): core.pipeline.train_files, as the CLI."""
+        from ..engine_process import train_argv
 
-        result = pipe.train_files(job["t1"], job["t2"], job["model"], bands=job["bands"],
-                                  unchanged_mask=job["mask"], config=TrainConfig(**job["config"]), feedback=feedback,
-                                  align=job["align"], resampling=job["resampling"],
-                                  drop_bad_bands=job["drop_bad_bands"], drop_water=job["drop_water"])
-        final_loss = float(result.loss_history[-1]) if result.loss_history else float("nan")
+        summary = self.run_engine(train_argv(job.values), feedback)
+        final_loss = float(summary["final_loss"])
         feedback.info(f"Saved the model to {job['model']} (final loss {final_loss:.6g}, "
-                      f"{result.seconds:.1f} s on {result.device_name}).")
-        if job["report"]:
-            from ..core.report.report import write_training_report
-
-            write_training_report(job["report"], result)
-        return {"OUTPUT_MODEL": job["model"], "FINAL_LOSS": final_loss, "DEVICE_USED": result.device_name,
+                      f"{summary['seconds']:.1f} s on {summary['device']}).")
+        return {"OUTPUT_MODEL": job["model"], "FINAL_LOSS": final_loss, "DEVICE_USED": summary["device"],
                 "OUTPUT_REPORT": job["report"]}

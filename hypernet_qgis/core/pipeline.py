@@ -164,10 +164,12 @@ def _train_files(
     feedback: Feedback | None = None,
 ) -> TrainResult:
     """Train on a pair of rasters and save the model file."""
+    from .hypernet.device import describe_engine
     from .hypernet.model_file import save_model
     from .hypernet.training import TrainConfig
 
     feedback = feedback or NullFeedback()
+    feedback.info(describe_engine())
     config = config or TrainConfig()
     config.validate()
     raster_io.refuse_overwriting_inputs([model_out], [t1, t2] + ([unchanged_mask] if unchanged_mask else []))
@@ -208,11 +210,13 @@ def _detect_files(
     "running" uses the running statistics of training (the paper's eval mode).
     """
     from .hypernet.detection import DISTANCES, change_intensity
+    from .hypernet.device import describe_engine
     from .hypernet.model_file import load_model
     from .hypernet.training import TrainConfig
 
     start = time.perf_counter()
     feedback = feedback or NullFeedback()
+    feedback.info(describe_engine())
     config = config or TrainConfig()
     config.validate()
     check_evidence(evidence)

@@ -43,7 +43,8 @@ class StderrFeedback(NullFeedback):
 
     def set_progress(self, fraction: float) -> None:
         percent = int(max(0.0, min(1.0, fraction)) * 100)
-        if not self.quiet and percent != self._last and percent % 5 == 0:
+        # a line per 5 % step crossed, showing where progress is (33 %, not nothing, after the first of 3 epochs)
+        if not self.quiet and percent // 5 != self._last // 5 and percent > self._last:
             self._last = percent
             print(f"  {percent:3d}%", file=sys.stderr, flush=True)
 

@@ -11,7 +11,7 @@ from ..errors import InputError
 from ..options import DEFAULT_MEMORY_BUDGET_MB, DISTANCES, THRESHOLD_METHODS  # noqa: F401 (one home: core/options.py)
 from ..progress import Feedback, NullFeedback, SubFeedback, check_cancelled
 from .calibration import BATCHNORM_MODES, calibrate_batchnorm
-from .device import resolve_device
+from .device import describe_device, resolve_device
 from .layerwise import DateFeatures, Scratch, date_features
 from .network import HyperNet
 from .perf import streaming_allocator
@@ -167,6 +167,7 @@ def change_intensity(
     feedback = feedback or NullFeedback()
     check_cancelled(feedback)
     dev = resolve_device(device)
+    feedback.info(f"Detecting on {describe_device(dev, device)}.")
     model.eval()
     rows, cols = x1s.shape[1:]
     plan = detection_plan(model, rows, cols, memory_budget_mb, dev, tile)

@@ -1,6 +1,9 @@
-"""Choosing and describing the torch device."""
+"""Choosing and describing the torch device, and where the engine that runs comes from."""
 
 from __future__ import annotations
+
+import os
+import sys
 
 import torch
 
@@ -33,3 +36,12 @@ def describe_device(device: torch.device, requested: str = "auto") -> str:
     reason = "asked for" if requested == "cpu" else "no CUDA device"
     threads = torch.get_num_threads()
     return f"CPU, {threads} thread{'s' if threads != 1 else ''}, {allocator_in_use()} allocator ({reason})"
+
+
+def describe_engine() -> str:
+    """A log line: which torch (build, folder), which Python and which C allocator run this job."""
+    from .allocator import allocator_in_use
+
+    build = f"CUDA {torch.version.cuda}" if torch.version.cuda else "CPU-only"
+    return (f"HyperNet engine: torch {torch.__version__} ({build} build) from {os.path.dirname(torch.__file__)}, "
+            f"Python {sys.version.split()[0]} ({sys.executable}), {allocator_in_use()} allocator.")
