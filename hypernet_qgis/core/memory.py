@@ -29,6 +29,8 @@ that peak RSS stays within the budget plus 0.5 GB. Torch is imported only when a
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -205,3 +207,18 @@ def gdal_cache_mb(memory_budget_mb: float, block_row_mb: float) -> int:
     GDAL_CACHE_MIN_MB and at most GDAL_CACHE_SHARE of the budget."""
     want = 1.1 * block_row_mb
     return int(math.ceil(round(max(GDAL_CACHE_MIN_MB, min(want, GDAL_CACHE_SHARE * memory_budget_mb)), 6)))
+
+
+def release_free_memory() -> None:
+    """Give the allocator's free memory back to the system: glibc's ``malloc_trim``, and tcmalloc's
+    ``MallocExtension_ReleaseFreeMemory`` when tcmalloc serves this process (the CLI preloads it)."""
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or None)
+        libc.malloc_trim(0)
+    except (AttributeError, OSError, TypeError):  # not glibc / not tcmalloc / Windows
+        pass
+    try:
+        release = ctypes.CDLL(None).MallocExtension_ReleaseFreeMemory
+    except (AttributeError, OSError, TypeError):  # not glibc / not tcmalloc / Windows
+        return
+    release()

@@ -180,12 +180,15 @@ def open_pair(t1: str, t2: str, bands: Sequence[int] | None = None, *, min_bands
     cache = memory.gdal_cache_mb(memory_budget_mb, raster_io.block_row_mb(t1) + raster_io.block_row_mb(t2))
     if in_memory_mb(info1, bands) <= memory_budget_mb:
         with raster_io.gdal_cache(cache):
-            return load_pair(t1, t2, bands, min_bands, what, checked=True)
+            pair = load_pair(t1, t2, bands, min_bands, what, checked=True)
+        memory.release_free_memory()  # the reading's temporaries (float64 moments, GDAL's blocks)
+        return pair
     feedback.info(f"The pair needs more than the {memory_budget_mb:g} MB memory budget in memory: it is read, "
                   "standardised and used by windows.")
     with raster_io.gdal_cache(cache):
         source = streaming.load_pair_streamed(t1, t2, bands, scratch_dir, feedback,
                                               memory_budget_mb=memory_budget_mb)
+    memory.release_free_memory()  # the strips
     return ImagePair(source.x1s, source.x2s, source.valid, source.info1, source.info2, source.bands,
                      source.scaling, cva=source.cva, windowed_source=source)
 

@@ -28,6 +28,7 @@ from ..memory import (  # noqa: F401 (re-exported)
     TRAIN_WIDTH_MAPS,
     crop_plan,
     device_budget_mb,
+    release_free_memory,
     train_bytes_per_pixel,
     train_pixels_for_budget,
     train_step_mb,
@@ -48,19 +49,6 @@ def _glibc():
         except OSError:
             _libc = False
     return _libc or None
-
-
-def release_free_memory() -> None:
-    """Give the allocator's free memory back to the system: glibc's ``malloc_trim``, and tcmalloc's
-    ``MallocExtension_ReleaseFreeMemory`` when tcmalloc serves this process (the CLI preloads it)."""
-    lib = _glibc()
-    if lib is not None:
-        lib.malloc_trim(0)
-    try:
-        release = ctypes.CDLL(None).MallocExtension_ReleaseFreeMemory
-    except (AttributeError, OSError):
-        return
-    release()
 
 
 def _restore_defaults(lib) -> None:
