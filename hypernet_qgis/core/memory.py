@@ -62,6 +62,10 @@ STRIP_VALUES = 32 * 2**20
 STRIP_SHARE = 0.25
 
 MB = 2**20
+#: Most of the budget that a pair may take in memory (both dates raw and standardised): training and detection
+#: work in the rest (:func:`working_budget_mb`). A 3.4 GB pair under a 4096 MB budget used to stay in memory and
+#: leave training and detection their full budget on top of it (peak 5.3 GB).
+PAIR_SHARE = 0.5
 #: Most of the budget that GDAL's block cache may take while the inputs are read.
 GDAL_CACHE_SHARE = 0.25
 #: The least block cache given to GDAL (MB): a few blocks of any layout.
@@ -190,6 +194,16 @@ def shared_pair_budget_mb(memory_budget_mb: float, pairs: int) -> float:
 def whole_pair_mb(bands: int, rows: int, cols: int) -> float:
     """Memory (MB) that the in-memory route needs: both dates raw and standardised, float32."""
     return 4 * bands * rows * cols * FLOAT_BYTES / MB
+
+
+def pair_fits_in_memory(pair_mb: float, memory_budget_mb: float) -> bool:
+    """The in-memory route: the pair takes at most PAIR_SHARE of the budget."""
+    return pair_mb <= PAIR_SHARE * memory_budget_mb
+
+
+def working_budget_mb(memory_budget_mb: float, held_mb: float) -> float:
+    """What training and detection may use next to ``held_mb`` MB already held (an in-memory pair)."""
+    return max(memory_budget_mb - held_mb, (1 - PAIR_SHARE) * memory_budget_mb)
 
 
 def strip_values(memory_budget_mb: float | None, bands: int = 1, cols: int = 1) -> int:

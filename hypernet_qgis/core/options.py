@@ -82,7 +82,7 @@ class TrainConfig:
     training_fraction: float = DEFAULT_TRAINING_FRACTION
     crop_size: int = 64
     pixels_per_step: int = 65536
-    memory_budget_mb: int = DEFAULT_MEMORY_BUDGET_MB
+    memory_budget_mb: float = DEFAULT_MEMORY_BUDGET_MB
 
     def resolved_epochs(self) -> int:
         if self.epochs is not None:

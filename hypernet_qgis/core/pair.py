@@ -46,6 +46,8 @@ class ImagePair:
     x2: np.ndarray | None = field(default=None, repr=False)
     cva: np.ndarray | None = field(default=None, repr=False)
     windowed_source: streaming.StreamedPair | None = field(default=None, repr=False)
+    #: MB the pair holds in memory (both dates raw and standardised; 0 for a windowed pair)
+    held_mb: float = 0.0
     kept_report_dates: tuple[np.ndarray, np.ndarray, list[float] | None] | None = field(default=None, repr=False)
 
     @property
@@ -178,12 +180,13 @@ def open_pair(t1: str, t2: str, bands: Sequence[int] | None = None, *, min_bands
     feedback = feedback or NullFeedback()
     info1, _ = check_pair_files(t1, t2, bands, min_bands, what)
     cache = memory.gdal_cache_mb(memory_budget_mb, raster_io.block_row_mb(t1) + raster_io.block_row_mb(t2))
-    if in_memory_mb(info1, bands) <= memory_budget_mb:
+    if memory.pair_fits_in_memory(in_memory_mb(info1, bands), memory_budget_mb):
         with raster_io.gdal_cache(cache):
             pair = load_pair(t1, t2, bands, min_bands, what, checked=True)
+        pair.held_mb = in_memory_mb(info1, bands)
         memory.release_free_memory()  # the reading's temporaries (float64 moments, GDAL's blocks)
         return pair
-    feedback.info(f"The pair needs more than the {memory_budget_mb:g} MB memory budget in memory: it is read, "
+    feedback.info(f"The pair needs more than half the {memory_budget_mb:g} MB memory budget in memory: it is read, "
                   "standardised and used by windows.")
     with raster_io.gdal_cache(cache):
         source = streaming.load_pair_streamed(t1, t2, bands, scratch_dir, feedback,

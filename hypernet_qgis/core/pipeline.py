@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -20,6 +20,7 @@ from .classic.thresholds import NODATA, binary_change, threshold_feature_distanc
 from .errors import InputError
 from .fusion import DEFAULT_EVIDENCE, check_evidence, classic_evidence, fuse, resolve_threshold
 from .io import raster_io
+from .memory import working_budget_mb
 from .options import DEFAULT_DISTANCE, INTENSITY_NODATA, MIN_SIDE  # noqa: F401 (one home: core/options.py)
 from .pair import ImagePair, load_pair, open_pair  # noqa: F401 (load_pair re-exported for tools and tests)
 from .progress import Feedback, NullFeedback, SubFeedback, check_cancelled
@@ -99,7 +100,9 @@ def train_pair(
     from .hypernet.training import train_hypernet
 
     mask = pair_training_mask(pair, config, unchanged_mask)
-    result = train_hypernet(pair.x1s, pair.x2s, pair.valid, config, mask, feedback)
+    working = replace(config, memory_budget_mb=working_budget_mb(config.memory_budget_mb, pair.held_mb))
+    result = train_hypernet(pair.x1s, pair.x2s, pair.valid, working, mask, feedback)
+    result.config = config  # (the user's settings, as recorded in the model and the report)
     result.extra.update(_model_metadata(pair, config, unchanged_mask))
     return result
 
@@ -259,7 +262,7 @@ def _detect_files(
         clock = time.perf_counter()
         intensity = change_intensity(
             net, pair.x1s, pair.x2s, pair.valid, distance, config.device, SubFeedback(feedback, 0.85, 0.97),
-            memory_budget_mb=config.memory_budget_mb, batchnorm=batchnorm,
+            memory_budget_mb=working_budget_mb(config.memory_budget_mb, pair.held_mb), batchnorm=batchnorm,
             scratch_dir=pair.windowed_source.scratch if pair.windowed_source is not None else None,
         )
         stages["detect_s"] = time.perf_counter() - clock
