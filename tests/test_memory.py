@@ -155,3 +155,24 @@ def test_detection_peak_rss_within_budget_plus_half_a_gigabyte(alloc):
     out = detection_peak_mb(side, bands, width, budget, alloc)
     print(alloc, out)
     assert out["peak_mb"] <= budget + 512, out
+
+
+def test_an_in_memory_pair_leaves_half_the_budget_to_training_and_detection(tmp_path):
+    """A pair that fits the budget but not half of it is read by windows: training and detection get the rest
+    (a 3.4 GB pair under 4096 MB used to stay in memory and the job peaked at 12.5 GB, BENCHMARKS.md)."""
+    import numpy as np
+    from test_qgis_support import write_tif
+
+    from hypernet_qgis.core.pair import in_memory_mb, open_pair
+
+    rng = np.random.default_rng(0)
+    t1 = write_tif(tmp_path / "t1.tif", rng.normal(size=(8, 64, 64)).astype(np.float32))
+    t2 = write_tif(tmp_path / "t2.tif", rng.normal(size=(8, 64, 64)).astype(np.float32))
+    from hypernet_qgis.core.io.raster_io import raster_info
+
+    need = in_memory_mb(raster_info(t1))
+    with open_pair(t1, t2, memory_budget_mb=1.5 * need) as pair:
+        assert pair.windowed and pair.held_mb == 0
+    with open_pair(t1, t2, memory_budget_mb=2 * need) as pair:
+        assert not pair.windowed and pair.held_mb == need
+        assert memory.working_budget_mb(2 * need, pair.held_mb) == need
