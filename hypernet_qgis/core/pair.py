@@ -31,7 +31,7 @@ class ImagePair:
     """Two co-registered dates, standardised per date, with their shared valid-pixel mask.
 
     ``x1s``/``x2s`` are float32 (bands, rows, cols) arrays, or ``streaming.WindowReader`` s over scratch files for
-    pairs larger than the memory budget (``windowed``); both support window slicing. ``x1``/``x2`` (raw values)
+    pairs over half the memory budget (``windowed``, ``memory.PAIR_SHARE``); both support window slicing. ``x1``/``x2`` (raw values)
     are kept only for in-memory pairs (the classic detectors use them).
     """
 

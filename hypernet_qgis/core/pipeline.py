@@ -267,8 +267,9 @@ def _detect_files(
         )
         stages["detect_s"] = time.perf_counter() - clock
         if evidence == "fused" and pair.windowed:
-            feedback.info("The pair is larger than the memory budget: the change intensity is HyperNet's alone "
-                          "(the fusion with IR-MAD and CVA needs both dates in memory).")
+            feedback.info("The pair is read by windows (it needs more than half the memory budget): the change "
+                          "intensity is HyperNet's alone (the fusion with IR-MAD and CVA needs both dates in memory; "
+                          "a larger memory budget keeps it).")
             evidence = "hypernet"
         threshold = resolve_threshold(threshold, evidence)
         if evidence == "fused":
