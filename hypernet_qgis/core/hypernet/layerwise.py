@@ -37,7 +37,7 @@ from torch import nn
 
 from ..progress import Feedback, check_cancelled
 from .network import RCAB, RSAB, ChannelAttention, HyperNet, part
-from .tiling import check_input, interior, resolve_device, tiles, window
+from .tiling import interior, prepare, tiles, window
 
 Tile = tuple[int, int, int, int]
 #: BatchNorm statistics in use: (mean, variance), each (C,), in the model's dtype.
@@ -404,7 +404,5 @@ def date_features(model: HyperNet, x, tile: int, device, scratch: Scratch, prefi
     variance: ``calibration.calibrate_batchnorm``), else with its running statistics (the model in eval mode).
     ``prefix`` names this date's maps in ``scratch``; ``feedback``: cancellation and progress (0 to 1).
     """
-    check_input(model, x, tile)
-    device = resolve_device(device)
-    model.to(device)
+    device = prepare(model, x, tile, device)
     return _Passes(model, x, tile, device, scratch, prefix, per_date, feedback).features()

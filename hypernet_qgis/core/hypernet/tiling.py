@@ -65,6 +65,14 @@ def resolve_device(device) -> torch.device:
     return torch.device(device)
 
 
+def prepare(model: HyperNet, x, tile: int, device) -> torch.device:
+    """Check ``x`` and ``tile`` for ``model`` (:func:`check_input`), move the model to ``device``; the device."""
+    check_input(model, x, tile)
+    resolved = resolve_device(device)
+    model.to(resolved)
+    return resolved
+
+
 def check_input(model: HyperNet, x: np.ndarray, tile: int) -> None:
     """Refuse an image that is not (model.bands, rows, cols), a tile under 1 pixel, a model in training mode."""
     if x.ndim != 3:
@@ -86,9 +94,7 @@ def pooled_statistics(model: HyperNet, x: np.ndarray, tile: int, device="cpu", f
     Returns ``{key: (avg (1, C, 1, 1), max (1, C, 1, 1))}`` on ``device`` in the model's dtype, equal to what each
     module pools over the whole image in ``model(x)``.
     """
-    check_input(model, x, tile)
-    device = resolve_device(device)
-    model.to(device)
+    device = prepare(model, x, tile, device)
     dtype = next(model.parameters()).dtype
     rows, cols = x.shape[1:]
     parts = tiles(rows, cols, int(tile))
@@ -131,9 +137,7 @@ def iter_fused_features(model: HyperNet, x: np.ndarray, tile: int, device="cpu",
     window reader, see ``streaming.py``): only windows are read. ``pooled``: the channel attentions' pooled
     statistics of ``x`` (:func:`pooled_statistics`) when the caller has them; the statistics passes are skipped.
     """
-    check_input(model, x, tile)
-    device = resolve_device(device)
-    model.to(device)
+    device = prepare(model, x, tile, device)
     dtype = next(model.parameters()).dtype
     rows, cols = x.shape[1:]
     parts = tiles(rows, cols, int(tile))
