@@ -7,7 +7,8 @@ import os
 
 import numpy as np
 import pytest
-from osgeo import gdal, osr
+from osgeo import gdal
+from test_qgis_support import write_tif
 
 from hypernet_qgis.core import pipeline
 from hypernet_qgis.core.errors import InputError
@@ -18,22 +19,8 @@ BLOCK = (slice(20, 34), slice(25, 41))
 
 
 def write(path, arr, gt=GT, epsg: int | None = 32633, nodata: float | None = -9999.0) -> str:
-    arr = np.asarray(arr, np.float32)
-    if arr.ndim == 2:
-        arr = arr[None]
-    ds = gdal.GetDriverByName("GTiff").Create(str(path), arr.shape[2], arr.shape[1], arr.shape[0], gdal.GDT_Float32)
-    ds.SetGeoTransform(gt)
-    if epsg:
-        srs = osr.SpatialReference()
-        srs.ImportFromEPSG(epsg)
-        ds.SetProjection(srs.ExportToWkt())
-    for i in range(arr.shape[0]):
-        band = ds.GetRasterBand(i + 1)
-        if nodata is not None:
-            band.SetNoDataValue(nodata)
-        band.WriteArray(arr[i])
-    ds = None
-    return str(path)
+    """A float32 GeoTIFF on ``gt`` (the shared test writer, with this module's grid and nodata)."""
+    return write_tif(path, np.asarray(arr, np.float32), nodata=nodata, epsg=epsg, geotransform=gt)
 
 
 def smooth_pair(rows: int = 60, cols: int = 70, bands: int = 5) -> tuple[np.ndarray, np.ndarray]:

@@ -18,9 +18,9 @@ GEOTRANSFORM = (500000.0, 10.0, 0.0, 4000000.0, 0.0, -10.0)
 CHANGED = (slice(6, 14), slice(5, 13))
 
 
-def write_tif(path: Path | str, array: np.ndarray, nodata: float | None = None, epsg: int = EPSG,
+def write_tif(path: Path | str, array: np.ndarray, nodata: float | None = None, epsg: int | None = EPSG,
               geotransform: tuple = GEOTRANSFORM) -> str:
-    """A GeoTIFF written with GDAL: (bands, rows, cols) or (rows, cols)."""
+    """A GeoTIFF written with GDAL: (bands, rows, cols) or (rows, cols); ``epsg=None`` writes no CRS."""
     from osgeo import gdal, osr
 
     arr = np.asarray(array)
@@ -31,9 +31,10 @@ def write_tif(path: Path | str, array: np.ndarray, nodata: float | None = None, 
     ds = gdal.GetDriverByName("GTiff").Create(str(path), arr.shape[2], arr.shape[1], arr.shape[0],
                                               types[arr.dtype.kind])
     ds.SetGeoTransform(geotransform)
-    srs = osr.SpatialReference()
-    srs.ImportFromEPSG(epsg)
-    ds.SetProjection(srs.ExportToWkt())
+    if epsg:
+        srs = osr.SpatialReference()
+        srs.ImportFromEPSG(epsg)
+        ds.SetProjection(srs.ExportToWkt())
     for i in range(arr.shape[0]):
         band = ds.GetRasterBand(i + 1)
         if nodata is not None:
