@@ -201,9 +201,9 @@ def test_windowed_route_aligns_and_polygonises_like_the_in_memory_route(tmp_path
 
 def test_cli_windowed_detect_with_align_and_polygons(tmp_path):
     """The CLI with --memory-budget-mb 1 on a 5 x 130 x 140 pair (1.4 MB in memory) that needs ALIGN: read and
-    detected by windows, with a model file (so both routes use the same network) the change map and polygons
-    equal the default budget's; without one the log says the windowed intensity is HyperNet's alone (the
-    fusion with IR-MAD and CVA needs both dates in memory), which is why those maps differ."""
+    detected by windows, with a model file (so both routes use the same network) the default (fused) change map
+    and polygons equal the default budget's; training on the fly, the windowed route fuses too (IR-MAD by
+    strips of the scratch files; it used to fall back to HyperNet alone)."""
     from test_cli import cli
 
     t1, t2 = shifted_pair(tmp_path, rows=130, cols=140)
@@ -212,7 +212,7 @@ def test_cli_windowed_detect_with_align_and_polygons(tmp_path):
     assert r.returncode == 0, r.stderr
     runs = {}
     for name, budget in (("memory", "4096"), ("windows", "1")):
-        r = cli("detect", t1, t2, "--model", model, "-o", str(tmp_path / f"{name}.tif"), "--evidence", "hypernet",
+        r = cli("detect", t1, t2, "--model", model, "-o", str(tmp_path / f"{name}.tif"),
                 "--polygons", str(tmp_path / f"{name}.gpkg"), "--report", str(tmp_path / f"{name}.html"),
                 "--memory-budget-mb", budget, "--device", "cpu")
         assert r.returncode == 0, r.stderr
@@ -224,7 +224,7 @@ def test_cli_windowed_detect_with_align_and_polygons(tmp_path):
     r = cli("detect", t1, t2, "-o", str(tmp_path / "fused.tif"), "--epochs", "1", "--memory-budget-mb", "1",
             "--device", "cpu", "--polygons", str(tmp_path / "fused.gpkg"))
     assert r.returncode == 0, r.stderr
-    assert "the change intensity is HyperNet's alone" in r.stderr and (tmp_path / "fused.gpkg").exists()
+    assert "IR-MAD reads the windowed pair by strips" in r.stderr and (tmp_path / "fused.gpkg").exists()
 
 
 def test_reports_of_an_aligned_pair_show_the_warped_dates(tmp_path):

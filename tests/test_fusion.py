@@ -82,7 +82,7 @@ def test_detect_default_is_the_fusion_and_hypernet_alone_stays_an_option(synthet
     assert fused.extra["evidence"] == "fused" and fused.threshold_method == "mrf"
     assert alone.extra["evidence"] == "hypernet" and alone.threshold_method == "otsu"
     pair = fused.pair
-    expected = fuse(alone.intensity, classic_evidence(pair.x1, pair.x2, pair.valid), pair.valid)
+    expected = fuse(alone.intensity, classic_evidence(pair), pair.valid)
     assert np.allclose(fused.intensity[pair.valid], expected[pair.valid], rtol=1e-5)
     ds = gdal.Open(str(tmp_path / "fi.tif"))  # keep the dataset alive while its band is read
     written = ds.GetRasterBand(1).ReadAsArray()

@@ -66,8 +66,7 @@ def test_train_by_windows_saves_the_same_model_metadata(synthetic_pair, tmp_path
 
 def test_detect_by_windows_writes_the_same_map_and_a_report(synthetic_pair, tmp_path):
     """The report used to fail on every pair over the budget ("carries no images"). HyperNet's own intensity is
-    compared (the default fusion with IR-MAD and CVA needs both dates in memory; by windows it falls back to
-    HyperNet alone and says so, checked below)."""
+    compared here; the default fusion by windows is compared in test_the_fused_default_is_the_same_by_windows."""
     from hypernet_qgis.core.report.report import write_detection_report
 
     t1, t2 = str(synthetic_pair["t1"]), str(synthetic_pair["t2"])
@@ -88,10 +87,29 @@ def test_detect_by_windows_writes_the_same_map_and_a_report(synthetic_pair, tmp_
     ib = gdal.Open(str(tmp_path / "windows_i.tif")).ReadAsArray()
     assert np.abs(ia - ib).max() <= 1e-4 * (ia[ia != -9999].max() - ia[ia != -9999].min())
     assert _sections(tmp_path / "windows.html") == _sections(tmp_path / "whole.html")
-    fused = pipeline.detect_files(t1, t2, str(tmp_path / "fused.tif"), model=model, config=_config(TINY_MB))
-    assert fused.extra["evidence"] == "hypernet"  # the documented fallback of the windowed route
     text = open(tmp_path / "windows.html", encoding="utf-8").read()
     assert re.search(r'id="v-changed">[0-9,]+<', text) and "data:image/png;base64," in text
+
+
+def test_the_fused_default_is_the_same_by_windows(synthetic_pair, tmp_path):
+    """Over half the budget the pair is read by windows and still gets the default fusion (IR-MAD by strips of
+    the scratch files, CVA from the pre-detection score): the same intensity and map as in memory. It used to
+    fall back to HyperNet alone there."""
+    t1, t2, gt = (str(synthetic_pair[k]) for k in ("t1", "t2", "gt"))
+    model = str(tmp_path / "m.hypernet")
+    pipeline.train_files(t1, t2, model, config=_config())
+    runs = {}
+    for name, budget in (("whole", None), ("windows", TINY_MB)):
+        runs[name] = pipeline.detect_files(t1, t2, str(tmp_path / f"{name}.tif"), model=model,
+                                           config=_config(budget))
+    whole, windows = runs["whole"], runs["windows"]
+    assert windows.extra.get("streamed") and not whole.extra.get("streamed")
+    assert windows.extra["evidence"] == whole.extra["evidence"] == "fused"
+    assert windows.threshold_method == whole.threshold_method == "mrf"
+    valid = whole.pair.valid
+    np.testing.assert_allclose(windows.intensity[valid], whole.intensity[valid], rtol=1e-3, atol=1e-4)
+    assert (windows.binary != whole.binary).sum() <= 2
+    assert pipeline.evaluate_files(str(tmp_path / "windows.tif"), gt)["kappa"] > 0.9
 
 
 @pytest.mark.parametrize("budget", [None, TINY_MB])

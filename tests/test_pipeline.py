@@ -195,10 +195,11 @@ def test_a_pair_larger_than_the_budget_is_detected_by_windows_with_the_same_resu
     t1, t2 = str(synthetic_pair["t1"]), str(synthetic_pair["t2"])
     model = tmp_path / "m.hypernet"
     pipeline.train_files(t1, t2, str(model), config=TrainConfig(**FAST))
-    # windowed detection is HyperNet alone (the fusion with IR-MAD and CVA needs both dates in memory)
+    # HyperNet's own intensity, by windows and whole (the fused default: test_one_flow)
     whole = pipeline.detect_files(t1, t2, str(tmp_path / "a.tif"), model=str(model), evidence="hypernet")
     small = TrainConfig(device="cpu", memory_budget_mb=0.1)  # the 40x36x8 pair needs ~0.2 MB in memory
-    streamed = pipeline.detect_files(t1, t2, str(tmp_path / "b.tif"), model=str(model), config=small)
+    streamed = pipeline.detect_files(t1, t2, str(tmp_path / "b.tif"), model=str(model), config=small,
+                                     evidence="hypernet")
     assert streamed.extra.get("streamed") and not whole.extra.get("streamed")
     span = np.nanmax(whole.intensity) - np.nanmin(whole.intensity)
     assert np.nanmax(np.abs(streamed.intensity - whole.intensity)) <= 1e-4 * span
@@ -210,8 +211,8 @@ def test_a_pair_larger_than_the_budget_is_detected_by_windows_with_the_same_resu
 
 
 def test_the_mrf_map_can_be_asked_for_on_the_windowed_route(synthetic_pair, tmp_path):
-    """Over the budget the evidence is HyperNet alone (auto = Otsu on the root); --threshold mrf still applies,
-    on the root of the in-memory intensity, with the same map as the whole-image route."""
+    """HyperNet alone by windows (auto = Otsu on the root): --threshold mrf applies on the root of its intensity,
+    with the same map as the whole-image route."""
     from hypernet_qgis.core.classic.thresholds import mrf_change
 
     t1, t2 = str(synthetic_pair["t1"]), str(synthetic_pair["t2"])
@@ -219,7 +220,7 @@ def test_the_mrf_map_can_be_asked_for_on_the_windowed_route(synthetic_pair, tmp_
     pipeline.train_files(t1, t2, str(model), config=TrainConfig(**FAST))
     small = TrainConfig(device="cpu", memory_budget_mb=0.1)
     streamed = pipeline.detect_files(t1, t2, str(tmp_path / "b.tif"), model=str(model), config=small,
-                                     threshold="mrf")
+                                     threshold="mrf", evidence="hypernet")
     assert streamed.extra.get("streamed") and streamed.extra["evidence"] == "hypernet"
     assert streamed.threshold_method == "mrf"
     expected, root = mrf_change(np.sqrt(np.maximum(streamed.intensity, 0.0)), streamed.pair.valid)

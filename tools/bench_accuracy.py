@@ -92,7 +92,7 @@ def run_hypernet(pair: ImagePair, ref: np.ndarray, seed: int, opts: dict) -> dic
     binary, _ = threshold_feature_distance(intensity, pair.valid, resolve_threshold(opts.get("threshold"), "hypernet"))
     alone = score(binary, intensity, ref)
     alone["seconds"] = time.perf_counter() - start
-    fused = fuse(intensity, classic_evidence(pair.x1, pair.x2, pair.valid), pair.valid)
+    fused = fuse(intensity, classic_evidence(pair), pair.valid)
     binary, _ = binary_change(fused, pair.valid, resolve_threshold(opts.get("threshold"), "fused"))
     out = score(binary, fused, ref)
     out["seconds"] = time.perf_counter() - start

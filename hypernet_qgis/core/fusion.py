@@ -24,10 +24,14 @@ The recipe, each step scale-free so that no weight is tuned:
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
+from . import memory
 from .errors import InputError
 from .options import DEFAULT_EVIDENCE, EVIDENCE_MODES  # noqa: F401 (one home: core/options.py)
+from .progress import Feedback
 
 #: The classic detectors whose (median-normalised) intensities are averaged with HyperNet's.
 CLASSIC_EVIDENCE = ("irmad", "cva")
@@ -57,11 +61,21 @@ def ratio_to_median(score: np.ndarray, valid: np.ndarray) -> np.ndarray:
     return out.astype(np.float32)
 
 
-def classic_evidence(x1: np.ndarray, x2: np.ndarray, valid: np.ndarray) -> dict[str, np.ndarray]:
-    """The classic intensities of ``CLASSIC_EVIDENCE`` on the raw dates (IR-MAD ``sqrt(chi2)``, CVA norm)."""
-    from .classic.baselines import cva, irmad
+def classic_evidence(pair: Any, memory_budget_mb: float | None = None,
+                     feedback: Feedback | None = None) -> dict[str, np.ndarray]:
+    """The classic intensities of ``CLASSIC_EVIDENCE`` for a pair (``core.pair.ImagePair``), on either route.
 
-    return {"irmad": irmad(x1, x2, valid), "cva": cva(x1, x2, valid)}
+    IR-MAD's ``sqrt(chi2)`` on the standardised dates (IR-MAD is invariant to per-band affine maps), read by
+    strips within ``memory_budget_mb`` (the scratch files of a windowed pair, or the arrays); CVA is the pair's
+    pre-detection score (the norm of the standardised difference, already computed for mask g).
+    """
+    from .classic.baselines import irmad
+
+    strip_rows = None
+    if memory_budget_mb:
+        strip_rows = memory.irmad_strip_rows(memory_budget_mb, pair.band_count, pair.valid.shape[1])
+    return {"irmad": irmad(pair.x1s, pair.x2s, pair.valid, strip_rows=strip_rows, feedback=feedback),
+            "cva": pair.pre_detection_score()}
 
 
 def fuse(hypernet_mse: np.ndarray, classic: dict[str, np.ndarray], valid: np.ndarray) -> np.ndarray:

@@ -18,6 +18,9 @@ the working memory of a job. What it decides:
   quarter of the budget, capped at ``STRIP_VALUES``;
 * **whole pair or windows** (:func:`whole_pair_mb`): the in-memory route holds both dates raw and standardised;
   a series' shared model holds all its pairs at once, each within an equal share (:func:`shared_pair_budget_mb`).
+* **IR-MAD** (the fusion's classic evidence, :func:`irmad_sample_pixels`, :func:`irmad_strip_rows`): its
+  iterations hold at most ``IRMAD_SAMPLE_VALUES`` values of each date (a regular sample of the valid pixels), and
+  a windowed pair is read by strips in STRIP_SHARE of the budget;
 * **GDAL's block cache** while the inputs are read (:func:`gdal_cache_mb`): GDAL's default is 5 % of the
   machine's memory (1.2 GB on 24 GB), outside any budget; the engine lowers it to what one row of blocks of both
   dates needs, at most ``GDAL_CACHE_SHARE`` of the budget, and restores it after reading.
@@ -62,6 +65,13 @@ STRIP_VALUES = 32 * 2**20
 STRIP_SHARE = 0.25
 
 MB = 2**20
+#: Most float32 values of each date that IR-MAD's iterations hold (128 MB a date): every valid pixel up to about
+#: 150 000 pixels of 224 bands (all the benchmark pairs), a regular sample of them beyond. Fixed, not from the
+#: budget, so that the result does not depend on the budget.
+IRMAD_SAMPLE_VALUES = 32 * 2**20
+#: Float32 copies of each value that IR-MAD's strips hold at once (read, selected, standardised, centred; both
+#: dates) -- the divisor of the strip's share of the budget.
+IRMAD_STRIP_COPIES = 12
 #: Most of the budget that a pair may take in memory (both dates raw and standardised): training and detection
 #: work in the rest (:func:`working_budget_mb`). A 3.4 GB pair under a 4096 MB budget used to stay in memory and
 #: leave training and detection their full budget on top of it (peak 5.3 GB).
@@ -213,6 +223,18 @@ def strip_values(memory_budget_mb: float | None, bands: int = 1, cols: int = 1) 
         return STRIP_VALUES
     values = int(STRIP_SHARE * memory_budget_mb * MB / (2 * (2 * FLOAT_BYTES + 8)))
     return max(bands * cols, min(STRIP_VALUES, values))
+
+
+def irmad_sample_pixels(bands: int) -> int:
+    """How many valid pixels IR-MAD's iterations use (all of them when there are fewer)."""
+    return max(1, IRMAD_SAMPLE_VALUES // max(1, int(bands)))
+
+
+def irmad_strip_rows(memory_budget_mb: float, bands: int, cols: int) -> int:
+    """Rows of IR-MAD's strips over a windowed pair: IRMAD_STRIP_COPIES float32 copies of the strip's values in
+    STRIP_SHARE of the budget (at least one row)."""
+    per_row = IRMAD_STRIP_COPIES * FLOAT_BYTES * max(1, bands) * max(1, cols)
+    return max(1, int(STRIP_SHARE * memory_budget_mb * MB // per_row))
 
 
 def gdal_cache_mb(memory_budget_mb: float, block_row_mb: float) -> int:

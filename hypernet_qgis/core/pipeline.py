@@ -206,9 +206,7 @@ def _detect_files(
     ``evidence``: "fused" (default) averages HyperNet's root feature distance with IR-MAD and CVA, each divided
     by its median, and maps the mean with a two-Gaussian mixture regularised by each pixel's neighbours ("mrf",
     ``fusion.py``); "hypernet" uses HyperNet's distance alone (Otsu on its root). ``threshold="auto"`` picks the
-    mode's threshold. On the windowed route (a pair over the memory budget) the fusion is not available (IR-MAD
-    needs both dates in memory) and evidence falls back to "hypernet", whose auto threshold is Otsu; "mrf" can
-    still be asked for there (it works on the in-memory intensity).
+    mode's threshold. Both routes fuse: on the windowed route IR-MAD reads the scratch files by strips.
     ``batchnorm``: "per-date" normalises each date's features with its own whole-image statistics (default),
     "running" uses the running statistics of training (the paper's eval mode).
     """
@@ -266,16 +264,16 @@ def _detect_files(
             scratch_dir=pair.windowed_source.scratch if pair.windowed_source is not None else None,
         )
         stages["detect_s"] = time.perf_counter() - clock
-        if evidence == "fused" and pair.windowed:
-            feedback.info("The pair is read by windows (it needs more than half the memory budget): the change "
-                          "intensity is HyperNet's alone (the fusion with IR-MAD and CVA needs both dates in memory; "
-                          "a larger memory budget keeps it).")
-            evidence = "hypernet"
         threshold = resolve_threshold(threshold, evidence)
         if evidence == "fused":
             feedback.info("Averaging with IR-MAD and CVA (each divided by its median); threshold: "
-                          f"{threshold if threshold != 'fixed' else threshold_value}.")
-            intensity = fuse(intensity, classic_evidence(*pair.raw_dates(), pair.valid), pair.valid)
+                          f"{threshold if threshold != 'fixed' else threshold_value}"
+                          f"{' (IR-MAD reads the windowed pair by strips)' if pair.windowed else ''}.")
+            clock = time.perf_counter()
+            classic = classic_evidence(pair, working_budget_mb(config.memory_budget_mb, pair.held_mb),
+                                       SubFeedback(feedback, 0.97, 0.99))
+            intensity = fuse(intensity, classic, pair.valid)
+            stages["classic_s"] = time.perf_counter() - clock
     if evidence == "fused":
         binary, thr = binary_change(intensity, pair.valid, threshold, threshold_value)
     else:
