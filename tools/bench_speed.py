@@ -222,7 +222,7 @@ def case_big(folder: str, side: int, bands: int) -> dict:
             "seconds": seconds, "input_write_s": write_s, "peak_rss_gb": _peak_gb(),
             "peak_rss_gb_while_writing_inputs": rss_after_writing,
             **res.extra.get("stages_s", {}), "changed_fraction": res.changed_fraction,
-            "memory_budget_mb": TrainConfig().memory_budget_mb}
+            "memory_budget_mb": TrainConfig().memory_budget_mb, "windowed": bool(res.extra.get("streamed", False))}
 
 
 def case_job_budget(folder: str, side: int, bands: int, budget: int, epochs: int) -> dict:
@@ -529,6 +529,69 @@ def _update_benchmarks_md(section: str, tag: str = "SPEED") -> None:
     path.write_text(text)
 
 
+def _scale_plan(args) -> list[tuple[list[str], int | None, int, str]]:
+    """The --scale-only cases, in order: tiled/whole, the big scene end to end, the job-budget rows."""
+    plan: list[tuple[list[str], int | None, int, str]] = [(["tiled", "1000", "100"], 2, 1800, "system"),
+                                                          (["big", "2000", "224"], 2, 3600, "tcmalloc")]
+    for size in args.job_sizes.split(","):
+        side, bands = size.split("x")
+        for budget in (1024, 2048, 4096):
+            for alloc in ("system", "tcmalloc"):
+                plan.append((["job_budget", side, bands, str(budget), str(args.job_epochs)], 2, 3600, alloc))
+    return plan
+
+
+def _markdown_scale(results: dict) -> str:
+    """The SCALE section: issue 14's three measurements from one run."""
+    lines = ["<!-- SCALE -->", f"`python tools/bench_speed.py --scale-only`, one run: {results['date']} to "
+             f"{results.get('end', '(running)')}, {results['machine']}, torch {results['torch']}, "
+             f"OMP_NUM_THREADS=2, nothing else running. Each case a fresh process; peak RSS of the whole process "
+             "(engine import included).", ""]
+    tiled = [r for r in results["cases"] if r.get("case") == "tiled" and "error" not in r]
+    if tiled:
+        section = _markdown_detection({**results, "cases": tiled}).splitlines()
+        lines += [ln for ln in section[3:] if not ln.startswith("<!--")][:-1]
+    for r in results["cases"]:
+        if r.get("case") == "big_streamed" and "error" not in r:
+            lines += ["", f"### {r['size']} end to end (int16 GeoTIFFs, default settings, budget "
+                      f"{r['memory_budget_mb']} MB, {r['allocator']})", "",
+                      "| seconds | read + standardise | train | detect | classic evidence (IR-MAD, CVA) | write | "
+                      "peak RSS (GB) | route | goal |", "|---|---|---|---|---|---|---|---|---|",
+                      f"| {_fmt(r['seconds'])} | {_fmt(r.get('read_standardise_s'))} | {_fmt(r.get('train_s'))} | "
+                      f"{_fmt(r.get('detect_s'))} | {_fmt(r.get('classic_s'))} | {_fmt(r.get('write_s'))} | "
+                      f"{_fmt(r['peak_rss_gb'], 2)} | {'windows' if r.get('windowed') else 'in memory'} | "
+                      f"<= 150 s: {'met' if r['seconds'] <= 150 else 'not met'} |"]
+    jobs = [r for r in results["cases"] if str(r.get("case", "")).startswith("job_budget")]
+    if jobs:
+        table = _markdown_job_budget({**results, "cases": jobs}).splitlines()
+        lines += ["", "### Peak RSS of whole Detect Change jobs against the memory budget", ""]
+        lines += [ln for ln in table[3:] if not ln.startswith("<!--")]
+    failed = [r for r in results["cases"] if "error" in r and not str(r.get("case", "")).startswith("job_budget")]
+    for r in failed:
+        lines.append(f"\n{r.get('case')} failed: {r['error']}")
+    lines += ["", "<!-- /SCALE -->"]
+    return "\n".join(lines)
+
+
+def _scale_run(args) -> int:
+    """Run the --scale-only cases; the record and the SCALE section are rewritten after each case."""
+    import torch
+
+    out = Path(args.out).with_name("speed-scale.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    results = {"date": time.strftime("%Y-%m-%d %H:%M"), "torch": torch.__version__,
+               "machine": f"{os.cpu_count()} CPUs, {platform.machine()}, {platform.python_version()}", "cases": []}
+    for child, threads, timeout, alloc in _scale_plan(args):
+        results["cases"].append(_run_child(child, threads, timeout, alloc))
+        out.write_text(json.dumps(results, indent=2))
+        _update_benchmarks_md(_markdown_scale(results), "SCALE")
+    results["end"] = time.strftime("%H:%M")
+    out.write_text(json.dumps(results, indent=2))
+    _update_benchmarks_md(_markdown_scale(results), "SCALE")
+    print(f"recorded {out} and the SCALE section of BENCHMARKS.md")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
@@ -543,6 +606,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--job-budget-only", action="store_true",
                    help="run only the peak-RSS-versus-budget table of whole Detect Change jobs (1024, 2048, 4096 MB; "
                         "both allocators; --job-sizes); keep the other results of the last run in the report")
+    p.add_argument("--scale-only", action="store_true",
+                   help="issue 14's figures in one run: tiled/whole detection (1000x1000x100), the 2000x2000x224 "
+                        "scene end to end (default settings, 2 threads, tcmalloc) and the job-budget table "
+                        "(--job-sizes); written to the SCALE section of BENCHMARKS.md after each case")
     p.add_argument("--job-sizes", default="1500x100,2000x224", help="side x bands of the job-budget pairs")
     p.add_argument("--job-epochs", type=int, default=2, help="training epochs of the job-budget runs")
     p.add_argument("--quick", action="store_true", help="only the 307x241x154 paper epochs (a smoke run)")
@@ -576,7 +643,7 @@ def main(argv: list[str] | None = None) -> int:
     start = time.perf_counter()
     cases = []
     plan: list[tuple[list[str], int | None, int, str]] = []
-    only = args.big_only or args.detection_only or args.job_budget_only
+    only = args.big_only or args.detection_only or args.job_budget_only or args.scale_only
     for threads in (1, None) if not only else ():
         for ops in ("ours", "published"):
             plan.append((["paper", "307x241x154", str(args.epochs + 1), "reuse", ops], threads, 900, "system"))
@@ -602,6 +669,8 @@ def main(argv: list[str] | None = None) -> int:
                 plan.append((["budget", "1500", "100", str(budget)], 2, 1800, alloc))
     if (args.big or args.big_only) and not args.detection_only:
         plan.append((["big", str(args.big_side), "224"], 1, 7200, "tcmalloc" if args.big_tcmalloc else "system"))
+    if args.scale_only:
+        return _scale_run(args)
     for child, threads, timeout, alloc in plan:
         cases.append(_run_child(child, threads, timeout, alloc))
     out = Path(args.out)
