@@ -397,7 +397,7 @@ def run(args: argparse.Namespace) -> int:
                                     args.ignore)
         print(json.dumps(metrics, indent=1, default=float))
     elif args.command == "inspect":
-        from .core.hypernet.model_file import read_metadata
+        from .core.hypernet.model_metadata import read_metadata  # torch-free: inspect runs without torch
 
         meta = read_metadata(args.model)
         if args.report:
