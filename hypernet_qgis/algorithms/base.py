@@ -458,7 +458,8 @@ class HyperNetAlgorithm(QgsProcessingAlgorithm):
                   "published.")
         self._add(QgsProcessingParameterNumber(
             "MEMORY_BUDGET_MB", "Memory budget (MB)", NUMBER_INTEGER, defaultValue=options.DEFAULT_MEMORY_BUDGET_MB,
-            minValue=options.MIN_MEMORY_BUDGET_MB), True, "Bounds the training crops, the detection tiles and reading by windows.")
+            minValue=options.MIN_MEMORY_BUDGET_MB), True,
+            "Bounds the training crops, the detection tiles and reading by windows.")
 
     def add_threshold(self, options: list[str] = THRESHOLD_METHODS, default: str = "otsu") -> None:
         self._add(QgsProcessingParameterEnum(
