@@ -68,7 +68,8 @@ def _threshold(text: str) -> str:
     try:
         _finite(text)
     except argparse.ArgumentTypeError:
-        raise argparse.ArgumentTypeError(f"use {', '.join(_THRESHOLD_NAMES)} or a finite number, not {text!r}") from None
+        raise argparse.ArgumentTypeError(
+            f"use {', '.join(_THRESHOLD_NAMES)} or a finite number, not {text!r}") from None
     return text
 
 
@@ -107,14 +108,17 @@ def _values(text: str) -> list[float]:
 
 def _add_training_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("training")
-    g.add_argument("--epochs", type=_int_in(1, 1_000_000), default=None, help="training epochs (default: 60; 200 with --schedule paper)")
-    g.add_argument("--seed", type=_int_in(0, options.MAX_SEED), default=0, help="random seed; the same seed gives the same result on the CPU")
+    g.add_argument("--epochs", type=_int_in(1, 1_000_000), default=None,
+                   help="training epochs (default: 60; 200 with --schedule paper)")
+    g.add_argument("--seed", type=_int_in(0, options.MAX_SEED), default=0,
+                   help="random seed; the same seed gives the same result on the CPU")
     g.add_argument("--device", default="auto", choices=list(options.DEVICES), help="auto uses CUDA when available")
     g.add_argument("--schedule", default="default", choices=list(options.SCHEDULES),
                    help="default: random crops per step (fast); paper: whole image per step as published")
     g.add_argument("--learning-rate", type=_float_in(0.0, 1e6, low_open=True), default=options.DEFAULT_LEARNING_RATE,
                    help=f"SGD learning rate (default {options.DEFAULT_LEARNING_RATE}, the paper's)")
-    g.add_argument("--gamma", type=_float_in(0.0, 1e6), default=options.DEFAULT_GAMMA, help="focal cosine loss gamma (default 1)")
+    g.add_argument("--gamma", type=_float_in(0.0, 1e6), default=options.DEFAULT_GAMMA,
+                   help="focal cosine loss gamma (default 1)")
     g.add_argument("--width", type=_int_in(1, 4096), default=None, help="branch width (default: from the band count)")
     g.add_argument("--bands", type=_band_list, default=None, help="band subset, 1-based, e.g. 1-100,120-200")
     g.add_argument("--unchanged-mask", default=None,
@@ -397,7 +401,7 @@ def run(args: argparse.Namespace) -> int:
                                     args.ignore)
         print(json.dumps(metrics, indent=1, default=float))
     elif args.command == "inspect":
-        from .core.hypernet.model_file import read_metadata
+        from .core.hypernet.model_metadata import read_metadata  # torch-free: inspect runs without torch
 
         meta = read_metadata(args.model)
         if args.report:

@@ -18,7 +18,8 @@ def restart_argv() -> list[str]:
 
 def restart_with_tcmalloc() -> None:
     """On Linux with tcmalloc installed, replace this process by the same command with tcmalloc preloaded (whole-
-    image training up to 2x faster, core/hypernet/allocator.py). Returns only when that is not wanted or not possible."""
+    image training up to 2x faster, core/hypernet/allocator.py). Returns only when that is not wanted or not
+    possible."""
     env = preload_environment(os.environ)
     if env is None:
         return

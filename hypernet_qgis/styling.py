@@ -3,9 +3,10 @@
 The change map (uint8: 1 change, 0 no change, 255 nodata) is paletted: change strong red, no change and nodata
 transparent (255 is the file's nodata value), so the map reads as an overlay on the image beneath. The change
 intensity gets a pseudocolour ramp stretched over its 2-98 % range. A series' first change is paletted with one
-class per date pair labelled by its dates, its number of changes with one class per count. The sidecar ``<name>.qml`` is what QGIS loads as the layer's default style, so a map made with
-qgis_process or inside a model looks the same when opened later; the post-processor applies the same style to
-the layer the Toolbox, the dialog or batch mode loads, names it, and keeps the change map above the intensity.
+class per date pair labelled by its dates, its number of changes with one class per count. The sidecar
+``<name>.qml`` is what QGIS loads as the layer's default style, so a map made with qgis_process or inside a model
+looks the same when opened later; the post-processor applies the same style to the layer the Toolbox, the dialog
+or batch mode loads, names it, and keeps the change map above the intensity.
 """
 
 from __future__ import annotations

@@ -111,7 +111,8 @@ def test_the_core_imports_no_qgis():
 
 @pytest.mark.parametrize("module", ["hypernet_qgis.core.options", "hypernet_qgis.core.pipeline",
                                     "hypernet_qgis.core.pair", "hypernet_qgis.core.classic.baselines",
-                                    "hypernet_qgis.core.classic.evaluation", "hypernet_qgis.cli"])
+                                    "hypernet_qgis.core.classic.evaluation", "hypernet_qgis.cli",
+                                    "hypernet_qgis.core.hypernet.model_metadata"])
 def test_torch_free_modules(module):
     """The classic detectors and evaluation run without torch; importing their modules must not load it."""
     code = f"import sys, {module}; print('torch' in sys.modules)"

@@ -178,7 +178,8 @@ FUZZ = r'''
 import io, json, random, resource, sys, traceback, zipfile
 import torch
 from hypernet_qgis.core.errors import InputError
-from hypernet_qgis.core.hypernet.model_file import FORMAT, FORMAT_VERSION, load_model, read_metadata, save_model
+from hypernet_qgis.core.hypernet.model_file import FORMAT, FORMAT_VERSION, load_model, save_model
+from hypernet_qgis.core.hypernet.model_metadata import read_metadata  # the torch-free reader QGIS uses
 from hypernet_qgis.core.hypernet.network import HyperNet
 
 folder, count = sys.argv[1], int(sys.argv[2])
@@ -188,6 +189,10 @@ good = f"{folder}/good.hypernet"
 save_model(good, HyperNet(6, 16), {"band_count": 6, "band_selection": [1, 2, 3, 4, 5, 6],
                                    "wavelengths_nm": [400.0 + 10 * i for i in range(6)], "loss_history": [1.0]})
 data = open(good, "rb").read()
+with zipfile.ZipFile(good) as zf:
+    entries = [(i.filename, zf.read(i)) for i in zf.infolist()]
+structure = next(body for name, body in entries if name.endswith("/data.pkl"))
+OPCODES = b"cRQ(tu}]qhsb.)N\x81\x85\x86\x87X"  # globals, calls, persistent ids, containers, BUILD, STOP
 payload = torch.load(good, weights_only=True)
 meta0 = json.loads(payload["metadata_json"])
 VALUES = [-1, 0, 1, 5, 6, 7, 16, 4096, 4097, 2**31, 2**63, -2**63, 1e308, float("nan"), float("inf"), "abc", "",
@@ -210,6 +215,17 @@ for i in range(count):
             p["state_dict"] = {k: (v[: max(0, v.shape[0] - 1)] if v.dim() and rng.random() < 0.3 else v)
                                for k, v in payload["state_dict"].items()}
         torch.save(p, path)
+    elif kind < 0.65:  # the pickled structure itself, in a valid archive: what the restricted unpickler sees
+        pkl = bytearray(structure)
+        for _ in range(rng.randint(1, 8)):
+            at = rng.randrange(len(pkl))
+            if rng.random() < 0.5:
+                pkl[at] = rng.randrange(256)
+            else:
+                pkl[at:at] = bytes([rng.choice(OPCODES)])
+        with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as zf:
+            for name, body in entries:
+                zf.writestr(name, bytes(pkl) if name.endswith("/data.pkl") else body)
     else:
         b = bytearray(data)
         if kind < 0.8:
@@ -237,7 +253,8 @@ print(ok, refused, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
 
 
 def test_fuzz_model_loading_never_crashes(tmp_path):
-    """Random mutations of a real model's metadata and bytes: only InputError, no abort, bounded memory."""
+    """Random mutations of a real model's metadata, its pickled structure (in a valid archive) and its bytes, read by
+    the torch-free reader and by load_model: only InputError, no abort, bounded memory."""
     out = subprocess.run([sys.executable, "-c", FUZZ, str(tmp_path), "300"], capture_output=True, text=True,
                          cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]

@@ -1,5 +1,5 @@
 """Without torch the plugin still loads: the HyperNet algorithms fail with one clear install message, and the
-classic and evaluation algorithms, which need no torch, run.
+classic, evaluation and model-inspection algorithms, which need no torch, run.
 
 torch is made absent (not mocked) in a fresh QGIS process: a sitecustomize on PYTHONPATH puts a meta-path finder
 in front of the import system that refuses ``torch`` and its submodules.
@@ -13,7 +13,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import torch
 from test_qgis_support import hashes, make_pair
+
+from hypernet_qgis.core.hypernet.model_file import save_model
+from hypernet_qgis.core.hypernet.network import HyperNet
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -50,7 +54,7 @@ plugin.initProcessing()
 registry = QgsApplication.processingRegistry()
 out["algorithms"] = sorted(a.id() for a in registry.providerById("hypernet").algorithms())
 out["torch_loaded_by_plugin"] = "torch" in sys.modules
-t1, t2, ref, folder = sys.argv[2:6]
+t1, t2, ref, folder, model = sys.argv[2:7]
 runs = {
     "hypernet:trainhypernet": {"INPUT_T1": t1, "INPUT_T2": t2, "EPOCHS": 2,
                                "OUTPUT_MODEL": os.path.join(folder, "m.hypernet")},
@@ -58,6 +62,7 @@ runs = {
     "hypernet:classicchange": {"METHOD": "cva", "INPUT_T1": t1, "INPUT_T2": t2,
                                "OUTPUT_CHANGE": os.path.join(folder, "k.tif")},
     "hypernet:evaluatechange": {"INPUT": ref, "REFERENCE": ref},
+    "hypernet:inspectmodel": {"INPUT": model, "OUTPUT_REPORT": os.path.join(folder, "model.html")},
 }
 out["errors"], out["checks"] = {}, {}
 for alg_id, params in runs.items():
@@ -84,11 +89,14 @@ def test_plugin_loads_and_algorithms_explain_missing_torch(tmp_path):
     (blocker / "sitecustomize.py").write_text(BLOCKER)
     data = tmp_path / "data"
     files = make_pair(data)
+    model = data / "given.hypernet"  # a model file made where torch is (this process), inspected where it is not
+    torch.manual_seed(0)
+    save_model(model, HyperNet(6, 16), {"band_count": 6, "loss_history": [1.0, 0.5]})
     before = hashes(data)
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(blocker), os.environ.get("PYTHONPATH", "")]),
                QT_QPA_PLATFORM="offscreen")
     proc = subprocess.run([sys.executable, "-c", SCRIPT, str(REPO), files["t1"], files["t2"], files["ref"],
-                           str(data)], env=env, capture_output=True, text=True, timeout=300)
+                           str(data), str(model)], env=env, capture_output=True, text=True, timeout=300)
     line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")), None)
     assert line, proc.stdout[-3000:] + proc.stderr[-3000:]
     out = json.loads(line[len("RESULT "):])
@@ -98,11 +106,12 @@ def test_plugin_loads_and_algorithms_explain_missing_torch(tmp_path):
                                  "hypernet:inspectmodel", "hypernet:setupengine", "hypernet:trainhypernet"]
     assert out["torch_loaded_by_plugin"] is False
     needs_torch = {"hypernet:trainhypernet", "hypernet:detectchange"}
-    for alg_id in out["errors"].keys() - needs_torch:  # the classic and evaluation algorithms run without torch
+    for alg_id in out["errors"].keys() - needs_torch:  # classic, evaluation and inspection run without torch
         assert out["errors"][alg_id] is None, out["errors"][alg_id]
         assert out["checks"][alg_id][0] is True, out["checks"][alg_id]
     assert (data / "k.tif").is_file()
     assert out["results"]["hypernet:evaluatechange"]["OA"] == 1.0  # the reference scored against itself
+    assert out["results"]["hypernet:inspectmodel"]["BANDS"] == 6 and (data / "model.html").is_file()
     assert out["torch_loaded_after_runs"] is False
     for alg_id in needs_torch:
         message = out["errors"][alg_id]

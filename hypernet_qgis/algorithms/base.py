@@ -11,7 +11,6 @@ from __future__ import annotations
 import math
 import os
 import sys
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -247,31 +246,18 @@ def check_mask(path: str, like) -> None:
 
 
 def model_band_count(path: str) -> int:
-    """Band count a model file was trained on (InputError for a missing/damaged/foreign file)."""
-    from ..core.hypernet import model_file
+    """Band count a model file was trained on (InputError for a missing/damaged/foreign file). Read without torch
+    (core.hypernet.model_metadata): the engine runs in its own process, QGIS only checks the file."""
+    from ..core.hypernet.model_metadata import read_metadata
 
-    reader: Callable | None = getattr(model_file, "read_metadata", None)
-    if reader is not None:
-        meta = reader(path)
-    else:
-        _, meta = model_file.load_model(path)
-    for key in ("band_count", "bands"):  # band_count: after BANDS; bands: the network's input bands
-        value = meta.get(key)
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-    widths = meta.get("widths")
-    if isinstance(widths, list) and widths:
-        return int(widths[0])
-    raise InputError(f"{path} is damaged (it does not record its band count). Train the model again.")
+    return read_metadata(path)["band_count"]  # validated: a whole number from 1
 
 
 def model_band_selection(path: str) -> list[int] | None:
-    """The BANDS a model was trained with, if it records them."""
-    from ..core.hypernet import model_file
+    """The BANDS a model was trained with, if it records them (read without torch)."""
+    from ..core.hypernet.model_metadata import read_metadata
 
-    reader: Callable | None = getattr(model_file, "read_metadata", None)
-    meta = reader(path) if reader is not None else model_file.load_model(path)[1]
-    value = meta.get("band_selection")
+    value = read_metadata(path).get("band_selection")
     return [int(v) for v in value] if isinstance(value, list) and value else None
 
 
@@ -472,7 +458,8 @@ class HyperNetAlgorithm(QgsProcessingAlgorithm):
                   "published.")
         self._add(QgsProcessingParameterNumber(
             "MEMORY_BUDGET_MB", "Memory budget (MB)", NUMBER_INTEGER, defaultValue=options.DEFAULT_MEMORY_BUDGET_MB,
-            minValue=options.MIN_MEMORY_BUDGET_MB), True, "Bounds the training crops, the detection tiles and reading by windows.")
+            minValue=options.MIN_MEMORY_BUDGET_MB), True,
+            "Bounds the training crops, the detection tiles and reading by windows.")
 
     def add_threshold(self, options: list[str] = THRESHOLD_METHODS, default: str = "otsu") -> None:
         self._add(QgsProcessingParameterEnum(

@@ -105,10 +105,10 @@ class DetectChangeAlgorithm(HyperNetAlgorithm):
             model = os.path.abspath(model)
             trained_on = model_band_count(model)
             if bands is None:  # the model's bands: by wavelength when both know them, else its own numbers
-                from ..core.hypernet.model_file import load_model
+                from ..core.hypernet.model_metadata import read_metadata
                 from ..core.io.bands import bands_for_model
 
-                bands = bands_for_model(t1, load_model(model)[1]) or model_band_selection(model)
+                bands = bands_for_model(t1, read_metadata(model)) or model_band_selection(model)
         aligning = {**self.align_values(parameters, context), **self.band_choice_values(parameters, context)}
         info = check_pair(t1, t2, bands, min_bands=2, align=aligning["align"])
         if not (model and bands is None):  # (a model brings its own band selection)

@@ -72,16 +72,18 @@ class EvaluateChangeAlgorithm(HyperNetAlgorithm):
         if (ci.rows, ci.cols) != (ri.rows, ri.cols):
             raise InputError(f"The change map is {ci.cols}x{ci.rows} pixels but the reference is {ri.cols}x{ri.rows};"
                              " they must cover the same grid. Resample or clip the reference to the change map.")
-        changed = parse_values(self.parameterAsString(parameters, "CHANGED_VALUES", context), self.label("CHANGED_VALUES"))
-        unchanged = parse_values(self.parameterAsString(parameters, "UNCHANGED_VALUES", context), self.label("UNCHANGED_VALUES"))
+        changed = parse_values(self.parameterAsString(parameters, "CHANGED_VALUES", context),
+                               self.label("CHANGED_VALUES"))
+        unchanged = parse_values(self.parameterAsString(parameters, "UNCHANGED_VALUES", context),
+                                 self.label("UNCHANGED_VALUES"))
         ignore = parse_values(self.parameterAsString(parameters, "IGNORE_VALUES", context), self.label("IGNORE_VALUES"))
         if not changed or not unchanged:
             raise InputError("Reference values meaning changed and meaning unchanged each need at least one "
                              "value (e.g. 1 and 0).")
         overlap = set(changed) & set(unchanged) | (set(changed) | set(unchanged)) & set(ignore)
         if overlap:
-            raise InputError(f"The value {sorted(overlap)[0]:g} is in more than one of the reference values meaning changed, "
-                             "unchanged and to ignore; each reference value can have one meaning only.")
+            raise InputError(f"The value {sorted(overlap)[0]:g} is in more than one of the reference values meaning "
+                             "changed, unchanged and to ignore; each reference value can have one meaning only.")
         job = Job({"change": change, "reference": reference, "changed": changed, "unchanged": unchanged,
                    "ignore": ignore}, inputs=[change, reference])
         self.declare_output(job, parameters, context, "OUTPUT_REPORT", "report")

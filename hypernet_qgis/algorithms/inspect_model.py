@@ -20,11 +20,11 @@ from .base import HTML_FILTER, HyperNetAlgorithm, Job, QgisFeedback
 
 
 def read_model_metadata(path: str) -> dict:
-    """A model file's JSON metadata, read safely (core.model_file; no code in the file is run)."""
-    from ..core.hypernet import model_file
+    """A model file's JSON metadata, read safely and without torch (core.hypernet.model_metadata; no code in the
+    file is run, no weight is read)."""
+    from ..core.hypernet.model_metadata import read_metadata
 
-    reader = getattr(model_file, "read_metadata", None)
-    return reader(path) if reader is not None else model_file.load_model(path)[1]
+    return read_metadata(path)
 
 
 class InspectModelAlgorithm(HyperNetAlgorithm):
@@ -35,6 +35,7 @@ class InspectModelAlgorithm(HyperNetAlgorithm):
     GROUP = "HyperNet (deep learning)"
     GROUP_ID = "hypernetdeep"
     ICON = "hypernet.svg"
+    NEEDS_ENGINE = False  # the metadata is read without torch (core.hypernet.model_metadata)
     SHORT = "An HTML page of what a HyperNet model file records: bands, widths, loss curve, settings, versions."
     TAGS = ("hypernet", "model", "metadata", "report")
     ANCHOR = "inspect-hypernet-model"

@@ -78,7 +78,8 @@ class SetupEngineAlgorithm(HyperNetAlgorithm):
             raise InputError(f"The offline source {source} holds no wheels. Fill it on a connected machine with "
                              "pip download -d FOLDER torch spectral (same system and Python as QGIS).")
         try:
-            torch_version = engine_setup.check_torch_version(self.parameterAsString(parameters, "TORCH_VERSION", context))
+            torch_version = engine_setup.check_torch_version(
+                self.parameterAsString(parameters, "TORCH_VERSION", context))
             index_url = engine_setup.check_index_url(self.parameterAsString(parameters, "INDEX_URL", context))
         except ValueError as exc:
             raise InputError(str(exc)) from None

@@ -31,8 +31,8 @@ class ImagePair:
     """Two co-registered dates, standardised per date, with their shared valid-pixel mask.
 
     ``x1s``/``x2s`` are float32 (bands, rows, cols) arrays, or ``streaming.WindowReader`` s over scratch files for
-    pairs over half the memory budget (``windowed``, ``memory.PAIR_SHARE``); both support window slicing. ``x1``/``x2`` (raw values)
-    are kept only for in-memory pairs (the classic detectors use them).
+    pairs over half the memory budget (``windowed``, ``memory.PAIR_SHARE``); both support window slicing.
+    ``x1``/``x2`` (raw values) are kept only for in-memory pairs (the classic detectors use them).
     """
 
     x1s: Any

@@ -63,7 +63,8 @@ def _training_mask(path: str | None, pair: ImagePair) -> np.ndarray | None:
         return None
     mask = raster_io.read_mask(path, pair.info1)
     if not (mask & pair.valid).any():
-        raise InputError(f"The unchanged mask {_name(path)} marks no valid pixel (it must be non-zero where unchanged).")
+        raise InputError(f"The unchanged mask {_name(path)} marks no valid pixel (it must be non-zero where "
+                         "unchanged).")
     return mask
 
 

@@ -202,7 +202,8 @@ def irmad_details(x1, x2, valid: np.ndarray, max_iter: int = 50, tol: float = 1e
     dates are read by strips of ``strip_rows`` rows (all rows at once by default). The iterations run on at
     most ``sample_pixels`` valid pixels (default ``memory.irmad_sample_pixels(bands)``: all of them up to about
     150 000 pixels of 224 bands; beyond, every k-th in row-major order); the final transform then gives every
-    pixel its chi2 in a second pass. IR-MAD is invariant to per-band affine maps, so raw and standardised dates give one result.
+    pixel its chi2 in a second pass. IR-MAD is invariant to per-band affine maps, so raw and standardised dates
+    give one result.
     """
     feedback = feedback or NullFeedback()
     _check_pair(x1, x2, valid)

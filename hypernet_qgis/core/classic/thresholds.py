@@ -15,7 +15,8 @@ from ..errors import InputError
 from ..options import CHANGED, NODATA, THRESHOLD_METHODS, UNCHANGED  # noqa: F401 (one home: core/options.py)
 
 __all__ = ["otsu_threshold", "kmeans_threshold", "mixture_threshold", "fit_mixture", "Mixture", "mrf_change",
-           "compute_threshold", "choose_threshold", "binary_change", "METHODS", "CHANGED", "UNCHANGED", "NODATA", "threshold_feature_distance"]
+           "compute_threshold", "choose_threshold", "binary_change", "METHODS", "CHANGED", "UNCHANGED", "NODATA",
+           "threshold_feature_distance"]
 
 METHODS = THRESHOLD_METHODS
 def _finite_sorted(values: np.ndarray) -> np.ndarray:
@@ -261,7 +262,8 @@ def compute_threshold(values: np.ndarray, method: str = "otsu", value: float | N
     raise InputError(f"Unknown threshold method {method!r}. Use one of: {', '.join(METHODS)}.")
 
 
-def choose_threshold(intensity: np.ndarray, valid: np.ndarray, method: str = "otsu", value: float | None = None) -> float:
+def choose_threshold(intensity: np.ndarray, valid: np.ndarray, method: str = "otsu",
+                     value: float | None = None) -> float:
     """The threshold on the valid pixels' intensity: Otsu, 2-cluster k-means, or a fixed value."""
     values = intensity[valid & np.isfinite(intensity)]
     if values.size == 0:

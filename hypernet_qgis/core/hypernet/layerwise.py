@@ -366,7 +366,8 @@ class _Passes:
                 def last(c, r, block=block, weights=weights):
                     return {"fs": part(m.fuse_spatial, 0, nn.Conv2d)(m.pool(self._finish_rsab(block, weights, c, r)))}
 
-                halo = block.sa.radius + m.pool.kernel_size // 2 + int(part(m.fuse_spatial, 0, nn.Conv2d).kernel_size[0]) // 2
+                halo = (block.sa.radius + m.pool.kernel_size // 2
+                        + int(part(m.fuse_spatial, 0, nn.Conv2d).kernel_size[0]) // 2)
                 fs = self.run([f"c{k}", f"r{k}"], halo, last, {"fs": width}, {"fs"})["fs"]
                 self.norm(part(m.fuse_spatial, 1, nn.BatchNorm2d), fs)
         stats = {"q1": spectral_stats}

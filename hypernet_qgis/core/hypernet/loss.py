@@ -37,7 +37,8 @@ def focal_cosine_loss(
     return _symmetric_loss(c_p1, c_z1, c_p2, c_z2, gamma)
 
 
-def _symmetric_loss(p1: torch.Tensor, z1: torch.Tensor, p2: torch.Tensor, z2: torch.Tensor, gamma: float) -> torch.Tensor:
+def _symmetric_loss(p1: torch.Tensor, z1: torch.Tensor, p2: torch.Tensor, z2: torch.Tensor,
+                    gamma: float) -> torch.Tensor:
     """-0.5 * (focal term of (p1, z2) + focal term of (p2, z1)) on (C, K) columns at the training pixels."""
     return -0.5 * (_focal_term(p1, z2, gamma) + _focal_term(p2, z1, gamma))
 

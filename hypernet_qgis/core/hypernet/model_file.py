@@ -4,9 +4,12 @@ A model file is ``torch.save`` of a plain dict::
 
     {"format": "hypernet-qgis-model", "format_version": 1, "metadata_json": str, "state_dict": {name: tensor}}
 
-and is read with ``torch.load(weights_only=True)``, which only rebuilds tensors and plain containers and refuses
-any other Python object (so a crafted file cannot run code). The metadata records how the model was made
-(bands, widths, wavelengths, scaling statistics, training settings, loss history, software versions).
+The archive, the format, the metadata and the weights' shapes are checked first without torch
+(``model_metadata.py``: a restricted unpickler that refuses every global but the tensor format's, so a crafted
+file cannot run code; the QGIS side reads metadata with it alone). The weights are then read with
+``torch.load(weights_only=True)``, which only rebuilds tensors and plain containers, and checked against the
+network itself. The metadata records how the model was made (bands, widths, wavelengths, scaling statistics,
+training settings, loss history, software versions).
 """
 
 from __future__ import annotations
@@ -16,7 +19,6 @@ import io
 import json
 import os
 import warnings
-import zipfile
 from pathlib import Path
 from typing import Any, cast
 
@@ -25,10 +27,10 @@ import torch
 
 from ..errors import InputError
 from ..io.atomic import atomic_file
-from .network import HyperNet
 
-FORMAT = "hypernet-qgis-model"
-FORMAT_VERSION = 1
+# the torch-free checks and their names live in model_metadata; re-exported here for the engine's callers
+from .model_metadata import FORMAT, FORMAT_VERSION, _code, _damaged, read_metadata, validate_metadata  # noqa: F401
+from .network import HyperNet
 
 
 def software_versions() -> dict[str, str | None]:
@@ -78,135 +80,6 @@ def save_model(path: str | os.PathLike, model: HyperNet, metadata: dict | None =
         fh.write(buffer.getbuffer())
 
 
-#: Bounds of what a model file may claim (far above any real sensor or network; checked before allocating).
-MAX_BANDS = 10_000
-MAX_WIDTH = 4_096
-MAX_MEMBERS = 64
-#: Bounds of the archive itself: entries, the pickled structure, the JSON metadata.
-MAX_ENTRIES = 10_000
-MAX_PICKLE_BYTES = 64 << 20
-MAX_METADATA_CHARS = 16 << 20
-
-
-def _damaged(path: Path, why: str) -> InputError:
-    return InputError(f"{path} is damaged or not a HyperNet model file ({why}). Train the model again or pick a "
-                      "model file written by Train HyperNet.")
-
-
-def _check_archive(path: Path) -> None:
-    """Refuse archives that could expand in memory: compressed entries (zip bombs), sizes beyond the file's."""
-    size = path.stat().st_size
-    try:
-        with zipfile.ZipFile(path) as zf:
-            entries = zf.infolist()
-    except Exception as exc:  # noqa: BLE001  (zipfile raises many kinds on crafted directories)
-        raise _damaged(path, f"unreadable archive: {type(exc).__name__}") from None
-    if len(entries) > MAX_ENTRIES:
-        raise _damaged(path, f"{len(entries)} archive entries")
-    total = 0
-    for e in entries:
-        if e.compress_type != zipfile.ZIP_STORED:  # torch.save never compresses; expansion = a zip bomb
-            raise _damaged(path, f"compressed entry {e.filename!r}")
-        if e.file_size != e.compress_size or e.file_size > size:
-            raise _damaged(path, f"entry {e.filename!r} claims {e.file_size} bytes in a {size}-byte file")
-        if e.filename.endswith("data.pkl") and e.file_size > MAX_PICKLE_BYTES:
-            raise _damaged(path, f"a {e.file_size}-byte structure")
-        total += e.file_size
-    if total > size:
-        raise _damaged(path, f"entries claim {total} bytes in a {size}-byte file")
-
-
-def _read_payload(path: Path) -> dict:
-    """The file's top-level dict, with the weights memory-mapped (not read) and no code run."""
-    if not path.is_file():
-        raise InputError(f"Model file {path} does not exist. Train a model first (Train HyperNet) or pick an existing "
-                         "model file.")
-    if path.stat().st_size == 0:
-        raise InputError(f"Model file {path} is empty (an interrupted copy?). Train the model again or pick another file.")
-    if not zipfile.is_zipfile(path):
-        raise InputError(f"{path} is not a HyperNet model file (not a PyTorch archive). Pick a model file written by "
-                         "Train HyperNet.")
-    _check_archive(path)
-    try:
-        with warnings.catch_warnings():  # a crafted pickle makes torch warn on stderr; the message says enough
-            warnings.simplefilter("ignore")
-            payload = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except Exception as exc:  # noqa: BLE001  (any failure of a foreign file is "damaged")
-        # torch raises pickle's UnpicklingError for globals it refuses (matched by name: no pickle import here)
-        if type(exc).__name__ == "UnpicklingError" and "global" in str(exc).lower():
-            raise InputError(f"Refused to load {path}: it contains Python objects or code, not only weights. Model "
-                             "files from this plugin never do; only use model files from a trusted source.") from None
-        raise InputError(f"{path} is damaged or not a HyperNet model file. Train the model again.") from None
-    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
-        raise InputError(f"{path} is a PyTorch file but not a HyperNet model file. Pick a model file written by "
-                         "Train HyperNet.")
-    version = payload.get("format_version")
-    if version != FORMAT_VERSION:
-        raise InputError(f"{path} has model format version {version!r}; this plugin reads version {FORMAT_VERSION}. "
-                         "Update the plugin or train the model again with this version.")
-    return payload
-
-
-def _int_field(meta: dict, key: str, lo: int, hi: int, path: Path, required: bool = True) -> int | None:
-    value = meta.get(key)
-    if value is None and not required:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
-        raise _damaged(path, f"metadata {key} = {value!r}, expected a whole number from {lo} to {hi}")
-    return value
-
-
-def _number_list(meta: dict, key: str, path: Path, length: int | None = None) -> None:
-    value = meta.get(key)
-    if value is None:
-        return
-    if not isinstance(value, list) or not all(isinstance(v, (int, float)) and not isinstance(v, bool)
-                                              for v in value):
-        raise _damaged(path, f"metadata {key} is not a list of numbers")
-    if length is not None and len(value) != length:
-        raise _damaged(path, f"metadata {key} has {len(value)} values for {length} bands")
-
-
-def validate_metadata(meta: Any, path: str | os.PathLike = "the model file") -> dict:
-    """Check a model's metadata against the schema (types and bounds); return it with band_count filled in.
-
-    Raises InputError naming the first bad field. Nothing is allocated from the values before they pass.
-    """
-    path = Path(path)
-    if not isinstance(meta, dict):
-        raise _damaged(path, "its metadata is not a JSON object")
-    bands = _int_field(meta, "bands", 1, MAX_BANDS, path)
-    _int_field(meta, "width", 1, MAX_WIDTH, path)
-    for key in ("proj_width", "pred_hidden"):  # 2 x width by default
-        _int_field(meta, key, 1, 2 * MAX_WIDTH, path)
-    widths = meta.get("widths")
-    if widths is not None and widths != [bands, meta["width"], meta["proj_width"], meta["pred_hidden"]]:
-        raise _damaged(path, f"metadata widths {widths!r} disagree with bands/width/proj_width/pred_hidden")
-    count = _int_field(meta, "band_count", 1, MAX_BANDS, path, required=False)
-    if count is not None and count != bands:
-        raise _damaged(path, f"metadata band_count {count} but the network takes {bands} bands")
-    selection = meta.get("band_selection")
-    if selection is not None:
-        if (not isinstance(selection, list) or not all(isinstance(b, int) and not isinstance(b, bool)
-                                                       and 1 <= b <= 100_000 for b in selection)):
-            raise _damaged(path, "metadata band_selection is not a list of band numbers from 1")
-        if len(selection) != bands or len(set(selection)) != len(selection):
-            raise _damaged(path, f"metadata band_selection lists {len(selection)} bands (or a band twice) for a "
-                                 f"network of {bands}")
-    _number_list(meta, "wavelengths_nm", path, bands)
-    _number_list(meta, "loss_history", path)
-    _int_field(meta, "members", 1, MAX_MEMBERS, path, required=False)
-    for key in ("training", "scaling", "software", "inputs"):
-        if meta.get(key) is not None and not isinstance(meta[key], dict):
-            raise _damaged(path, f"metadata {key} is not a JSON object")
-    for key in ("distance", "device", "mask_g", "saved_utc"):
-        if meta.get(key) is not None and not isinstance(meta[key], str):
-            raise _damaged(path, f"metadata {key} is not a string")
-    out = dict(meta)
-    out["band_count"] = bands
-    return out
-
-
 def expected_state(meta: dict) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
     """Key -> (shape, dtype) of the state dict the metadata implies, from a network built on torch's "meta"
     device (no memory). A file with ``members: K`` holds K networks under the keys ``members.<i>.``."""
@@ -246,27 +119,21 @@ def _check_finite(state: dict, path: Path) -> None:
 
 
 def _read_checked(path: Path) -> tuple[dict, dict]:
-    """(validated metadata, state dict memory-mapped and checked against it)."""
-    payload = _read_payload(path)
-    text = payload.get("metadata_json")
-    if not isinstance(text, str) or len(text) > MAX_METADATA_CHARS:
-        raise _damaged(path, "its metadata is missing or too large")
+    """(validated metadata, state dict memory-mapped and checked against it). The file passes the torch-free
+    checks (model_metadata.read_metadata: archive, no code, format, metadata, shapes) before torch reads it."""
+    meta = read_metadata(path)
     try:
-        meta = json.loads(text)
-    except (ValueError, RecursionError):
-        raise _damaged(path, "its metadata is not valid JSON") from None
-    meta = validate_metadata(meta, path)
-    state = payload.get("state_dict")
+        with warnings.catch_warnings():  # a crafted pickle makes torch warn on stderr; the message says enough
+            warnings.simplefilter("ignore")
+            payload = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as exc:  # noqa: BLE001  (any failure of a foreign file is "damaged")
+        # torch raises pickle's UnpicklingError for globals it refuses (matched by name: no pickle import here)
+        if type(exc).__name__ == "UnpicklingError" and "global" in str(exc).lower():
+            raise _code(path) from None
+        raise InputError(f"{path} is damaged or not a HyperNet model file. Train the model again.") from None
+    state = payload.get("state_dict") if isinstance(payload, dict) else None
     _check_state(state, meta, path)
     return meta, cast(dict, state)  # _check_state refused anything but a dict of tensors
-
-
-def read_metadata(path: str | os.PathLike) -> dict:
-    """A model file's metadata, validated (schema and the weights' shapes), without reading the weights.
-
-    Raises InputError like load_model for a missing, empty, damaged, foreign or code-carrying file.
-    """
-    return _read_checked(Path(path))[0]
 
 
 def load_model(path: str | os.PathLike, expected_bands: int | None = None,

@@ -38,7 +38,8 @@ STAT_PASSES = 3
 
 def tiles(rows: int, cols: int, tile: int) -> list[tuple[int, int, int, int]]:
     """Row-major tiles (r0, r1, c0, c1) of at most ``tile`` x ``tile`` pixels covering the image."""
-    return [(r, min(r + tile, rows), c, min(c + tile, cols)) for r in range(0, rows, tile) for c in range(0, cols, tile)]
+    return [(r, min(r + tile, rows), c, min(c + tile, cols))
+            for r in range(0, rows, tile) for c in range(0, cols, tile)]
 
 
 def window(t: tuple[int, int, int, int], halo: int, rows: int, cols: int) -> tuple[int, int, int, int]:
@@ -102,7 +103,8 @@ def pooled_statistics(model: HyperNet, x: np.ndarray, tile: int, device="cpu", f
     steps, done = STAT_PASSES * len(parts), 0
     lo, hi = progress
     for depth in range(STAT_PASSES):
-        keys = {HyperNet.SPATIAL_KEYS[depth]: model.spatial_branch, HyperNet.SPECTRAL_KEYS[depth]: model.spectral_branch}
+        keys = {HyperNet.SPATIAL_KEYS[depth]: model.spatial_branch,
+                HyperNet.SPECTRAL_KEYS[depth]: model.spectral_branch}
         sums: dict[str, torch.Tensor] = {}
         maxs: dict[str, torch.Tensor] = {}
         for t in parts:

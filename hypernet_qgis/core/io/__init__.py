@@ -1,1 +1,2 @@
-"""Reading and writing: rasters (GDAL), atomic file sets, job path checks, windowed scratch files, alignment of pairs on different grids, change polygons."""
+"""Reading and writing: rasters (GDAL), atomic file sets, job path checks, windowed scratch files, alignment of
+pairs on different grids, change polygons."""

@@ -411,7 +411,8 @@ def read_raster(path: str | os.PathLike, bands: Sequence[int] | None = None
     info = _subset_info(info, band_list)
     if empty and len(empty) < len(band_list):
         raise InputError(
-            f"Band {empty[0]} of {info.name} has no valid pixel (all nodata or NaN){' (and ' + str(len(empty) - 1) + ' more)' if len(empty) > 1 else ''}, so "
+            f"Band {empty[0]} of {info.name} has no valid pixel (all nodata or NaN)"
+            f"{' (and ' + str(len(empty) - 1) + ' more)' if len(empty) > 1 else ''}, so "
             f"no pixel is valid in every band. Leave it out with BANDS (--bands), or fix its nodata value."
         )
     if not valid.any():

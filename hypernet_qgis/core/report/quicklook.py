@@ -294,7 +294,8 @@ def _filter_rows(img: np.ndarray, kind: int, bpp: int) -> np.ndarray:
 
 
 def png_bytes(image: np.ndarray) -> bytes:
-    """Encode a (h, w) grey, (h, w, 3) RGB or (h, w, 4) RGBA uint8 array as PNG (tries 3 filters, keeps the smallest)."""
+    """Encode a (h, w) grey, (h, w, 3) RGB or (h, w, 4) RGBA uint8 array as PNG (tries 3 filters, keeps the
+    smallest)."""
     img = np.ascontiguousarray(image)
     if img.dtype != np.uint8:
         raise InputError("A picture for PNG must be uint8.")

@@ -324,8 +324,8 @@ def histogram_figure(intensity: np.ndarray, threshold: float | None, method: str
         ax.axvline(thr, color="#d55e00", linewidth=1.6, linestyle="--")
         label = f"threshold {fmt_number(thr)}" + (f" ({method})" if method else "")
         changed = int(np.count_nonzero(values > thr))
-        ax.text(thr, 0.80, f" {label}\n {changed} pixel{'s' if changed != 1 else ''} above", transform=ax.get_xaxis_transform(),
-                color="#a04000", fontsize=8, va="top",
+        ax.text(thr, 0.80, f" {label}\n {changed} pixel{'s' if changed != 1 else ''} above",
+                transform=ax.get_xaxis_transform(), color="#a04000", fontsize=8, va="top",
                 bbox={"facecolor": "white", "edgecolor": "none", "alpha": 0.85, "pad": 1.5},
                 ha="left" if thr < lo + 0.7 * (hi - lo) else "right")
     ax.set_xlim(lo, hi)
@@ -661,9 +661,12 @@ def _confusion_table(cm: np.ndarray) -> str:
     return (
         '<table class="kv" border="1" cellspacing="0" cellpadding="4">'
         "<tr><th></th><th>predicted unchanged</th><th>predicted changed</th><th>total</th></tr>"
-        f'<tr><td class="k">reference unchanged</td>{cell("cm-tn", tn)}{cell("cm-fp", fp)}{cell("cm-ref0", tn + fp)}</tr>'
-        f'<tr><td class="k">reference changed</td>{cell("cm-fn", fn)}{cell("cm-tp", tp)}{cell("cm-ref1", fn + tp)}</tr>'
-        f'<tr><td class="k">total</td>{cell("cm-pred0", tn + fn)}{cell("cm-pred1", fp + tp)}{cell("cm-total", total)}</tr>'
+        f'<tr><td class="k">reference unchanged</td>{cell("cm-tn", tn)}{cell("cm-fp", fp)}'
+        f'{cell("cm-ref0", tn + fp)}</tr>'
+        f'<tr><td class="k">reference changed</td>{cell("cm-fn", fn)}{cell("cm-tp", tp)}'
+        f'{cell("cm-ref1", fn + tp)}</tr>'
+        f'<tr><td class="k">total</td>{cell("cm-pred0", tn + fn)}{cell("cm-pred1", fp + tp)}'
+        f'{cell("cm-total", total)}</tr>'
         "</table>"
     )
 
@@ -671,14 +674,16 @@ def _confusion_table(cm: np.ndarray) -> str:
 def evaluation_report(path: PathLike, *, prediction: np.ndarray, reference: np.ndarray, metrics: Mapping[str, Any],
                       roc: Sequence[Sequence[float] | np.ndarray] | None = None, auc: float | None = None,
                       error_map: np.ndarray | None = None, changed: Sequence[float] = (1,),
-                      unchanged: Sequence[float] = (0,), ignore: Sequence[float] = (), info: Mapping[str, Any] | None = None,
+                      unchanged: Sequence[float] = (0,), ignore: Sequence[float] = (),
+                      info: Mapping[str, Any] | None = None,
                       title: str = "HyperNet accuracy report") -> None:
     """Write an HTML accuracy report: OA, kappa, F1, precision, recall (and AUC), the confusion matrix, the ROC
     curve, the error map (false alarms and misses), the prediction and the reference.
 
     ``prediction``: binary map (1/0/255) or change intensity (float). ``reference``: label raster read with
-    :func:`metrics.reference_labels` (``changed``/``unchanged`` codes scored; ``ignore``, 255, NaN unlabelled). ``roc``: (fpr, tpr[,
-    thresholds]). ``error_map``: as from :func:`error_map`; computed here when omitted and the prediction is binary.
+    :func:`metrics.reference_labels` (``changed``/``unchanged`` codes scored; ``ignore``, 255, NaN unlabelled).
+    ``roc``: (fpr, tpr[, thresholds]). ``error_map``: as from :func:`error_map`; computed here when omitted and the
+    prediction is binary.
     """
     info = _info_dict(info)
     if not isinstance(metrics, Mapping):
