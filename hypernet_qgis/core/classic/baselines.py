@@ -199,7 +199,8 @@ def irmad_details(x1, x2, valid: np.ndarray, max_iter: int = 50, tol: float = 1e
     are left out; ``ridge`` (relative to the mean variance) keeps near-singular covariances invertible.
 
     ``x1``/``x2`` are arrays or window sources (``x[:, r0:r1, :]``, e.g. a windowed pair's scratch files): the
-    dates are read by strips of ``strip_rows`` rows (all rows at once by default). The iterations run on at
+    dates are read by strips of ``strip_rows`` rows (by default all rows at once, or strips of
+    ``memory.STRIP_VALUES`` values when the scene is sampled). The iterations run on at
     most ``sample_pixels`` valid pixels (default ``memory.irmad_sample_pixels(bands)``: all of them up to about
     150 000 pixels of 224 bands; beyond, every k-th in row-major order); the final transform then gives every
     pixel its chi2 in a second pass. IR-MAD is invariant to per-band affine maps, so raw and standardised dates
@@ -209,6 +210,8 @@ def irmad_details(x1, x2, valid: np.ndarray, max_iter: int = 50, tol: float = 1e
     _check_pair(x1, x2, valid)
     n = int(valid.sum())
     every = max(1, math.ceil(n / (sample_pixels or memory.irmad_sample_pixels(int(x1.shape[0])))))
+    if strip_rows is None and every > 1:  # a sample of a large scene: never a whole-date copy
+        strip_rows = max(1, memory.STRIP_VALUES // (int(x1.shape[0]) * valid.shape[1]))
     strips = _row_strips(valid.shape[0], strip_rows)
     a, b = _irmad_sample(x1, x2, valid, strips, every, feedback)
     keep = (a.std(axis=1) > 0) & (b.std(axis=1) > 0)
