@@ -33,10 +33,17 @@ def test_temp_path_is_hidden_beside_the_target_with_pid_and_suffix(tmp_path, mon
     assert atomic._PID_RE.search(t).group(1) == str(os.getpid())
 
 
-def test_alive():
+def test_alive_only_asks_and_never_signals():
     assert atomic._alive(os.getpid())
-    assert atomic._alive(1)  # init: alive (another user's process: PermissionError, still alive)
     assert not atomic._alive(_dead_pid())
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        assert atomic._alive(child.pid)
+        time.sleep(0.2)
+        assert child.poll() is None  # signal 0: the process is asked about, not hung up on
+    finally:
+        child.kill()
+        child.wait()
 
 
 def test_remove_stale_temps_keeps_live_runs_and_other_files(tmp_path):
@@ -114,6 +121,21 @@ def test_replace_together_restores_the_old_files_and_removes_the_backups(tmp_pat
     assert a.read_text() == "old a" and b.read_text() == "old b" and (c / "keep").exists()
     # the renamed temps are gone (they were the new targets), the failed one is left to the caller
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["a.tif", "b.tif", "c", os.path.basename(temps[2][0])])
+
+
+def test_replace_together_a_failed_rename_over_an_existing_file(tmp_path):
+    """The second rename fails (its temporary file is gone): the first target gets its old content back, the
+    error is the rename's own, and no backup is left."""
+    a, b = tmp_path / "a.tif", tmp_path / "b.tif"
+    a.write_text("old a")
+    b.write_text("old b")
+    ta = temp_path(str(a), ".part.tif")
+    with open(ta, "w") as fh:
+        fh.write("new a")
+    with pytest.raises(FileNotFoundError):
+        replace_together([(ta, str(a)), (str(tmp_path / ".gone.part.tif"), str(b))])
+    assert a.read_text() == "old a" and b.read_text() == "old b"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.tif", "b.tif"]
 
 
 def test_atomic_file_writes_whole_and_readable(tmp_path):

@@ -182,3 +182,43 @@ def test_check_job_paths_messages(tmp_path, monkeypatch):
     assert "does not exist" in _message(check_job_paths, ["nowhere/x.tif"], ["stack.vrt"])
     # a path object works as well as a string
     check_job_paths({"The change map": tmp_path / "new.tif"}, [tmp_path / "stack.vrt"])
+
+
+def test_the_input_named_is_the_one_given_for_that_path(tmp_path, monkeypatch):
+    """An output spelled like the second input (a link to the first) names that input, not the first."""
+    monkeypatch.chdir(tmp_path)
+    _tif(tmp_path / "a.tif")
+    (tmp_path / "link.tif").symlink_to(tmp_path / "a.tif")
+    assert _message(check_job_paths, ["link.tif"], ["a.tif", "link.tif"]) == (
+        "The output link.tif would overwrite the input link.tif. Choose another output file name; inputs are "
+        "never modified.")
+    # the file behind both: the first input that holds it is named
+    assert _message(check_job_paths, ["a.tif"], ["link.tif", "a.tif"]) == (
+        "The output a.tif would overwrite the input link.tif. Choose another output file name; inputs are never "
+        "modified.")
+    # None and "" before a real input are skipped, not the end of the list
+    assert input_files([None, "", "a.tif"])[str(tmp_path / "a.tif")] == "a.tif"
+
+
+def test_a_partner_that_does_not_exist_yet_is_refused_through_a_linked_folder(tmp_path, monkeypatch):
+    """The header an input could have (a.hdr) is refused also when spelled through a link to its folder."""
+    real = tmp_path / "real"
+    real.mkdir()
+    _tif(real / "a.tif")
+    (tmp_path / "via").symlink_to(real)
+    monkeypatch.chdir(tmp_path)
+    assert _message(check_job_paths, {"The report": "via/a.hdr"}, ["real/a.tif"]) == (
+        "The report via/a.hdr would overwrite the input real/a.tif (a file that input is made of). Choose another "
+        "output file name; inputs are never modified.")
+    # through the link, the input itself
+    assert "would overwrite the input real/a.tif." in _message(check_job_paths, ["via/a.tif"], ["real/a.tif"])
+
+
+def test_existing_outputs_that_are_no_input_are_accepted(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    _tif(tmp_path / "a.tif")
+    (tmp_path / "old.tif").write_bytes(b"previous result")
+    check_job_paths({"The change map": "old.tif"}, ["a.tif"])
+    assert _message(check_job_paths, {"The change map": "nowhere/x.tif"}, ["a.tif"]) == (
+        f"The change map nowhere/x.tif: the folder {tmp_path / 'nowhere'} does not exist. Create the folder or "
+        "choose another output path.")

@@ -78,3 +78,32 @@ def test_no_valid_pixel_is_an_input_error():
     x, _ = _pair()
     with pytest.raises(InputError, match="No valid pixel"):
         standardize(x, np.zeros((2, 2), bool))
+
+
+def test_shape_errors_name_both_shapes():
+    """Programming errors (the pipeline checks the grids first) say which shapes disagree."""
+    x, valid = _pair()
+    with pytest.raises(ValueError) as info:
+        standardize_joint(x, x[:1], valid)
+    assert str(info.value) == "dates differ in shape: (2, 2, 2) vs (1, 2, 2)"
+    with pytest.raises(ValueError) as info:
+        standardize(x[0], valid)
+    assert str(info.value) == "expected (bands, rows, cols), got shape (2, 2)"
+    with pytest.raises(ValueError) as info:
+        standardize(x, np.ones((2, 3), bool))
+    assert str(info.value) == "valid mask (2, 3) does not match image (2, 2)"
+    _, stats = standardize(x, valid)
+    with pytest.raises(ValueError) as info:
+        apply_stats(x[:1], valid, stats)
+    assert str(info.value) == "image has 1 bands but the statistics have 2"
+    with pytest.raises(ValueError) as info:
+        apply_stats(x, np.ones((3, 2), bool), stats)
+    assert str(info.value) == "valid mask (3, 2) does not match image (2, 2)"
+    with pytest.raises(InputError) as info:
+        standardize(x, np.zeros((2, 2), bool))
+    assert str(info.value) == "No valid pixel to compute band statistics from. Check nodata values and masks."
+    bad = x.copy()
+    bad[1, 0, 0] = np.inf
+    with pytest.raises(InputError) as info:
+        standardize(bad, valid)
+    assert str(info.value) == "Band 2 has non-finite values on valid pixels; check the input's nodata."
