@@ -222,3 +222,46 @@ def test_existing_outputs_that_are_no_input_are_accepted(tmp_path, monkeypatch):
     assert _message(check_job_paths, {"The change map": "nowhere/x.tif"}, ["a.tif"]) == (
         f"The change map nowhere/x.tif: the folder {tmp_path / 'nowhere'} does not exist. Create the folder or "
         "choose another output path.")
+
+
+def test_gdal_files_of_a_vector_a_memory_source_and_with_gdal_exceptions(tmp_path):
+    table = tmp_path / "table.csv"
+    table.write_text("a,b\n1,2\n")
+    assert paths._gdal_files(str(table)) == set()  # GDAL opens a CSV as a vector: not a raster, no files
+    mem = "/vsimem/test_paths_source.tif"
+    _tif(mem)
+    try:
+        vrt = _vrt(tmp_path / "on_memory.vrt", mem)
+        assert paths._gdal_files(vrt) == {vrt}  # GDAL's virtual files are never outputs
+    finally:
+        gdal.Unlink(mem)
+    text = tmp_path / "notes.txt"
+    text.write_text("not a raster")
+    gdal.UseExceptions()
+    try:
+        assert paths._gdal_files(str(text)) == set()
+    finally:
+        gdal.DontUseExceptions()
+
+
+def test_read_only_means_no_owner_write_bit_even_for_root(tmp_path):
+    f = tmp_path / "tool.tif"
+    f.write_bytes(b"old")
+    f.chmod(0o555)  # r-x for all: read-only, although root may write (os.access says yes)
+    try:
+        assert "exists and is read-only" in _message(check_output_file, str(f), "The change map")
+    finally:
+        f.chmod(0o644)
+
+
+def test_a_folder_nobody_may_create_files_in(tmp_path):
+    """/sys refuses new files even to root; the probe is made in the output's own folder."""
+    import tempfile
+
+    try:
+        with tempfile.NamedTemporaryFile(dir="/sys"):
+            pytest.skip("/sys is writable here")
+    except OSError as exc:
+        reason = exc.strerror
+    assert _message(check_output_file, "/sys/x.tif", "The change map") == (
+        f"The change map /sys/x.tif: the folder /sys is not writable ({reason}). Choose a folder you can write to.")
