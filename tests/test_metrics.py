@@ -105,3 +105,25 @@ def test_roc_curve_area_equals_rank_auc():
     # at a threshold, tpr is the share of changed pixels with score >= threshold
     k = len(thr) // 2
     assert tpr[k] == pytest.approx(np.mean(score[ref == 1] >= thr[k]))
+
+
+def test_roc_curve_of_an_unsigned_integer_score():
+    """An 8-bit score map (a stretched intensity) ranks as its values: the scores are not negated in uint8."""
+    score = np.array([0, 1, 2, 3, 3], np.uint8)
+    ref = np.array([0, 0, 1, 1, 0], np.uint8)
+    fpr, tpr, thr = roc_curve(score, ref)
+    np.testing.assert_array_equal(thr, [np.inf, 3.0, 2.0, 1.0, 0.0])
+    np.testing.assert_array_equal(tpr, [0.0, 0.5, 1.0, 1.0, 1.0])
+    np.testing.assert_array_equal(fpr, [0.0, 1 / 3, 1 / 3, 2 / 3, 1.0])
+    assert roc_auc(score, ref) == pytest.approx(4.5 / 6)  # 2 beats 0, 1; 3 beats 0, 1 and ties 3
+
+
+def test_score_and_reference_on_different_grids():
+    with pytest.raises(InputError) as info:
+        roc_auc(np.zeros((2, 3)), np.zeros((3, 2), np.uint8))
+    assert str(info.value) == ("The score map has shape (2, 3) but the reference (3, 2); they must cover the same "
+                               "grid.")
+    with pytest.raises(InputError) as info:
+        change_metrics(np.zeros((2, 3), np.uint8), np.zeros((3, 2), np.uint8))
+    assert str(info.value) == ("The change map has shape (2, 3) but the reference (3, 2); they must cover the same "
+                               "grid.")
