@@ -127,3 +127,17 @@ def test_score_and_reference_on_different_grids():
         change_metrics(np.zeros((2, 3), np.uint8), np.zeros((3, 2), np.uint8))
     assert str(info.value) == ("The change map has shape (2, 3) but the reference (3, 2); they must cover the same "
                                "grid.")
+
+
+def test_auc_with_the_bay_area_encoding_and_its_one_class_message():
+    """changed 1, unchanged 2, ignore 0 (Bay Area): the ignored code is passed on to the reference check."""
+    score = np.array([0.9, 0.2, 0.5, 0.7])
+    ref = np.array([1, 2, 0, 2], np.uint8)
+    assert roc_auc(score, ref, changed=(1,), unchanged=(2,), ignore=(0,)) == 1.0
+    fpr, tpr, _ = roc_curve(score, ref, changed=(1,), unchanged=(2,), ignore=(0,))
+    np.testing.assert_array_equal(tpr, [0.0, 1.0, 1.0, 1.0])
+    np.testing.assert_array_equal(fpr, [0.0, 0.0, 0.5, 1.0])
+    with pytest.raises(InputError) as info:
+        roc_auc(np.array([1.0, np.nan]), np.array([1, 0]))  # the unchanged pixel has no valid score
+    assert str(info.value) == ("AUC needs both changed and unchanged labelled pixels with a valid score; the "
+                               "reference has only one class there. Check the reference encoding.")
