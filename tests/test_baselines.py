@@ -20,6 +20,7 @@ from hypernet_qgis.core.classic.baselines import (
 )
 from hypernet_qgis.core.classic.metrics import change_metrics, reference_from_masks, roc_auc
 from hypernet_qgis.core.classic.thresholds import compute_threshold
+from hypernet_qgis.core.errors import InputError
 from hypernet_qgis.core.io.raster_io import read_mask, read_raster
 
 
@@ -208,3 +209,31 @@ def test_pca_kmeans_neighbourhood_features_by_row_chunks():
     k = int(valid.ravel()[: 5 * 17 + 7].sum())
     assert valid[5, 7]
     np.testing.assert_allclose(whole[k], (d[3:7, 5:9].ravel() - mean) @ basis)
+
+
+def test_refusals_word_for_word():
+    """The baselines' refusals as the user (InputError) or a caller (ValueError) reads them."""
+    rng = np.random.default_rng(3)
+    x1 = rng.normal(size=(3, 8, 8)).astype(np.float32)
+    x2 = x1 + rng.normal(scale=0.1, size=x1.shape).astype(np.float32)
+    valid = np.ones((8, 8), bool)
+
+    def error(kind, call, *args, **kw):
+        with pytest.raises(kind) as info:
+            call(*args, **kw)
+        return str(info.value)
+
+    assert error(ValueError, cva, x1, x2[:2], valid) == (
+        "dates must be (bands, rows, cols) of equal shape, got (3, 8, 8) and (2, 8, 8)")
+    assert error(ValueError, sam, x1[0], x2[0], valid) == (
+        "dates must be (bands, rows, cols) of equal shape, got (8, 8) and (8, 8)")
+    assert error(ValueError, cva, x1, x2, np.ones((8, 7), bool)) == "valid mask (8, 7) does not match images (8, 8)"
+    assert error(InputError, cva, x1, x2, np.zeros((8, 8), bool)) == (
+        "No pixel is valid in both dates; check the nodata values and that the images overlap.")
+    assert error(ValueError, chi2_sf, np.array([1.0]), 0) == "dof must be >= 1"
+    flat = np.ones_like(x1)
+    assert error(InputError, irmad, flat, x2, valid) == (
+        "IR-MAD needs at least one band that is not constant in both dates.")
+    assert error(ValueError, pca_kmeans, x1, x2, valid, h=1) == "block size h must be >= 2"
+    assert error(InputError, pca_kmeans, x1[:, :3, :5], x2[:, :3, :5], valid[:3, :5], h=4) == (
+        "The image (5 x 3) is smaller than one 4 x 4 block; use a larger area.")

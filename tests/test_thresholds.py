@@ -166,3 +166,33 @@ def test_mrf_on_the_real_taizhou_pair_beats_the_pixelwise_mixture(shared_dir):
 
     assert kappa("mixture") == pytest.approx(0.933, abs=0.005)
     assert kappa("mrf") == pytest.approx(0.963, abs=0.005)
+
+
+def test_refusals_say_what_to_do():
+    """Every refusal of the thresholds, word for word (they reach the user as one-line messages)."""
+    from hypernet_qgis.core.classic.thresholds import METHODS, binary_change, choose_threshold, mrf_change
+
+    def message(call, *args, **kw):
+        with pytest.raises(InputError) as info:
+            call(*args, **kw)
+        return str(info.value)
+
+    assert message(otsu_threshold, np.array([np.nan, np.inf])) == (
+        "There is no valid intensity value to threshold (every pixel is invalid).")
+    intensity = np.arange(16, dtype=np.float64).reshape(4, 4)
+    valid = np.ones((4, 4), bool)
+    assert message(mrf_change, intensity, valid, beta=-0.5, radius=1) == (
+        "The MRF needs beta >= 0 and a radius >= 1, got -0.5 and 1.")
+    assert message(mrf_change, intensity, valid, beta=1.0, radius=0) == (
+        "The MRF needs beta >= 0 and a radius >= 1, got 1.0 and 0.")
+    nodata = "The change intensity has no valid pixel; the inputs are all nodata."
+    assert message(mrf_change, intensity, np.zeros((4, 4), bool)) == nodata
+    assert message(choose_threshold, intensity, np.zeros((4, 4), bool)) == nodata
+    assert message(binary_change, np.full((4, 4), np.nan), valid) == nodata
+    assert message(compute_threshold, intensity.ravel(), "fixed") == (
+        "A fixed threshold needs a finite THRESHOLD_VALUE. Give a number, or use otsu/kmeans.")
+    assert message(compute_threshold, intensity.ravel(), "fixed", float("nan")) == (
+        "A fixed threshold needs a finite THRESHOLD_VALUE. Give a number, or use otsu/kmeans.")
+    assert message(compute_threshold, intensity.ravel(), "Median") == (
+        f"Unknown threshold method 'median'. Use one of: {', '.join(METHODS)}.")
+    assert compute_threshold(intensity.ravel(), "FIXED", 2.5) == 2.5
