@@ -107,3 +107,10 @@ def test_shape_errors_name_both_shapes():
     with pytest.raises(InputError) as info:
         standardize(bad, valid)
     assert str(info.value) == "Band 2 has non-finite values on valid pixels; check the input's nodata."
+
+
+def test_apply_stats_without_a_constant_band_list():
+    """Statistics written without "constant_bands" (a hand-made or older file) mean no band is constant."""
+    x, valid = _pair()
+    out = apply_stats(x[:1], valid, {"mean": [2.5], "std": [0.5]})
+    np.testing.assert_allclose(out[0], [[-3.0, -1.0], [1.0, 3.0]])
