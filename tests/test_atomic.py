@@ -178,3 +178,55 @@ def test_atomic_file_refusals_and_disk_errors(tmp_path):
     with atomic_file(target, "the model file", "model.pt") as fh:
         fh.write(b"new")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.pt"]
+
+
+class _Watched(list):
+    """The pairs of a set, calling ``at(i)`` as the i-th pair is taken: the folder as it is between two renames."""
+
+    def __init__(self, pairs, at):
+        super().__init__(pairs)
+        self.at = at
+
+    def __iter__(self):
+        for i, item in enumerate(list.__iter__(self)):
+            self.at(i)
+            yield item
+
+
+def test_the_backup_during_a_set_is_a_leftover_a_later_run_recognises(tmp_path):
+    """Between two renames the old file is kept as `.<name>.<pid>-<random>.bak`: if the run is killed there, the
+    next run's clean-up knows it (by the pid) for a leftover."""
+    a, b = tmp_path / "a.tif", tmp_path / "b.tif"
+    a.write_text("old a")
+    temps = []
+    for target in (a, b):
+        t = temp_path(str(target), ".part.tif")
+        with open(t, "w") as fh:
+            fh.write("new")
+        temps.append((t, str(target)))
+    seen = []
+    replace_together(_Watched(temps, lambda i: seen.append({p.name: p.read_text() for p in tmp_path.iterdir()})))
+    backups = [n for n in seen[1] if n.endswith(".bak")]
+    assert len(backups) == 1 and re.fullmatch(rf"\.a\.tif\.{os.getpid()}-[0-9a-f]{{8}}\.bak", backups[0])
+    assert atomic._PID_RE.search(backups[0]).group(1) == str(os.getpid())
+    assert seen[1][backups[0]] == "old a" and seen[1]["a.tif"] == "new"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.tif", "b.tif"]
+
+
+def test_a_failed_rollback_does_not_hide_the_error(tmp_path):
+    """The backup vanished (removed by someone else) before the second rename failed: the rename's error is
+    raised, not the rollback's."""
+    a, b = tmp_path / "a.tif", tmp_path / "b.tif"
+    a.write_text("old a")
+    b.write_text("old b")
+    ta = temp_path(str(a), ".part.tif")
+    with open(ta, "w") as fh:
+        fh.write("new a")
+
+    def remove_backups(i):
+        for p in tmp_path.glob("*.bak"):
+            p.unlink()
+
+    with pytest.raises(FileNotFoundError):
+        replace_together(_Watched([(ta, str(a)), (str(tmp_path / ".gone.part.tif"), str(b))], remove_backups))
+    assert b.read_text() == "old b"

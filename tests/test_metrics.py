@@ -141,3 +141,10 @@ def test_auc_with_the_bay_area_encoding_and_its_one_class_message():
         roc_auc(np.array([1.0, np.nan]), np.array([1, 0]))  # the unchanged pixel has no valid score
     assert str(info.value) == ("AUC needs both changed and unchanged labelled pixels with a valid score; the "
                                "reference has only one class there. Check the reference encoding.")
+
+
+def test_masks_of_different_sizes_are_named_width_by_height():
+    with pytest.raises(InputError) as info:
+        reference_from_masks(np.zeros((2, 3)), np.zeros((4, 5)))
+    assert str(info.value) == ("The changed mask is 3 x 2 pixels but the unchanged mask is 5 x 4. Both masks must "
+                               "cover the same grid.")
