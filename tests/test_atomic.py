@@ -36,7 +36,9 @@ def test_temp_path_is_hidden_beside_the_target_with_pid_and_suffix(tmp_path, mon
 def test_alive_only_asks_and_never_signals():
     assert atomic._alive(os.getpid())
     assert not atomic._alive(_dead_pid())
-    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    # the child hangs up on SIGHUP even when started under nohup (which makes it ignore SIGHUP)
+    child = subprocess.Popen([sys.executable, "-c", "import signal, time; signal.signal(signal.SIGHUP, "
+                              "signal.SIG_DFL); time.sleep(60)"])
     try:
         assert atomic._alive(child.pid)
         time.sleep(0.2)
@@ -69,6 +71,17 @@ def test_remove_stale_temps_keeps_live_runs_and_other_files(tmp_path):
     assert sorted(removed) == sorted(str(tmp_path / n) for n, gone in names.items() if gone)
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(n for n, gone in names.items() if not gone)
     assert remove_stale_temps(str(target)) == []
+
+
+def test_an_entry_that_cannot_be_examined_does_not_stop_the_clean_up(tmp_path):
+    """A leftover name pointing nowhere (its age cannot be read) is skipped; the other leftovers still go."""
+    dead = _dead_pid()
+    (tmp_path / ".out.tif.broken.tmp").symlink_to(tmp_path / "nowhere")
+    stale = [tmp_path / f".out.tif.{dead}-{i}.tmp" for i in range(8)]
+    for p in stale:
+        p.write_text("x")
+    assert sorted(remove_stale_temps(str(tmp_path / "out.tif"))) == sorted(str(p) for p in stale)
+    assert [p.name for p in tmp_path.iterdir()] == [".out.tif.broken.tmp"]
 
 
 def test_remove_stale_temps_escapes_glob_characters(tmp_path):

@@ -114,3 +114,24 @@ def test_apply_stats_without_a_constant_band_list():
     x, valid = _pair()
     out = apply_stats(x[:1], valid, {"mean": [2.5], "std": [0.5]})
     np.testing.assert_allclose(out[0], [[-3.0, -1.0], [1.0, 3.0]])
+
+
+def test_near_constant_band_of_a_large_mean_and_band_order():
+    """A band that varies by float rounding only around a large mean is constant (all 0), the bands after a
+    constant band are still standardised, and the statistics say how they were made."""
+    x = np.empty((2, 2, 2), np.float64)
+    x[0] = [[1000.0, 1000.0], [1000.0, 1000.0001]]  # spread 4e-5, below 1e-6 * 1000
+    x[1] = [[1.0, 2.0], [3.0, 4.0]]
+    valid = np.ones((2, 2), bool)
+    xs, stats = standardize(x, valid)
+    assert stats["constant_bands"] == [1] and stats["method"] == "zscore"
+    assert np.all(xs[0] == 0.0)
+    sd = math.sqrt(1.25)
+    np.testing.assert_allclose(xs[1], [[-1.5 / sd, -0.5 / sd], [0.5 / sd, 1.5 / sd]], rtol=1e-6)
+
+
+def test_a_spread_too_large_for_float64_is_refused():
+    x = np.array([[[1e200, -1e200]]])  # finite values whose squared deviations overflow
+    with np.errstate(over="ignore"):
+        with pytest.raises(InputError, match="Band 1 has non-finite values"):
+            standardize(x, np.ones((1, 2), bool))
