@@ -148,3 +148,42 @@ def test_masks_of_different_sizes_are_named_width_by_height():
         reference_from_masks(np.zeros((2, 3)), np.zeros((4, 5)))
     assert str(info.value) == ("The changed mask is 3 x 2 pixels but the unchanged mask is 5 x 4. Both masks must "
                                "cover the same grid.")
+
+
+def test_rates_at_their_edges_and_the_reference_counts():
+    """Each ratio on a confusion matrix where its numerator equals the rest, and where its denominator is 0."""
+    m = metrics_from_confusion(np.array([[2, 2], [2, 2]]))
+    assert (m["precision"], m["recall"], m["false_alarm_rate"], m["missed_alarm_rate"]) == (0.5, 0.5, 0.5, 0.5)
+    assert (m["OA"], m["kappa"], m["F1"]) == (0.5, 0.0, 0.5)
+    m = metrics_from_confusion(np.array([[3, 1], [0, 0]]))  # no changed pixel in the reference
+    assert (m["recall"], m["missed_alarm_rate"], m["precision"], m["F1"]) == (0.0, 0.0, 0.0, 0.0)
+    assert (m["n_changed_ref"], m["n_unchanged_ref"], m["false_alarm_rate"]) == (0, 4, 0.25)
+    m = metrics_from_confusion(np.array([[0, 0], [1, 3]]))  # no unchanged pixel in the reference
+    assert (m["false_alarm_rate"], m["missed_alarm_rate"], m["n_changed_ref"], m["n_unchanged_ref"]) == (
+        0.0, 0.25, 4, 0)
+    m = metrics_from_confusion(np.array([[5, 1], [2, 7]]))
+    assert (m["n_changed_ref"], m["n_unchanged_ref"], m["n_labelled"]) == (9, 6, 15)
+    with pytest.raises(InputError) as info:
+        metrics_from_confusion(np.zeros((2, 2), int))
+    assert str(info.value) == ("No labelled pixel to score: the reference has no changed/unchanged pixel where the "
+                               "change map is valid. Check the reference encoding and that both cover the same area.")
+
+
+def test_confusion_reads_any_nonzero_value_as_changed():
+    cm = confusion(np.array([2, 0, 3, 0, 1]), np.array([1, 1, 0, 0, 4]), np.array([1, 1, 1, 1, 0], bool))
+    np.testing.assert_array_equal(cm, [[1, 1], [1, 1]])
+
+
+def test_reference_code_lists_are_checked():
+    ref = np.array([0, 1])
+
+    def message(**codes):
+        with pytest.raises(InputError) as info:
+            reference_labels(ref, **codes)
+        return str(info.value)
+
+    need = "Give at least one CHANGED code and one UNCHANGED code for the reference."
+    assert message(changed=(), unchanged=(0,)) == need
+    assert message(changed=(1,), unchanged=()) == need
+    assert message(changed=(1, 2), unchanged=(2, 0)) == (
+        "Reference code 2 is listed as both changed and unchanged. List each code once.")
