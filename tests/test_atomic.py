@@ -38,8 +38,10 @@ def test_alive_only_asks_and_never_signals():
     assert not atomic._alive(_dead_pid())
     # the child hangs up on SIGHUP even when started under nohup (which makes it ignore SIGHUP)
     child = subprocess.Popen([sys.executable, "-c", "import signal, time; signal.signal(signal.SIGHUP, "
-                              "signal.SIG_DFL); time.sleep(60)"])
+                              "signal.SIG_DFL); print('ready', flush=True); time.sleep(60)"],
+                             stdout=subprocess.PIPE, text=True)
     try:
+        assert child.stdout.readline() == "ready\n"
         assert atomic._alive(child.pid)
         time.sleep(0.2)
         assert child.poll() is None  # signal 0: the process is asked about, not hung up on

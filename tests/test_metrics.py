@@ -170,7 +170,7 @@ def test_rates_at_their_edges_and_the_reference_counts():
 
 
 def test_confusion_reads_any_nonzero_value_as_changed():
-    cm = confusion(np.array([2, 0, 3, 0, 1]), np.array([1, 1, 0, 0, 4]), np.array([1, 1, 1, 1, 0], bool))
+    cm = confusion(np.array([2, 0, 3, 0, 1]), np.array([2, 5, 0, 0, 4]), np.array([1, 1, 1, 1, 0], bool))
     np.testing.assert_array_equal(cm, [[1, 1], [1, 1]])
 
 
@@ -187,3 +187,16 @@ def test_reference_code_lists_are_checked():
     assert message(changed=(1,), unchanged=()) == need
     assert message(changed=(1, 2), unchanged=(2, 0)) == (
         "Reference code 2 is listed as both changed and unchanged. List each code once.")
+
+
+def test_unlisted_codes_are_named_five_at_most():
+    def message(ref, **codes):
+        with pytest.raises(InputError) as info:
+            reference_labels(np.array(ref), **codes)
+        return str(info.value)
+
+    tail = "or ignored. Set the reference encoding (e.g. Bay Area / Santa Barbara: changed 1, unchanged 2, ignore 0)."
+    assert message([0, 1, 9, 3, 4, 5, 6, 7], changed=(1, 9), unchanged=(2, 0)) == (
+        "The reference contains code(s) 3, 4, 5, 6, 7 that are not listed as changed (1, 9), unchanged (0, 2) " + tail)
+    assert message([0, 1, 3, 4, 5, 6, 7, 8.5]) == (
+        "The reference contains code(s) 3, 4, 5, 6, 7 ... that are not listed as changed (1), unchanged (0) " + tail)
