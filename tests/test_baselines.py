@@ -298,5 +298,16 @@ def test_pca_kmeans_equals_the_method_written_out(rows, cols, h, invalid):
     binary, score = pca_kmeans(x1, x2, valid) if h is None else pca_kmeans(x1, x2, valid, h=h)
     expected = _pca_kmeans_by_hand(x1, x2, valid, **({} if h is None else {"h": h}))
     np.testing.assert_allclose(score[valid], expected, rtol=1e-6, atol=1e-9)
-    assert np.all(np.isnan(score[~valid])) and np.all(binary[~valid] == 255)
+    assert np.all(np.isnan(score[~valid])) and np.all(binary[~valid] == 255) and binary.dtype == np.uint8
     np.testing.assert_array_equal(binary[valid], (expected > 0).astype(np.uint8))
+
+
+def test_pca_kmeans_of_two_identical_dates_finds_no_change():
+    """No difference at all (no variance to explain, one cluster takes every pixel): nothing is changed and
+    every score is 0, so the fixed threshold 0 keeps it so."""
+    x = np.random.default_rng(8).normal(size=(3, 9, 10)).astype(np.float32)
+    valid = np.ones((9, 10), bool)
+    valid[4, 4] = False
+    binary, score = pca_kmeans(x, x.copy(), valid)
+    assert binary.dtype == np.uint8 and np.all(binary[valid] == 0) and binary[4, 4] == 255
+    assert np.all(score[valid] == 0.0) and np.isnan(score[4, 4])
