@@ -196,3 +196,41 @@ def test_refusals_say_what_to_do():
     assert message(compute_threshold, intensity.ravel(), "Median") == (
         f"Unknown threshold method 'median'. Use one of: {', '.join(METHODS)}.")
     assert compute_threshold(intensity.ravel(), "FIXED", 2.5) == 2.5
+
+
+def test_kmeans_start_from_the_extremes_and_ties_at_the_midpoint():
+    # 10th and 90th percentiles both 5 (nine of eleven values): start at 0 and 9 -> t 4.5 -> {0} | mean 5.4
+    # -> t 2.7 -> same split: 2.7
+    assert kmeans_threshold(np.array([0] + [5] * 9 + [9.0])) == pytest.approx(2.7)
+    # percentiles 0.4, 3.6 -> t 2 equals a value, which goes to the lower class: {0, 2} | {4} -> t 2.5
+    assert kmeans_threshold(np.array([4, 0, 2.0])) == pytest.approx(2.5)
+    # the two top values equal, the lowest not: not constant. 1.4, 3 -> t 2.2 -> {1} | {3, 3} -> t 2
+    assert kmeans_threshold(np.array([3, 1, 3.0])) == pytest.approx(2.0)
+
+
+def test_mixture_of_a_constant_is_the_constant():
+    from hypernet_qgis.core.classic.thresholds import mixture_threshold
+
+    assert mixture_threshold(np.array([3.0, np.nan, 3.0, 3.0])) == 3.0
+
+
+def test_binary_change_map_default_fixed_and_nodata():
+    from hypernet_qgis.core.classic.thresholds import binary_change, choose_threshold, mrf_change
+
+    intensity = np.array([[0.0, 0.0, 2.0], [10.0, np.inf, 10.0]])
+    valid = np.array([[True, False, True], [True, True, True]])
+    out, t = binary_change(intensity, valid)  # Otsu by default: 0, 2 | 10, 10 -> 6
+    assert out.dtype == np.uint8 and t == pytest.approx(6.0)
+    np.testing.assert_array_equal(out, [[0, 255, 0], [1, 255, 1]])
+    out, t = binary_change(intensity, valid, "fixed", 2.0)  # change is strictly above the threshold
+    assert t == 2.0
+    np.testing.assert_array_equal(out, [[0, 255, 0], [1, 255, 1]])
+    out, t = binary_change(intensity, valid, "fixed", 1.0)
+    np.testing.assert_array_equal(out, [[0, 255, 1], [1, 255, 1]])
+    assert choose_threshold(intensity, valid, "fixed", 7.5) == 7.5
+    assert choose_threshold(intensity, valid) == pytest.approx(6.0)
+    # the smallest MRF window is allowed
+    big = np.zeros((6, 6))
+    big[:3] = 10.0
+    m, _ = mrf_change(big, np.ones((6, 6), bool), beta=0.5, radius=1)
+    np.testing.assert_array_equal(m, np.repeat([[1], [0]], 3, axis=0).repeat(6, axis=1))
