@@ -14,7 +14,7 @@ BUILD := build/$(PLUGIN)
 PYTHON3 ?= python3
 export QT_QPA_PLATFORM ?= offscreen
 
-.PHONY: install demo test test-qgis-lts bench bench-speed mutation plugin deploy zip wheel clean
+.PHONY: install demo test test-qgis-lts bench bench-speed mutation mutmut plugin deploy zip wheel clean
 
 install: $(STAMP) $(BUILD)/metadata.txt $(VENV)/bin/qgis_process
 
@@ -55,6 +55,17 @@ test-qgis-lts:
 mutation: install
 	$(PY) tools/mutation.py
 
+# mutmut's own mutants of the numeric and I/O modules ([tool.mutmut] in pyproject.toml: which modules, which
+# tests), one worker; MUTANTS="glob ..." runs a subset (e.g. "hypernet_qgis.core.io.atomic*"). Results stay in
+# mutants/ (a second run resumes); tools/mutmut_summary.py prints the kill rate per module (BENCHMARKS.md).
+MUTMUT_VERSION := 3.8.1
+MUTANTS ?=
+mutmut: install
+	$(PY) -c "import mutmut" 2>/dev/null || $(PY) -m pip install -q mutmut==$(MUTMUT_VERSION)
+	HYPERNET_SHARED="$${HYPERNET_SHARED:-$(abspath ../shared)}" HYPERNET_ALLOCATOR=system \
+	  $(VENV)/bin/mutmut run --max-children 1 $(MUTANTS)
+	$(PY) tools/mutmut_summary.py --equivalent tools/mutmut_equivalent.txt
+
 bench: install
 	$(PY) tools/bench_accuracy.py
 
@@ -73,4 +84,4 @@ wheel: install
 	$(PY) -m pip wheel --no-deps --no-build-isolation -w dist .
 
 clean:
-	rm -rf build dist $(VENV)
+	rm -rf build dist mutants $(VENV)

@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED = REPO.parent / "shared"
+# ../shared beside the checkout, or HYPERNET_SHARED (`make mutmut` runs the tests in a copy, mutants/)
+SHARED = Path(os.environ.get("HYPERNET_SHARED") or REPO.parent / "shared")
 SAMPLE = REPO / "resources" / "sample"
 
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")

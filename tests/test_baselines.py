@@ -20,6 +20,7 @@ from hypernet_qgis.core.classic.baselines import (
 )
 from hypernet_qgis.core.classic.metrics import change_metrics, reference_from_masks, roc_auc
 from hypernet_qgis.core.classic.thresholds import compute_threshold
+from hypernet_qgis.core.errors import InputError
 from hypernet_qgis.core.io.raster_io import read_mask, read_raster
 
 
@@ -258,3 +259,105 @@ def test_irmad_iterates_on_a_regular_sample_and_maps_every_pixel(tmp_path):
     np.testing.assert_allclose(by_strips["chi2"][valid], sampled["chi2"][valid], rtol=1e-4, atol=1e-4)
     # the implanted square is what the sampled transform finds
     assert np.nanmedian(sampled["chi2"][truth == 1]) > 10 * np.nanmedian(sampled["chi2"][truth == 0])
+
+
+def test_refusals_word_for_word():
+    """The baselines' refusals as the user (InputError) or a caller (ValueError) reads them."""
+    rng = np.random.default_rng(3)
+    x1 = rng.normal(size=(3, 8, 8)).astype(np.float32)
+    x2 = x1 + rng.normal(scale=0.1, size=x1.shape).astype(np.float32)
+    valid = np.ones((8, 8), bool)
+
+    def error(kind, call, *args, **kw):
+        with pytest.raises(kind) as info:
+            call(*args, **kw)
+        return str(info.value)
+
+    assert error(ValueError, cva, x1, x2[:2], valid) == (
+        "dates must be (bands, rows, cols) of equal shape, got (3, 8, 8) and (2, 8, 8)")
+    assert error(ValueError, sam, x1[0], x2[0], valid) == (
+        "dates must be (bands, rows, cols) of equal shape, got (8, 8) and (8, 8)")
+    assert error(ValueError, cva, x1, x2, np.ones((8, 7), bool)) == "valid mask (8, 7) does not match images (8, 8)"
+    assert error(InputError, cva, x1, x2, np.zeros((8, 8), bool)) == (
+        "No pixel is valid in both dates; check the nodata values and that the images overlap.")
+    assert error(ValueError, chi2_sf, np.array([1.0]), 0) == "dof must be >= 1"
+    flat = np.ones_like(x1)
+    assert error(InputError, irmad, flat, x2, valid) == (
+        "IR-MAD needs at least one band that is not constant in both dates.")
+    assert error(ValueError, pca_kmeans, x1, x2, valid, h=1) == "block size h must be >= 2"
+    assert error(InputError, pca_kmeans, x1[:, :3, :5], x2[:, :3, :5], valid[:3, :5], h=4) == (
+        "The image (5 x 3) is smaller than one 4 x 4 block; use a larger area.")
+
+
+def _pca_kmeans_by_hand(x1, x2, valid, h=4, variance=0.9):
+    """PCA-k-means written out pixel by pixel (Celik 2009, as pca_kmeans documents it), for comparison."""
+    d = cva(x1, x2, valid).astype(np.float64)  # the difference image (tested on its own above)
+    d[~valid] = 0.0
+    rows, cols = d.shape
+    blocks, block_ok = [], []
+    for i in range(rows // h):
+        for j in range(cols // h):
+            blocks.append(d[i * h:(i + 1) * h, j * h:(j + 1) * h].ravel())
+            block_ok.append(valid[i * h:(i + 1) * h, j * h:(j + 1) * h].all())
+    blocks, block_ok = np.array(blocks), np.array(block_ok)
+    if block_ok.sum() >= 2:
+        blocks = blocks[block_ok]
+    mean = blocks.mean(axis=0)
+    _, sv, vt = np.linalg.svd(blocks - mean, full_matrices=False)
+    share = np.cumsum(sv ** 2) / np.sum(sv ** 2)
+    s = int(np.argmax(share >= variance - 1e-12)) + 1  # the fewest components that explain `variance`
+
+    def mirror(k, n):  # numpy's "symmetric" padding: the edge pixel is repeated
+        return -k - 1 if k < 0 else (2 * n - k - 1 if k >= n else k)
+
+    feats = []
+    for r in range(rows):
+        for c in range(cols):
+            if valid[r, c]:
+                win = [d[mirror(r + a, rows), mirror(c + b, cols)] for a in range(-(h // 2), (h - 1) // 2 + 1)
+                       for b in range(-(h // 2), (h - 1) // 2 + 1)]
+                feats.append((np.array(win) - mean) @ vt[:s].T)
+    feats, dv = np.array(feats), d[valid]
+    centres = np.stack([feats[dv <= np.median(dv)].mean(axis=0), feats[dv >= np.quantile(dv, 0.95)].mean(axis=0)])
+    labels = None
+    for _ in range(100):
+        new = np.argmin(((feats[:, None] - centres[None]) ** 2).sum(axis=2), axis=1)
+        if labels is not None and np.array_equal(new, labels):
+            break
+        labels = new
+        centres = np.stack([feats[labels == k].mean(axis=0) for k in (0, 1)])
+    changed = int(dv[labels == 1].mean() >= dv[labels == 0].mean())
+    dist = np.sqrt(((feats[:, None] - centres[None]) ** 2).sum(axis=2))
+    return dist[:, 1 - changed] - dist[:, changed]
+
+
+@pytest.mark.parametrize("rows, cols, h, invalid", [
+    (13, 14, None, [(0, 0), (5, 9), (12, 13)]),  # the default block size, invalid pixels at the borders
+    (8, 8, 4, [(1, 1), (6, 2)]),  # two of the four blocks hold an invalid pixel: PCA from the other two
+    (12, 6, 4, []),  # one block wide
+    (9, 7, 2, [(4, 4)]),  # the smallest block
+])
+def test_pca_kmeans_equals_the_method_written_out(rows, cols, h, invalid):
+    rng = np.random.default_rng(rows * 100 + cols)
+    x1 = rng.normal(size=(3, rows, cols)).astype(np.float32)
+    x2 = x1 + rng.normal(scale=0.3, size=x1.shape).astype(np.float32)
+    x2[:, rows // 3: rows // 3 + 3, 1:4] += 2.5  # a changed patch
+    valid = np.ones((rows, cols), bool)
+    for r, c in invalid:
+        valid[r, c] = False
+    binary, score = pca_kmeans(x1, x2, valid) if h is None else pca_kmeans(x1, x2, valid, h=h)
+    expected = _pca_kmeans_by_hand(x1, x2, valid, **({} if h is None else {"h": h}))
+    np.testing.assert_allclose(score[valid], expected, rtol=1e-6, atol=1e-9)
+    assert np.all(np.isnan(score[~valid])) and np.all(binary[~valid] == 255) and binary.dtype == np.uint8
+    np.testing.assert_array_equal(binary[valid], (expected > 0).astype(np.uint8))
+
+
+def test_pca_kmeans_of_two_identical_dates_finds_no_change():
+    """No difference at all (no variance to explain, one cluster takes every pixel): nothing is changed and
+    every score is 0, so the fixed threshold 0 keeps it so."""
+    x = np.random.default_rng(8).normal(size=(3, 9, 10)).astype(np.float32)
+    valid = np.ones((9, 10), bool)
+    valid[4, 4] = False
+    binary, score = pca_kmeans(x, x.copy(), valid)
+    assert binary.dtype == np.uint8 and np.all(binary[valid] == 0) and binary[4, 4] == 255
+    assert np.all(score[valid] == 0.0) and np.isnan(score[4, 4])

@@ -105,3 +105,98 @@ def test_roc_curve_area_equals_rank_auc():
     # at a threshold, tpr is the share of changed pixels with score >= threshold
     k = len(thr) // 2
     assert tpr[k] == pytest.approx(np.mean(score[ref == 1] >= thr[k]))
+
+
+def test_roc_curve_of_an_unsigned_integer_score():
+    """An 8-bit score map (a stretched intensity) ranks as its values: the scores are not negated in uint8."""
+    score = np.array([0, 1, 2, 3, 3], np.uint8)
+    ref = np.array([0, 0, 1, 1, 0], np.uint8)
+    fpr, tpr, thr = roc_curve(score, ref)
+    np.testing.assert_array_equal(thr, [np.inf, 3.0, 2.0, 1.0, 0.0])
+    np.testing.assert_array_equal(tpr, [0.0, 0.5, 1.0, 1.0, 1.0])
+    np.testing.assert_array_equal(fpr, [0.0, 1 / 3, 1 / 3, 2 / 3, 1.0])
+    assert roc_auc(score, ref) == pytest.approx(4.5 / 6)  # 2 beats 0, 1; 3 beats 0, 1 and ties 3
+
+
+def test_score_and_reference_on_different_grids():
+    with pytest.raises(InputError) as info:
+        roc_auc(np.zeros((2, 3)), np.zeros((3, 2), np.uint8))
+    assert str(info.value) == ("The score map has shape (2, 3) but the reference (3, 2); they must cover the same "
+                               "grid.")
+    with pytest.raises(InputError) as info:
+        change_metrics(np.zeros((2, 3), np.uint8), np.zeros((3, 2), np.uint8))
+    assert str(info.value) == ("The change map has shape (2, 3) but the reference (3, 2); they must cover the same "
+                               "grid.")
+
+
+def test_auc_with_the_bay_area_encoding_and_its_one_class_message():
+    """changed 1, unchanged 2, ignore 0 (Bay Area): the ignored code is passed on to the reference check."""
+    score = np.array([0.9, 0.2, 0.5, 0.7])
+    ref = np.array([1, 2, 0, 2], np.uint8)
+    assert roc_auc(score, ref, changed=(1,), unchanged=(2,), ignore=(0,)) == 1.0
+    fpr, tpr, _ = roc_curve(score, ref, changed=(1,), unchanged=(2,), ignore=(0,))
+    np.testing.assert_array_equal(tpr, [0.0, 1.0, 1.0, 1.0])
+    np.testing.assert_array_equal(fpr, [0.0, 0.0, 0.5, 1.0])
+    with pytest.raises(InputError) as info:
+        roc_auc(np.array([1.0, np.nan]), np.array([1, 0]))  # the unchanged pixel has no valid score
+    assert str(info.value) == ("AUC needs both changed and unchanged labelled pixels with a valid score; the "
+                               "reference has only one class there. Check the reference encoding.")
+
+
+def test_masks_of_different_sizes_are_named_width_by_height():
+    with pytest.raises(InputError) as info:
+        reference_from_masks(np.zeros((2, 3)), np.zeros((4, 5)))
+    assert str(info.value) == ("The changed mask is 3 x 2 pixels but the unchanged mask is 5 x 4. Both masks must "
+                               "cover the same grid.")
+
+
+def test_rates_at_their_edges_and_the_reference_counts():
+    """Each ratio on a confusion matrix where its numerator equals the rest, and where its denominator is 0."""
+    m = metrics_from_confusion(np.array([[2, 2], [2, 2]]))
+    assert (m["precision"], m["recall"], m["false_alarm_rate"], m["missed_alarm_rate"]) == (0.5, 0.5, 0.5, 0.5)
+    assert (m["OA"], m["kappa"], m["F1"]) == (0.5, 0.0, 0.5)
+    m = metrics_from_confusion(np.array([[3, 1], [0, 0]]))  # no changed pixel in the reference
+    assert (m["recall"], m["missed_alarm_rate"], m["precision"], m["F1"]) == (0.0, 0.0, 0.0, 0.0)
+    assert (m["n_changed_ref"], m["n_unchanged_ref"], m["false_alarm_rate"]) == (0, 4, 0.25)
+    m = metrics_from_confusion(np.array([[0, 0], [1, 3]]))  # no unchanged pixel in the reference
+    assert (m["false_alarm_rate"], m["missed_alarm_rate"], m["n_changed_ref"], m["n_unchanged_ref"]) == (
+        0.0, 0.25, 4, 0)
+    m = metrics_from_confusion(np.array([[5, 1], [2, 7]]))
+    assert (m["n_changed_ref"], m["n_unchanged_ref"], m["n_labelled"]) == (9, 6, 15)
+    with pytest.raises(InputError) as info:
+        metrics_from_confusion(np.zeros((2, 2), int))
+    assert str(info.value) == ("No labelled pixel to score: the reference has no changed/unchanged pixel where the "
+                               "change map is valid. Check the reference encoding and that both cover the same area.")
+
+
+def test_confusion_reads_any_nonzero_value_as_changed():
+    cm = confusion(np.array([2, 0, 3, 0, 1]), np.array([2, 5, 0, 0, 4]), np.array([1, 1, 1, 1, 0], bool))
+    np.testing.assert_array_equal(cm, [[1, 1], [1, 1]])
+
+
+def test_reference_code_lists_are_checked():
+    ref = np.array([0, 1])
+
+    def message(**codes):
+        with pytest.raises(InputError) as info:
+            reference_labels(ref, **codes)
+        return str(info.value)
+
+    need = "Give at least one CHANGED code and one UNCHANGED code for the reference."
+    assert message(changed=(), unchanged=(0,)) == need
+    assert message(changed=(1,), unchanged=()) == need
+    assert message(changed=(1, 2), unchanged=(2, 0)) == (
+        "Reference code 2 is listed as both changed and unchanged. List each code once.")
+
+
+def test_unlisted_codes_are_named_five_at_most():
+    def message(ref, **codes):
+        with pytest.raises(InputError) as info:
+            reference_labels(np.array(ref), **codes)
+        return str(info.value)
+
+    tail = "or ignored. Set the reference encoding (e.g. Bay Area / Santa Barbara: changed 1, unchanged 2, ignore 0)."
+    assert message([0, 1, 9, 3, 4, 5, 6, 7], changed=(1, 9), unchanged=(2, 0)) == (
+        "The reference contains code(s) 3, 4, 5, 6, 7 that are not listed as changed (1, 9), unchanged (0, 2) " + tail)
+    assert message([0, 1, 3, 4, 5, 6, 7, 8.5]) == (
+        "The reference contains code(s) 3, 4, 5, 6, 7 ... that are not listed as changed (1), unchanged (0) " + tail)

@@ -78,3 +78,60 @@ def test_no_valid_pixel_is_an_input_error():
     x, _ = _pair()
     with pytest.raises(InputError, match="No valid pixel"):
         standardize(x, np.zeros((2, 2), bool))
+
+
+def test_shape_errors_name_both_shapes():
+    """Programming errors (the pipeline checks the grids first) say which shapes disagree."""
+    x, valid = _pair()
+    with pytest.raises(ValueError) as info:
+        standardize_joint(x, x[:1], valid)
+    assert str(info.value) == "dates differ in shape: (2, 2, 2) vs (1, 2, 2)"
+    with pytest.raises(ValueError) as info:
+        standardize(x[0], valid)
+    assert str(info.value) == "expected (bands, rows, cols), got shape (2, 2)"
+    with pytest.raises(ValueError) as info:
+        standardize(x, np.ones((2, 3), bool))
+    assert str(info.value) == "valid mask (2, 3) does not match image (2, 2)"
+    _, stats = standardize(x, valid)
+    with pytest.raises(ValueError) as info:
+        apply_stats(x[:1], valid, stats)
+    assert str(info.value) == "image has 1 bands but the statistics have 2"
+    with pytest.raises(ValueError) as info:
+        apply_stats(x, np.ones((3, 2), bool), stats)
+    assert str(info.value) == "valid mask (3, 2) does not match image (2, 2)"
+    with pytest.raises(InputError) as info:
+        standardize(x, np.zeros((2, 2), bool))
+    assert str(info.value) == "No valid pixel to compute band statistics from. Check nodata values and masks."
+    bad = x.copy()
+    bad[1, 0, 0] = np.inf
+    with pytest.raises(InputError) as info:
+        standardize(bad, valid)
+    assert str(info.value) == "Band 2 has non-finite values on valid pixels; check the input's nodata."
+
+
+def test_apply_stats_without_a_constant_band_list():
+    """Statistics written without "constant_bands" (a hand-made or older file) mean no band is constant."""
+    x, valid = _pair()
+    out = apply_stats(x[:1], valid, {"mean": [2.5], "std": [0.5]})
+    np.testing.assert_allclose(out[0], [[-3.0, -1.0], [1.0, 3.0]])
+
+
+def test_near_constant_band_of_a_large_mean_and_band_order():
+    """A band that varies by float rounding only around a large mean is constant (all 0), the bands after a
+    constant band are still standardised, and the statistics say how they were made."""
+    x = np.empty((2, 2, 2), np.float64)
+    x[0] = [[1000.0, 1000.0], [1000.0, 1000.0001]]  # spread 4e-5, below 1e-6 * 1000
+    x[1] = [[1.0, 2.0], [3.0, 4.0]]
+    valid = np.ones((2, 2), bool)
+    xs, stats = standardize(x, valid)
+    assert stats["constant_bands"] == [1] and stats["method"] == "zscore"
+    assert np.all(xs[0] == 0.0)
+    sd = math.sqrt(1.25)
+    np.testing.assert_allclose(xs[1], [[-1.5 / sd, -0.5 / sd], [0.5 / sd, 1.5 / sd]], rtol=1e-6)
+
+
+def test_a_spread_too_large_for_float64_is_refused():
+    x = np.array([[[1e200, -1e200]]])  # finite values whose squared deviations overflow
+    with np.errstate(over="ignore"):
+        with pytest.raises(InputError, match="Band 1 has non-finite values"):
+            standardize(x, np.ones((1, 2), bool))

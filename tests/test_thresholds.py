@@ -166,3 +166,71 @@ def test_mrf_on_the_real_taizhou_pair_beats_the_pixelwise_mixture(shared_dir):
 
     assert kappa("mixture") == pytest.approx(0.933, abs=0.005)
     assert kappa("mrf") == pytest.approx(0.963, abs=0.005)
+
+
+def test_refusals_say_what_to_do():
+    """Every refusal of the thresholds, word for word (they reach the user as one-line messages)."""
+    from hypernet_qgis.core.classic.thresholds import METHODS, binary_change, choose_threshold, mrf_change
+
+    def message(call, *args, **kw):
+        with pytest.raises(InputError) as info:
+            call(*args, **kw)
+        return str(info.value)
+
+    assert message(otsu_threshold, np.array([np.nan, np.inf])) == (
+        "There is no valid intensity value to threshold (every pixel is invalid).")
+    intensity = np.arange(16, dtype=np.float64).reshape(4, 4)
+    valid = np.ones((4, 4), bool)
+    assert message(mrf_change, intensity, valid, beta=-0.5, radius=1) == (
+        "The MRF needs beta >= 0 and a radius >= 1, got -0.5 and 1.")
+    assert message(mrf_change, intensity, valid, beta=1.0, radius=0) == (
+        "The MRF needs beta >= 0 and a radius >= 1, got 1.0 and 0.")
+    nodata = "The change intensity has no valid pixel; the inputs are all nodata."
+    assert message(mrf_change, intensity, np.zeros((4, 4), bool)) == nodata
+    assert message(choose_threshold, intensity, np.zeros((4, 4), bool)) == nodata
+    assert message(binary_change, np.full((4, 4), np.nan), valid) == nodata
+    assert message(compute_threshold, intensity.ravel(), "fixed") == (
+        "A fixed threshold needs a finite THRESHOLD_VALUE. Give a number, or use otsu/kmeans.")
+    assert message(compute_threshold, intensity.ravel(), "fixed", float("nan")) == (
+        "A fixed threshold needs a finite THRESHOLD_VALUE. Give a number, or use otsu/kmeans.")
+    assert message(compute_threshold, intensity.ravel(), "Median") == (
+        f"Unknown threshold method 'median'. Use one of: {', '.join(METHODS)}.")
+    assert compute_threshold(intensity.ravel(), "FIXED", 2.5) == 2.5
+
+
+def test_kmeans_start_from_the_extremes_and_ties_at_the_midpoint():
+    # 10th and 90th percentiles both 5 (nine of eleven values): start at 0 and 9 -> t 4.5 -> {0} | mean 5.4
+    # -> t 2.7 -> same split: 2.7
+    assert kmeans_threshold(np.array([0] + [5] * 9 + [9.0])) == pytest.approx(2.7)
+    # percentiles 0.4, 3.6 -> t 2 equals a value, which goes to the lower class: {0, 2} | {4} -> t 2.5
+    assert kmeans_threshold(np.array([4, 0, 2.0])) == pytest.approx(2.5)
+    # the two top values equal, the lowest not: not constant. 1.4, 3 -> t 2.2 -> {1} | {3, 3} -> t 2
+    assert kmeans_threshold(np.array([3, 1, 3.0])) == pytest.approx(2.0)
+
+
+def test_mixture_of_a_constant_is_the_constant():
+    from hypernet_qgis.core.classic.thresholds import mixture_threshold
+
+    assert mixture_threshold(np.array([3.0, np.nan, 3.0, 3.0])) == 3.0
+
+
+def test_binary_change_map_default_fixed_and_nodata():
+    from hypernet_qgis.core.classic.thresholds import binary_change, choose_threshold, mrf_change
+
+    intensity = np.array([[0.0, 0.0, 2.0], [10.0, np.inf, 10.0]])
+    valid = np.array([[True, False, True], [True, True, True]])
+    out, t = binary_change(intensity, valid)  # Otsu by default: 0, 2 | 10, 10 -> 6
+    assert out.dtype == np.uint8 and t == pytest.approx(6.0)
+    np.testing.assert_array_equal(out, [[0, 255, 0], [1, 255, 1]])
+    out, t = binary_change(intensity, valid, "fixed", 2.0)  # change is strictly above the threshold
+    assert t == 2.0
+    np.testing.assert_array_equal(out, [[0, 255, 0], [1, 255, 1]])
+    out, t = binary_change(intensity, valid, "fixed", 1.0)
+    np.testing.assert_array_equal(out, [[0, 255, 1], [1, 255, 1]])
+    assert choose_threshold(intensity, valid, "fixed", 7.5) == 7.5
+    assert choose_threshold(intensity, valid) == pytest.approx(6.0)
+    # the smallest MRF window is allowed
+    big = np.zeros((6, 6))
+    big[:3] = 10.0
+    m, _ = mrf_change(big, np.ones((6, 6), bool), beta=0.5, radius=1)
+    np.testing.assert_array_equal(m, np.repeat([[1], [0]], 3, axis=0).repeat(6, axis=1))
