@@ -69,12 +69,14 @@ def _threshold(text: str) -> str:
         _finite(text)
     except argparse.ArgumentTypeError:
         raise argparse.ArgumentTypeError(
-            f"use {', '.join(_THRESHOLD_NAMES)} or a finite number, not {text!r}") from None
+            f"use {', '.join(_THRESHOLD_NAMES)} or a finite number, not {text!r}"
+        ) from None
     return text
 
 
 def _int_in(lo: int, hi: int):
     """argparse type: a whole number from lo to hi."""
+
     def parse(text: str) -> int:
         try:
             value = int(text)
@@ -83,16 +85,19 @@ def _int_in(lo: int, hi: int):
         if not lo <= value <= hi:
             raise argparse.ArgumentTypeError(f"{text} is outside {lo}..{hi}")
         return value
+
     return parse
 
 
 def _float_in(lo: float, hi: float, low_open: bool = False):
     """argparse type: a finite number in [lo, hi] (or (lo, hi] when ``low_open``)."""
+
     def parse(text: str) -> float:
         value = _finite(text)
         if value < lo or value > hi or (low_open and value == lo):
             raise argparse.ArgumentTypeError(f"{text} is outside {'(' if low_open else '['}{lo:g}, {hi:g}]")
         return value
+
     return parse
 
 
@@ -108,23 +113,47 @@ def _values(text: str) -> list[float]:
 
 def _add_training_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("training")
-    g.add_argument("--epochs", type=_int_in(1, 1_000_000), default=None,
-                   help="training epochs (default: 60; 200 with --schedule paper)")
-    g.add_argument("--seed", type=_int_in(0, options.MAX_SEED), default=0,
-                   help="random seed; the same seed gives the same result on the CPU")
+    g.add_argument(
+        "--epochs",
+        type=_int_in(1, 1_000_000),
+        default=None,
+        help="training epochs (default: 60; 200 with --schedule paper)",
+    )
+    g.add_argument(
+        "--seed",
+        type=_int_in(0, options.MAX_SEED),
+        default=0,
+        help="random seed; the same seed gives the same result on the CPU",
+    )
     g.add_argument("--device", default="auto", choices=list(options.DEVICES), help="auto uses CUDA when available")
-    g.add_argument("--schedule", default="default", choices=list(options.SCHEDULES),
-                   help="default: random crops per step (fast); paper: whole image per step as published")
-    g.add_argument("--learning-rate", type=_float_in(0.0, 1e6, low_open=True), default=options.DEFAULT_LEARNING_RATE,
-                   help=f"SGD learning rate (default {options.DEFAULT_LEARNING_RATE}, the paper's)")
-    g.add_argument("--gamma", type=_float_in(0.0, 1e6), default=options.DEFAULT_GAMMA,
-                   help="focal cosine loss gamma (default 1)")
+    g.add_argument(
+        "--schedule",
+        default="default",
+        choices=list(options.SCHEDULES),
+        help="default: random crops per step (fast); paper: whole image per step as published",
+    )
+    g.add_argument(
+        "--learning-rate",
+        type=_float_in(0.0, 1e6, low_open=True),
+        default=options.DEFAULT_LEARNING_RATE,
+        help=f"SGD learning rate (default {options.DEFAULT_LEARNING_RATE}, the paper's)",
+    )
+    g.add_argument(
+        "--gamma", type=_float_in(0.0, 1e6), default=options.DEFAULT_GAMMA, help="focal cosine loss gamma (default 1)"
+    )
     g.add_argument("--width", type=_int_in(1, 4096), default=None, help="branch width (default: from the band count)")
     g.add_argument("--bands", type=_band_list, default=None, help="band subset, 1-based, e.g. 1-100,120-200")
-    g.add_argument("--unchanged-mask", default=None,
-                   help="raster of known-unchanged pixels (non-zero) to train on instead of the automatic choice")
-    g.add_argument("--memory-budget-mb", type=_int_in(1, 2**40),
-                   default=options.DEFAULT_MEMORY_BUDGET_MB, help="peak memory the run should stay within")
+    g.add_argument(
+        "--unchanged-mask",
+        default=None,
+        help="raster of known-unchanged pixels (non-zero) to train on instead of the automatic choice",
+    )
+    g.add_argument(
+        "--memory-budget-mb",
+        type=_int_in(1, 2**40),
+        default=options.DEFAULT_MEMORY_BUDGET_MB,
+        help="peak memory the run should stay within",
+    )
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -138,27 +167,54 @@ class OneLineParser(argparse.ArgumentParser):
 def _add_polygon_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("change polygons")
     g.add_argument("--polygons", default=None, help="also write the changed regions as polygons (GeoPackage .gpkg)")
-    g.add_argument("--min-area", type=float, default=0.0,
-                   help="minimum mapping unit in map units² (e.g. m²): smaller regions are dropped (default 0)")
-    g.add_argument("--connectivity", type=int, choices=[4, 8], default=8,
-                   help="pixels touching by edges (4) or by edges and corners (8, default) form one region")
-    g.add_argument("--sieve", action="store_true",
-                   help="also set the regions smaller than --min-area to 0 (no change) in the change map")
+    g.add_argument(
+        "--min-area",
+        type=float,
+        default=0.0,
+        help="minimum mapping unit in map units² (e.g. m²): smaller regions are dropped (default 0)",
+    )
+    g.add_argument(
+        "--connectivity",
+        type=int,
+        choices=[4, 8],
+        default=8,
+        help="pixels touching by edges (4) or by edges and corners (8, default) form one region",
+    )
+    g.add_argument(
+        "--sieve",
+        action="store_true",
+        help="also set the regions smaller than --min-area to 0 (no change) in the change map",
+    )
     g.add_argument("--dates", default=None, help="date pair written into each polygon, e.g. 2019-05-01,2020-05-01")
 
 
-def _add_align_args(p: argparse.ArgumentParser, image: str = "T2",
-                    target: str = "T1's grid over the common area") -> None:
+def _add_align_args(
+    p: argparse.ArgumentParser, image: str = "T2", target: str = "T1's grid over the common area"
+) -> None:
     g = p.add_argument_group("images on different grids")
-    g.add_argument("--align", action=argparse.BooleanOptionalAction, default=True,
-                   help=f"warp {image} onto {target} when the grids differ (default); --no-align refuses them")
-    g.add_argument("--resampling", default="bilinear", choices=["nearest", "bilinear", "cubic", "average"],
-                   help=f"resampling of {image} when it is warped (default bilinear; masks always use nearest)")
+    g.add_argument(
+        "--align",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help=f"warp {image} onto {target} when the grids differ (default); --no-align refuses them",
+    )
+    g.add_argument(
+        "--resampling",
+        default="bilinear",
+        choices=["nearest", "bilinear", "cubic", "average"],
+        help=f"resampling of {image} when it is warped (default bilinear; masks always use nearest)",
+    )
     g = p.add_argument_group("bad bands and wavelengths")
-    g.add_argument("--keep-bad-bands", action="store_true",
-                   help="use the bands the files mark bad (ENVI bbl, GDAL bbl metadata); left out by default")
-    g.add_argument("--drop-water", action="store_true",
-                   help="leave out the water-absorption bands (1350-1450, 1800-1950, > 2450 nm); needs wavelengths")
+    g.add_argument(
+        "--keep-bad-bands",
+        action="store_true",
+        help="use the bands the files mark bad (ENVI bbl, GDAL bbl metadata); left out by default",
+    )
+    g.add_argument(
+        "--drop-water",
+        action="store_true",
+        help="leave out the water-absorption bands (1350-1450, 1800-1950, > 2450 nm); needs wavelengths",
+    )
 
 
 def _check_polygon_args(args: argparse.Namespace, inputs: list) -> None:
@@ -178,9 +234,16 @@ def _finish(args: argparse.Namespace, res, fb, memory_budget_mb: int = 4096) -> 
     """Polygons and changed area after a detection; the JSON fields they add."""
     from .core.io.polygons import finish_detection, parse_dates
 
-    poly = finish_detection(res, polygons_out=args.polygons, min_area=args.min_area,
-                            connectivity=args.connectivity, sieve=args.sieve, dates=parse_dates(args.dates),
-                            memory_budget_mb=memory_budget_mb, feedback=fb)
+    poly = finish_detection(
+        res,
+        polygons_out=args.polygons,
+        min_area=args.min_area,
+        connectivity=args.connectivity,
+        sieve=args.sieve,
+        dates=parse_dates(args.dates),
+        memory_budget_mb=memory_budget_mb,
+        feedback=fb,
+    )
     area = res.extra["area"]
     out = {"changed_hectares": None if area["changed_hectares"] is None else round(area["changed_hectares"], 6)}
     if poly is not None:
@@ -199,27 +262,40 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--quiet", action="store_true", help="no progress on stderr")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("detect", parents=[common],
-                       help="detect change between two dates (trains on the pair unless --model is given)")
+    p = sub.add_parser(
+        "detect", parents=[common], help="detect change between two dates (trains on the pair unless --model is given)"
+    )
     p.add_argument("t1", help="first-date raster")
     p.add_argument("t2", help="second-date raster (same grid as T1)")
     p.add_argument("--output", "-o", required=True, help="binary change map to write (GeoTIFF)")
     p.add_argument("--intensity", default=None, help="also write the change intensity (float32 GeoTIFF)")
     p.add_argument("--model", default=None, help="a model file from 'train'; without it the pair is trained first")
-    p.add_argument("--threshold", type=_threshold, default="auto",
-                   help="auto (default: mrf for the fused intensity, otsu for --evidence hypernet), otsu, "
-                        "kmeans, mixture, mrf (the mixture regularised by each pixel's 5x5 neighbours), or a "
-                        "number")
-    p.add_argument("--evidence", default="fused", choices=["fused", "hypernet"],
-                   help="fused (default): HyperNet's distance averaged with IR-MAD and CVA, each divided by its "
-                        "median; hypernet: HyperNet's distance alone")
-    p.add_argument("--distance", default=None, choices=["mse", "cosine", "rx"],
-                   help="feature distance (default mse, the paper's)")
-    p.add_argument("--batchnorm", default="per-date", choices=["per-date", "running"],
-                   help="BatchNorm statistics at detection: each date's own (default) or training's running ones")
+    p.add_argument(
+        "--threshold",
+        type=_threshold,
+        default="auto",
+        help="auto (default: mrf for the fused intensity, otsu for --evidence hypernet), otsu, "
+        "kmeans, mixture, mrf (the mixture regularised by each pixel's 5x5 neighbours), or a "
+        "number",
+    )
+    p.add_argument(
+        "--evidence",
+        default="fused",
+        choices=["fused", "hypernet"],
+        help="fused (default): HyperNet's distance averaged with IR-MAD and CVA, each divided by its "
+        "median; hypernet: HyperNet's distance alone",
+    )
+    p.add_argument(
+        "--distance", default=None, choices=["mse", "cosine", "rx"], help="feature distance (default mse, the paper's)"
+    )
+    p.add_argument(
+        "--batchnorm",
+        default="per-date",
+        choices=["per-date", "running"],
+        help="BatchNorm statistics at detection: each date's own (default) or training's running ones",
+    )
     p.add_argument("--report", default=None, help="write an HTML report of the run")
-    p.add_argument("--save-model", default=None,
-                   help="also save the model trained on the pair (not with --model)")
+    p.add_argument("--save-model", default=None, help="also save the model trained on the pair (not with --model)")
     _add_training_args(p)
     _add_polygon_args(p)
     _add_align_args(p)
@@ -243,20 +319,33 @@ def build_parser() -> argparse.ArgumentParser:
     _add_polygon_args(p)
     _add_align_args(p)
 
-    p = sub.add_parser("series", parents=[common],
-                       help="change along a series of dates: a map per consecutive pair, first date and number of "
-                            "changes")
+    p = sub.add_parser(
+        "series",
+        parents=[common],
+        help="change along a series of dates: a map per consecutive pair, first date and number of changes",
+    )
     p.add_argument("images", nargs="+", help="the images (two or more, on one grid)")
     p.add_argument("--output-dir", required=True, help="folder for change_*.tif, first_change.tif, change_count.tif")
-    p.add_argument("--dates", default=None,
-                   help="one date per image, e.g. 2019-05-01,2020-05-01,2021-05-01 (default: from the metadata, "
-                        "else the order given); the images are ordered by date")
-    p.add_argument("--method", default="hypernet", choices=["hypernet", "cva", "sam", "irmad", "pcakmeans"],
-                   help="hypernet (trained on the series, or --model for every pair) or a classic method")
-    p.add_argument("--training", default=options.DEFAULT_SERIES_TRAINING, choices=list(options.SERIES_TRAININGS),
-                   help="hypernet: shared (default) trains one model on all consecutive pairs, once, so every "
-                        "pair's map comes from the same features (saved as series_model.hypernet); per-pair "
-                        "trains a model on each pair (N-1 trainings)")
+    p.add_argument(
+        "--dates",
+        default=None,
+        help="one date per image, e.g. 2019-05-01,2020-05-01,2021-05-01 (default: from the metadata, "
+        "else the order given); the images are ordered by date",
+    )
+    p.add_argument(
+        "--method",
+        default="hypernet",
+        choices=["hypernet", "cva", "sam", "irmad", "pcakmeans"],
+        help="hypernet (trained on the series, or --model for every pair) or a classic method",
+    )
+    p.add_argument(
+        "--training",
+        default=options.DEFAULT_SERIES_TRAINING,
+        choices=list(options.SERIES_TRAININGS),
+        help="hypernet: shared (default) trains one model on all consecutive pairs, once, so every "
+        "pair's map comes from the same features (saved as series_model.hypernet); per-pair "
+        "trains a model on each pair (N-1 trainings)",
+    )
     p.add_argument("--model", default=None, help="a HyperNet model file applied to every pair")
     p.add_argument("--threshold", type=_threshold, default=None, help="otsu, kmeans or a number (method default)")
     p.add_argument("--polygons", action="store_true", help="also write change_polygons.gpkg with the date pairs")
@@ -281,8 +370,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _config(args: argparse.Namespace) -> options.TrainConfig:
     return options.TrainConfig(
-        epochs=args.epochs, seed=args.seed, device=args.device, schedule=args.schedule,
-        learning_rate=args.learning_rate, gamma=args.gamma, width=args.width,
+        epochs=args.epochs,
+        seed=args.seed,
+        device=args.device,
+        schedule=args.schedule,
+        learning_rate=args.learning_rate,
+        gamma=args.gamma,
+        width=args.width,
         memory_budget_mb=args.memory_budget_mb,
     )
 
@@ -297,14 +391,22 @@ def job_paths(args: argparse.Namespace) -> tuple[dict[str, str | None], list[str
     """(label -> output path, inputs) of a subcommand, for core.paths.check_job_paths."""
     report = {"The report (--report)": getattr(args, "report", None)}
     if args.command == "detect":
-        return ({"The change map (--output)": args.output, "The intensity (--intensity)": args.intensity,
-                 "The model file (--save-model)": args.save_model, **report},
-                [args.t1, args.t2, args.model, args.unchanged_mask])
+        return (
+            {
+                "The change map (--output)": args.output,
+                "The intensity (--intensity)": args.intensity,
+                "The model file (--save-model)": args.save_model,
+                **report,
+            },
+            [args.t1, args.t2, args.model, args.unchanged_mask],
+        )
     if args.command == "train":
         return {"The model file (--output)": args.output, **report}, [args.t1, args.t2, args.unchanged_mask]
     if args.command == "baseline":
-        return ({"The change map (--output)": args.output, "The intensity (--intensity)": args.intensity},
-                [args.t1, args.t2])
+        return (
+            {"The change map (--output)": args.output, "The intensity (--intensity)": args.intensity},
+            [args.t1, args.t2],
+        )
     if args.command == "evaluate":
         return report, [args.change, args.reference]
     return report, [args.model]
@@ -324,14 +426,29 @@ def run(args: argparse.Namespace) -> int:
         method, value = _split_threshold(args.threshold)
         _check_polygon_args(args, [args.t1, args.t2, args.model, args.unchanged_mask, args.report])
         if args.model and args.save_model:
-            raise InputError("--save-model saves a model trained on the pair, but --model is given (nothing is "
-                             "trained). Leave one of them out.")
+            raise InputError(
+                "--save-model saves a model trained on the pair, but --model is given (nothing is "
+                "trained). Leave one of them out."
+            )
         res = pipeline.detect_files(
-            args.t1, args.t2, args.output, intensity_out=args.intensity, model=args.model, threshold=method,
-            threshold_value=value, bands=args.bands, unchanged_mask=args.unchanged_mask, distance=args.distance,
-            batchnorm=args.batchnorm, evidence=args.evidence,
-            config=_config(args), feedback=fb, align=args.align, resampling=args.resampling,
-            drop_bad_bands=not args.keep_bad_bands, drop_water=args.drop_water,
+            args.t1,
+            args.t2,
+            args.output,
+            intensity_out=args.intensity,
+            model=args.model,
+            threshold=method,
+            threshold_value=value,
+            bands=args.bands,
+            unchanged_mask=args.unchanged_mask,
+            distance=args.distance,
+            batchnorm=args.batchnorm,
+            evidence=args.evidence,
+            config=_config(args),
+            feedback=fb,
+            align=args.align,
+            resampling=args.resampling,
+            drop_bad_bands=not args.keep_bad_bands,
+            drop_water=args.drop_water,
         )
         args.written += [p for p in (args.output, args.intensity) if p]
         extra = _finish(args, res, fb, args.memory_budget_mb)
@@ -345,38 +462,82 @@ def run(args: argparse.Namespace) -> int:
             from .core.report.report import write_detection_report
 
             write_detection_report(args.report, res)
-        print(json.dumps({"output": res.change_path, "intensity": res.intensity_path, "threshold": res.threshold,
-                          "changed_pixels": res.changed_pixels, "changed_fraction": float(res.changed_fraction),
-                          **extra}))
+        print(
+            json.dumps(
+                {
+                    "output": res.change_path,
+                    "intensity": res.intensity_path,
+                    "threshold": res.threshold,
+                    "changed_pixels": res.changed_pixels,
+                    "changed_fraction": float(res.changed_fraction),
+                    **extra,
+                }
+            )
+        )
     elif args.command == "train":
-        res = pipeline.train_files(args.t1, args.t2, args.output, bands=args.bands,
-                                   unchanged_mask=args.unchanged_mask, config=_config(args), feedback=fb,
-                                   align=args.align, resampling=args.resampling,
-                                   drop_bad_bands=not args.keep_bad_bands, drop_water=args.drop_water)
+        res = pipeline.train_files(
+            args.t1,
+            args.t2,
+            args.output,
+            bands=args.bands,
+            unchanged_mask=args.unchanged_mask,
+            config=_config(args),
+            feedback=fb,
+            align=args.align,
+            resampling=args.resampling,
+            drop_bad_bands=not args.keep_bad_bands,
+            drop_water=args.drop_water,
+        )
         args.written.append(args.output)
         if args.report:
             from .core.report.report import write_training_report
 
             write_training_report(args.report, res)
-        print(json.dumps({"model": args.output, "final_loss": res.loss_history[-1], "seconds": round(res.seconds, 2),
-                          "device": res.device_name}))
+        print(
+            json.dumps(
+                {
+                    "model": args.output,
+                    "final_loss": res.loss_history[-1],
+                    "seconds": round(res.seconds, 2),
+                    "device": res.device_name,
+                }
+            )
+        )
     elif args.command == "baseline":
         method, value = _split_threshold(args.threshold)
         _check_polygon_args(args, [args.t1, args.t2])
-        res = pipeline.baseline_files(args.method, args.t1, args.t2, args.output, intensity_out=args.intensity,
-                                      threshold=method, threshold_value=value, bands=args.bands, feedback=fb,
-                                      align=args.align, resampling=args.resampling,
-                                   drop_bad_bands=not args.keep_bad_bands, drop_water=args.drop_water)
+        res = pipeline.baseline_files(
+            args.method,
+            args.t1,
+            args.t2,
+            args.output,
+            intensity_out=args.intensity,
+            threshold=method,
+            threshold_value=value,
+            bands=args.bands,
+            feedback=fb,
+            align=args.align,
+            resampling=args.resampling,
+            drop_bad_bands=not args.keep_bad_bands,
+            drop_water=args.drop_water,
+        )
         extra = _finish(args, res, fb)
-        print(json.dumps({"output": res.change_path, "threshold": res.threshold,
-                          "changed_pixels": res.changed_pixels, "changed_fraction": float(res.changed_fraction),
-                          **extra}))
+        print(
+            json.dumps(
+                {
+                    "output": res.change_path,
+                    "threshold": res.threshold,
+                    "changed_pixels": res.changed_pixels,
+                    "changed_fraction": float(res.changed_fraction),
+                    **extra,
+                }
+            )
+        )
     elif args.command == "series":
         from .core.series import series_files
 
         method, value = _split_threshold(args.threshold)
-        kwargs: dict = {"bands": args.bands, "drop_bad_bands": not args.keep_bad_bands,
-                        "drop_water": args.drop_water}
+        kwargs: dict = {"bands": args.bands, "drop_bad_bands": not args.keep_bad_bands, "drop_water": args.drop_water}
         if method is not None:
             kwargs.update(threshold=method, threshold_value=value)
         if args.method == "hypernet":
@@ -384,21 +545,44 @@ def run(args: argparse.Namespace) -> int:
         elif args.model:
             raise InputError("--model applies to --method hypernet only.")
         dates = [d.strip() for d in args.dates.split(",")] if args.dates else None
-        res = series_files(args.images, args.output_dir, dates=dates, method=args.method, training=args.training,
-                           align=args.align, resampling=args.resampling, polygons=args.polygons,
-                           min_area=args.min_area, connectivity=args.connectivity, feedback=fb, **kwargs)
-        print(json.dumps({"dates": res.dates, "images": res.images, "pair_maps": res.pair_maps,
-                          "first_change": res.first_change, "change_count": res.change_count,
-                          "polygons": res.polygons, "changed_pixels": res.changed_pixels, "training": res.training,
-                          "model": res.model, "aligned": res.aligned}))
+        res = series_files(
+            args.images,
+            args.output_dir,
+            dates=dates,
+            method=args.method,
+            training=args.training,
+            align=args.align,
+            resampling=args.resampling,
+            polygons=args.polygons,
+            min_area=args.min_area,
+            connectivity=args.connectivity,
+            feedback=fb,
+            **kwargs,
+        )
+        print(
+            json.dumps(
+                {
+                    "dates": res.dates,
+                    "images": res.images,
+                    "pair_maps": res.pair_maps,
+                    "first_change": res.first_change,
+                    "change_count": res.change_count,
+                    "polygons": res.polygons,
+                    "changed_pixels": res.changed_pixels,
+                    "training": res.training,
+                    "model": res.model,
+                    "aligned": res.aligned,
+                }
+            )
+        )
     elif args.command == "evaluate":
-        metrics = pipeline.evaluate_files(args.change, args.reference, changed=args.changed,
-                                          unchanged=args.unchanged, ignore=args.ignore)
+        metrics = pipeline.evaluate_files(
+            args.change, args.reference, changed=args.changed, unchanged=args.unchanged, ignore=args.ignore
+        )
         if args.report:
             from .core.report.report import write_evaluation_report
 
-            write_evaluation_report(args.report, args.change, args.reference, args.changed, args.unchanged,
-                                    args.ignore)
+            write_evaluation_report(args.report, args.change, args.reference, args.changed, args.unchanged, args.ignore)
         print(json.dumps(metrics, indent=1, default=float))
     elif args.command == "inspect":
         from .core.hypernet.model_metadata import read_metadata  # torch-free: inspect runs without torch
@@ -448,8 +632,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 130
         except ModuleNotFoundError as exc:
             if exc.name in ("torch", "spectral", "osgeo"):
-                print(f"error: the Python package {exc.name!r} is missing for {sys.executable}; install it "
-                      "(README: make install).", file=sys.stderr)
+                print(
+                    f"error: the Python package {exc.name!r} is missing for {sys.executable}; install it "
+                    "(README: make install).",
+                    file=sys.stderr,
+                )
                 return 2
             raise
 

@@ -60,8 +60,9 @@ def engine_path(settings_dir: str | os.PathLike | None = None) -> list[str]:
     return list(dict.fromkeys(paths))
 
 
-def engine_environment(settings_dir: str | os.PathLike | None = None,
-                       base: dict[str, str] | None = None) -> dict[str, str]:
+def engine_environment(
+    settings_dir: str | os.PathLike | None = None, base: dict[str, str] | None = None
+) -> dict[str, str]:
     """The child's environment: QGIS's (GDAL_DATA, PROJ, PATH for DLLs, ...) with the paths above on PYTHONPATH."""
     env = dict(os.environ if base is None else base)
     env["PYTHONPATH"] = os.pathsep.join(engine_path(settings_dir))
@@ -78,12 +79,16 @@ def engine_command(argv: Sequence[str], python: str | None = None) -> list[str]:
 def describe(settings_dir: str | os.PathLike | None = None, python: str | None = None) -> str:
     """One log line: which Python runs the engine and where its torch comes from."""
     folder = engine_setup.engine_dir(settings_dir) if settings_dir is not None else None
-    where = (f"the engine folder {folder}" if folder is not None and engine_setup.installed(settings_dir)
-             else "the Python packages QGIS sees")
+    where = (
+        f"the engine folder {folder}"
+        if folder is not None and engine_setup.installed(settings_dir)
+        else "the Python packages QGIS sees"
+    )
     return f"Running the HyperNet engine in a separate process: {python or engine_python()}, torch from {where}."
 
 
 # ------------------------------------------------------------------------------------------ command lines
+
 
 def _training(values: dict[str, Any]) -> list[str]:
     """The bands, known-unchanged mask and training settings (the CLI's "training" group)."""
@@ -93,9 +98,16 @@ def _training(values: dict[str, Any]) -> list[str]:
     if values.get("mask"):
         argv += ["--unchanged-mask", values["mask"]]
     config = values.get("config") or {}
-    for key, flag in (("epochs", "--epochs"), ("seed", "--seed"), ("device", "--device"),
-                      ("schedule", "--schedule"), ("learning_rate", "--learning-rate"), ("gamma", "--gamma"),
-                      ("width", "--width"), ("memory_budget_mb", "--memory-budget-mb")):
+    for key, flag in (
+        ("epochs", "--epochs"),
+        ("seed", "--seed"),
+        ("device", "--device"),
+        ("schedule", "--schedule"),
+        ("learning_rate", "--learning-rate"),
+        ("gamma", "--gamma"),
+        ("width", "--width"),
+        ("memory_budget_mb", "--memory-budget-mb"),
+    ):
         if config.get(key) is not None:
             argv += [flag, repr(config[key]) if isinstance(config[key], float) else str(config[key])]
     return argv
@@ -103,8 +115,11 @@ def _training(values: dict[str, Any]) -> list[str]:
 
 def _grid_and_bands(values: dict[str, Any]) -> list[str]:
     """Grid alignment and the bad/water bands (train, detect, series)."""
-    argv = ["--align" if values.get("align", True) else "--no-align",
-            "--resampling", values.get("resampling") or "bilinear"]
+    argv = [
+        "--align" if values.get("align", True) else "--no-align",
+        "--resampling",
+        values.get("resampling") or "bilinear",
+    ]
     if not values.get("drop_bad_bands", True):
         argv.append("--keep-bad-bands")
     if values.get("drop_water"):
@@ -138,8 +153,14 @@ def detect_argv(values: dict[str, Any]) -> list[str]:
     argv += ["--threshold", repr(float(values["threshold_value"])) if method == "fixed" else method]
     argv += ["--evidence", values.get("evidence") or "fused"]
     if values.get("polygons"):
-        argv += ["--polygons", values["polygons"], "--min-area", repr(float(values.get("min_area") or 0.0)),
-                 "--connectivity", str(values.get("connectivity", 8))]
+        argv += [
+            "--polygons",
+            values["polygons"],
+            "--min-area",
+            repr(float(values.get("min_area") or 0.0)),
+            "--connectivity",
+            str(values.get("connectivity", 8)),
+        ]
         if values.get("sieve"):
             argv.append("--sieve")
         if values.get("dates"):
@@ -149,9 +170,18 @@ def detect_argv(values: dict[str, Any]) -> list[str]:
 
 def series_argv(values: dict[str, Any]) -> list[str]:
     """``series`` for Detect change in a time series' job values with the HyperNet method."""
-    argv = ["series", *values["images"], "--output-dir", values["folder"], "--method", "hypernet",
-            "--training", values.get("training") or DEFAULT_SERIES_TRAINING, *_training(values),
-            *_grid_and_bands(values)]
+    argv = [
+        "series",
+        *values["images"],
+        "--output-dir",
+        values["folder"],
+        "--method",
+        "hypernet",
+        "--training",
+        values.get("training") or DEFAULT_SERIES_TRAINING,
+        *_training(values),
+        *_grid_and_bands(values),
+    ]
     if values.get("dates"):
         argv += ["--dates", ",".join(values["dates"])]
     if values.get("model"):
@@ -163,12 +193,17 @@ def series_argv(values: dict[str, Any]) -> list[str]:
         argv += ["--threshold", method]
     if values.get("polygons"):
         argv.append("--polygons")
-    argv += ["--min-area", repr(float(values.get("min_area") or 0.0)), "--connectivity",
-             str(values.get("connectivity", 8))]
+    argv += [
+        "--min-area",
+        repr(float(values.get("min_area") or 0.0)),
+        "--connectivity",
+        str(values.get("connectivity", 8)),
+    ]
     return argv
 
 
 # ---------------------------------------------------------------------------------------------- running
+
 
 def _reader(stream, lines: queue.Queue) -> None:
     for line in stream:
@@ -183,8 +218,14 @@ def _signal_name(code: int) -> str:
         return f"signal {code}"
 
 
-def run_engine(argv: Sequence[str], feedback, *, settings_dir: str | os.PathLike | None = None,
-               python: str | None = None, grace: float = GRACE_SECONDS) -> dict[str, Any]:
+def run_engine(
+    argv: Sequence[str],
+    feedback,
+    *,
+    settings_dir: str | os.PathLike | None = None,
+    python: str | None = None,
+    grace: float = GRACE_SECONDS,
+) -> dict[str, Any]:
     """Run ``python -m hypernet_qgis <argv>`` and return its JSON summary. Progress and messages go to ``feedback``
     (core.progress.Feedback). Cancel: SIGTERM (the CLI removes what it had started), SIGKILL after ``grace`` s.
     Raises EngineCancelled, or EngineFailed with the engine's one-line message."""
@@ -196,12 +237,22 @@ def run_engine(argv: Sequence[str], feedback, *, settings_dir: str | os.PathLike
         kwargs["start_new_session"] = True  # Ctrl-C in a terminal that started QGIS is not the engine's
     try:
         # nosec B603: QGIS's own Python, the fixed module hypernet_qgis, arguments from checked job values
-        proc = subprocess.Popen(cmd, env=engine_environment(settings_dir), stdout=subprocess.PIPE,  # nosec B603
-                                stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True, encoding="utf-8",
-                                errors="replace", **kwargs)
+        proc = subprocess.Popen(
+            cmd,
+            env=engine_environment(settings_dir),
+            stdout=subprocess.PIPE,  # nosec B603
+            stderr=subprocess.PIPE,
+            stdin=subprocess.DEVNULL,
+            text=True,
+            encoding="utf-8",
+            errors="replace",
+            **kwargs,
+        )
     except OSError as exc:
-        raise EngineFailed(f"Could not start the HyperNet engine ({cmd[0]}: {exc}). Run Set up the HyperNet "
-                           "engine (hypernet:setupengine).") from None
+        raise EngineFailed(
+            f"Could not start the HyperNet engine ({cmd[0]}: {exc}). Run Set up the HyperNet "
+            "engine (hypernet:setupengine)."
+        ) from None
     out_lines: list[str] = []
     out_thread = threading.Thread(target=lambda: out_lines.extend(proc.stdout), daemon=True)
     out_thread.start()
@@ -226,7 +277,7 @@ def run_engine(argv: Sequence[str], feedback, *, settings_dir: str | os.PathLike
                 feedback.info(line)
                 tail = (tail + [line])[-20:]
                 if line.startswith("error: "):
-                    errors.append(line[len("error: "):])
+                    errors.append(line[len("error: ") :])
         if terminated_at is None and feedback.is_cancelled() and proc.poll() is None:
             terminated_at = time.monotonic()
             proc.terminate()  # SIGTERM: the CLI unwinds (temporary files removed, nothing half-written)
@@ -251,8 +302,10 @@ def run_engine(argv: Sequence[str], feedback, *, settings_dir: str | os.PathLike
     if errors:
         raise EngineFailed(" ".join(errors))
     if code < 0:
-        raise EngineFailed(f"The HyperNet engine stopped abnormally ({_signal_name(-code)}); QGIS keeps running and "
-                           "no output was written. Run it again; if it repeats, run Set up the HyperNet engine "
-                           "with Action = repair.")
+        raise EngineFailed(
+            f"The HyperNet engine stopped abnormally ({_signal_name(-code)}); QGIS keeps running and "
+            "no output was written. Run it again; if it repeats, run Set up the HyperNet engine "
+            "with Action = repair."
+        )
     last = next((ln for ln in reversed(tail) if ln.strip()), f"exit code {code}")
     raise EngineFailed(f"The HyperNet engine failed (exit code {code}): {last}")

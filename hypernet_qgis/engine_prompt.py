@@ -116,8 +116,10 @@ def offer_setup(text: str = TEXT, at_start: bool = False) -> bool:
     if at_start:
         later = QPushButton("Not now")
         later.setObjectName("hypernetEngineLaterButton")
-        later.setToolTip("Do not show this at start-up again; Train HyperNet and Detect Change still say how to set "
-                         "up the engine when they need it.")
+        later.setToolTip(
+            "Do not show this at start-up again; Train HyperNet and Detect Change still say how to set "
+            "up the engine when they need it."
+        )
         later.clicked.connect(prompt.not_now)
         item.layout().addWidget(later)
     bar.pushWidget(item, MESSAGE_INFO)

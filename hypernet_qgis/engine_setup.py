@@ -91,8 +91,12 @@ def interpreter() -> str:
     if os.name == "nt":  # OSGeo4W and the standalone installer: python.exe beside the Python installation
         candidates = [Path(sys.exec_prefix) / "python.exe", Path(sys.exec_prefix) / "python3.exe"]
     else:  # macOS QGIS.app (Contents/MacOS/bin), Linux distributions (/usr/bin)
-        candidates = [Path(sys.exec_prefix) / "bin" / f"python{version}", Path(sys.exec_prefix) / "bin" / "python3",
-                      Path(exe).parent / "bin" / "python3", Path("/usr/bin") / f"python{version}"]
+        candidates = [
+            Path(sys.exec_prefix) / "bin" / f"python{version}",
+            Path(sys.exec_prefix) / "bin" / "python3",
+            Path(exe).parent / "bin" / "python3",
+            Path("/usr/bin") / f"python{version}",
+        ]
     for candidate in candidates:
         if candidate.is_file():
             return str(candidate)
@@ -139,8 +143,10 @@ def check_torch_version(version: str | None) -> str | None:
     """'' or None (the newest that fits) or a release such as 2.13.0 (2.13.0+cpu); ValueError otherwise."""
     version = (version or "").strip()
     if version and not _VERSION.match(version):
-        raise ValueError(f"PyTorch version {version!r} is not a release number; write e.g. 2.13.0, or leave it empty "
-                         "for the newest that fits.")
+        raise ValueError(
+            f"PyTorch version {version!r} is not a release number; write e.g. 2.13.0, or leave it empty "
+            "for the newest that fits."
+        )
     return version or None
 
 
@@ -148,17 +154,39 @@ def check_index_url(url: str | None) -> str | None:
     """'' or None (PyPI, with PyTorch's CPU index for the CPU build) or an index address; ValueError otherwise."""
     url = (url or "").strip()
     if url and not _INDEX.match(url):
-        raise ValueError(f"Package index {url!r} is not an http(s):// or file:// address of a simple index (e.g. "
-                         "https://pypi.org/simple or your organisation's mirror).")
+        raise ValueError(
+            f"Package index {url!r} is not an http(s):// or file:// address of a simple index (e.g. "
+            "https://pypi.org/simple or your organisation's mirror)."
+        )
     return url or None
 
 
-def pip_command(python: str, target: Path, constraints: Path, source: str | None = None,
-                variant: str = "auto", torch_version: str | None = None, index_url: str | None = None) -> list[str]:
+def pip_command(
+    python: str,
+    target: Path,
+    constraints: Path,
+    source: str | None = None,
+    variant: str = "auto",
+    torch_version: str | None = None,
+    index_url: str | None = None,
+) -> list[str]:
     """The pip command line: offline from a folder of wheels (``source``), from ``index_url`` (a mirror) alone,
     or from PyPI (with PyTorch's CPU index first for the CPU build). ``torch_version`` pins torch."""
-    cmd = [python, "-m", "pip", "install", "--target", str(target), "--constraint", str(constraints),
-           "--no-input", "--disable-pip-version-check", "--no-warn-script-location", "--progress-bar", "off"]
+    cmd = [
+        python,
+        "-m",
+        "pip",
+        "install",
+        "--target",
+        str(target),
+        "--constraint",
+        str(constraints),
+        "--no-input",
+        "--disable-pip-version-check",
+        "--no-warn-script-location",
+        "--progress-bar",
+        "off",
+    ]
     if source:
         cmd += ["--no-index", "--find-links", str(source)]
     elif index_url:
@@ -184,14 +212,20 @@ def drop_pinned(folder: Path) -> None:
 
 def check_import(python: str, folder: Path, timeout: float = 300) -> tuple[bool, str]:
     """Import torch and spectral from ``folder`` in a child process: (ok, torch version or the error's last line)."""
-    code = ("import sys; sys.path.insert(0, sys.argv[1]); import numpy, spectral, torch; from torch import optim; "
-            "w = torch.zeros(2, requires_grad=True); "
-            "(w * torch.from_numpy(numpy.ones(2, 'float32'))).sum().backward(); "
-            "optim.SGD([w], lr=0.1).step(); print(torch.__version__, numpy.__version__)")
+    code = (
+        "import sys; sys.path.insert(0, sys.argv[1]); import numpy, spectral, torch; from torch import optim; "
+        "w = torch.zeros(2, requires_grad=True); "
+        "(w * torch.from_numpy(numpy.ones(2, 'float32'))).sum().backward(); "
+        "optim.SGD([w], lr=0.1).step(); print(torch.__version__, numpy.__version__)"
+    )
     try:
         # nosec B603: the program is QGIS's own Python (interpreter()), the code a constant, no shell
-        proc = subprocess.run([python, "-c", code, str(folder)], capture_output=True, text=True,  # nosec B603
-                              timeout=timeout)
+        proc = subprocess.run(
+            [python, "-c", code, str(folder)],
+            capture_output=True,
+            text=True,  # nosec B603
+            timeout=timeout,
+        )
     except (OSError, subprocess.TimeoutExpired) as exc:
         return False, f"could not run {python}: {exc}"
     if proc.returncode != 0:
@@ -200,9 +234,16 @@ def check_import(python: str, folder: Path, timeout: float = 300) -> tuple[bool,
     return True, proc.stdout.strip()
 
 
-def install(settings_dir: str | os.PathLike, source: str | None = None, variant: str = "auto",
-            log: Callable[[str], None] = print, cancelled: Callable[[], bool] = lambda: False,
-            python: str | None = None, torch_version: str | None = None, index_url: str | None = None) -> dict:
+def install(
+    settings_dir: str | os.PathLike,
+    source: str | None = None,
+    variant: str = "auto",
+    log: Callable[[str], None] = print,
+    cancelled: Callable[[], bool] = lambda: False,
+    python: str | None = None,
+    torch_version: str | None = None,
+    index_url: str | None = None,
+) -> dict:
     """Install (or repair) the engine; returns its stamp. Raises RuntimeError with a one-line reason."""
     python = python or interpreter()
     final = engine_dir(settings_dir)
@@ -213,8 +254,10 @@ def install(settings_dir: str | os.PathLike, source: str | None = None, variant:
     constraints = final.parent / "constraints.txt"
     constraints.write_text("".join(f"{k}=={v}\n" for k, v in sorted(pins.items())), encoding="utf-8")
     cmd = pip_command(python, part, constraints, source, variant, torch_version, index_url)
-    log(f"Installing the HyperNet engine into {final} with {python}; keeping QGIS's "
-        f"{', '.join(f'{k} {v}' for k, v in sorted(pins.items())) or 'packages'}.")
+    log(
+        f"Installing the HyperNet engine into {final} with {python}; keeping QGIS's "
+        f"{', '.join(f'{k} {v}' for k, v in sorted(pins.items())) or 'packages'}."
+    )
     log(" ".join(cmd))
     started = time.monotonic()
     # nosec B603: QGIS's own Python running pip with a fixed argument list (pip_command), no shell
@@ -234,16 +277,27 @@ def install(settings_dir: str | os.PathLike, source: str | None = None, variant:
         shutil.rmtree(part, ignore_errors=True)
         where = f"the folder {source}" if source else index_url or "the package index"
         last = tail[-1] if tail else "no output"
-        raise RuntimeError(f"pip could not install torch and spectral from {where} ({last}). Check the network or "
-                           "the wheel folder, or see README 'When it fails'.")
+        raise RuntimeError(
+            f"pip could not install torch and spectral from {where} ({last}). Check the network or "
+            "the wheel folder, or see README 'When it fails'."
+        )
     drop_pinned(part)
     ok, detail = check_import(python, part)
     if not ok:
         shutil.rmtree(part, ignore_errors=True)
-        raise RuntimeError(f"torch was installed but does not import ({detail}); the previous engine was kept. "
-                           "See README 'When it fails'.")
-    stamp = {"torch_numpy": detail, "python": python, "source": source or index_url or "index", "variant": variant,
-             "pins": pins, "seconds": round(time.monotonic() - started, 1), "layout": LAYOUT}
+        raise RuntimeError(
+            f"torch was installed but does not import ({detail}); the previous engine was kept. "
+            "See README 'When it fails'."
+        )
+    stamp = {
+        "torch_numpy": detail,
+        "python": python,
+        "source": source or index_url or "index",
+        "variant": variant,
+        "pins": pins,
+        "seconds": round(time.monotonic() - started, 1),
+        "layout": LAYOUT,
+    }
     (part / STAMP).write_text(json.dumps(stamp, indent=1), encoding="utf-8")
     old = final.with_name(final.name + ".old")
     shutil.rmtree(old, ignore_errors=True)

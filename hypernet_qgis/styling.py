@@ -33,8 +33,15 @@ CHANGE_COUNT = "change_count"
 STACK_ORDER = {POLYGONS: 0, CHANGE: 1, INTENSITY: 2, FIRST_CHANGE: 3, CHANGE_COUNT: 4, PLAIN: 5}
 #: Colour stops (position 0..1, hex colour) of the intensity ramp (dark purple -> orange -> light yellow).
 INTENSITY_STOPS = [
-    (0.0, "#000004"), (0.13, "#1c1044"), (0.25, "#4f127b"), (0.38, "#812581"), (0.5, "#b5367a"),
-    (0.63, "#e55064"), (0.75, "#fb8761"), (0.88, "#fec287"), (1.0, "#fcfdbf"),
+    (0.0, "#000004"),
+    (0.13, "#1c1044"),
+    (0.25, "#4f127b"),
+    (0.38, "#812581"),
+    (0.5, "#b5367a"),
+    (0.63, "#e55064"),
+    (0.75, "#fb8761"),
+    (0.88, "#fec287"),
+    (1.0, "#fcfdbf"),
 ]
 CHANGE_COLORS = {0: "#dcdcdc", 1: "#e31a1c"}
 #: Colour stops of the first change (earliest pair -> latest) and of the number of changes (1 -> most).
@@ -84,14 +91,14 @@ def intensity_qml(vmin: float, vmax: float) -> str:
         value = vmin + pos * (vmax - vmin)
         items.append(f'          <item value="{value:.8g}" label="{value:.4g}" color="{colour}" alpha="255"/>')
     text = resource_path("styles", "intensity.qml").read_text(encoding="utf-8")
-    return (text.replace("@ITEMS@", "\n".join(items))
-            .replace("@MIN@", f"{vmin:.8g}").replace("@MAX@", f"{vmax:.8g}"))
+    return text.replace("@ITEMS@", "\n".join(items)).replace("@MIN@", f"{vmin:.8g}").replace("@MAX@", f"{vmax:.8g}")
 
 
 def ramp(stops: list[tuple[float, str]], n: int) -> list[str]:
     """``n`` colours (hex) evenly spaced along the colour stops (the first stop's colour for n = 1)."""
+
     def rgb(hex_colour: str) -> np.ndarray:
-        return np.array([int(hex_colour[i:i + 2], 16) for i in (1, 3, 5)], float)
+        return np.array([int(hex_colour[i : i + 2], 16) for i in (1, 3, 5)], float)
 
     out = []
     for k in range(n):
@@ -111,10 +118,16 @@ def paletted_qml(entries: list[tuple[int, str, str, int]]) -> str:
     import html
     import re
 
-    lines = "\n".join(f'        <paletteEntry value="{v}" label="{html.escape(label, quote=True)}" color="{c}" '
-                       f'alpha="{a}"/>' for v, label, c, a in entries)
-    return re.sub(r"<colorPalette>.*?</colorPalette>", lambda _: f"<colorPalette>\n{lines}\n      </colorPalette>",
-                  change_qml(), flags=re.S)
+    lines = "\n".join(
+        f'        <paletteEntry value="{v}" label="{html.escape(label, quote=True)}" color="{c}" alpha="{a}"/>'
+        for v, label, c, a in entries
+    )
+    return re.sub(
+        r"<colorPalette>.*?</colorPalette>",
+        lambda _: f"<colorPalette>\n{lines}\n      </colorPalette>",
+        change_qml(),
+        flags=re.S,
+    )
 
 
 def series_pairs(raster_path: str) -> list[str]:
@@ -207,8 +220,11 @@ def stack_layer(layer, kind: str, project) -> None:
     parent = node.parent()
     siblings = parent.children()
     rank = STACK_ORDER.get(kind, len(STACK_ORDER))
-    higher = {lid for lid, lay in project.mapLayers().items() if lid != layer.id()
-              and STACK_ORDER.get(lay.customProperty("hypernet/output"), len(STACK_ORDER)) < rank}
+    higher = {
+        lid
+        for lid, lay in project.mapLayers().items()
+        if lid != layer.id() and STACK_ORDER.get(lay.customProperty("hypernet/output"), len(STACK_ORDER)) < rank
+    }
     above = [i for i, child in enumerate(siblings) if getattr(child, "layerId", lambda: None)() in higher]
     index = max(above) + 1 if above else 0
     current = siblings.index(node)

@@ -54,8 +54,9 @@ def qgis_app():
     yield app
 
 
-def write_pair(folder: Path, bands: int = 8, rows: int = 40, cols: int = 36, seed: int = 0,
-               nodata_corner: bool = True) -> dict[str, Path]:
+def write_pair(
+    folder: Path, bands: int = 8, rows: int = 40, cols: int = 36, seed: int = 0, nodata_corner: bool = True
+) -> dict[str, Path]:
     """A small synthetic GeoTIFF pair (UTM 33N, 30 m) with smooth land cover, a gain/offset between the dates,
     an implanted changed rectangle and (optionally) a nodata corner in T1. Returns paths t1, t2, gt."""
     import numpy as np
@@ -99,5 +100,7 @@ def synthetic_pair(tmp_path: Path) -> dict[str, Path]:
 
 
 def pytest_configure(config) -> None:
-    config.addinivalue_line("markers", "network: needs the internet (pypi.org); skipped with its reason when offline, "
-                                       "deselect with -m 'not network'")
+    config.addinivalue_line(
+        "markers",
+        "network: needs the internet (pypi.org); skipped with its reason when offline, deselect with -m 'not network'",
+    )

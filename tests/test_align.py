@@ -68,8 +68,7 @@ def test_shifted_t2_gives_the_same_map_on_the_common_area(tmp_path):
         def is_cancelled(self):
             return False
 
-    res = pipeline.baseline_files("cva", t1, t2s, str(tmp_path / "aligned.tif"), resampling="nearest",
-                                  feedback=Log())
+    res = pipeline.baseline_files("cva", t1, t2s, str(tmp_path / "aligned.tif"), resampling="nearest", feedback=Log())
     ours, gt, wkt = read(res.change_path)
     assert ours.shape == (x1.shape[1] - dr, x1.shape[2] - dc)  # the common area only
     assert gt == pytest.approx((GT[0] + dc * GT[1], GT[1], 0.0, GT[3] + dr * GT[5], 0.0, GT[5]))
@@ -90,12 +89,12 @@ def test_reprojected_t2_gives_the_same_map_within_resampling(tmp_path):
     res = pipeline.baseline_files("cva", t1, t2r, str(tmp_path / "aligned.tif"))
     ours, gt, _ = read(res.change_path)
     col0, row0 = round((gt[0] - GT[0]) / GT[1]), round((gt[3] - GT[3]) / GT[5])
-    theirs = ref[row0:row0 + ours.shape[0], col0:col0 + ours.shape[1]]
+    theirs = ref[row0 : row0 + ours.shape[0], col0 : col0 + ours.shape[1]]
     scored = (ours != 255) & (theirs != 255)
     edge = np.zeros(ref.shape, bool)  # pixels within 2 of the block's edge may go either way after resampling
-    edge[BLOCK[0].start - 2:BLOCK[0].stop + 2, BLOCK[1].start - 2:BLOCK[1].stop + 2] = True
-    edge[BLOCK[0].start + 2:BLOCK[0].stop - 2, BLOCK[1].start + 2:BLOCK[1].stop - 2] = False
-    scored &= ~edge[row0:row0 + ours.shape[0], col0:col0 + ours.shape[1]]
+    edge[BLOCK[0].start - 2 : BLOCK[0].stop + 2, BLOCK[1].start - 2 : BLOCK[1].stop + 2] = True
+    edge[BLOCK[0].start + 2 : BLOCK[0].stop - 2, BLOCK[1].start + 2 : BLOCK[1].stop - 2] = False
+    scored &= ~edge[row0 : row0 + ours.shape[0], col0 : col0 + ours.shape[1]]
     assert scored.sum() > 0.8 * ours.size
     assert np.array_equal(ours[scored], theirs[scored])
 
@@ -108,12 +107,15 @@ def test_no_align_refuses_differing_grids_as_before(tmp_path):
         pipeline.baseline_files("cva", t1, t2, str(tmp_path / "c.tif"), align=False)
 
 
-@pytest.mark.parametrize("case, words", [
-    ("apart", "do not overlap"),
-    ("no_crs", "has no coordinate reference system"),
-    ("bands", "bands"),
-    ("resampling", "Unknown resampling"),
-])
+@pytest.mark.parametrize(
+    "case, words",
+    [
+        ("apart", "do not overlap"),
+        ("no_crs", "has no coordinate reference system"),
+        ("bands", "bands"),
+        ("resampling", "Unknown resampling"),
+    ],
+)
 def test_bad_pairs_are_refused_with_one_line(tmp_path, case, words):
     x1, x2 = smooth_pair()
     t1 = write(tmp_path / "t1.tif", x1)
@@ -149,6 +151,7 @@ def test_cli_aligns_by_default_and_refuses_with_no_align(tmp_path):
 
 # ------------------------------------------------------------- the windowed route (pairs over the memory budget)
 
+
 def shifted_pair(tmp_path, rows: int = 60, cols: int = 70, dc: int = 7, dr: int = 4) -> tuple[str, str]:
     """T1 and a T2 on a grid ``dc`` columns right and ``dr`` rows down of T1's (nodata beyond the scene)."""
     x1, x2 = smooth_pair(rows, cols)
@@ -162,8 +165,10 @@ def _features(path) -> list[tuple]:
     from osgeo import ogr
 
     ds = ogr.Open(str(path))
-    out = sorted((f["pixels"], f["area_ha"], round(f["mean_intensity"], 3), f.GetGeometryRef().ExportToWkt())
-                 for f in ds.GetLayer(0))
+    out = sorted(
+        (f["pixels"], f["area_ha"], round(f["mean_intensity"], 3), f.GetGeometryRef().ExportToWkt())
+        for f in ds.GetLayer(0)
+    )
     ds = None
     return out
 
@@ -181,14 +186,24 @@ def test_windowed_route_aligns_and_polygonises_like_the_in_memory_route(tmp_path
     got = {}
     for name, budget in (("memory", 4096), ("windows", 0.02)):
         cfg = TrainConfig(epochs=3, device="cpu", crop_size=16, pixels_per_step=256, memory_budget_mb=budget)
-        res = pipeline.detect_files(t1, t2, str(tmp_path / f"{name}.tif"), intensity_out=str(tmp_path / f"{name}_i.tif"),
-                                    config=cfg, evidence="hypernet", resampling="nearest")
+        res = pipeline.detect_files(
+            t1,
+            t2,
+            str(tmp_path / f"{name}.tif"),
+            intensity_out=str(tmp_path / f"{name}_i.tif"),
+            config=cfg,
+            evidence="hypernet",
+            resampling="nearest",
+        )
         finish_detection(res, polygons_out=str(tmp_path / f"{name}.gpkg"), memory_budget_mb=budget)
         assert "warped onto T1's grid" in res.extra["align"]
         assert res.extra.get("streamed", False) is (name == "windows")
         write_detection_report(str(tmp_path / f"{name}.html"), res)
-        got[name] = (read(tmp_path / f"{name}.tif"), read(tmp_path / f"{name}_i.tif")[0],
-                     _features(tmp_path / f"{name}.gpkg"))
+        got[name] = (
+            read(tmp_path / f"{name}.tif"),
+            read(tmp_path / f"{name}_i.tif")[0],
+            _features(tmp_path / f"{name}.gpkg"),
+        )
     (mem, mem_gt, mem_crs), mem_i, mem_p = got["memory"]
     (win, win_gt, win_crs), win_i, win_p = got["windows"]
     assert mem.shape == (56, 63) and (mem_gt, mem_crs) == (win_gt, win_crs)
@@ -212,17 +227,44 @@ def test_cli_windowed_detect_with_align_and_polygons(tmp_path):
     assert r.returncode == 0, r.stderr
     runs = {}
     for name, budget in (("memory", "4096"), ("windows", "1")):
-        r = cli("detect", t1, t2, "--model", model, "-o", str(tmp_path / f"{name}.tif"),
-                "--polygons", str(tmp_path / f"{name}.gpkg"), "--report", str(tmp_path / f"{name}.html"),
-                "--memory-budget-mb", budget, "--device", "cpu")
+        r = cli(
+            "detect",
+            t1,
+            t2,
+            "--model",
+            model,
+            "-o",
+            str(tmp_path / f"{name}.tif"),
+            "--polygons",
+            str(tmp_path / f"{name}.gpkg"),
+            "--report",
+            str(tmp_path / f"{name}.html"),
+            "--memory-budget-mb",
+            budget,
+            "--device",
+            "cpu",
+        )
         assert r.returncode == 0, r.stderr
         assert "Align: T2 (t2_shifted.tif) warped onto T1's grid" in r.stderr
         assert ("read, standardised and used by windows" in r.stderr) is (name == "windows")
         runs[name] = read(tmp_path / f"{name}.tif")[0], _features(tmp_path / f"{name}.gpkg")
     assert np.array_equal(runs["memory"][0], runs["windows"][0]) and runs["memory"][0].shape == (126, 133)
     assert runs["memory"][1] == runs["windows"][1]
-    r = cli("detect", t1, t2, "-o", str(tmp_path / "fused.tif"), "--epochs", "1", "--memory-budget-mb", "1",
-            "--device", "cpu", "--polygons", str(tmp_path / "fused.gpkg"))
+    r = cli(
+        "detect",
+        t1,
+        t2,
+        "-o",
+        str(tmp_path / "fused.tif"),
+        "--epochs",
+        "1",
+        "--memory-budget-mb",
+        "1",
+        "--device",
+        "cpu",
+        "--polygons",
+        str(tmp_path / "fused.gpkg"),
+    )
     assert r.returncode == 0, r.stderr
     assert "IR-MAD reads the windowed pair by strips" in r.stderr and (tmp_path / "fused.gpkg").exists()
 

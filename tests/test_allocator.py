@@ -17,8 +17,7 @@ needs_tcmalloc = pytest.mark.skipif(TCMALLOC is None, reason="tcmalloc is not in
 
 
 def clean_env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("LD_PRELOAD", allocator.ENV_CHOICE, allocator.ENV_DONE)}
+    env = {k: v for k, v in os.environ.items() if k not in ("LD_PRELOAD", allocator.ENV_CHOICE, allocator.ENV_DONE)}
     env.update(extra)
     return env
 
@@ -39,9 +38,27 @@ def test_preload_environment_rules():
 
 
 def _train_log(env: dict[str, str], tmp_path: Path, synthetic_pair) -> str:
-    out = subprocess.run([sys.executable, "-m", "hypernet_qgis", "train", str(synthetic_pair["t1"]),
-                          str(synthetic_pair["t2"]), "--output", str(tmp_path / "m.hypernet"), "--epochs", "1",
-                          "--device", "cpu"], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "hypernet_qgis",
+            "train",
+            str(synthetic_pair["t1"]),
+            str(synthetic_pair["t2"]),
+            "--output",
+            str(tmp_path / "m.hypernet"),
+            "--epochs",
+            "1",
+            "--device",
+            "cpu",
+        ],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert out.returncode == 0, out.stderr
     assert "large alloc" not in out.stderr
     return out.stderr

@@ -50,9 +50,12 @@ def import_graph() -> dict[str, set[str]]:
     files = [p for p in PACKAGE.rglob("*.py") if "__pycache__" not in p.parts]
     modules = {_module_name(p) for p in files}
     # a package's __init__ is imported with any of its modules; edges to it do not make cycles by themselves
-    return {_module_name(p): {m for m in _imports(p, modules) if not PACKAGE.joinpath(*m.split(".")[1:],
-                                                                                       "__init__.py").exists()}
-            for p in files}
+    return {
+        _module_name(p): {
+            m for m in _imports(p, modules) if not PACKAGE.joinpath(*m.split(".")[1:], "__init__.py").exists()
+        }
+        for p in files
+    }
 
 
 def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
@@ -104,15 +107,26 @@ def test_no_import_cycles():
 def test_the_core_imports_no_qgis():
     for path in (PACKAGE / "core").rglob("*.py"):
         for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
-            names = [a.name for a in node.names] if isinstance(node, ast.Import) else (
-                [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            names = (
+                [a.name for a in node.names]
+                if isinstance(node, ast.Import)
+                else ([node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            )
             assert not any(n == "qgis" or n.startswith(("qgis.", "processing")) for n in names), path
 
 
-@pytest.mark.parametrize("module", ["hypernet_qgis.core.options", "hypernet_qgis.core.pipeline",
-                                    "hypernet_qgis.core.pair", "hypernet_qgis.core.classic.baselines",
-                                    "hypernet_qgis.core.classic.evaluation", "hypernet_qgis.cli",
-                                    "hypernet_qgis.core.hypernet.model_metadata"])
+@pytest.mark.parametrize(
+    "module",
+    [
+        "hypernet_qgis.core.options",
+        "hypernet_qgis.core.pipeline",
+        "hypernet_qgis.core.pair",
+        "hypernet_qgis.core.classic.baselines",
+        "hypernet_qgis.core.classic.evaluation",
+        "hypernet_qgis.cli",
+        "hypernet_qgis.core.hypernet.model_metadata",
+    ],
+)
 def test_torch_free_modules(module):
     """The classic detectors and evaluation run without torch; importing their modules must not load it."""
     code = f"import sys, {module}; print('torch' in sys.modules)"

@@ -19,8 +19,9 @@ from hypernet_qgis.core.io.atomic import atomic_file, disk_error, remove_stale_t
 
 
 def _dead_pid() -> int:
-    proc = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True,
-                          check=True)
+    proc = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True, check=True
+    )
     return int(proc.stdout)
 
 
@@ -37,9 +38,16 @@ def test_alive_only_asks_and_never_signals():
     assert atomic._alive(os.getpid())
     assert not atomic._alive(_dead_pid())
     # the child hangs up on SIGHUP even when started under nohup (which makes it ignore SIGHUP)
-    child = subprocess.Popen([sys.executable, "-c", "import signal, time; signal.signal(signal.SIGHUP, "
-                              "signal.SIG_DFL); print('ready', flush=True); time.sleep(60)"],
-                             stdout=subprocess.PIPE, text=True)
+    child = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import signal, time; signal.signal(signal.SIGHUP, "
+            "signal.SIG_DFL); print('ready', flush=True); time.sleep(60)",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert child.stdout.readline() == "ready\n"
         assert atomic._alive(child.pid)
@@ -98,12 +106,15 @@ def test_disk_error_messages():
     for code in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
         err = disk_error(OSError(code, os.strerror(code)), "the model file", "/d/m.pt")
         assert isinstance(err, InputError)
-        assert str(err) == (f"Could not write the model file /d/m.pt: {os.strerror(code)} (nothing was changed). "
-                            "Free disk space or choose another folder.")
+        assert str(err) == (
+            f"Could not write the model file /d/m.pt: {os.strerror(code)} (nothing was changed). "
+            "Free disk space or choose another folder."
+        )
     err = disk_error(OSError(errno.EACCES, "Permission denied"), "the report", "/d/r.html")
     assert str(err) == "Could not write the report /d/r.html: Permission denied. Choose another output path."
     assert str(disk_error(OSError("odd"), "the report", "r.html")) == (
-        "Could not write the report r.html: odd. Choose another output path.")
+        "Could not write the report r.html: odd. Choose another output path."
+    )
 
 
 def test_replace_together_replaces_all_and_leaves_no_backup(tmp_path):
@@ -171,20 +182,25 @@ def test_atomic_file_refusals_and_disk_errors(tmp_path):
     with pytest.raises(InputError) as info:
         with atomic_file(missing / "m.pt", "the model file", "model.pt"):
             pass
-    assert str(info.value) == (f"Cannot write the model file {missing / 'm.pt'}: the folder {missing} does not "
-                               "exist. Create it or choose another output path.")
+    assert str(info.value) == (
+        f"Cannot write the model file {missing / 'm.pt'}: the folder {missing} does not "
+        "exist. Create it or choose another output path."
+    )
     with pytest.raises(InputError) as info:
         with atomic_file(tmp_path, "the model file", "model.pt"):
             pass
-    assert str(info.value) == (f"Cannot write the model file {tmp_path}: it is a folder. Give a file name such as "
-                               "model.pt.")
+    assert str(info.value) == (
+        f"Cannot write the model file {tmp_path}: it is a folder. Give a file name such as model.pt."
+    )
     target = tmp_path / "m.pt"
     target.write_bytes(b"old")
     with pytest.raises(InputError) as info:
         with atomic_file(target, "the model file", "model.pt"):
             raise OSError(errno.ENOSPC, "No space left on device")
-    assert str(info.value) == (f"Could not write the model file {target}: No space left on device (nothing was "
-                               "changed). Free disk space or choose another folder.")
+    assert str(info.value) == (
+        f"Could not write the model file {target}: No space left on device (nothing was "
+        "changed). Free disk space or choose another folder."
+    )
     assert target.read_bytes() == b"old"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.pt"]
     # leftovers of a killed run beside the target are removed when the next write starts

@@ -72,14 +72,15 @@ def write_tif(path, arr, band_md: dict[int, dict] | None = None, dataset_md: dic
     return str(path)
 
 
-HEADER = ("wavelength units = Nanometers\nwavelength = {450, 900, 1400, 1850, 2200, 2480}\n"
-          "bbl = {1, 0, 1, 1, 1, 0}\n")
+HEADER = "wavelength units = Nanometers\nwavelength = {450, 900, 1400, 1850, 2200, 2480}\nbbl = {1, 0, 1, 1, 1, 0}\n"
 
 
 @pytest.fixture
 def envi_pair(tmp_path):
-    return (write_envi(tmp_path / "t1.img", cube(0, garbage=(2, 6)), HEADER),
-            write_envi(tmp_path / "t2.img", cube(1, garbage=(2, 6)), HEADER))
+    return (
+        write_envi(tmp_path / "t1.img", cube(0, garbage=(2, 6)), HEADER),
+        write_envi(tmp_path / "t2.img", cube(1, garbage=(2, 6)), HEADER),
+    )
 
 
 def test_envi_bbl_is_read(envi_pair):
@@ -101,8 +102,7 @@ def test_choose_bands_drops_bad_then_water_and_says_so(envi_pair):
     assert any("marks bad in the ENVI header's bbl: 2, 6" in m for m in log.lines)
     log = Log()
     assert bands.choose_bands(*envi_pair, None, drop_water=True, feedback=log) == [1, 5]
-    assert any("2 water-absorption bands (1350-1450 nm, 1800-1950 nm, beyond 2450 nm): 3-4" in m
-               for m in log.lines)
+    assert any("2 water-absorption bands (1350-1450 nm, 1800-1950 nm, beyond 2450 nm): 3-4" in m for m in log.lines)
     assert bands.choose_bands(*envi_pair, None, drop_bad=False) is None
     assert bands.choose_bands(*envi_pair, [1, 2, 3], drop_bad=True) == [1, 3]
     assert bands.water_bands(WAVELENGTHS) == [3, 4, 6]
@@ -112,8 +112,9 @@ def test_choose_bands_drops_bad_then_water_and_says_so(envi_pair):
 def test_bad_bands_are_left_out_of_the_detection(envi_pair, tmp_path):
     """The noise bands marked bad would flag change everywhere; left out, the map is that of the good bands."""
     honoured = pipeline.baseline_files("cva", *envi_pair, str(tmp_path / "a.tif"))
-    by_hand = pipeline.baseline_files("cva", *envi_pair, str(tmp_path / "b.tif"), bands=[1, 3, 4, 5],
-                                      drop_bad_bands=False)
+    by_hand = pipeline.baseline_files(
+        "cva", *envi_pair, str(tmp_path / "b.tif"), bands=[1, 3, 4, 5], drop_bad_bands=False
+    )
     ignored = pipeline.baseline_files("cva", *envi_pair, str(tmp_path / "c.tif"), drop_bad_bands=False)
     assert np.array_equal(honoured.binary, by_hand.binary)
     assert honoured.pair.bands == [1, 3, 4, 5]
@@ -123,8 +124,7 @@ def test_bad_bands_are_left_out_of_the_detection(envi_pair, tmp_path):
 
 def test_water_bands_without_wavelengths_get_a_clear_message(tmp_path):
     t1, t2 = write_tif(tmp_path / "t1.tif", cube(0)), write_tif(tmp_path / "t2.tif", cube(1))
-    with pytest.raises(InputError, match="needs the band wavelengths, but neither t1.tif nor t2.tif gives them") \
-            as err:
+    with pytest.raises(InputError, match="needs the band wavelengths, but neither t1.tif nor t2.tif gives them") as err:
         pipeline.baseline_files("cva", t1, t2, str(tmp_path / "c.tif"), drop_water=True)
     assert "\n" not in str(err.value) and not (tmp_path / "c.tif").exists()
 
@@ -171,13 +171,15 @@ def test_a_model_applies_by_wavelength_to_a_scene_with_another_band_subset(tmp_p
     log = Log()
     on_b = pipeline.detect_files(b1, b2, str(tmp_path / "cb.tif"), model=model, feedback=log)
     assert on_b.pair.bands == [1, 2, 3, 4]
-    assert any("Bands chosen by wavelength to match the model: 1-4 (the model's own numbers were 2-5)" in m
-               for m in log.lines)
+    assert any(
+        "Bands chosen by wavelength to match the model: 1-4 (the model's own numbers were 2-5)" in m for m in log.lines
+    )
     np.testing.assert_allclose(on_a.intensity, on_b.intensity, rtol=1e-5, atol=1e-6)
-    shifted = {i: {"wavelength": str(float(v["wavelength"]) + 30.0), "wavelength_units": "nm"}
-               for i, v in wl_b.items()}
+    shifted = {i: {"wavelength": str(float(v["wavelength"]) + 30.0), "wavelength_units": "nm"} for i, v in wl_b.items()}
     c1 = write_tif(tmp_path / "c1.tif", x1[1:], band_md=shifted)
     c2 = write_tif(tmp_path / "c2.tif", x2[1:], band_md=shifted)
-    with pytest.raises(InputError, match="4 of them at wavelengths c1.tif does not have .within 5 nm.: 900.0, "
-                                         "1400.0, 1850.0, 2200.0 nm"):
+    with pytest.raises(
+        InputError,
+        match="4 of them at wavelengths c1.tif does not have .within 5 nm.: 900.0, 1400.0, 1850.0, 2200.0 nm",
+    ):
         pipeline.detect_files(c1, c2, str(tmp_path / "cc.tif"), model=model)

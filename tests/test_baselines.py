@@ -28,14 +28,14 @@ def synthetic_pair(seed: int = 0, bands: int = 6, size: int = 48):
     """T2 = gain * T1 + offset + noise, with a 12 x 12 square (and a NaN pixel) of implanted change."""
     rng = np.random.default_rng(seed)
     classes = rng.normal(100, 30, size=(4, bands))
-    labels = (np.add.outer(np.arange(size) // 12, np.arange(size) // 16) % 4)
+    labels = np.add.outer(np.arange(size) // 12, np.arange(size) // 16) % 4
     x1 = classes[labels].transpose(2, 0, 1) + rng.normal(0, 3, (bands, size, size))
     gain = rng.uniform(0.8, 1.2, bands)[:, None, None]
     x2 = gain * x1 + rng.uniform(-10, 10, bands)[:, None, None] + rng.normal(0, 3, (bands, size, size))
     truth = np.zeros((size, size), np.uint8)
     truth[30:42, 6:18] = 1
     foreign = rng.normal(100, 30, bands)
-    x2[:, truth == 1] = (foreign[:, None] + rng.normal(0, 3, (bands, int(truth.sum()))))
+    x2[:, truth == 1] = foreign[:, None] + rng.normal(0, 3, (bands, int(truth.sum())))
     x1, x2 = x1.astype(np.float32), x2.astype(np.float32)
     valid = np.ones((size, size), bool)
     valid[0, 0] = False
@@ -44,6 +44,7 @@ def synthetic_pair(seed: int = 0, bands: int = 6, size: int = 48):
 
 
 # ------------------------------------------------------------------------------------------ hand values
+
 
 def test_cva_hand_computed():
     # one band per date; z-scores of [1, 3] are [-1, 1] and of [10, 30] are [-1, 1] -> no change at all
@@ -58,8 +59,7 @@ def test_sam_hand_computed():
     x1 = np.array([[[1, 1, 1, 0, 0]], [[0, 1, 0, 0, 0]]], np.float32)
     x2 = np.array([[[0, 2, 1, 0, 3]], [[1, 2, 1, 0, 0]]], np.float32)
     valid = np.ones((1, 5), bool)
-    np.testing.assert_allclose(sam(x1, x2, valid)[0], [math.pi / 2, 0.0, math.pi / 4, 0.0, math.pi / 2],
-                               atol=1e-7)
+    np.testing.assert_allclose(sam(x1, x2, valid)[0], [math.pi / 2, 0.0, math.pi / 4, 0.0, math.pi / 2], atol=1e-7)
     # small angles stay accurate (arccos would round 1 - 5e-13 away)
     a = np.array([[[1.0]], [[0.0]]])
     b = np.array([[[1.0]], [[1e-6]]])
@@ -79,6 +79,7 @@ def test_chi2_survival_function():
 
 
 # ------------------------------------------------------------------------------------------- invariances
+
 
 def test_irmad_is_invariant_to_linear_band_mixing():
     """MAD variates do not change when either date's bands are replaced by invertible linear combinations."""
@@ -119,6 +120,7 @@ def test_sam_ignores_illumination_cva_ignores_gain_offset():
 
 # -------------------------------------------------------------------------------------- implanted change
 
+
 @pytest.mark.parametrize("name", ["cva", "sam", "irmad", "pca_kmeans"])
 def test_each_baseline_finds_the_implanted_change(name):
     x1, x2, valid, truth = synthetic_pair(0)
@@ -146,6 +148,7 @@ def test_registry():
 
 
 # ------------------------------------------------------------------------------------------ real data
+
 
 def _scores(intensity, valid, reference, method):
     thr = compute_threshold(intensity[valid], method)
@@ -213,6 +216,7 @@ def test_pca_kmeans_neighbourhood_features_by_row_chunks():
 
 # ------------------------------------------------------------------------------------ IR-MAD by strips
 
+
 def _window_reader(tmp_path, name, x):
     """``x`` (bands, rows, cols) as a windowed pair's scratch file (pixel-interleaved float32)."""
     from hypernet_qgis.core.io.streaming import WindowReader
@@ -274,19 +278,24 @@ def test_refusals_word_for_word():
         return str(info.value)
 
     assert error(ValueError, cva, x1, x2[:2], valid) == (
-        "dates must be (bands, rows, cols) of equal shape, got (3, 8, 8) and (2, 8, 8)")
+        "dates must be (bands, rows, cols) of equal shape, got (3, 8, 8) and (2, 8, 8)"
+    )
     assert error(ValueError, sam, x1[0], x2[0], valid) == (
-        "dates must be (bands, rows, cols) of equal shape, got (8, 8) and (8, 8)")
+        "dates must be (bands, rows, cols) of equal shape, got (8, 8) and (8, 8)"
+    )
     assert error(ValueError, cva, x1, x2, np.ones((8, 7), bool)) == "valid mask (8, 7) does not match images (8, 8)"
     assert error(InputError, cva, x1, x2, np.zeros((8, 8), bool)) == (
-        "No pixel is valid in both dates; check the nodata values and that the images overlap.")
+        "No pixel is valid in both dates; check the nodata values and that the images overlap."
+    )
     assert error(ValueError, chi2_sf, np.array([1.0]), 0) == "dof must be >= 1"
     flat = np.ones_like(x1)
     assert error(InputError, irmad, flat, x2, valid) == (
-        "IR-MAD needs at least one band that is not constant in both dates.")
+        "IR-MAD needs at least one band that is not constant in both dates."
+    )
     assert error(ValueError, pca_kmeans, x1, x2, valid, h=1) == "block size h must be >= 2"
     assert error(InputError, pca_kmeans, x1[:, :3, :5], x2[:, :3, :5], valid[:3, :5], h=4) == (
-        "The image (5 x 3) is smaller than one 4 x 4 block; use a larger area.")
+        "The image (5 x 3) is smaller than one 4 x 4 block; use a larger area."
+    )
 
 
 def _pca_kmeans_by_hand(x1, x2, valid, h=4, variance=0.9):
@@ -297,14 +306,14 @@ def _pca_kmeans_by_hand(x1, x2, valid, h=4, variance=0.9):
     blocks, block_ok = [], []
     for i in range(rows // h):
         for j in range(cols // h):
-            blocks.append(d[i * h:(i + 1) * h, j * h:(j + 1) * h].ravel())
-            block_ok.append(valid[i * h:(i + 1) * h, j * h:(j + 1) * h].all())
+            blocks.append(d[i * h : (i + 1) * h, j * h : (j + 1) * h].ravel())
+            block_ok.append(valid[i * h : (i + 1) * h, j * h : (j + 1) * h].all())
     blocks, block_ok = np.array(blocks), np.array(block_ok)
     if block_ok.sum() >= 2:
         blocks = blocks[block_ok]
     mean = blocks.mean(axis=0)
     _, sv, vt = np.linalg.svd(blocks - mean, full_matrices=False)
-    share = np.cumsum(sv ** 2) / np.sum(sv ** 2)
+    share = np.cumsum(sv**2) / np.sum(sv**2)
     s = int(np.argmax(share >= variance - 1e-12)) + 1  # the fewest components that explain `variance`
 
     def mirror(k, n):  # numpy's "symmetric" padding: the edge pixel is repeated
@@ -314,8 +323,11 @@ def _pca_kmeans_by_hand(x1, x2, valid, h=4, variance=0.9):
     for r in range(rows):
         for c in range(cols):
             if valid[r, c]:
-                win = [d[mirror(r + a, rows), mirror(c + b, cols)] for a in range(-(h // 2), (h - 1) // 2 + 1)
-                       for b in range(-(h // 2), (h - 1) // 2 + 1)]
+                win = [
+                    d[mirror(r + a, rows), mirror(c + b, cols)]
+                    for a in range(-(h // 2), (h - 1) // 2 + 1)
+                    for b in range(-(h // 2), (h - 1) // 2 + 1)
+                ]
                 feats.append((np.array(win) - mean) @ vt[:s].T)
     feats, dv = np.array(feats), d[valid]
     centres = np.stack([feats[dv <= np.median(dv)].mean(axis=0), feats[dv >= np.quantile(dv, 0.95)].mean(axis=0)])
@@ -331,17 +343,20 @@ def _pca_kmeans_by_hand(x1, x2, valid, h=4, variance=0.9):
     return dist[:, 1 - changed] - dist[:, changed]
 
 
-@pytest.mark.parametrize("rows, cols, h, invalid", [
-    (13, 14, None, [(0, 0), (5, 9), (12, 13)]),  # the default block size, invalid pixels at the borders
-    (8, 8, 4, [(1, 1), (6, 2)]),  # two of the four blocks hold an invalid pixel: PCA from the other two
-    (12, 6, 4, []),  # one block wide
-    (9, 7, 2, [(4, 4)]),  # the smallest block
-])
+@pytest.mark.parametrize(
+    "rows, cols, h, invalid",
+    [
+        (13, 14, None, [(0, 0), (5, 9), (12, 13)]),  # the default block size, invalid pixels at the borders
+        (8, 8, 4, [(1, 1), (6, 2)]),  # two of the four blocks hold an invalid pixel: PCA from the other two
+        (12, 6, 4, []),  # one block wide
+        (9, 7, 2, [(4, 4)]),  # the smallest block
+    ],
+)
 def test_pca_kmeans_equals_the_method_written_out(rows, cols, h, invalid):
     rng = np.random.default_rng(rows * 100 + cols)
     x1 = rng.normal(size=(3, rows, cols)).astype(np.float32)
     x2 = x1 + rng.normal(scale=0.3, size=x1.shape).astype(np.float32)
-    x2[:, rows // 3: rows // 3 + 3, 1:4] += 2.5  # a changed patch
+    x2[:, rows // 3 : rows // 3 + 3, 1:4] += 2.5  # a changed patch
     valid = np.ones((rows, cols), bool)
     for r, c in invalid:
         valid[r, c] = False

@@ -57,6 +57,7 @@ def test_detection_uses_each_dates_own_statistics():
 
 # --- tiled calibration: the same statistics streamed over haloed tiles ------------------------------------------
 
+
 def _affine_model(bands: int = 6, width: int = 16) -> HyperNet:
     """Float64, eval mode, with BatchNorm affine parameters of both signs (the channel max then matters)."""
     model = _model(bands, width)
@@ -137,8 +138,9 @@ def test_pooled_statistics_are_passed_explicitly():
     x = np.random.default_rng(5).normal(0.5, 2.0, (6, 23, 29))
     pooled = pooled_statistics(model, x, 10)
     recomputed = fused_features_tiled(model, x, 10, "cpu")
-    np.testing.assert_allclose(fused_features_tiled(model, x, 10, "cpu", pooled=pooled), recomputed,
-                               rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(
+        fused_features_tiled(model, x, 10, "cpu", pooled=pooled), recomputed, rtol=1e-12, atol=1e-12
+    )
     other = pooled_statistics(model, x + 1.0, 10)
     assert np.abs(fused_features_tiled(model, x, 10, "cpu", pooled=other) - recomputed).max() > 1e-6
     assert not hasattr(model, "pooled_statistics_of")  # no hidden cache on the model

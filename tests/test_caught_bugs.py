@@ -55,8 +55,9 @@ def test_nodata_of_either_date_is_nodata_in_the_map(pair, tmp_path):
     loaded = pipeline.load_pair(str(pair["t1"]), str(pair["t2"]))
     assert not loaded.valid[T2_HOLE].any() and not loaded.valid[:3, :3].any()
     assert loaded.valid.sum() == 40 * 36 - 9 - 36
-    res = pipeline.baseline_files("cva", str(pair["t1"]), str(pair["t2"]), str(tmp_path / "c.tif"),
-                                  intensity_out=str(tmp_path / "i.tif"))
+    res = pipeline.baseline_files(
+        "cva", str(pair["t1"]), str(pair["t2"]), str(tmp_path / "c.tif"), intensity_out=str(tmp_path / "i.tif")
+    )
     change, nodata = _map(tmp_path / "c.tif")
     assert nodata == 255 and (change[T2_HOLE] == 255).all() and (change[:3, :3] == 255).all()
     assert set(np.unique(change[loaded.valid])) <= {0, 1} and res.valid_pixels == loaded.valid.sum()
@@ -69,8 +70,14 @@ def test_windowed_path_writes_nodata_255(pair, tmp_path):
     t1, t2 = str(pair["t1"]), str(pair["t2"])
     model = tmp_path / "m.hypernet"
     pipeline.train_files(t1, t2, str(model), config=TrainConfig(epochs=2, device="cpu"))
-    res = pipeline.detect_files(t1, t2, str(tmp_path / "b.tif"), intensity_out=str(tmp_path / "bi.tif"),
-                                model=str(model), config=TrainConfig(device="cpu", memory_budget_mb=0.1))
+    res = pipeline.detect_files(
+        t1,
+        t2,
+        str(tmp_path / "b.tif"),
+        intensity_out=str(tmp_path / "bi.tif"),
+        model=str(model),
+        config=TrainConfig(device="cpu", memory_budget_mb=0.1),
+    )
     assert res.extra.get("streamed")
     change, nodata = _map(tmp_path / "b.tif")
     assert nodata == 255 and (change[T2_HOLE] == 255).all() and (change[:3, :3] == 255).all()
@@ -115,8 +122,9 @@ def test_a_set_of_outputs_is_replaced_together(tmp_path):
 def test_writer_verifies_every_pixel_and_checks_gdal_errors(tmp_path):
     """The writer refuses to rename a file GDAL could not write whole (here: GDAL exceptions on, a full disk
     simulated by a file-size limit is in test_hostile_cli); a good write reads back equal."""
-    like = raster_io.RasterInfo(str(tmp_path / "x"), 20, 30, 1, (0.0, 1.0, 0.0, 0.0, 0.0, -1.0), "", [None], None,
-                                ["b"], "Float32")
+    like = raster_io.RasterInfo(
+        str(tmp_path / "x"), 20, 30, 1, (0.0, 1.0, 0.0, 0.0, 0.0, -1.0), "", [None], None, ["b"], "Float32"
+    )
     arr = np.random.default_rng(0).normal(size=(20, 30)).astype(np.float32)
     arr[3, 4] = np.nan
     gdal.UseExceptions()
@@ -155,16 +163,17 @@ def _small_pair(seed: int = 0):
 def test_gamma_changes_the_training():
     """Bug: the training loop ignores config.gamma."""
     x1, x2, valid = _small_pair()
-    runs = {g: train_hypernet(x1, x2, valid, TrainConfig(epochs=3, device="cpu", seed=4, gamma=g)).loss_history
-            for g in (0.0, 1.0, 2.0)}
+    runs = {
+        g: train_hypernet(x1, x2, valid, TrainConfig(epochs=3, device="cpu", seed=4, gamma=g)).loss_history
+        for g in (0.0, 1.0, 2.0)
+    }
     assert runs[0.0] != runs[1.0] != runs[2.0] != runs[0.0]
 
 
 def test_learning_rate_follows_the_cosine_schedule():
     """Bug: the cosine learning-rate decay removed (observed with torch's global optimizer step hook)."""
     seen: list[float] = []
-    handle = register_optimizer_step_pre_hook(
-        lambda opt, args, kwargs: seen.append(opt.param_groups[0]["lr"]))
+    handle = register_optimizer_step_pre_hook(lambda opt, args, kwargs: seen.append(opt.param_groups[0]["lr"]))
     try:
         x1, x2, valid = _small_pair()
         train_hypernet(x1, x2, valid, TrainConfig(epochs=8, device="cpu", learning_rate=0.04))
@@ -198,8 +207,9 @@ def test_styling_survives_an_unreadable_intensity(tmp_path, qgis_app):
     """qgis_process crashed in styling.py ('NoneType' object has no attribute 'astype') on a damaged output."""
     from hypernet_qgis.styling import intensity_range
 
-    like = raster_io.RasterInfo(str(tmp_path / "x"), 64, 64, 1, (0.0, 1.0, 0.0, 0.0, 0.0, -1.0), "", [None], None,
-                                ["b"], "Float32")
+    like = raster_io.RasterInfo(
+        str(tmp_path / "x"), 64, 64, 1, (0.0, 1.0, 0.0, 0.0, 0.0, -1.0), "", [None], None, ["b"], "Float32"
+    )
     path = tmp_path / "i.tif"
     raster_io.write_raster(path, np.random.default_rng(0).normal(size=(64, 64)).astype(np.float32), like)
     data = path.read_bytes()

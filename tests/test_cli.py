@@ -13,8 +13,9 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "hypernet_qgis", *args], cwd=REPO, capture_output=True, text=True,
-                          timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "hypernet_qgis", *args], cwd=REPO, capture_output=True, text=True, timeout=300
+    )
 
 
 def test_help_lists_every_command():
@@ -30,8 +31,19 @@ def test_train_detect_evaluate_baseline(synthetic_pair, tmp_path):
     r = cli("train", t1, t2, "--output", str(model), "--epochs", "3", "--seed", "1", "--device", "cpu")
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout)["model"] == str(model) and "epoch 3/3" in r.stderr
-    r = cli("detect", t1, t2, "--output", str(change), "--intensity", str(inten), "--model", str(model),
-            "--threshold", "kmeans")
+    r = cli(
+        "detect",
+        t1,
+        t2,
+        "--output",
+        str(change),
+        "--intensity",
+        str(inten),
+        "--model",
+        str(model),
+        "--threshold",
+        "kmeans",
+    )
     assert r.returncode == 0, r.stderr
     summary = json.loads(r.stdout)
     from osgeo import gdal
@@ -53,13 +65,22 @@ def test_train_detect_evaluate_baseline(synthetic_pair, tmp_path):
     assert r.returncode == 0 and json.loads(r.stdout)["band_count"] == 8
 
 
-@pytest.mark.parametrize("args, message", [
-    (["detect", "missing1.tif", "missing2.tif", "--output", "x.tif"], "missing1.tif"),
-    (["inspect", "no-such-model.pt"], "no-such-model.pt"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["detect", "missing1.tif", "missing2.tif", "--output", "x.tif"], "missing1.tif"),
+        (["inspect", "no-such-model.pt"], "no-such-model.pt"),
+    ],
+)
 def test_bad_input_exits_2_with_one_line(args, message, tmp_path):
-    r = subprocess.run([sys.executable, "-m", "hypernet_qgis", *args], cwd=tmp_path, capture_output=True, text=True,
-                       env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"}, timeout=120)
+    r = subprocess.run(
+        [sys.executable, "-m", "hypernet_qgis", *args],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"},
+        timeout=120,
+    )
     assert r.returncode == 2
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error:") and message in lines[0], r.stderr
@@ -80,13 +101,21 @@ def test_classic_and_evaluate_run_without_torch(synthetic_pair, tmp_path):
 
     blocker = tmp_path / "blocker"
     blocker.mkdir()
-    (blocker / "sitecustomize.py").write_text(BLOCKER + "\nimport atexit\natexit.register(lambda: "
-                                              "sys.stderr.write('TORCH LOADED\\n') if 'torch' in sys.modules else None)\n")
+    (blocker / "sitecustomize.py").write_text(
+        BLOCKER + "\nimport atexit\natexit.register(lambda: "
+        "sys.stderr.write('TORCH LOADED\\n') if 'torch' in sys.modules else None)\n"
+    )
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(blocker), str(REPO), os.environ.get("PYTHONPATH", "")]))
 
     def run(*args: str) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "hypernet_qgis", *args], cwd=REPO, capture_output=True,
-                              text=True, timeout=300, env=env)
+        return subprocess.run(
+            [sys.executable, "-m", "hypernet_qgis", *args],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=300,
+            env=env,
+        )
 
     t1, t2, gt = (str(synthetic_pair[k]) for k in ("t1", "t2", "gt"))
     change = tmp_path / "cva.tif"

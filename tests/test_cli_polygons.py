@@ -33,8 +33,23 @@ def test_baseline_writes_polygons_whose_areas_add_up(synthetic_pair, tmp_path):
 def test_min_area_and_sieve_from_the_cli(synthetic_pair, tmp_path):
     t1, t2 = str(synthetic_pair["t1"]), str(synthetic_pair["t2"])
     change, poly = tmp_path / "cva.tif", tmp_path / "cva.gpkg"
-    r = cli("baseline", "cva", t1, t2, "--output", str(change), "--polygons", str(poly), "--threshold", "1.0",
-            "--min-area", "9000", "--sieve", "--dates", "2019-05-01,2020-05-01")
+    r = cli(
+        "baseline",
+        "cva",
+        t1,
+        t2,
+        "--output",
+        str(change),
+        "--polygons",
+        str(poly),
+        "--threshold",
+        "1.0",
+        "--min-area",
+        "9000",
+        "--sieve",
+        "--dates",
+        "2019-05-01,2020-05-01",
+    )
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout)
     feats = _features(poly)
@@ -47,8 +62,24 @@ def test_min_area_and_sieve_from_the_cli(synthetic_pair, tmp_path):
 def test_detect_writes_polygons(synthetic_pair, tmp_path):
     t1, t2 = str(synthetic_pair["t1"]), str(synthetic_pair["t2"])
     poly = tmp_path / "hn.gpkg"
-    r = cli("detect", t1, t2, "--output", str(tmp_path / "hn.tif"), "--epochs", "2", "--device", "cpu",
-            "--polygons", str(poly), "--min-area", "1800", "--quiet", "--report", str(tmp_path / "r.html"))
+    r = cli(
+        "detect",
+        t1,
+        t2,
+        "--output",
+        str(tmp_path / "hn.tif"),
+        "--epochs",
+        "2",
+        "--device",
+        "cpu",
+        "--polygons",
+        str(poly),
+        "--min-area",
+        "1800",
+        "--quiet",
+        "--report",
+        str(tmp_path / "r.html"),
+    )
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout)
     assert out["polygon_count"] == len(_features(poly)) and np.isfinite(out["changed_hectares"])
@@ -56,12 +87,15 @@ def test_detect_writes_polygons(synthetic_pair, tmp_path):
     assert "changed area" in html and f"{out['changed_hectares']:.4g} ha" in html and "hn.gpkg" in html
 
 
-@pytest.mark.parametrize("extra, message", [
-    (["--polygons", "p.shp"], "GeoPackage"),
-    (["--polygons", "p.gpkg", "--min-area", "-5"], "0 or more"),
-    (["--min-area", "100"], "add --polygons"),
-    (["--polygons", "p.gpkg", "--dates", "2019"], "two dates"),
-])
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--polygons", "p.shp"], "GeoPackage"),
+        (["--polygons", "p.gpkg", "--min-area", "-5"], "0 or more"),
+        (["--min-area", "100"], "add --polygons"),
+        (["--polygons", "p.gpkg", "--dates", "2019"], "two dates"),
+    ],
+)
 def test_bad_polygon_options_exit_2_with_one_line(synthetic_pair, tmp_path, extra, message):
     t1, t2 = str(synthetic_pair["t1"]), str(synthetic_pair["t2"])
     extra = [str(tmp_path / e) if e.endswith((".gpkg", ".shp")) else e for e in extra]

@@ -33,12 +33,17 @@ def test_fuse_is_the_mean_of_the_median_normalised_root_distances():
     valid = np.ones((20, 25), bool)
     valid[0, 0] = False
     mse = rng.gamma(2.0, 0.1, valid.shape).astype(np.float32)
-    classic = {"irmad": rng.gamma(5.0, 1.0, valid.shape).astype(np.float32),
-               "cva": rng.gamma(3.0, 2.0, valid.shape).astype(np.float32)}
+    classic = {
+        "irmad": rng.gamma(5.0, 1.0, valid.shape).astype(np.float32),
+        "cva": rng.gamma(3.0, 2.0, valid.shape).astype(np.float32),
+    }
     fused = fuse(mse, classic, valid)
     v = valid
-    expected = (np.sqrt(mse) / np.median(np.sqrt(mse[v])) + classic["irmad"] / np.median(classic["irmad"][v])
-                + classic["cva"] / np.median(classic["cva"][v])) / 3
+    expected = (
+        np.sqrt(mse) / np.median(np.sqrt(mse[v]))
+        + classic["irmad"] / np.median(classic["irmad"][v])
+        + classic["cva"] / np.median(classic["cva"][v])
+    ) / 3
     assert np.isnan(fused[0, 0])
     assert np.allclose(fused[v], expected[v], rtol=1e-5)
     assert CLASSIC_EVIDENCE == ("irmad", "cva")
@@ -75,10 +80,17 @@ def test_auto_threshold_depends_on_the_evidence():
 def test_detect_default_is_the_fusion_and_hypernet_alone_stays_an_option(synthetic_pair, tmp_path):
     t1, t2, gt = (str(synthetic_pair[k]) for k in ("t1", "t2", "gt"))
     cfg = dict(epochs=4, device="cpu", seed=2)
-    alone = pipeline.detect_files(t1, t2, str(tmp_path / "a.tif"), intensity_out=str(tmp_path / "ai.tif"),
-                                  evidence="hypernet", config=TrainConfig(**cfg))
-    fused = pipeline.detect_files(t1, t2, str(tmp_path / "f.tif"), intensity_out=str(tmp_path / "fi.tif"),
-                                  config=TrainConfig(**cfg))
+    alone = pipeline.detect_files(
+        t1,
+        t2,
+        str(tmp_path / "a.tif"),
+        intensity_out=str(tmp_path / "ai.tif"),
+        evidence="hypernet",
+        config=TrainConfig(**cfg),
+    )
+    fused = pipeline.detect_files(
+        t1, t2, str(tmp_path / "f.tif"), intensity_out=str(tmp_path / "fi.tif"), config=TrainConfig(**cfg)
+    )
     assert fused.extra["evidence"] == "fused" and fused.threshold_method == "mrf"
     assert alone.extra["evidence"] == "hypernet" and alone.threshold_method == "otsu"
     pair = fused.pair
@@ -101,8 +113,9 @@ def test_cli_detect_defaults_and_the_hypernet_alone_switch():
 
     args = build_parser().parse_args(["detect", "a.tif", "b.tif", "-o", "c.tif"])
     assert args.evidence == "fused" and args.threshold == "auto"
-    args = build_parser().parse_args(["detect", "a.tif", "b.tif", "-o", "c.tif", "--evidence", "hypernet",
-                                      "--threshold", "mixture"])
+    args = build_parser().parse_args(
+        ["detect", "a.tif", "b.tif", "-o", "c.tif", "--evidence", "hypernet", "--threshold", "mixture"]
+    )
     assert args.evidence == "hypernet" and args.threshold == "mixture"
     args = build_parser().parse_args(["detect", "a.tif", "b.tif", "-o", "c.tif", "--threshold", "mrf"])
     assert args.threshold == "mrf"

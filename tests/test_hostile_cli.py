@@ -26,8 +26,15 @@ ENV = {**os.environ, "PYTHONPATH": str(REPO), "HYPERNET_ALLOCATOR": "system"}
 
 
 def cli(*args: str, cwd: Path | None = None, preexec=None, timeout: int = 300) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "hypernet_qgis", *map(str, args)], cwd=cwd or REPO,
-                          capture_output=True, text=True, env=ENV, timeout=timeout, preexec_fn=preexec)
+    return subprocess.run(
+        [sys.executable, "-m", "hypernet_qgis", *map(str, args)],
+        cwd=cwd or REPO,
+        capture_output=True,
+        text=True,
+        env=ENV,
+        timeout=timeout,
+        preexec_fn=preexec,
+    )
 
 
 def digest(folder: Path) -> dict[str, str]:
@@ -61,6 +68,7 @@ def model_file(tmp_path_factory) -> Path:
 
 
 # ------------------------------------------------------------------------------ 1. --report over an input
+
 
 def test_report_never_overwrites_an_input_or_another_output(pair, model_file, tmp_path):
     t1, t2, gt = pair["t1"], pair["t2"], pair["gt"]
@@ -101,8 +109,9 @@ def test_output_behind_a_vrt_or_a_link_is_refused(pair, tmp_path):
     sub.mkdir()
     before = digest(tmp_path)
     one_line_error(cli("baseline", "cva", tmp_path / "t1.vrt", tmp_path / "t2.vrt", "-o", t1), "t1.vrt", "made of")
-    one_line_error(cli("baseline", "cva", nested, tmp_path / "t2.vrt", "-o", tmp_path / "x.tif",
-                       "--intensity", t1), "nested.vrt")
+    one_line_error(
+        cli("baseline", "cva", nested, tmp_path / "t2.vrt", "-o", tmp_path / "x.tif", "--intensity", t1), "nested.vrt"
+    )
     one_line_error(cli("baseline", "cva", t1, t2, "-o", tmp_path / "hard.tif"), "t1.tif")
     one_line_error(cli("baseline", "cva", t1, t2, "-o", tmp_path / "soft.tif"), "t2.tif")
     one_line_error(cli("baseline", "cva", t1, t2, "-o", sub / ".." / "t1.tif"), "t1.tif")
@@ -111,22 +120,26 @@ def test_output_behind_a_vrt_or_a_link_is_refused(pair, tmp_path):
 
 # ------------------------------------------------------------------------ 10. errors found before any work
 
-@pytest.mark.parametrize("extra, words", [
-    (["-o", "{tmp}/missing/c.tif"], ["does not exist"]),
-    (["-o", "{tmp}"], ["is a folder"]),
-    (["-o", "{tmp}/c.tif", "--report", "{tmp}/missing/r.html"], ["report", "does not exist"]),
-    (["-o", "{tmp}/c.tif", "--threshold", "nan"], ["--threshold", "finite"]),
-    (["-o", "{tmp}/c.tif", "--threshold", "inf"], ["--threshold", "finite"]),
-    (["-o", "{tmp}/c.tif", "--threshold", "1e400"], ["--threshold", "finite"]),
-    (["-o", "{tmp}/c.tif", "--memory-budget-mb", "0"], ["--memory-budget-mb", "outside"]),
-    (["-o", "{tmp}/c.tif", "--memory-budget-mb", "-5"], ["--memory-budget-mb", "outside"]),
-    (["-o", "{tmp}/c.tif", "--seed", "-1"], ["--seed", "outside"]),
-    (["-o", "{tmp}/c.tif", "--seed", "99999999999999999999999"], ["--seed", "outside"]),
-    (["-o", "{tmp}/c.tif", "--gamma", "nan"], ["--gamma", "finite"]),
-    (["-o", "{tmp}/c.tif", "--learning-rate", "0"], ["--learning-rate", "outside"]),
-    (["-o", "{tmp}/c.tif", "--epochs", "x"], ["--epochs", "whole number"]),
-    (["--output"], ["--output", "expected one argument"]),
-])
+
+@pytest.mark.parametrize(
+    "extra, words",
+    [
+        (["-o", "{tmp}/missing/c.tif"], ["does not exist"]),
+        (["-o", "{tmp}"], ["is a folder"]),
+        (["-o", "{tmp}/c.tif", "--report", "{tmp}/missing/r.html"], ["report", "does not exist"]),
+        (["-o", "{tmp}/c.tif", "--threshold", "nan"], ["--threshold", "finite"]),
+        (["-o", "{tmp}/c.tif", "--threshold", "inf"], ["--threshold", "finite"]),
+        (["-o", "{tmp}/c.tif", "--threshold", "1e400"], ["--threshold", "finite"]),
+        (["-o", "{tmp}/c.tif", "--memory-budget-mb", "0"], ["--memory-budget-mb", "outside"]),
+        (["-o", "{tmp}/c.tif", "--memory-budget-mb", "-5"], ["--memory-budget-mb", "outside"]),
+        (["-o", "{tmp}/c.tif", "--seed", "-1"], ["--seed", "outside"]),
+        (["-o", "{tmp}/c.tif", "--seed", "99999999999999999999999"], ["--seed", "outside"]),
+        (["-o", "{tmp}/c.tif", "--gamma", "nan"], ["--gamma", "finite"]),
+        (["-o", "{tmp}/c.tif", "--learning-rate", "0"], ["--learning-rate", "outside"]),
+        (["-o", "{tmp}/c.tif", "--epochs", "x"], ["--epochs", "whole number"]),
+        (["--output"], ["--output", "expected one argument"]),
+    ],
+)
 def test_detect_refuses_before_training(pair, tmp_path, extra, words):
     args = [a.replace("{tmp}", str(tmp_path)) for a in extra]
     before = digest(tmp_path)
@@ -149,10 +162,12 @@ def test_read_only_output_is_refused_not_replaced(pair, tmp_path):
 
 # -------------------------------------------------------------------------------------- 2, 8. a full disk
 
+
 def _file_size_limit(limit: int):
     def preexec() -> None:
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # writes then fail with EFBIG, as on a full disk
         resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
     return preexec
 
 
@@ -170,8 +185,17 @@ def test_full_disk_keeps_the_old_outputs_as_a_set(pair, tmp_path):
         ds = gdal.Open(str(path))
         assert ds.GetRasterBand(1).Checksum() >= 0 and gdal.GetLastErrorType() < gdal.CE_Failure
     # nothing there before: nothing there after
-    r = cli("baseline", "sam", pair["t1"], pair["t2"], "-o", tmp_path / "c2.tif", "--intensity", tmp_path / "i2.tif",
-            preexec=_file_size_limit(3000))
+    r = cli(
+        "baseline",
+        "sam",
+        pair["t1"],
+        pair["t2"],
+        "-o",
+        tmp_path / "c2.tif",
+        "--intensity",
+        tmp_path / "i2.tif",
+        preexec=_file_size_limit(3000),
+    )
     one_line_error(r, "unchanged")
     assert digest(tmp_path) == before
 
@@ -181,8 +205,19 @@ def test_full_disk_while_saving_a_model_or_report(pair, model_file, tmp_path):
     old = tmp_path / "m.hypernet"
     old.write_bytes(model_file.read_bytes())
     before = digest(tmp_path)
-    r = cli("train", pair["t1"], pair["t2"], "-o", old, "--epochs", "1", "--device", "cpu", "--quiet",
-            preexec=_file_size_limit(20_000))
+    r = cli(
+        "train",
+        pair["t1"],
+        pair["t2"],
+        "-o",
+        old,
+        "--epochs",
+        "1",
+        "--device",
+        "cpu",
+        "--quiet",
+        preexec=_file_size_limit(20_000),
+    )
     one_line_error(r, "m.hypernet", "nothing was changed")
     assert digest(tmp_path) == before
     r = cli("inspect", old, "--report", tmp_path / "r.html", preexec=_file_size_limit(20_000))
@@ -192,12 +227,32 @@ def test_full_disk_while_saving_a_model_or_report(pair, model_file, tmp_path):
 
 # -------------------------------------------------------------------------------------------- 9. signals
 
+
 def test_sigterm_during_training_removes_everything(pair, tmp_path):
     before = digest(tmp_path)
-    proc = subprocess.Popen([sys.executable, "-m", "hypernet_qgis", "detect", str(pair["t1"]), str(pair["t2"]),
-                             "-o", str(tmp_path / "c.tif"), "--intensity", str(tmp_path / "i.tif"),
-                             "--epochs", "100000", "--device", "cpu"], cwd=REPO, env=ENV,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "hypernet_qgis",
+            "detect",
+            str(pair["t1"]),
+            str(pair["t2"]),
+            "-o",
+            str(tmp_path / "c.tif"),
+            "--intensity",
+            str(tmp_path / "i.tif"),
+            "--epochs",
+            "100000",
+            "--device",
+            "cpu",
+        ],
+        cwd=REPO,
+        env=ENV,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     line = ""
     while "epoch 1/" not in line:
         line = proc.stderr.readline()
@@ -210,8 +265,9 @@ def test_sigterm_during_training_removes_everything(pair, tmp_path):
 
 
 def test_leftovers_of_killed_runs_are_removed(pair, tmp_path):
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
-                          text=True).stdout.strip()
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
+    ).stdout.strip()
     stale = [tmp_path / f".c.tif.{dead}-0123abcd.part.tif", tmp_path / f".i.tif.{dead}-feedbeef.part.tif"]
     live = tmp_path / f".c.tif.{os.getpid()}-89abcdef.part.tif"  # a run still writing: kept
     for p in stale + [live]:
@@ -222,6 +278,7 @@ def test_leftovers_of_killed_runs_are_removed(pair, tmp_path):
 
 
 # ------------------------------------------------------------------------------ 7, 11. grids and messages
+
 
 def _warped(src: Path, dst: Path, shift: float = 0.0, epsg: int | None = None) -> Path:
     ds = gdal.Translate(str(dst), str(src))
@@ -244,8 +301,9 @@ def test_evaluate_refuses_a_reference_on_another_grid(pair, tmp_path):
     assert cli("baseline", "cva", pair["t1"], pair["t2"], "-o", c).returncode == 0
     assert cli("evaluate", c, pair["gt"]).returncode == 0
     one_line_error(cli("evaluate", c, _warped(pair["gt"], tmp_path / "shift.tif", shift=200.0)), "origins differ")
-    one_line_error(cli("evaluate", c, _warped(pair["gt"], tmp_path / "geo.tif", epsg=4326)),
-                   "coordinate reference systems")
+    one_line_error(
+        cli("evaluate", c, _warped(pair["gt"], tmp_path / "geo.tif", epsg=4326)), "coordinate reference systems"
+    )
 
 
 def test_clear_messages(pair, tmp_path):
@@ -254,25 +312,42 @@ def test_clear_messages(pair, tmp_path):
         ds = gdal.GetDriverByName("GTiff").Create(str(tmp_path / name), 36, 40, 2, gdal.GDT_CFloat32)
         ds.GetRasterBand(1).WriteArray(np.ones((40, 36), np.complex64) * 1j)
         ds = None
-    one_line_error(cli("baseline", "cva", tmp_path / "cx.tif", tmp_path / "cx2.tif", "-o", tmp_path / "c.tif"),
-                   "complex")
+    one_line_error(
+        cli("baseline", "cva", tmp_path / "cx.tif", tmp_path / "cx2.tif", "-o", tmp_path / "c.tif"), "complex"
+    )
     # an all-NaN band is named
     ds = gdal.Translate(str(tmp_path / "nanband.tif"), str(pair["t1"]))
     ds.GetRasterBand(3).WriteArray(np.full((40, 36), np.nan, np.float32))
     ds = None
-    one_line_error(cli("baseline", "cva", tmp_path / "nanband.tif", pair["t2"], "-o", tmp_path / "c.tif"),
-                   "band 3", "no valid pixel", "--bands")
+    one_line_error(
+        cli("baseline", "cva", tmp_path / "nanband.tif", pair["t2"], "-o", tmp_path / "c.tif"),
+        "band 3",
+        "no valid pixel",
+        "--bands",
+    )
     # a 3x3 pair: the classic method is named, not HyperNet
     for name in ("a", "b"):
         gdal.Translate(str(tmp_path / f"{name}.tif"), str(pair["t2"]), srcWin=[10, 10, 3, 3])
-    line = one_line_error(cli("baseline", "cva", tmp_path / "a.tif", tmp_path / "b.tif", "-o", tmp_path / "c.tif"),
-                          "CVA needs at least 8x8")
+    line = one_line_error(
+        cli("baseline", "cva", tmp_path / "a.tif", tmp_path / "b.tif", "-o", tmp_path / "c.tif"),
+        "CVA needs at least 8x8",
+    )
     assert "HyperNet" not in line
 
 
 def test_failed_report_says_what_was_written(pair, model_file, tmp_path):
-    r = cli("detect", pair["t1"], pair["t2"], "-o", tmp_path / "c.tif", "--model", model_file,
-            "--report", tmp_path / "r.html", preexec=_file_size_limit(20_000))
+    r = cli(
+        "detect",
+        pair["t1"],
+        pair["t2"],
+        "-o",
+        tmp_path / "c.tif",
+        "--model",
+        model_file,
+        "--report",
+        tmp_path / "r.html",
+        preexec=_file_size_limit(20_000),
+    )
     line = one_line_error(r, "r.html")
     assert "c.tif was written" in line and (tmp_path / "c.tif").exists() and not (tmp_path / "r.html").exists()
     out = json.loads(cli("evaluate", tmp_path / "c.tif", pair["gt"]).stdout)

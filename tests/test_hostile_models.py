@@ -35,14 +35,25 @@ def _model(bands: int = 6, width: int = 16) -> HyperNet:
 
 
 def _real_meta(model: HyperNet) -> dict:
-    return {"bands": model.bands, "width": model.width, "proj_width": model.proj_width,
-            "pred_hidden": model.pred_hidden, "band_count": model.bands, "band_selection": None,
-            "loss_history": [1.0, 0.5]}
+    return {
+        "bands": model.bands,
+        "width": model.width,
+        "proj_width": model.proj_width,
+        "pred_hidden": model.pred_hidden,
+        "band_count": model.bands,
+        "band_selection": None,
+        "loss_history": [1.0, 0.5],
+    }
 
 
 def _save(path: Path, meta: dict | str, state: dict, **extra) -> Path:
-    payload = {"format": FORMAT, "format_version": FORMAT_VERSION,
-               "metadata_json": meta if isinstance(meta, str) else json.dumps(meta), "state_dict": state, **extra}
+    payload = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "metadata_json": meta if isinstance(meta, str) else json.dumps(meta),
+        "state_dict": state,
+        **extra,
+    }
     torch.save(payload, path)
     return path
 
@@ -60,24 +71,27 @@ def _refused(path: Path, *words: str) -> str:
     return message
 
 
-@pytest.mark.parametrize("key, value, words", [
-    ("width", -16, ["width = -16"]),
-    ("width", 6000, ["width = 6000", "from 1 to 4096"]),
-    ("width", 2_000_000, ["width = 2000000"]),
-    ("bands", "x", ["bands = 'x'"]),
-    ("band_count", "x", ["band_count = 'x'"]),
-    ("band_count", 7, ["band_count 7"]),
-    ("band_selection", "abc", ["band_selection"]),
-    ("band_selection", {"a": 1}, ["band_selection"]),
-    ("band_selection", [[1, 2], [3]], ["band_selection"]),
-    ("band_selection", [1, 2, 3], ["band_selection lists 3"]),
-    ("band_selection", [1, 1, 2, 3, 4, 5], ["band_selection"]),
-    ("wavelengths_nm", ["a"] * 6, ["wavelengths_nm"]),
-    ("loss_history", "abc", ["loss_history"]),
-    ("training", [1], ["training"]),
-    ("members", 10**9, ["members"]),
-    ("widths", [6, 16, 32, 999], ["widths"]),
-])
+@pytest.mark.parametrize(
+    "key, value, words",
+    [
+        ("width", -16, ["width = -16"]),
+        ("width", 6000, ["width = 6000", "from 1 to 4096"]),
+        ("width", 2_000_000, ["width = 2000000"]),
+        ("bands", "x", ["bands = 'x'"]),
+        ("band_count", "x", ["band_count = 'x'"]),
+        ("band_count", 7, ["band_count 7"]),
+        ("band_selection", "abc", ["band_selection"]),
+        ("band_selection", {"a": 1}, ["band_selection"]),
+        ("band_selection", [[1, 2], [3]], ["band_selection"]),
+        ("band_selection", [1, 2, 3], ["band_selection lists 3"]),
+        ("band_selection", [1, 1, 2, 3, 4, 5], ["band_selection"]),
+        ("wavelengths_nm", ["a"] * 6, ["wavelengths_nm"]),
+        ("loss_history", "abc", ["loss_history"]),
+        ("training", [1], ["training"]),
+        ("members", 10**9, ["members"]),
+        ("widths", [6, 16, 32, 999], ["widths"]),
+    ],
+)
 def test_metadata_outside_the_schema(tmp_path, key, value, words):
     model = _model()
     meta = _real_meta(model)
@@ -107,8 +121,10 @@ def test_a_missing_weight_or_an_extra_one(tmp_path):
     model = _model()
     state = dict(model.state_dict())
     key = next(iter(state))
-    _refused(_save(tmp_path / "a.hypernet", _real_meta(model), {k: v for k, v in state.items() if k != key}),
-             "missing " + key)
+    _refused(
+        _save(tmp_path / "a.hypernet", _real_meta(model), {k: v for k, v in state.items() if k != key}),
+        "missing " + key,
+    )
     _refused(_save(tmp_path / "b.hypernet", _real_meta(model), {**state, "evil": torch.zeros(3)}), "unexpected evil")
     _refused(_save(tmp_path / "c.hypernet", _real_meta(model), {**state, key: state[key].double()}), "float64")
     _refused(_save(tmp_path / "d.hypernet", _real_meta(model), [1, 2]), "not a dict of tensors")
@@ -164,11 +180,19 @@ def test_read_metadata_does_not_read_the_weights(tmp_path):
     path = tmp_path / "big.hypernet"
     save_model(path, model, {"band_count": 2000})
     del model
-    code = ("import resource, sys; from hypernet_qgis.core.hypernet.model_file import read_metadata; "
-            "r0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss; m = read_metadata(sys.argv[1]); "
-            "print(m['bands'], resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - r0)")
-    out = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True, cwd=REPO,
-                         env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=120)
+    code = (
+        "import resource, sys; from hypernet_qgis.core.hypernet.model_file import read_metadata; "
+        "r0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss; m = read_metadata(sys.argv[1]); "
+        "print(m['bands'], resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - r0)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code, str(path)],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        timeout=120,
+    )
     bands, grown = out.stdout.split()
     assert bands == "2000"
     assert int(grown) * 1024 < path.stat().st_size / 2, (grown, path.stat().st_size)
@@ -255,8 +279,14 @@ print(ok, refused, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
 def test_fuzz_model_loading_never_crashes(tmp_path):
     """Random mutations of a real model's metadata, its pickled structure (in a valid archive) and its bytes, read by
     the torch-free reader and by load_model: only InputError, no abort, bounded memory."""
-    out = subprocess.run([sys.executable, "-c", FUZZ, str(tmp_path), "300"], capture_output=True, text=True,
-                         cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=600)
+    out = subprocess.run(
+        [sys.executable, "-c", FUZZ, str(tmp_path), "300"],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        timeout=600,
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     ok, refused, maxrss_kib = (int(v) for v in out.stdout.split())
     assert refused > 300 and ok > 10  # most mutations are refused, some (harmless values) still load

@@ -44,7 +44,7 @@ def image():
 def _all_features(date, rows, cols, tile):
     out = np.empty((2 * date.model.width, rows, cols))
     for t in tiles(rows, cols, tile):
-        out[:, t[0]:t[1], t[2]:t[3]] = date.features(t).numpy()
+        out[:, t[0] : t[1], t[2] : t[3]] = date.features(t).numpy()
     return out
 
 
@@ -106,8 +106,11 @@ def test_each_conv_runs_once_per_date_on_each_tile():
         calls[module] += 1
         pixels[module] += output.shape[-2] * output.shape[-1]
 
-    convs = [m for name, m in model.named_modules() if isinstance(m, nn.Conv2d)
-             and not name.startswith(("projector", "predictor"))]
+    convs = [
+        m
+        for name, m in model.named_modules()
+        if isinstance(m, nn.Conv2d) and not name.startswith(("projector", "predictor"))
+    ]
     handles = [m.register_forward_hook(count) for m in convs]
     try:
         change_intensity(model, x1, x2, np.ones((rows, cols), bool), "mse", "cpu", tile=tile)
@@ -143,8 +146,9 @@ def test_tiled_detection_equals_whole_image_on_disk_scratch(tmp_path):
         def set_progress(self, fraction):
             files.append(len(list(tmp_path.glob("hypernet-layers-*/*.bin"))))
 
-    tiled = change_intensity(model, x1, x2, valid, "cosine", "cpu", memory_budget_mb=0.5, feedback=Record(),
-                             scratch_dir=str(tmp_path))
+    tiled = change_intensity(
+        model, x1, x2, valid, "cosine", "cpu", memory_budget_mb=0.5, feedback=Record(), scratch_dir=str(tmp_path)
+    )
     assert any("disk scratch" in m for m in messages), messages
     assert max(files) >= 4 and not list(tmp_path.iterdir())
     assert np.nanmax(np.abs(tiled - whole)) <= 1e-4 * (np.nanmax(whole) - np.nanmin(whole))
@@ -155,7 +159,7 @@ def test_channel_stats_merge_equals_whole():
     a = torch.from_numpy(rng.normal(3.0, 2.0, (1, 4, 30, 20)))
     stats = ChannelStats()
     for r0 in range(0, 30, 7):
-        stats.add(a[:, :, r0: r0 + 7])
+        stats.add(a[:, :, r0 : r0 + 7])
     stats.add(a[:, :, :0])
     mean, var = stats.norm(torch.float64)
     torch.testing.assert_close(mean, a.mean(dim=(0, 2, 3)), rtol=1e-12, atol=1e-12)

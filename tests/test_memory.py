@@ -136,8 +136,14 @@ def detection_peak_mb(side: int, bands: int, width: int, budget: int, alloc: str
         env = allocator.preload_environment(env)
         if env is None:
             pytest.skip("tcmalloc is not installed")
-    res = subprocess.run([sys.executable, "-c", _DETECT_SCRIPT, str(side), str(bands), str(width), str(budget)],
-                         capture_output=True, text=True, env=env, timeout=900, check=True)
+    res = subprocess.run(
+        [sys.executable, "-c", _DETECT_SCRIPT, str(side), str(bands), str(width), str(budget)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=900,
+        check=True,
+    )
     out = json.loads(res.stdout.strip().splitlines()[-1])
     assert out["finite"]
     return out

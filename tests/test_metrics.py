@@ -46,7 +46,7 @@ def test_unbalanced_hand_computed_kappa():
 
 
 def test_bay_area_encoding_and_wrong_encoding_is_refused():
-    ref = np.array([1, 2, 0, 2, 1])           # 1 changed, 2 unchanged, 0 unknown
+    ref = np.array([1, 2, 0, 2, 1])  # 1 changed, 2 unchanged, 0 unknown
     pred = np.array([1, 0, 1, 1, 0], np.uint8)
     m = change_metrics(pred, ref, changed=(1,), unchanged=(2,), ignore=(0,))
     assert (m["TP"], m["FP"], m["TN"], m["FN"], m["n_labelled"]) == (1, 1, 1, 1, 4)
@@ -121,12 +121,14 @@ def test_roc_curve_of_an_unsigned_integer_score():
 def test_score_and_reference_on_different_grids():
     with pytest.raises(InputError) as info:
         roc_auc(np.zeros((2, 3)), np.zeros((3, 2), np.uint8))
-    assert str(info.value) == ("The score map has shape (2, 3) but the reference (3, 2); they must cover the same "
-                               "grid.")
+    assert str(info.value) == (
+        "The score map has shape (2, 3) but the reference (3, 2); they must cover the same grid."
+    )
     with pytest.raises(InputError) as info:
         change_metrics(np.zeros((2, 3), np.uint8), np.zeros((3, 2), np.uint8))
-    assert str(info.value) == ("The change map has shape (2, 3) but the reference (3, 2); they must cover the same "
-                               "grid.")
+    assert str(info.value) == (
+        "The change map has shape (2, 3) but the reference (3, 2); they must cover the same grid."
+    )
 
 
 def test_auc_with_the_bay_area_encoding_and_its_one_class_message():
@@ -139,15 +141,18 @@ def test_auc_with_the_bay_area_encoding_and_its_one_class_message():
     np.testing.assert_array_equal(fpr, [0.0, 0.0, 0.5, 1.0])
     with pytest.raises(InputError) as info:
         roc_auc(np.array([1.0, np.nan]), np.array([1, 0]))  # the unchanged pixel has no valid score
-    assert str(info.value) == ("AUC needs both changed and unchanged labelled pixels with a valid score; the "
-                               "reference has only one class there. Check the reference encoding.")
+    assert str(info.value) == (
+        "AUC needs both changed and unchanged labelled pixels with a valid score; the "
+        "reference has only one class there. Check the reference encoding."
+    )
 
 
 def test_masks_of_different_sizes_are_named_width_by_height():
     with pytest.raises(InputError) as info:
         reference_from_masks(np.zeros((2, 3)), np.zeros((4, 5)))
-    assert str(info.value) == ("The changed mask is 3 x 2 pixels but the unchanged mask is 5 x 4. Both masks must "
-                               "cover the same grid.")
+    assert str(info.value) == (
+        "The changed mask is 3 x 2 pixels but the unchanged mask is 5 x 4. Both masks must cover the same grid."
+    )
 
 
 def test_rates_at_their_edges_and_the_reference_counts():
@@ -160,13 +165,19 @@ def test_rates_at_their_edges_and_the_reference_counts():
     assert (m["n_changed_ref"], m["n_unchanged_ref"], m["false_alarm_rate"]) == (0, 4, 0.25)
     m = metrics_from_confusion(np.array([[0, 0], [1, 3]]))  # no unchanged pixel in the reference
     assert (m["false_alarm_rate"], m["missed_alarm_rate"], m["n_changed_ref"], m["n_unchanged_ref"]) == (
-        0.0, 0.25, 4, 0)
+        0.0,
+        0.25,
+        4,
+        0,
+    )
     m = metrics_from_confusion(np.array([[5, 1], [2, 7]]))
     assert (m["n_changed_ref"], m["n_unchanged_ref"], m["n_labelled"]) == (9, 6, 15)
     with pytest.raises(InputError) as info:
         metrics_from_confusion(np.zeros((2, 2), int))
-    assert str(info.value) == ("No labelled pixel to score: the reference has no changed/unchanged pixel where the "
-                               "change map is valid. Check the reference encoding and that both cover the same area.")
+    assert str(info.value) == (
+        "No labelled pixel to score: the reference has no changed/unchanged pixel where the "
+        "change map is valid. Check the reference encoding and that both cover the same area."
+    )
 
 
 def test_confusion_reads_any_nonzero_value_as_changed():
@@ -186,7 +197,8 @@ def test_reference_code_lists_are_checked():
     assert message(changed=(), unchanged=(0,)) == need
     assert message(changed=(1,), unchanged=()) == need
     assert message(changed=(1, 2), unchanged=(2, 0)) == (
-        "Reference code 2 is listed as both changed and unchanged. List each code once.")
+        "Reference code 2 is listed as both changed and unchanged. List each code once."
+    )
 
 
 def test_unlisted_codes_are_named_five_at_most():
@@ -197,6 +209,8 @@ def test_unlisted_codes_are_named_five_at_most():
 
     tail = "or ignored. Set the reference encoding (e.g. Bay Area / Santa Barbara: changed 1, unchanged 2, ignore 0)."
     assert message([0, 1, 9, 3, 4, 5, 6, 7], changed=(1, 9), unchanged=(2, 0)) == (
-        "The reference contains code(s) 3, 4, 5, 6, 7 that are not listed as changed (1, 9), unchanged (0, 2) " + tail)
+        "The reference contains code(s) 3, 4, 5, 6, 7 that are not listed as changed (1, 9), unchanged (0, 2) " + tail
+    )
     assert message([0, 1, 3, 4, 5, 6, 7, 8.5]) == (
-        "The reference contains code(s) 3, 4, 5, 6, 7 ... that are not listed as changed (1), unchanged (0) " + tail)
+        "The reference contains code(s) 3, 4, 5, 6, 7 ... that are not listed as changed (1), unchanged (0) " + tail
+    )

@@ -26,19 +26,33 @@ def _trained_like_model(bands: int = 6, width: int = 16) -> HyperNet:
 
 
 def _payload(model: HyperNet, **extra) -> dict:
-    meta = {"bands": model.bands, "width": model.width, "proj_width": model.proj_width,
-            "pred_hidden": model.pred_hidden}
-    payload = {"format": FORMAT, "format_version": FORMAT_VERSION, "metadata_json": json.dumps(meta),
-               "state_dict": model.state_dict()}
+    meta = {
+        "bands": model.bands,
+        "width": model.width,
+        "proj_width": model.proj_width,
+        "pred_hidden": model.pred_hidden,
+    }
+    payload = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "metadata_json": json.dumps(meta),
+        "state_dict": model.state_dict(),
+    }
     payload.update(extra)
     return payload
 
 
 def test_round_trip_weights_outputs_and_metadata(tmp_path):
     model = _trained_like_model()
-    meta = {"gamma": 2.0, "epochs": np.int64(5), "seed": 7, "loss_history": np.array([0.5, 0.25], np.float32),
-            "wavelengths_nm": [450.0, 550.0, 650.0, 750.0, 850.0, 950.0],
-            "scaling": {"t1": {"mean": [1.0] * 6, "std": [2.0] * 6}}, "note": "hello"}
+    meta = {
+        "gamma": 2.0,
+        "epochs": np.int64(5),
+        "seed": 7,
+        "loss_history": np.array([0.5, 0.25], np.float32),
+        "wavelengths_nm": [450.0, 550.0, 650.0, 750.0, 850.0, 950.0],
+        "scaling": {"t1": {"mean": [1.0] * 6, "std": [2.0] * 6}},
+        "note": "hello",
+    }
     path = tmp_path / "m.pt"
     save_model(path, model, meta)
     loaded, got = load_model(path, expected_bands=6)
@@ -168,8 +182,10 @@ def test_band_count_mismatch(tmp_path):
     save_model(path, HyperNet(204, 16), {})
     with pytest.raises(InputError) as err:
         load_model(path, expected_bands=6)
-    assert str(err.value) == ("The model was trained on 204 bands but the image has 6; train a model on this "
-                              "sensor's bands or pick the same band subset.")
+    assert str(err.value) == (
+        "The model was trained on 204 bands but the image has 6; train a model on this "
+        "sensor's bands or pick the same band subset."
+    )
     model, meta = load_model(path, expected_bands=204)
     assert meta["bands"] == 204 and model.bands == 204
 

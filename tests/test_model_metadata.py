@@ -47,10 +47,18 @@ sys.meta_path.insert(0, _HideTorch())
 
 def _saved(path: Path, bands: int = 6, width: int = 16, selection: bool = True) -> Path:
     torch.manual_seed(0)
-    save_model(path, HyperNet(bands, width), {
-        "band_count": bands, "band_selection": list(range(1, bands + 1)) if selection else None,
-        "wavelengths_nm": [450.0 + 20 * i for i in range(bands)], "loss_history": [1.0, 0.5, 0.25],
-        "training": {"epochs": 3, "learning_rate": 0.001}, "device": "cpu"})
+    save_model(
+        path,
+        HyperNet(bands, width),
+        {
+            "band_count": bands,
+            "band_selection": list(range(1, bands + 1)) if selection else None,
+            "wavelengths_nm": [450.0 + 20 * i for i in range(bands)],
+            "loss_history": [1.0, 0.5, 0.25],
+            "training": {"epochs": 3, "learning_rate": 0.001},
+            "device": "cpu",
+        },
+    )
     return path
 
 
@@ -59,26 +67,33 @@ def _without_torch(tmp_path: Path, code: str, *args: str, **env: str) -> subproc
     blocker.mkdir(exist_ok=True)
     (blocker / "sitecustomize.py").write_text(BLOCKER)
     environ = {**os.environ, **env, "PYTHONPATH": os.pathsep.join([str(blocker), str(REPO)])}
-    return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, cwd=REPO,
-                          env=environ, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-c", code, *args], capture_output=True, text=True, cwd=REPO, env=environ, timeout=300
+    )
 
 
 def test_metadata_is_read_with_torch_absent(tmp_path):
     """A fresh interpreter where torch cannot be imported reads a real model's metadata, and the CLI's inspect
     prints it: torch is never even asked for."""
     path = _saved(tmp_path / "m.hypernet")
-    code = ("import json, sys\n"
-            "from hypernet_qgis.core.hypernet.model_metadata import read_metadata\n"
-            "meta = read_metadata(sys.argv[1])\n"
-            "print(json.dumps({'meta': meta, 'torch': 'torch' in sys.modules}))\n")
+    code = (
+        "import json, sys\n"
+        "from hypernet_qgis.core.hypernet.model_metadata import read_metadata\n"
+        "meta = read_metadata(sys.argv[1])\n"
+        "print(json.dumps({'meta': meta, 'torch': 'torch' in sys.modules}))\n"
+    )
     out = _without_torch(tmp_path, code, str(path))
     assert out.returncode == 0, out.stderr[-3000:]
     result = json.loads(out.stdout)
     assert result["torch"] is False
     assert result["meta"] == read_metadata(path)
-    cli = _without_torch(tmp_path, "import sys; from hypernet_qgis.cli import main; "
-                                   "rc = main(['inspect', sys.argv[1]]); assert 'torch' not in sys.modules; "
-                                   "sys.exit(rc)", str(path))
+    cli = _without_torch(
+        tmp_path,
+        "import sys; from hypernet_qgis.cli import main; "
+        "rc = main(['inspect', sys.argv[1]]); assert 'torch' not in sys.modules; "
+        "sys.exit(rc)",
+        str(path),
+    )
     assert cli.returncode == 0, cli.stderr[-3000:]
     assert json.loads(cli.stdout)["band_selection"] == [1, 2, 3, 4, 5, 6]
 
@@ -98,9 +113,16 @@ def _structure(path: Path) -> object:
     return model_metadata._unpickle(model_metadata._read_structure(path), path)
 
 
-@pytest.mark.parametrize("bands, width, proj, pred, members", [
-    (6, 16, 32, 16, None), (16, 16, 32, 16, None), (3, 4, 8, 4, None), (204, 102, 50, 7, None), (5, 17, 34, 17, 2),
-])
+@pytest.mark.parametrize(
+    "bands, width, proj, pred, members",
+    [
+        (6, 16, 32, 16, None),
+        (16, 16, 32, 16, None),
+        (3, 4, 8, 4, None),
+        (204, 102, 50, 7, None),
+        (5, 17, 34, 17, 2),
+    ],
+)
 def test_torch_free_layout_is_the_network_s(bands, width, proj, pred, members):
     """expected_shapes (no torch) lists exactly the keys, shapes and dtypes of HyperNet's state dict (widths equal
     to the band count have no shortcut; narrow widths a channel-attention hidden width of 1)."""
@@ -111,8 +133,20 @@ def test_torch_free_layout_is_the_network_s(bands, width, proj, pred, members):
 
 def test_tensors_of_every_dtype_are_read_as_their_shape_and_dtype(tmp_path):
     """The stand-ins give each tensor's shape and dtype as torch saved them (the storage names of torch 2.x)."""
-    dtypes = [torch.float64, torch.float32, torch.float16, torch.bfloat16, torch.int64, torch.int32, torch.int16,
-              torch.int8, torch.uint8, torch.bool, torch.complex128, torch.complex64]
+    dtypes = [
+        torch.float64,
+        torch.float32,
+        torch.float16,
+        torch.bfloat16,
+        torch.int64,
+        torch.int32,
+        torch.int16,
+        torch.int8,
+        torch.uint8,
+        torch.bool,
+        torch.complex128,
+        torch.complex64,
+    ]
     assert sorted(str(d) for d in dtypes) == sorted(STORAGE_DTYPES.values())
     state = {str(d): torch.zeros(2, 3, dtype=d) for d in dtypes}
     state["scalar"] = torch.tensor(7)
@@ -206,9 +240,15 @@ def test_an_unknown_global_is_refused_before_it_is_imported(tmp_path, monkeypatc
     structure = _data_pkl(good)
     # a dict entry "x": hypernet_evil_module.run() (and other globals) spliced in before STOP, set on the top dict
     assert structure.endswith(b"u.")  # ...SETITEMS, STOP
-    for i, value in enumerate((b"chypernet_evil_module\nrun\n)R", b"cdatetime\ndate\nK\x01K\x01K\x01\x87R",
-                               b"ctorch._utils\n_rebuild_parameter\n)R", b"cbuiltins\neval\n" + _u("1") + b"\x85R",
-                               b"ctorch\nUntypedStorage\n")):
+    for i, value in enumerate(
+        (
+            b"chypernet_evil_module\nrun\n)R",
+            b"cdatetime\ndate\nK\x01K\x01K\x01\x87R",
+            b"ctorch._utils\n_rebuild_parameter\n)R",
+            b"cbuiltins\neval\n" + _u("1") + b"\x85R",
+            b"ctorch\nUntypedStorage\n",
+        )
+    ):
         path = _torch_like(tmp_path / f"global{i}.hypernet", structure[:-1] + _u("x") + value + b"s.", good)
         _refused(path, "Python objects or code")
     assert not marker.exists() and "hypernet_evil_module" not in sys.modules
@@ -236,13 +276,16 @@ def test_the_stand_ins_refuse_misuse(tmp_path):
         tensor + b"N}" + _u("shape") + b")s\x86b",
     ]
     assert _structure(_torch_like(tmp_path / "fine.hypernet", structure + _u("x") + tensor + b"s.", good))[
-        "x"] == TensorInfo((1,), "torch.float32")  # the spliced tensor itself is well formed
+        "x"
+    ] == TensorInfo((1,), "torch.float32")  # the spliced tensor itself is well formed
     for i, value in enumerate(values):
         path = _torch_like(tmp_path / f"misuse{i}.hypernet", structure + _u("x") + value + b"s.", good)
         with pytest.raises(InputError) as err:
             read_metadata(path)
         assert "\n" not in str(err.value) and "is damaged or not a HyperNet model file" in str(err.value), (
-            i, err.value)
+            i,
+            err.value,
+        )
     assert read_metadata(good)["bands"] == 6
 
 
@@ -274,8 +317,8 @@ def test_a_huge_claimed_size_is_refused_before_reading(tmp_path):
     good = _saved(tmp_path / "good.hypernet")
     data = bytearray(good.read_bytes())
     at = data.find(b"PK\x01\x02")  # the first central directory header: archive/data.pkl
-    assert data[at + 46: at + 46 + len(b"archive/data.pkl")] == b"archive/data.pkl"
-    data[at + 20: at + 28] = (2_000_000_000).to_bytes(4, "little") * 2  # compressed and uncompressed size
+    assert data[at + 46 : at + 46 + len(b"archive/data.pkl")] == b"archive/data.pkl"
+    data[at + 20 : at + 28] = (2_000_000_000).to_bytes(4, "little") * 2  # compressed and uncompressed size
     path = tmp_path / "huge.hypernet"
     path.write_bytes(bytes(data))
     _refused(path, "claims 2000000000 bytes")
@@ -287,8 +330,10 @@ def test_damaged_structures_are_named(tmp_path):
         "truncated": (_data_pkl(good)[:500], "is damaged or not a HyperNet model file. Train"),
         "not a pickle": (b"this is not a pickle at all", "is damaged or not a HyperNet model file. Train"),
         "a list": (pickle.dumps([1, 2, 3], protocol=2), "is a PyTorch file but not a HyperNet model file"),
-        "no weights": (_data_pkl(_torch_saved(tmp_path / "n.pt", {**_payload(good), "state_dict": None})),
-                       "its weights are not a dict of tensors"),
+        "no weights": (
+            _data_pkl(_torch_saved(tmp_path / "n.pt", {**_payload(good), "state_dict": None})),
+            "its weights are not a dict of tensors",
+        ),
     }
     for i, (structure, words) in enumerate(cases.values()):
         _refused(_torch_like(tmp_path / f"d{i}.hypernet", structure, good), words)
@@ -341,12 +386,16 @@ def test_qgis_checks_a_model_file_without_loading_torch(tmp_path):
 
     files = make_pair(tmp_path / "data")
     model, wrong = _saved(tmp_path / "m.hypernet"), _saved(tmp_path / "w.hypernet", bands=4, selection=False)
-    proc = subprocess.run([sys.executable, "-c", QGIS_SCRIPT, str(REPO), files["t1"], files["t2"], str(model),
-                           str(wrong), str(tmp_path)], env=dict(os.environ, QT_QPA_PLATFORM="offscreen"),
-                          capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-c", QGIS_SCRIPT, str(REPO), files["t1"], files["t2"], str(model), str(wrong), str(tmp_path)],
+        env=dict(os.environ, QT_QPA_PLATFORM="offscreen"),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")), None)
     assert line, proc.stdout[-3000:] + proc.stderr[-3000:]
-    out = json.loads(line[len("RESULT "):])
+    out = json.loads(line[len("RESULT ") :])
     assert out["fits"] == [True, ""], out["fits"]
     assert out["wrong"][0] is False and "trained on 4 bands" in out["wrong"][1], out["wrong"]
     assert out["bands"] == 6 and (tmp_path / "m.html").is_file()

@@ -28,7 +28,7 @@ def ref(shared_dir):
 
 
 def _section(ref: dict, prefix: str) -> dict[str, np.ndarray]:
-    return {reference_to_ours(k[len(prefix):]): v for k, v in ref.items() if k.startswith(prefix)}
+    return {reference_to_ours(k[len(prefix) :]): v for k, v in ref.items() if k.startswith(prefix)}
 
 
 def _model_from_reference(ref: dict) -> HyperNet:
@@ -56,7 +56,7 @@ def _close(actual: torch.Tensor, expected: np.ndarray, what: str) -> None:
 
 
 def test_name_mapping_is_one_to_one(ref):
-    names = [k[len("init/"):] for k in ref if k.startswith("init/")]
+    names = [k[len("init/") :] for k in ref if k.startswith("init/")]
     mapped = [reference_to_ours(n) for n in names]
     assert len(set(mapped)) == len(names)
 
@@ -79,8 +79,12 @@ def test_loss_and_gradients(ref):
 def test_one_sgd_step_and_eval_features(ref):
     model = _model_from_reference(ref)
     x1, x2, idx = _inputs(ref)
-    opt = torch.optim.SGD(model.parameters(), lr=float(ref["lr"]), momentum=float(ref["momentum"]),
-                          weight_decay=float(ref["weight_decay"]))
+    opt = torch.optim.SGD(
+        model.parameters(),
+        lr=float(ref["lr"]),
+        momentum=float(ref["momentum"]),
+        weight_decay=float(ref["weight_decay"]),
+    )
     loss = training_step(model, opt, x1, x2, idx, float(ref["gamma"]))
     assert loss == pytest.approx(float(ref["loss"]), rel=RTOL)
     step1 = _section(ref, "step1/")

@@ -46,20 +46,20 @@ def _sections(path) -> list[str]:
 
 def test_train_by_windows_saves_the_same_model_metadata(synthetic_pair, tmp_path):
     t1, t2 = str(synthetic_pair["t1"]), str(synthetic_pair["t2"])
-    whole = pipeline.train_files(t1, t2, str(tmp_path / "whole.hypernet"), bands=[1, 2, 3, 4, 5, 6],
-                                 config=_config())
-    windows = pipeline.train_files(t1, t2, str(tmp_path / "windows.hypernet"), bands=[1, 2, 3, 4, 5, 6],
-                                   config=_config(TINY_MB))
+    whole = pipeline.train_files(t1, t2, str(tmp_path / "whole.hypernet"), bands=[1, 2, 3, 4, 5, 6], config=_config())
+    windows = pipeline.train_files(
+        t1, t2, str(tmp_path / "windows.hypernet"), bands=[1, 2, 3, 4, 5, 6], config=_config(TINY_MB)
+    )
     _, meta_whole = load_model(str(tmp_path / "whole.hypernet"))
     _, meta_windows = load_model(str(tmp_path / "windows.hypernet"))
     for key in ("band_count", "band_selection", "wavelengths_nm", "mask_g", "inputs"):
         assert meta_windows.get(key) == meta_whole.get(key), key
     assert meta_windows["band_selection"] == [1, 2, 3, 4, 5, 6] and meta_windows["band_count"] == 6
     for date in ("t1", "t2"):  # the same per-band statistics, merged strip by strip
-        np.testing.assert_allclose(meta_windows["scaling"][date]["mean"], meta_whole["scaling"][date]["mean"],
-                                   rtol=1e-9)
-        np.testing.assert_allclose(meta_windows["scaling"][date]["std"], meta_whole["scaling"][date]["std"],
-                                   rtol=1e-9)
+        np.testing.assert_allclose(
+            meta_windows["scaling"][date]["mean"], meta_whole["scaling"][date]["mean"], rtol=1e-9
+        )
+        np.testing.assert_allclose(meta_windows["scaling"][date]["std"], meta_whole["scaling"][date]["std"], rtol=1e-9)
     # the same training pixels (mask g) from the CVA computed strip by strip
     assert (windows.training_mask != whole.training_mask).sum() <= 2
 
@@ -74,9 +74,15 @@ def test_detect_by_windows_writes_the_same_map_and_a_report(synthetic_pair, tmp_
     pipeline.train_files(t1, t2, model, config=_config())
     runs = {}
     for name, budget in (("whole", None), ("windows", TINY_MB)):
-        result = pipeline.detect_files(t1, t2, str(tmp_path / f"{name}.tif"),
-                                       intensity_out=str(tmp_path / f"{name}_i.tif"), model=model,
-                                       config=_config(budget), evidence="hypernet")
+        result = pipeline.detect_files(
+            t1,
+            t2,
+            str(tmp_path / f"{name}.tif"),
+            intensity_out=str(tmp_path / f"{name}_i.tif"),
+            model=model,
+            config=_config(budget),
+            evidence="hypernet",
+        )
         write_detection_report(str(tmp_path / f"{name}.html"), result)
         runs[name] = result
     assert runs["windows"].extra.get("streamed") and not runs["whole"].extra.get("streamed")
@@ -100,8 +106,7 @@ def test_the_fused_default_is_the_same_by_windows(synthetic_pair, tmp_path):
     pipeline.train_files(t1, t2, model, config=_config())
     runs = {}
     for name, budget in (("whole", None), ("windows", TINY_MB)):
-        runs[name] = pipeline.detect_files(t1, t2, str(tmp_path / f"{name}.tif"), model=model,
-                                           config=_config(budget))
+        runs[name] = pipeline.detect_files(t1, t2, str(tmp_path / f"{name}.tif"), model=model, config=_config(budget))
     whole, windows = runs["whole"], runs["windows"]
     assert windows.extra.get("streamed") and not whole.extra.get("streamed")
     assert windows.extra["evidence"] == whole.extra["evidence"] == "fused"
@@ -120,6 +125,7 @@ def test_the_same_checks_before_any_work_whatever_the_size(synthetic_pair, tmp_p
     with pytest.raises(InputError, match="same image"):
         pipeline.train_files(t1, t1, str(tmp_path / "m.hypernet"), config=_config(budget))
     with pytest.raises(InputError, match="band 99"):
-        pipeline.detect_files(t1, str(synthetic_pair["t2"]), str(tmp_path / "c.tif"), bands=[1, 99],
-                              config=_config(budget))
+        pipeline.detect_files(
+            t1, str(synthetic_pair["t2"]), str(tmp_path / "c.tif"), bands=[1, 99], config=_config(budget)
+        )
     assert sorted(p.name for p in tmp_path.iterdir()) == ["gt.tif", "t1.tif", "t2.tif"]  # nothing written

@@ -24,8 +24,17 @@ REPO = Path(__file__).resolve().parents[1]
 SAMPLE = REPO / "resources" / "sample" / "salinasA_pair"
 PLUGIN = "hypernet_qgis"
 #: plugins.qgis.org: mandatory fields of metadata.txt and the upload limit.
-MANDATORY = ("name", "qgisMinimumVersion", "description", "about", "version", "author", "email", "tracker",
-             "repository")
+MANDATORY = (
+    "name",
+    "qgisMinimumVersion",
+    "description",
+    "about",
+    "version",
+    "author",
+    "email",
+    "tracker",
+    "repository",
+)
 MAX_BYTES = 25 * 1024 * 1024
 BINARY_SUFFIXES = (".pyc", ".pyo", ".so", ".pyd", ".dll", ".dylib", ".exe", ".bin", ".whl", ".egg")
 BINARY_MAGIC = (b"\x7fELF", b"MZ", b"\xcf\xfa\xed\xfe", b"\xca\xfe\xba\xbe")
@@ -44,8 +53,13 @@ def tool(name: str) -> list[str]:
 def plugin_zip(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("zip") / f"{PLUGIN}.zip"
     env = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"}  # no venv, no PYTHONPATH
-    proc = subprocess.run([SYSTEM_PYTHON, "-I", "-S", str(REPO / "tools" / "package.py"), "zip", str(out)],
-                          env=env, capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [SYSTEM_PYTHON, "-I", "-S", str(REPO / "tools" / "package.py"), "zip", str(out)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stderr
     return out
 
@@ -66,8 +80,16 @@ def test_zip_layout_and_contents(plugin_zip):
         infos = archive.infolist()
     assert {n.split("/")[0] for n in names} == {PLUGIN}  # one top folder, named like the package
     assert re.fullmatch(r"[A-Za-z_][A-Za-z0-9_\-]*", PLUGIN)
-    for required in ("__init__.py", "metadata.txt", "LICENSE", "requirements.txt", "resources/icons/hypernet.svg",
-                     "resources/styles/change.qml", "launch.py", "algorithms/base.py"):
+    for required in (
+        "__init__.py",
+        "metadata.txt",
+        "LICENSE",
+        "requirements.txt",
+        "resources/icons/hypernet.svg",
+        "resources/styles/change.qml",
+        "launch.py",
+        "algorithms/base.py",
+    ):
         assert f"{PLUGIN}/{required}" in names, required
     for name in names:
         assert not name.startswith("/") and ".." not in name.split("/"), name
@@ -84,8 +106,12 @@ def test_zip_layout_and_contents(plugin_zip):
 
 def test_zip_is_reproducible(plugin_zip, tmp_path):
     again = tmp_path / "again.zip"
-    subprocess.run([SYSTEM_PYTHON, "-I", "-S", str(REPO / "tools" / "package.py"), "zip", str(again)],
-                   check=True, capture_output=True, timeout=120)
+    subprocess.run(
+        [SYSTEM_PYTHON, "-I", "-S", str(REPO / "tools" / "package.py"), "zip", str(again)],
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
     assert again.read_bytes() == plugin_zip.read_bytes()
 
 
@@ -117,8 +143,9 @@ def test_project_addresses_are_set_in_one_place():
     meta = (REPO / "metadata.txt").read_text()
     home = re.search(r"^homepage=(\S+)", meta, re.M).group(1)
     host_path = home.split("://", 1)[1]
-    hits = [str(p.relative_to(REPO)) for p in (REPO / PLUGIN).rglob("*.py")
-            if host_path in p.read_text(encoding="utf-8")]
+    hits = [
+        str(p.relative_to(REPO)) for p in (REPO / PLUGIN).rglob("*.py") if host_path in p.read_text(encoding="utf-8")
+    ]
     hits += [name for name in ("pyproject.toml", "requirements.txt") if host_path in (REPO / name).read_text()]
     assert not hits, f"{hits} repeat the project address; read it from metadata.txt (hypernet_qgis/about.py)"
     from hypernet_qgis.about import project_url
@@ -133,8 +160,9 @@ def test_requirements_for_qpip():
 
 
 def test_bandit_finds_nothing_in_the_zip(unpacked):
-    proc = subprocess.run([*tool("bandit"), "-r", "-f", "json", "-q", str(unpacked)], capture_output=True,
-                          text=True, timeout=300)
+    proc = subprocess.run(
+        [*tool("bandit"), "-r", "-f", "json", "-q", str(unpacked)], capture_output=True, text=True, timeout=300
+    )
     report = json.loads(proc.stdout)
     issues = [f"{r['test_id']} {r['filename']}:{r['line_number']} {r['issue_text']}" for r in report["results"]]
     assert not issues, "\n".join(issues)
@@ -142,8 +170,9 @@ def test_bandit_finds_nothing_in_the_zip(unpacked):
 
 
 def test_detect_secrets_finds_nothing_in_the_zip(unpacked):
-    proc = subprocess.run([*tool("detect-secrets"), "scan", "--all-files", "."], cwd=unpacked,
-                          capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [*tool("detect-secrets"), "scan", "--all-files", "."], cwd=unpacked, capture_output=True, text=True, timeout=300
+    )
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout)["results"] == {}
 
@@ -152,18 +181,29 @@ def test_detect_secrets_repository_matches_the_audited_baseline():
     """The whole checkout: every finding is in .secrets.baseline and audited as not a secret (the checksums in the
     sample's provenance)."""
     baseline = json.loads((REPO / ".secrets.baseline").read_text())
-    audited = {(f, s["hashed_secret"]) for f, items in baseline["results"].items() for s in items
-               if s.get("is_secret") is False}
-    files = [f for f in subprocess.run(["git", "ls-files"], cwd=REPO, capture_output=True, text=True,
-                                       check=True).stdout.split() if f != ".secrets.baseline"]
-    proc = subprocess.run([*tool("detect-secrets"), "scan", *files], cwd=REPO, capture_output=True, text=True,
-                          timeout=300)
+    audited = {
+        (f, s["hashed_secret"])
+        for f, items in baseline["results"].items()
+        for s in items
+        if s.get("is_secret") is False
+    }
+    files = [
+        f
+        for f in subprocess.run(
+            ["git", "ls-files"], cwd=REPO, capture_output=True, text=True, check=True
+        ).stdout.split()
+        if f != ".secrets.baseline"
+    ]
+    proc = subprocess.run(
+        [*tool("detect-secrets"), "scan", *files], cwd=REPO, capture_output=True, text=True, timeout=300
+    )
     assert proc.returncode == 0, proc.stderr
     found = {(f, s["hashed_secret"]) for f, items in json.loads(proc.stdout)["results"].items() for s in items}
     assert found <= audited, f"new findings not in .secrets.baseline: {sorted(found - audited)}"
 
 
 # ------------------------------------------------------------------------------------------------- the wheel
+
 
 def test_wheel_gives_the_hypernet_command_in_a_fresh_venv(tmp_path):
     """Build the wheel offline from a copy of the sources, install it into a fresh venv that sees this venv's
@@ -174,8 +214,24 @@ def test_wheel_gives_the_hypernet_command_in_a_fresh_venv(tmp_path):
         shutil.copy(REPO / name, src / name)
     shutil.copytree(REPO / PLUGIN, src / PLUGIN, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
     wheels = tmp_path / "wheels"
-    proc = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--no-index",
-                           "-q", "-w", str(wheels), str(src)], capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "--no-index",
+            "-q",
+            "-w",
+            str(wheels),
+            str(src),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     (wheel,) = wheels.glob("hypernet_qgis-*-py3-none-any.whl")
     from hypernet_qgis import __version__
@@ -192,34 +248,77 @@ def test_wheel_gives_the_hypernet_command_in_a_fresh_venv(tmp_path):
 
     venv = tmp_path / "fresh"
     # without its own pip/setuptools: they would shadow the newer setuptools that torch's metadata asks for
-    subprocess.run([SYSTEM_PYTHON, "-m", "venv", "--system-site-packages", "--without-pip", str(venv)], check=True,
-                   timeout=300)
+    subprocess.run(
+        [SYSTEM_PYTHON, "-m", "venv", "--system-site-packages", "--without-pip", str(venv)], check=True, timeout=300
+    )
     site = next((venv / "lib").glob("python3*/site-packages"))
     ours = next(p for p in map(Path, sys.path) if p.name == "site-packages" and (p / "torch").is_dir())
     (site / "engine.pth").write_text(f"{ours}\n")  # torch, spectral, numpy<2 of the test venv, nothing else
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
     env["PATH"] = f"{venv / 'bin'}:/usr/bin:/bin"
-    proc = subprocess.run([sys.executable, "-m", "pip", "--python", str(venv / "bin" / "python"), "install",
-                           "--no-index", "-q", str(wheel)], env=env, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "--python",
+            str(venv / "bin" / "python"),
+            "install",
+            "--no-index",
+            "-q",
+            str(wheel),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr  # the dependencies were found, nothing downloaded
     work = tmp_path / "elsewhere"
     work.mkdir()
-    where = subprocess.run([str(venv / "bin" / "python"), "-c", "import hypernet_qgis; print(hypernet_qgis.__file__)"],
-                           env=env, cwd=work, capture_output=True, text=True, timeout=120)
+    where = subprocess.run(
+        [str(venv / "bin" / "python"), "-c", "import hypernet_qgis; print(hypernet_qgis.__file__)"],
+        env=env,
+        cwd=work,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert where.stdout.strip().startswith(str(venv)), where.stdout + where.stderr
 
     hypernet = str(venv / "bin" / "hypernet")
-    helps = [subprocess.run(cmd, env=env, cwd=work, capture_output=True, text=True, timeout=120).stdout
-             for cmd in ([hypernet, "--help"], [str(venv / "bin" / "python"), "-m", "hypernet_qgis", "--help"])]
+    helps = [
+        subprocess.run(cmd, env=env, cwd=work, capture_output=True, text=True, timeout=120).stdout
+        for cmd in ([hypernet, "--help"], [str(venv / "bin" / "python"), "-m", "hypernet_qgis", "--help"])
+    ]
     commands = [set(re.findall(r"^    (\w+)\s", text, re.M)) for text in helps]
     assert commands[0] == commands[1] and {"detect", "train", "baseline", "evaluate", "inspect"} <= commands[0]
 
     out = work / "change.tif"
-    proc = subprocess.run([hypernet, "detect", str(SAMPLE / "t1.tif"), str(SAMPLE / "t2.tif"), "--output", str(out),
-                           "--epochs", "3", "--seed", "0", "--device", "cpu", "--quiet"],
-                          env=env, cwd=work, capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [
+            hypernet,
+            "detect",
+            str(SAMPLE / "t1.tif"),
+            str(SAMPLE / "t2.tif"),
+            "--output",
+            str(out),
+            "--epochs",
+            "3",
+            "--seed",
+            "0",
+            "--device",
+            "cpu",
+            "--quiet",
+        ],
+        env=env,
+        cwd=work,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
-    summary = json.loads(proc.stdout[proc.stdout.find("{"):])
+    summary = json.loads(proc.stdout[proc.stdout.find("{") :])
     from osgeo import gdal
 
     ds = gdal.Open(str(out))

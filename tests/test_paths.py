@@ -40,8 +40,15 @@ def test_partners_of_a_header_and_of_a_data_file(tmp_path):
     stem = str(tmp_path / "scene")
     assert paths._partners(hdr) == {hdr} | {stem + s for s in paths.ENVI_DATA_SUFFIXES}
     data = str(tmp_path / "scene.img")
-    assert paths._partners(data) == {data, data + ".hdr", data + ".HDR", data + ".Hdr", stem + ".hdr",
-                                     stem + ".HDR", stem + ".Hdr"}
+    assert paths._partners(data) == {
+        data,
+        data + ".hdr",
+        data + ".HDR",
+        data + ".Hdr",
+        stem + ".hdr",
+        stem + ".HDR",
+        stem + ".Hdr",
+    }
     # the suffix test ignores case: an upper-case header is a header
     assert str(tmp_path / "scene.bil") in paths._partners(str(tmp_path / "scene.HDR"))
 
@@ -114,27 +121,33 @@ def test_check_output_file_messages(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     assert check_output_file("out.tif", "The change map") == str(tmp_path / "out.tif")
     assert _message(check_output_file, "", "The change map") == (
-        "The change map: no output file was given. Give a file name such as change.tif.")
+        "The change map: no output file was given. Give a file name such as change.tif."
+    )
     assert _message(check_output_file, "", "The model", "model.pt") == (
-        "The model: no output file was given. Give a file name such as model.pt.")
+        "The model: no output file was given. Give a file name such as model.pt."
+    )
     (tmp_path / "d").mkdir()
     assert _message(check_output_file, "d", "The change map", "x.tif") == (
-        "The change map d is a folder. Give a file name such as d/x.tif.")
+        "The change map d is a folder. Give a file name such as d/x.tif."
+    )
     missing = tmp_path / "missing"
     assert _message(check_output_file, "missing/x.tif", "The report") == (
         f"The report missing/x.tif: the folder {missing} does not exist. Create the folder or choose another "
-        "output path.")
+        "output path."
+    )
     (tmp_path / "f").write_text("a file")
     assert _message(check_output_file, "f/x.tif", "The report") == (
         f"The report f/x.tif: the folder {tmp_path / 'f'} is a file, not a folder. Create the folder or choose "
-        "another output path.")
+        "another output path."
+    )
     ro = tmp_path / "ro.tif"
     ro.write_bytes(b"old")
     ro.chmod(0o444)
     try:
         assert _message(check_output_file, "ro.tif", "The change map") == (
             "The change map ro.tif exists and is read-only. Make it writable (chmod u+w) or choose another file "
-            "name; read-only files are never replaced.")
+            "name; read-only files are never replaced."
+        )
     finally:
         ro.chmod(0o644)
     assert check_output_file("ro.tif", "The change map") == str(ro)
@@ -150,7 +163,8 @@ def test_check_output_file_in_a_read_only_folder(tmp_path):
     try:
         assert _message(check_output_file, str(ro / "x.tif"), "The change map") == (
             f"The change map {ro / 'x.tif'}: the folder {ro} is not writable (Permission denied). Choose a folder "
-            "you can write to.")
+            "you can write to."
+        )
     finally:
         ro.chmod(0o700)
 
@@ -163,21 +177,27 @@ def test_check_job_paths_messages(tmp_path, monkeypatch):
     check_job_paths(["change.tif", None, ""], ["stack.vrt", None])
     assert _message(check_job_paths, {"The change map": "stack.vrt"}, ["stack.vrt"]) == (
         "The change map stack.vrt would overwrite the input stack.vrt. Choose another output file name; inputs are "
-        "never modified.")
+        "never modified."
+    )
     assert _message(check_job_paths, {"The change map": "base.tif"}, ["stack.vrt"]) == (
         "The change map base.tif would overwrite the input stack.vrt (a file that input is made of). Choose "
-        "another output file name; inputs are never modified.")
+        "another output file name; inputs are never modified."
+    )
     assert _message(check_job_paths, ["base.tif"], ["base.tif"]) == (
         "The output base.tif would overwrite the input base.tif. Choose another output file name; inputs are "
-        "never modified.")
+        "never modified."
+    )
     assert _message(check_job_paths, {"The change map": "a.tif", "The intensity": "./a.tif"}, []) == (
-        "The intensity and the change map have the same path (./a.tif). Give each output its own file name.")
+        "The intensity and the change map have the same path (./a.tif). Give each output its own file name."
+    )
     assert _message(check_job_paths, ["a.tif", "sub/../a.tif"], []) == (
-        "Two outputs have the same path (sub/../a.tif). Give each output its own file name.")
+        "Two outputs have the same path (sub/../a.tif). Give each output its own file name."
+    )
     # an output that exists under another name of an input (a hard link) is found by samefile
     os.link(base, tmp_path / "hard.tif")
     assert "would overwrite the input stack.vrt (a file that input is made of)" in _message(
-        check_job_paths, ["hard.tif"], ["stack.vrt"])
+        check_job_paths, ["hard.tif"], ["stack.vrt"]
+    )
     # outputs are checked one by one, before the inputs: a missing folder is named
     assert "does not exist" in _message(check_job_paths, ["nowhere/x.tif"], ["stack.vrt"])
     # a path object works as well as a string
@@ -191,11 +211,13 @@ def test_the_input_named_is_the_one_given_for_that_path(tmp_path, monkeypatch):
     (tmp_path / "link.tif").symlink_to(tmp_path / "a.tif")
     assert _message(check_job_paths, ["link.tif"], ["a.tif", "link.tif"]) == (
         "The output link.tif would overwrite the input link.tif. Choose another output file name; inputs are "
-        "never modified.")
+        "never modified."
+    )
     # the file behind both: the first input that holds it is named
     assert _message(check_job_paths, ["a.tif"], ["link.tif", "a.tif"]) == (
         "The output a.tif would overwrite the input link.tif. Choose another output file name; inputs are never "
-        "modified.")
+        "modified."
+    )
     # None and "" before a real input are skipped, not the end of the list
     assert input_files([None, "", "a.tif"])[str(tmp_path / "a.tif")] == "a.tif"
 
@@ -209,7 +231,8 @@ def test_a_partner_that_does_not_exist_yet_is_refused_through_a_linked_folder(tm
     monkeypatch.chdir(tmp_path)
     assert _message(check_job_paths, {"The report": "via/a.hdr"}, ["real/a.tif"]) == (
         "The report via/a.hdr would overwrite the input real/a.tif (a file that input is made of). Choose another "
-        "output file name; inputs are never modified.")
+        "output file name; inputs are never modified."
+    )
     # through the link, the input itself
     assert "would overwrite the input real/a.tif." in _message(check_job_paths, ["via/a.tif"], ["real/a.tif"])
 
@@ -221,7 +244,8 @@ def test_existing_outputs_that_are_no_input_are_accepted(tmp_path, monkeypatch):
     check_job_paths({"The change map": "old.tif"}, ["a.tif"])
     assert _message(check_job_paths, {"The change map": "nowhere/x.tif"}, ["a.tif"]) == (
         f"The change map nowhere/x.tif: the folder {tmp_path / 'nowhere'} does not exist. Create the folder or "
-        "choose another output path.")
+        "choose another output path."
+    )
 
 
 def test_gdal_files_of_a_vector_a_memory_source_and_with_gdal_exceptions(tmp_path):
@@ -264,4 +288,5 @@ def test_a_folder_nobody_may_create_files_in(tmp_path):
     except OSError as exc:
         reason = exc.strerror
     assert _message(check_output_file, "/sys/x.tif", "The change map") == (
-        f"The change map /sys/x.tif: the folder /sys is not writable ({reason}). Choose a folder you can write to.")
+        f"The change map /sys/x.tif: the folder /sys is not writable ({reason}). Choose a folder you can write to."
+    )

@@ -26,8 +26,13 @@ def digest(*paths: Path) -> list[str]:
 def test_detect_writes_georeferenced_outputs_and_finds_the_change(synthetic_pair, tmp_path):
     before = digest(synthetic_pair["t1"], synthetic_pair["t2"])
     change, inten = tmp_path / "change.tif", tmp_path / "intensity.tif"
-    res = pipeline.detect_files(str(synthetic_pair["t1"]), str(synthetic_pair["t2"]), str(change),
-                                intensity_out=str(inten), config=TrainConfig(epochs=15, device="cpu"))
+    res = pipeline.detect_files(
+        str(synthetic_pair["t1"]),
+        str(synthetic_pair["t2"]),
+        str(change),
+        intensity_out=str(inten),
+        config=TrainConfig(epochs=15, device="cpu"),
+    )
     assert digest(synthetic_pair["t1"], synthetic_pair["t2"]) == before  # inputs untouched
     src, out, out_i = (gdal.Open(str(p)) for p in (synthetic_pair["t1"], change, inten))
     assert out.GetGeoTransform() == src.GetGeoTransform() and out_i.GetGeoTransform() == src.GetGeoTransform()
@@ -48,8 +53,12 @@ def test_detect_writes_georeferenced_outputs_and_finds_the_change(synthetic_pair
 def test_training_is_deterministic_for_a_seed_on_cpu(synthetic_pair, tmp_path):
     histories, weights = [], []
     for i, seed in enumerate((3, 3, 4)):
-        res = pipeline.train_files(str(synthetic_pair["t1"]), str(synthetic_pair["t2"]), str(tmp_path / f"m{i}.pt"),
-                                   config=TrainConfig(seed=seed, **FAST))
+        res = pipeline.train_files(
+            str(synthetic_pair["t1"]),
+            str(synthetic_pair["t2"]),
+            str(tmp_path / f"m{i}.pt"),
+            config=TrainConfig(seed=seed, **FAST),
+        )
         histories.append(res.loss_history)
         weights.append(torch.cat([p.detach().flatten() for p in res.model.parameters()]))
     assert histories[0] == histories[1] and torch.equal(weights[0], weights[1])
@@ -84,12 +93,22 @@ class CancelAfter(NullFeedback):
 
 def test_cancel_stops_within_an_epoch_and_writes_nothing(synthetic_pair, tmp_path):
     with pytest.raises(Cancelled):
-        pipeline.detect_files(str(synthetic_pair["t1"]), str(synthetic_pair["t2"]), str(tmp_path / "c.tif"),
-                              intensity_out=str(tmp_path / "i.tif"), config=TrainConfig(epochs=50, device="cpu"),
-                              feedback=CancelAfter(2))
+        pipeline.detect_files(
+            str(synthetic_pair["t1"]),
+            str(synthetic_pair["t2"]),
+            str(tmp_path / "c.tif"),
+            intensity_out=str(tmp_path / "i.tif"),
+            config=TrainConfig(epochs=50, device="cpu"),
+            feedback=CancelAfter(2),
+        )
     with pytest.raises(Cancelled):
-        pipeline.train_files(str(synthetic_pair["t1"]), str(synthetic_pair["t2"]), str(tmp_path / "m.pt"),
-                             config=TrainConfig(epochs=50, device="cpu"), feedback=CancelAfter(2))
+        pipeline.train_files(
+            str(synthetic_pair["t1"]),
+            str(synthetic_pair["t2"]),
+            str(tmp_path / "m.pt"),
+            config=TrainConfig(epochs=50, device="cpu"),
+            feedback=CancelAfter(2),
+        )
     assert sorted(p.name for p in tmp_path.iterdir()) == ["gt.tif", "t1.tif", "t2.tif"]
 
 
@@ -141,8 +160,9 @@ def test_constant_and_all_nodata_inputs_are_refused(tmp_path):
     srs.ImportFromEPSG(32633)
 
     def write(name: str, arr: np.ndarray, nodata: float | None = None) -> str:
-        ds = gdal.GetDriverByName("GTiff").Create(str(tmp_path / name), arr.shape[2], arr.shape[1], arr.shape[0],
-                                                  gdal.GDT_Float32)
+        ds = gdal.GetDriverByName("GTiff").Create(
+            str(tmp_path / name), arr.shape[2], arr.shape[1], arr.shape[0], gdal.GDT_Float32
+        )
         ds.SetGeoTransform((0, 1, 0, 0, 0, -1))
         ds.SetProjection(srs.ExportToWkt())
         for b in range(arr.shape[0]):
@@ -165,8 +185,12 @@ def test_constant_and_all_nodata_inputs_are_refused(tmp_path):
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")
 def test_forcing_cuda_without_a_gpu_is_a_clear_error(synthetic_pair, tmp_path):
     with pytest.raises(InputError, match="no CUDA GPU"):
-        pipeline.train_files(str(synthetic_pair["t1"]), str(synthetic_pair["t2"]), str(tmp_path / "m.pt"),
-                             config=TrainConfig(epochs=1, device="cuda"))
+        pipeline.train_files(
+            str(synthetic_pair["t1"]),
+            str(synthetic_pair["t2"]),
+            str(tmp_path / "m.pt"),
+            config=TrainConfig(epochs=1, device="cuda"),
+        )
 
 
 def test_otsu_on_the_square_root_keeps_long_tailed_change():
@@ -198,8 +222,9 @@ def test_a_pair_larger_than_the_budget_is_detected_by_windows_with_the_same_resu
     # HyperNet's own intensity, by windows and whole (the fused default: test_one_flow)
     whole = pipeline.detect_files(t1, t2, str(tmp_path / "a.tif"), model=str(model), evidence="hypernet")
     small = TrainConfig(device="cpu", memory_budget_mb=0.1)  # the 40x36x8 pair needs ~0.2 MB in memory
-    streamed = pipeline.detect_files(t1, t2, str(tmp_path / "b.tif"), model=str(model), config=small,
-                                     evidence="hypernet")
+    streamed = pipeline.detect_files(
+        t1, t2, str(tmp_path / "b.tif"), model=str(model), config=small, evidence="hypernet"
+    )
     assert streamed.extra.get("streamed") and not whole.extra.get("streamed")
     span = np.nanmax(whole.intensity) - np.nanmin(whole.intensity)
     assert np.nanmax(np.abs(streamed.intensity - whole.intensity)) <= 1e-4 * span
@@ -219,12 +244,14 @@ def test_the_mrf_map_can_be_asked_for_on_the_windowed_route(synthetic_pair, tmp_
     model = tmp_path / "m.hypernet"
     pipeline.train_files(t1, t2, str(model), config=TrainConfig(**FAST))
     small = TrainConfig(device="cpu", memory_budget_mb=0.1)
-    streamed = pipeline.detect_files(t1, t2, str(tmp_path / "b.tif"), model=str(model), config=small,
-                                     threshold="mrf", evidence="hypernet")
+    streamed = pipeline.detect_files(
+        t1, t2, str(tmp_path / "b.tif"), model=str(model), config=small, threshold="mrf", evidence="hypernet"
+    )
     assert streamed.extra.get("streamed") and streamed.extra["evidence"] == "hypernet"
     assert streamed.threshold_method == "mrf"
     expected, root = mrf_change(np.sqrt(np.maximum(streamed.intensity, 0.0)), streamed.pair.valid)
-    assert np.array_equal(streamed.binary, expected) and streamed.threshold == pytest.approx(root ** 2)
-    whole = pipeline.detect_files(t1, t2, str(tmp_path / "a.tif"), model=str(model), evidence="hypernet",
-                                  threshold="mrf")
+    assert np.array_equal(streamed.binary, expected) and streamed.threshold == pytest.approx(root**2)
+    whole = pipeline.detect_files(
+        t1, t2, str(tmp_path / "a.tif"), model=str(model), evidence="hypernet", threshold="mrf"
+    )
     assert (whole.binary != streamed.binary).sum() <= 2

@@ -17,8 +17,9 @@ from hypernet_qgis.core.io import polygons
 GT = (500000.0, 10.0, 0.0, 4000000.0, 0.0, -10.0)
 
 
-def write_map(path: Path, array: np.ndarray, epsg: int | None = 32633, gt=GT, dtype=gdal.GDT_Byte,
-              nodata: float | None = 255) -> str:
+def write_map(
+    path: Path, array: np.ndarray, epsg: int | None = 32633, gt=GT, dtype=gdal.GDT_Byte, nodata: float | None = 255
+) -> str:
     ds = gdal.GetDriverByName("GTiff").Create(str(path), array.shape[1], array.shape[0], 1, dtype)
     ds.SetGeoTransform(gt)
     if epsg:
@@ -72,8 +73,12 @@ def label(binary: np.ndarray, connectivity: int) -> list[list[tuple[int, int]]]:
 
 def pixel_envelope(pixels) -> tuple[float, float, float, float]:
     ys, xs = zip(*pixels)
-    return (GT[0] + min(xs) * GT[1], GT[0] + (max(xs) + 1) * GT[1], GT[3] + (max(ys) + 1) * GT[5],
-            GT[3] + min(ys) * GT[5])
+    return (
+        GT[0] + min(xs) * GT[1],
+        GT[0] + (max(xs) + 1) * GT[1],
+        GT[3] + (max(ys) + 1) * GT[5],
+        GT[3] + min(ys) * GT[5],
+    )
 
 
 def random_map(seed: int = 3, size: int = 40) -> np.ndarray:
@@ -132,8 +137,14 @@ def test_min_area_drops_exactly_the_small_regions_and_sieve_removes_them(tmp_pat
     change = write_map(tmp_path / "change.tif", a)
     expected = label(a, 8)
     min_area = 400.0  # 4 pixels of 10 m x 10 m
-    res = polygons.polygonize_change(change, str(tmp_path / "p.gpkg"), min_area=min_area, connectivity=8,
-                                     sieve=True, dates=("2019-05-01", "2020-05-01"))
+    res = polygons.polygonize_change(
+        change,
+        str(tmp_path / "p.gpkg"),
+        min_area=min_area,
+        connectivity=8,
+        sieve=True,
+        dates=("2019-05-01", "2020-05-01"),
+    )
     feats, _ = features(res.path)
     big = [p for p in expected if len(p) * 100.0 >= min_area]
     small = [p for p in expected if len(p) * 100.0 < min_area]
@@ -166,13 +177,15 @@ def test_by_rows_with_scratch_files_gives_the_same_polygons(tmp_path):
     inten = rng.random(a.shape).astype(np.float32)
     change = write_map(tmp_path / "change.tif", a)
     inten_path = write_map(tmp_path / "inten.tif", inten, dtype=gdal.GDT_Float32, nodata=-9999.0)
-    small = polygons.polygonize_change(change, str(tmp_path / "rows.gpkg"), intensity=inten_path, min_area=300,
-                                       memory_budget_mb=1)
+    small = polygons.polygonize_change(
+        change, str(tmp_path / "rows.gpkg"), intensity=inten_path, min_area=300, memory_budget_mb=1
+    )
     whole = polygons.polygonize_change(change, str(tmp_path / "whole.gpkg"), intensity=inten, min_area=300)
     f1, f2 = features(small.path)[0], features(whole.path)[0]
     key = lambda f: (f["_env"], f["pixels"])  # noqa: E731
-    assert [(f["_env"], f["pixels"], round(f["mean_intensity"], 5)) for f in sorted(f1, key=key)] == \
-           [(f["_env"], f["pixels"], round(f["mean_intensity"], 5)) for f in sorted(f2, key=key)]
+    assert [(f["_env"], f["pixels"], round(f["mean_intensity"], 5)) for f in sorted(f1, key=key)] == [
+        (f["_env"], f["pixels"], round(f["mean_intensity"], 5)) for f in sorted(f2, key=key)
+    ]
     assert small.kept == whole.kept > 100
     assert not [p for p in os.listdir(tmp_path) if p.startswith(".")]
 
@@ -194,18 +207,20 @@ def test_change_area_figures():
     srs.ImportFromEPSG(32633)
     a = polygons.change_area(250, 1000, GT, srs.ExportToWkt())
     assert a == {"changed_area": 25000.0, "changed_hectares": 2.5, "changed_share": 0.25}
-    assert polygons.area_message(250, 1000, GT, srs.ExportToWkt()) == \
-        "Changed area: 2.5 ha, 25.00% of the valid area."
+    assert polygons.area_message(250, 1000, GT, srs.ExportToWkt()) == "Changed area: 2.5 ha, 25.00% of the valid area."
 
 
-@pytest.mark.parametrize("kwargs, words", [
-    ({"out": "p.shp"}, "GeoPackage"),
-    ({"min_area": -1.0}, "0 or more"),
-    ({"min_area": float("nan")}, "0 or more"),
-    ({"connectivity": 6}, r"4 \(edges\) or 8"),
-    ({"out": "missing/p.gpkg"}, "does not exist"),
-    ({"intensity": np.zeros((3, 3))}, "give the intensity of that change map"),
-])
+@pytest.mark.parametrize(
+    "kwargs, words",
+    [
+        ({"out": "p.shp"}, "GeoPackage"),
+        ({"min_area": -1.0}, "0 or more"),
+        ({"min_area": float("nan")}, "0 or more"),
+        ({"connectivity": 6}, r"4 \(edges\) or 8"),
+        ({"out": "missing/p.gpkg"}, "does not exist"),
+        ({"intensity": np.zeros((3, 3))}, "give the intensity of that change map"),
+    ],
+)
 def test_bad_options_are_refused_with_one_clear_line(tmp_path, kwargs, words):
     change = write_map(tmp_path / "change.tif", random_map())
     out = str(tmp_path / kwargs.pop("out", "p.gpkg"))

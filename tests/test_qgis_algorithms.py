@@ -52,9 +52,17 @@ def test_train_writes_a_model_and_logs_the_device(hypernet_provider, pair_dir, t
     before = hashes(pair_dir)
     feedback = _feedback()
     out = str(tmp_path / "m.hypernet")
-    result = processing.run("hypernet:trainhypernet", {
-        "INPUT_T1": str(pair_dir / "t1.tif"), "INPUT_T2": str(pair_dir / "t2.tif"), "EPOCHS": 3,
-        "DEVICE": "auto", "OUTPUT_MODEL": out}, feedback=feedback)
+    result = processing.run(
+        "hypernet:trainhypernet",
+        {
+            "INPUT_T1": str(pair_dir / "t1.tif"),
+            "INPUT_T2": str(pair_dir / "t2.tif"),
+            "EPOCHS": 3,
+            "DEVICE": "auto",
+            "OUTPUT_MODEL": out,
+        },
+        feedback=feedback,
+    )
     assert result["OUTPUT_MODEL"] == out and os.path.getsize(out) > 0
     assert math.isfinite(result["FINAL_LOSS"])
     log = "\n".join(feedback.lines)
@@ -75,9 +83,18 @@ def test_detect_trains_then_maps_the_changed_block(hypernet_provider, pair_dir, 
 
     before = hashes(pair_dir)
     change, intensity = str(tmp_path / "change.tif"), str(tmp_path / "intensity.tif")
-    result = processing.run("hypernet:detectchange", {
-        "INPUT_T1": str(pair_dir / "t1.tif"), "INPUT_T2": str(pair_dir / "t2.tif"), "EPOCHS": 3, "SEED": 0,
-        "DEVICE": "cpu", "OUTPUT_CHANGE": change, "OUTPUT_INTENSITY": intensity})
+    result = processing.run(
+        "hypernet:detectchange",
+        {
+            "INPUT_T1": str(pair_dir / "t1.tif"),
+            "INPUT_T2": str(pair_dir / "t2.tif"),
+            "EPOCHS": 3,
+            "SEED": 0,
+            "DEVICE": "cpu",
+            "OUTPUT_CHANGE": change,
+            "OUTPUT_INTENSITY": intensity,
+        },
+    )
     values, gt, wkt, nodata = read(change)
     assert values.dtype == np.uint8 and set(np.unique(values)) <= {0, 1}
     assert nodata == 255
@@ -98,14 +115,29 @@ def test_detect_with_a_model_and_fixed_threshold(hypernet_provider, pair_dir, tr
     import processing
 
     change, intensity = str(tmp_path / "c.tif"), str(tmp_path / "i.tif")
-    first = processing.run("hypernet:detectchange", {
-        "INPUT_T1": str(pair_dir / "t1.tif"), "INPUT_T2": str(pair_dir / "t2.tif"), "MODEL": trained_model,
-        "OUTPUT_CHANGE": change, "OUTPUT_INTENSITY": intensity})
+    first = processing.run(
+        "hypernet:detectchange",
+        {
+            "INPUT_T1": str(pair_dir / "t1.tif"),
+            "INPUT_T2": str(pair_dir / "t2.tif"),
+            "MODEL": trained_model,
+            "OUTPUT_CHANGE": change,
+            "OUTPUT_INTENSITY": intensity,
+        },
+    )
     ivalues = read(intensity)[0]
     value = float(np.median(ivalues))
-    fixed = processing.run("hypernet:detectchange", {
-        "INPUT_T1": str(pair_dir / "t1.tif"), "INPUT_T2": str(pair_dir / "t2.tif"), "MODEL": trained_model,
-        "THRESHOLD_METHOD": "fixed", "THRESHOLD": value, "OUTPUT_CHANGE": str(tmp_path / "f.tif")})
+    fixed = processing.run(
+        "hypernet:detectchange",
+        {
+            "INPUT_T1": str(pair_dir / "t1.tif"),
+            "INPUT_T2": str(pair_dir / "t2.tif"),
+            "MODEL": trained_model,
+            "THRESHOLD_METHOD": "fixed",
+            "THRESHOLD": value,
+            "OUTPUT_CHANGE": str(tmp_path / "f.tif"),
+        },
+    )
     assert fixed["THRESHOLD_USED"] == pytest.approx(value)
     assert fixed["CHANGED_PIXELS"] == int((ivalues > value).sum())
     assert first["CHANGED_PIXELS"] != fixed["CHANGED_PIXELS"]
@@ -116,15 +148,28 @@ def test_a_model_trained_on_a_band_subset_keeps_it(hypernet_provider, pair_dir, 
     import processing
 
     model = str(tmp_path / "sub.hypernet")
-    processing.run("hypernet:trainhypernet", {
-        "INPUT_T1": str(pair_dir / "t1.tif"), "INPUT_T2": str(pair_dir / "t2.tif"), "BANDS": "2-5", "EPOCHS": 2,
-        "OUTPUT_MODEL": model})
+    processing.run(
+        "hypernet:trainhypernet",
+        {
+            "INPUT_T1": str(pair_dir / "t1.tif"),
+            "INPUT_T2": str(pair_dir / "t2.tif"),
+            "BANDS": "2-5",
+            "EPOCHS": 2,
+            "OUTPUT_MODEL": model,
+        },
+    )
     from hypernet_qgis.core.hypernet.model_file import load_model
 
     assert load_model(model)[0].bands == 4
-    result = processing.run("hypernet:detectchange", {
-        "INPUT_T1": str(pair_dir / "t1.tif"), "INPUT_T2": str(pair_dir / "t2.tif"), "MODEL": model,
-        "OUTPUT_CHANGE": str(tmp_path / "c.tif")})
+    result = processing.run(
+        "hypernet:detectchange",
+        {
+            "INPUT_T1": str(pair_dir / "t1.tif"),
+            "INPUT_T2": str(pair_dir / "t2.tif"),
+            "MODEL": model,
+            "OUTPUT_CHANGE": str(tmp_path / "c.tif"),
+        },
+    )
     assert result["CHANGED_PIXELS"] > 0
 
 
@@ -134,19 +179,21 @@ def test_evaluate_gives_hand_computed_metrics(hypernet_provider, tmp_path):  # n
 
     pred = np.zeros(100, np.uint8)
     ref = np.zeros(100, np.uint8)
-    ref[:25] = 1            # 25 changed in the reference
-    pred[:20] = 1           # 20 of them found (TP), 5 missed (FN)
-    pred[25:35] = 1         # 10 false alarms (FP); the remaining 65 are TN
+    ref[:25] = 1  # 25 changed in the reference
+    pred[:20] = 1  # 20 of them found (TP), 5 missed (FN)
+    pred[25:35] = 1  # 10 false alarms (FP); the remaining 65 are TN
     pred, ref = pred.reshape(10, 10), ref.reshape(10, 10)
     pred_big = np.full((10, 12), 255, np.uint8)
     ref_big = np.full((10, 12), 9, np.uint8)  # ignored reference value
     pred_big[:, :10], ref_big[:, :10] = pred, ref
     pred_big[:, 10] = 1
-    ref_big[:, 11] = 1                         # change-map nodata on changed reference pixels: not scored
+    ref_big[:, 11] = 1  # change-map nodata on changed reference pixels: not scored
     a = write_tif(tmp_path / "pred.tif", pred_big, nodata=255)
     b = write_tif(tmp_path / "ref.tif", ref_big)
-    out = processing.run("hypernet:evaluatechange", {"INPUT": a, "REFERENCE": b, "CHANGED_VALUES": "1",
-                                                     "UNCHANGED_VALUES": "0", "IGNORE_VALUES": "9"})
+    out = processing.run(
+        "hypernet:evaluatechange",
+        {"INPUT": a, "REFERENCE": b, "CHANGED_VALUES": "1", "UNCHANGED_VALUES": "0", "IGNORE_VALUES": "9"},
+    )
     assert out["OA"] == pytest.approx(0.85)
     assert out["PRECISION"] == pytest.approx(2 / 3)
     assert out["RECALL"] == pytest.approx(0.8)
@@ -160,9 +207,16 @@ def test_classic_cva_finds_the_block(hypernet_provider, pair_dir, tmp_path):  # 
     import processing
 
     out = str(tmp_path / "cva.tif")
-    result = processing.run("hypernet:classicchange", {
-        "METHOD": "cva", "INPUT_T1": str(pair_dir / "t1.tif"), "INPUT_T2": str(pair_dir / "t2.tif"),
-        "OUTPUT_CHANGE": out, "OUTPUT_INTENSITY": str(tmp_path / "cva_i.tif")})
+    result = processing.run(
+        "hypernet:classicchange",
+        {
+            "METHOD": "cva",
+            "INPUT_T1": str(pair_dir / "t1.tif"),
+            "INPUT_T2": str(pair_dir / "t2.tif"),
+            "OUTPUT_CHANGE": out,
+            "OUTPUT_INTENSITY": str(tmp_path / "cva_i.tif"),
+        },
+    )
     values, gt, wkt, nodata = read(out)
     precision, recall = _scores(values)
     assert precision > 0.9 and recall > 0.9
@@ -178,9 +232,16 @@ def test_outputs_loaded_by_the_toolbox_are_styled(hypernet_provider, pair_dir, t
 
     project = QgsProject.instance()
     project.removeAllMapLayers()
-    processing.runAndLoadResults("hypernet:detectchange", {
-        "INPUT_T1": str(pair_dir / "t1.tif"), "INPUT_T2": str(pair_dir / "t2.tif"), "MODEL": trained_model,
-        "OUTPUT_CHANGE": str(tmp_path / "change.tif"), "OUTPUT_INTENSITY": str(tmp_path / "intensity.tif")})
+    processing.runAndLoadResults(
+        "hypernet:detectchange",
+        {
+            "INPUT_T1": str(pair_dir / "t1.tif"),
+            "INPUT_T2": str(pair_dir / "t2.tif"),
+            "MODEL": trained_model,
+            "OUTPUT_CHANGE": str(tmp_path / "change.tif"),
+            "OUTPUT_INTENSITY": str(tmp_path / "intensity.tif"),
+        },
+    )
     layers = {layer.name(): layer for layer in project.mapLayers().values()}
     assert {"change", "intensity"} <= set(layers), set(layers)  # named after the files the user chose
     _check_change_style(layers["change"])
@@ -209,9 +270,16 @@ def test_sidecar_styles_apply_when_the_file_is_opened_later(hypernet_provider, p
     import processing
     from qgis.core import QgsProject, QgsRasterLayer, QgsSingleBandPseudoColorRenderer
 
-    processing.run("hypernet:classicchange", {
-        "METHOD": "sam", "INPUT_T1": str(pair_dir / "t1.tif"), "INPUT_T2": str(pair_dir / "t2.tif"),
-        "OUTPUT_CHANGE": str(tmp_path / "sam.tif"), "OUTPUT_INTENSITY": str(tmp_path / "sam_i.tif")})
+    processing.run(
+        "hypernet:classicchange",
+        {
+            "METHOD": "sam",
+            "INPUT_T1": str(pair_dir / "t1.tif"),
+            "INPUT_T2": str(pair_dir / "t2.tif"),
+            "OUTPUT_CHANGE": str(tmp_path / "sam.tif"),
+            "OUTPUT_INTENSITY": str(tmp_path / "sam_i.tif"),
+        },
+    )
     change = QgsRasterLayer(str(tmp_path / "sam.tif"), "later")
     intensity = QgsRasterLayer(str(tmp_path / "sam_i.tif"), "later intensity")
     QgsProject.instance().addMapLayers([change, intensity])
@@ -228,6 +296,7 @@ def test_sidecar_styles_apply_when_the_file_is_opened_later(hypernet_provider, p
 
 
 # ------------------------------------------------------------------------------------------- task manager
+
 
 def _run_task(alg_id: str, params: dict, cancel_at: float | None = None, timeout_ms: int = 240000):
     """Run through QgsApplication.taskManager() with QgsProcessingAlgRunnerTask, as the dialog does."""
@@ -273,9 +342,16 @@ def _run_task(alg_id: str, params: dict, cancel_at: float | None = None, timeout
 
 def test_task_manager_run_completes(hypernet_provider, pair_dir, tmp_path):  # noqa: F811
     out = str(tmp_path / "task_change.tif")
-    state = _run_task("hypernet:detectchange", {
-        "INPUT_T1": str(pair_dir / "t1.tif"), "INPUT_T2": str(pair_dir / "t2.tif"), "EPOCHS": 2, "DEVICE": "cpu",
-        "OUTPUT_CHANGE": out})
+    state = _run_task(
+        "hypernet:detectchange",
+        {
+            "INPUT_T1": str(pair_dir / "t1.tif"),
+            "INPUT_T2": str(pair_dir / "t2.tif"),
+            "EPOCHS": 2,
+            "DEVICE": "cpu",
+            "OUTPUT_CHANGE": out,
+        },
+    )
     assert state["ended"] == "completed" and state["ok"] is True, state
     assert state["results"]["OUTPUT_CHANGE"] == out and os.path.exists(out)
     assert (tmp_path / "task_change.qml").exists()
@@ -286,15 +362,33 @@ def test_task_manager_cancel_leaves_no_output(hypernet_provider, pair_dir, tmp_p
 
     change, model = tmp_path / "cancel_change.tif", tmp_path / "cancel.hypernet"
     start = time.perf_counter()
-    state = _run_task("hypernet:trainhypernet", {
-        "INPUT_T1": str(pair_dir / "t1.tif"), "INPUT_T2": str(pair_dir / "t2.tif"), "EPOCHS": 5000,
-        "SCHEDULE": "paper", "DEVICE": "cpu", "OUTPUT_MODEL": str(model)}, cancel_at=1.0)
+    state = _run_task(
+        "hypernet:trainhypernet",
+        {
+            "INPUT_T1": str(pair_dir / "t1.tif"),
+            "INPUT_T2": str(pair_dir / "t2.tif"),
+            "EPOCHS": 5000,
+            "SCHEDULE": "paper",
+            "DEVICE": "cpu",
+            "OUTPUT_MODEL": str(model),
+        },
+        cancel_at=1.0,
+    )
     assert state["ended"] == "terminated" and not state["ok"], state
     assert time.perf_counter() - start < 60  # 5000 epochs would take minutes: it stopped early
     assert max(state["progress"]) < 50
-    state = _run_task("hypernet:detectchange", {
-        "INPUT_T1": str(pair_dir / "t1.tif"), "INPUT_T2": str(pair_dir / "t2.tif"), "EPOCHS": 5000,
-        "SCHEDULE": "paper", "DEVICE": "cpu", "OUTPUT_CHANGE": str(change)}, cancel_at=1.0)
+    state = _run_task(
+        "hypernet:detectchange",
+        {
+            "INPUT_T1": str(pair_dir / "t1.tif"),
+            "INPUT_T2": str(pair_dir / "t2.tif"),
+            "EPOCHS": 5000,
+            "SCHEDULE": "paper",
+            "DEVICE": "cpu",
+            "OUTPUT_CHANGE": str(change),
+        },
+        cancel_at=1.0,
+    )
     assert state["ended"] == "terminated"
     assert not model.exists() and not change.exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == []  # no partial or temporary file either
@@ -306,12 +400,18 @@ def test_html_reports(hypernet_provider, pair_dir, trained_model, tmp_path):  # 
 
     t1, t2 = str(pair_dir / "t1.tif"), str(pair_dir / "t2.tif")
     runs = {
-        "train": ("hypernet:trainhypernet", {"INPUT_T1": t1, "INPUT_T2": t2, "EPOCHS": 2,
-                                             "OUTPUT_MODEL": str(tmp_path / "m.hypernet")}),
-        "detect": ("hypernet:detectchange", {"INPUT_T1": t1, "INPUT_T2": t2, "MODEL": trained_model,
-                                             "OUTPUT_CHANGE": str(tmp_path / "c.tif")}),
-        "evaluate": ("hypernet:evaluatechange", {"INPUT": str(pair_dir / "ref.tif"),
-                                                 "REFERENCE": str(pair_dir / "ref.tif")}),
+        "train": (
+            "hypernet:trainhypernet",
+            {"INPUT_T1": t1, "INPUT_T2": t2, "EPOCHS": 2, "OUTPUT_MODEL": str(tmp_path / "m.hypernet")},
+        ),
+        "detect": (
+            "hypernet:detectchange",
+            {"INPUT_T1": t1, "INPUT_T2": t2, "MODEL": trained_model, "OUTPUT_CHANGE": str(tmp_path / "c.tif")},
+        ),
+        "evaluate": (
+            "hypernet:evaluatechange",
+            {"INPUT": str(pair_dir / "ref.tif"), "REFERENCE": str(pair_dir / "ref.tif")},
+        ),
         "inspect": ("hypernet:inspectmodel", {"INPUT": trained_model}),
     }
     for name, (alg_id, params) in runs.items():

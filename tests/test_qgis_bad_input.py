@@ -21,8 +21,12 @@ def _cube(bands: int = 6, rows: int = 24, cols: int = 24) -> np.ndarray:
 
 
 def _detect(inputs: Path, out: Path, **extra) -> tuple[str, dict]:
-    params = {"INPUT_T1": str(inputs / "t1.tif"), "INPUT_T2": str(inputs / "t2.tif"), "EPOCHS": 2,
-              "OUTPUT_CHANGE": str(out / "change.tif")}
+    params = {
+        "INPUT_T1": str(inputs / "t1.tif"),
+        "INPUT_T2": str(inputs / "t2.tif"),
+        "EPOCHS": 2,
+        "OUTPUT_CHANGE": str(out / "change.tif"),
+    }
     params.update(extra)
     return "hypernet:detectchange", params
 
@@ -107,9 +111,15 @@ def case_one_band(inputs, out, model):
 def case_one_band_sam(inputs, out, model):
     write_tif(inputs / "t1.tif", _cube(bands=1))
     write_tif(inputs / "t2.tif", _cube(bands=1))
-    return ("hypernet:classicchange", {"METHOD": "sam", "INPUT_T1": str(inputs / "t1.tif"),
-                                       "INPUT_T2": str(inputs / "t2.tif"),
-                                       "OUTPUT_CHANGE": str(out / "change.tif")}), r"at least 2"
+    return (
+        "hypernet:classicchange",
+        {
+            "METHOD": "sam",
+            "INPUT_T1": str(inputs / "t1.tif"),
+            "INPUT_T2": str(inputs / "t2.tif"),
+            "OUTPUT_CHANGE": str(out / "change.tif"),
+        },
+    ), r"at least 2"
 
 
 def case_too_small(inputs, out, model):
@@ -149,8 +159,15 @@ def case_two_outputs_same(inputs, out, model):
 def case_model_output_is_input(inputs, out, model):
     write_tif(inputs / "t1.tif", _cube())
     write_tif(inputs / "t2.tif", _cube())
-    return ("hypernet:trainhypernet", {"INPUT_T1": str(inputs / "t1.tif"), "INPUT_T2": str(inputs / "t2.tif"),
-                                       "EPOCHS": 2, "OUTPUT_MODEL": str(inputs / "t2.tif")}), r"overwrite the input"
+    return (
+        "hypernet:trainhypernet",
+        {
+            "INPUT_T1": str(inputs / "t1.tif"),
+            "INPUT_T2": str(inputs / "t2.tif"),
+            "EPOCHS": 2,
+            "OUTPUT_MODEL": str(inputs / "t2.tif"),
+        },
+    ), r"overwrite the input"
 
 
 def case_unwritable_folder(inputs, out, model):
@@ -203,15 +220,24 @@ def case_mask_grid(inputs, out, model):
 def case_evaluate_sizes(inputs, out, model):
     write_tif(inputs / "c.tif", np.ones((10, 10), np.uint8))
     write_tif(inputs / "r.tif", np.ones((10, 12), np.uint8))
-    return ("hypernet:evaluatechange", {"INPUT": str(inputs / "c.tif"), "REFERENCE": str(inputs / "r.tif")}), \
-        r"same grid"
+    return (
+        "hypernet:evaluatechange",
+        {"INPUT": str(inputs / "c.tif"), "REFERENCE": str(inputs / "r.tif")},
+    ), r"same grid"
 
 
 def case_evaluate_values(inputs, out, model):
     write_tif(inputs / "c.tif", np.ones((10, 10), np.uint8))
     write_tif(inputs / "r.tif", np.ones((10, 10), np.uint8))
-    return ("hypernet:evaluatechange", {"INPUT": str(inputs / "c.tif"), "REFERENCE": str(inputs / "r.tif"),
-                                        "CHANGED_VALUES": "1", "UNCHANGED_VALUES": "0,1"}), r"more than one"
+    return (
+        "hypernet:evaluatechange",
+        {
+            "INPUT": str(inputs / "c.tif"),
+            "REFERENCE": str(inputs / "r.tif"),
+            "CHANGED_VALUES": "1",
+            "UNCHANGED_VALUES": "0,1",
+        },
+    ), r"more than one"
 
 
 CASES = {name[5:]: fn for name, fn in dict(globals()).items() if name.startswith("case_")}

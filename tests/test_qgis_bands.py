@@ -17,10 +17,13 @@ def test_classic_change_leaves_out_the_bbl_bands(hypernet_provider, tmp_path):  
     t2 = write_envi(tmp_path / "t2.img", cube(1, garbage=(2, 6)), HEADER)
     base = {"METHOD": "cva", "INPUT_T1": t1, "INPUT_T2": t2}
     honoured = processing.run("hypernet:classicchange", {**base, "OUTPUT_CHANGE": str(tmp_path / "a.tif")})
-    by_hand = processing.run("hypernet:classicchange", {**base, "OUTPUT_CHANGE": str(tmp_path / "b.tif"),
-                                                        "BANDS": "1,3-5", "DROP_BAD_BANDS": False})
-    kept = processing.run("hypernet:classicchange", {**base, "OUTPUT_CHANGE": str(tmp_path / "c.tif"),
-                                                     "DROP_BAD_BANDS": False})
+    by_hand = processing.run(
+        "hypernet:classicchange",
+        {**base, "OUTPUT_CHANGE": str(tmp_path / "b.tif"), "BANDS": "1,3-5", "DROP_BAD_BANDS": False},
+    )
+    kept = processing.run(
+        "hypernet:classicchange", {**base, "OUTPUT_CHANGE": str(tmp_path / "c.tif"), "DROP_BAD_BANDS": False}
+    )
     a, b, c = (gdal.Open(r["OUTPUT_CHANGE"]).ReadAsArray() for r in (honoured, by_hand, kept))
     assert np.array_equal(a, b) and not np.array_equal(a, c)
 
@@ -33,7 +36,15 @@ def test_drop_water_without_wavelengths_is_refused_up_front(hypernet_provider, t
     context = QgsProcessingContext()
     context.setProject(QgsProject.instance())
     alg = QgsApplication.processingRegistry().createAlgorithmById(alg_id)
-    ok, message = alg.checkParameterValues({"METHOD": "cva", "INPUT_T1": t1, "INPUT_T2": t2, "DROP_WATER": True,
-                                            "OUTPUT_CHANGE": str(tmp_path / "c.tif"),
-                                            "OUTPUT_MODEL": str(tmp_path / "m.hypernet")}, context)
+    ok, message = alg.checkParameterValues(
+        {
+            "METHOD": "cva",
+            "INPUT_T1": t1,
+            "INPUT_T2": t2,
+            "DROP_WATER": True,
+            "OUTPUT_CHANGE": str(tmp_path / "c.tif"),
+            "OUTPUT_MODEL": str(tmp_path / "m.hypernet"),
+        },
+        context,
+    )
     assert not ok and "needs the band wavelengths" in message, message

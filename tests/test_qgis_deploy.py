@@ -31,8 +31,14 @@ def test_deploy_copies_enables_and_is_repeatable(tmp_path):
     ini = profiles / "profiles" / "default" / "QGIS" / "QGIS3.ini"
     ini.parent.mkdir(parents=True)
     ini.write_text("[qgis]\nlocale=de\n\n[PythonPlugins]\nprocessing=true\nhypernet_qgis=false\n\n[Map]\nx=1\n")
-    cmd = [sys.executable, str(REPO / "tools" / "deploy.py"), str(build), "--profiles-path", str(profiles),
-           "--no-check"]
+    cmd = [
+        sys.executable,
+        str(REPO / "tools" / "deploy.py"),
+        str(build),
+        "--profiles-path",
+        str(profiles),
+        "--no-check",
+    ]
     for _ in range(2):  # a second deploy replaces the first
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
         assert proc.returncode == 0, proc.stderr

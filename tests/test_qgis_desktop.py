@@ -12,8 +12,10 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 
-pytestmark = pytest.mark.skipif(shutil.which("xvfb-run") is None or shutil.which("qgis") is None,
-                                reason="xvfb-run or the qgis desktop is not installed")
+pytestmark = pytest.mark.skipif(
+    shutil.which("xvfb-run") is None or shutil.which("qgis") is None,
+    reason="xvfb-run or the qgis desktop is not installed",
+)
 
 RED = [227, 26, 28, 255]
 
@@ -84,6 +86,10 @@ def test_screenshots_show_the_map(desktop):
 
     image = QImage(str(Path(desktop["work"]) / "shots" / "qgis_change_over_t2.png"))
     assert not image.isNull() and image.width() >= 1000
-    reds = sum(1 for x in range(0, image.width(), 7) for y in range(0, image.height(), 7)
-               if QImage.pixel(image, x, y) & 0xFFFFFF == 0xE31A1C)
+    reds = sum(
+        1
+        for x in range(0, image.width(), 7)
+        for y in range(0, image.height(), 7)
+        if QImage.pixel(image, x, y) & 0xFFFFFF == 0xE31A1C
+    )
     assert reds > 50  # the red change pixels are drawn on the canvas

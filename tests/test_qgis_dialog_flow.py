@@ -115,18 +115,31 @@ def clean_project(hypernet_provider):  # noqa: F811
 
 
 @pytest.mark.parametrize("named", [True, False], ids=["named-files", "temporary-files"])
-def test_detect_change_lands_in_the_project_styled_on_top(clean_project, pair_dir, trained_model, tmp_path,  # noqa: F811
-                                                          named):
+def test_detect_change_lands_in_the_project_styled_on_top(
+    clean_project,
+    pair_dir,
+    trained_model,
+    tmp_path,  # noqa: F811
+    named,
+):
     change = str(tmp_path / "harbour_change.tif") if named else TEMPORARY
     intensity = str(tmp_path / "harbour_intensity.tif") if named else TEMPORARY
-    state = run_like_the_dialog("hypernet:detectchange", {
-        "INPUT_T1": str(pair_dir / "t1.tif"), "INPUT_T2": str(pair_dir / "t2.tif"), "MODEL": trained_model,
-        "OUTPUT_CHANGE": _output(change), "OUTPUT_INTENSITY": _output(intensity)})
+    state = run_like_the_dialog(
+        "hypernet:detectchange",
+        {
+            "INPUT_T1": str(pair_dir / "t1.tif"),
+            "INPUT_T2": str(pair_dir / "t2.tif"),
+            "MODEL": trained_model,
+            "OUTPUT_CHANGE": _output(change),
+            "OUTPUT_INTENSITY": _output(intensity),
+        },
+    )
     assert state["ok"] is True and state["loaded"] is True, state
     assert state["errors"] == [] and state["critical"] == [], state
     names = _tree_names()
-    expected = ["harbour_change", "harbour_intensity"] if named else ["Change map (HyperNet)",
-                                                                      "Change intensity (HyperNet)"]
+    expected = (
+        ["harbour_change", "harbour_intensity"] if named else ["Change map (HyperNet)", "Change intensity (HyperNet)"]
+    )
     assert names == expected, names  # both loaded, the change map above the intensity
     layer = _layer(expected[0])
     assert os.path.realpath(layer.source()) == os.path.realpath(state["results"]["OUTPUT_CHANGE"])
@@ -134,9 +147,15 @@ def test_detect_change_lands_in_the_project_styled_on_top(clean_project, pair_di
 
 
 def test_classic_change_lands_in_the_project(clean_project, pair_dir, tmp_path):  # noqa: F811
-    state = run_like_the_dialog("hypernet:classicchange", {
-        "METHOD": "cva", "INPUT_T1": str(pair_dir / "t1.tif"), "INPUT_T2": str(pair_dir / "t2.tif"),
-        "OUTPUT_CHANGE": _output(TEMPORARY)})
+    state = run_like_the_dialog(
+        "hypernet:classicchange",
+        {
+            "METHOD": "cva",
+            "INPUT_T1": str(pair_dir / "t1.tif"),
+            "INPUT_T2": str(pair_dir / "t2.tif"),
+            "OUTPUT_CHANGE": _output(TEMPORARY),
+        },
+    )
     assert state["ok"] is True and state["loaded"] is True, state
     assert state["errors"] == [] and state["critical"] == [], state
     assert _tree_names() == ["Change map (CVA)"]
@@ -155,9 +174,16 @@ def test_checking_parameters_registers_and_creates_nothing(clean_project, pair_d
     temp_root = Path(tempfile.gettempdir())
     before = set(temp_root.glob("processing_*/*"))
     for _ in range(3):
-        ok, message = alg.checkParameterValues({
-            "METHOD": "cva", "INPUT_T1": str(pair_dir / "t1.tif"), "INPUT_T2": str(pair_dir / "t2.tif"),
-            "OUTPUT_CHANGE": _output(TEMPORARY), "OUTPUT_INTENSITY": _output(TEMPORARY)}, context)
+        ok, message = alg.checkParameterValues(
+            {
+                "METHOD": "cva",
+                "INPUT_T1": str(pair_dir / "t1.tif"),
+                "INPUT_T2": str(pair_dir / "t2.tif"),
+                "OUTPUT_CHANGE": _output(TEMPORARY),
+                "OUTPUT_INTENSITY": _output(TEMPORARY),
+            },
+            context,
+        )
         assert ok, message
     assert dict(context.layersToLoadOnCompletion()) == {}
     assert set(temp_root.glob("processing_*/*")) == before
@@ -174,9 +200,16 @@ def test_identical_dates_are_refused_up_front(clean_project, pair_dir):  # noqa:
     for alg_id in ("hypernet:detectchange", "hypernet:trainhypernet", "hypernet:classicchange"):
         alg = QgsApplication.processingRegistry().createAlgorithmById(alg_id)
         for t2 in (layer.id(), again.id(), str(pair_dir / "t1.tif")):
-            ok, message = alg.checkParameterValues({"METHOD": "cva", "INPUT_T1": layer.id(), "INPUT_T2": t2,
-                                                    "OUTPUT_CHANGE": _output(TEMPORARY),
-                                                    "OUTPUT_MODEL": TEMPORARY}, context)
+            ok, message = alg.checkParameterValues(
+                {
+                    "METHOD": "cva",
+                    "INPUT_T1": layer.id(),
+                    "INPUT_T2": t2,
+                    "OUTPUT_CHANGE": _output(TEMPORARY),
+                    "OUTPUT_MODEL": TEMPORARY,
+                },
+                context,
+            )
             # the engine's check (core.pair.check_pair_files), worded with the dialog's labels
             assert not ok and "Image T1 and Image T2 are the same image" in message, (alg_id, message)
 
@@ -204,8 +237,10 @@ def test_train_keeps_a_temporary_model_next_to_t1(clean_project, tmp_path):
 
     files = make_pair(tmp_path / "pair")
     (tmp_path / "pair" / "t1_t2.hypernet").write_bytes(b"an earlier model")
-    state = run_like_the_dialog("hypernet:trainhypernet", {
-        "INPUT_T1": files["t1"], "INPUT_T2": files["t2"], "EPOCHS": 2, "OUTPUT_MODEL": TEMPORARY})
+    state = run_like_the_dialog(
+        "hypernet:trainhypernet",
+        {"INPUT_T1": files["t1"], "INPUT_T2": files["t2"], "EPOCHS": 2, "OUTPUT_MODEL": TEMPORARY},
+    )
     assert state["ok"] is True, state
     assert state["results"]["OUTPUT_MODEL"] == str(tmp_path / "pair" / "t1_t2_2.hypernet")
     assert (tmp_path / "pair" / "t1_t2_2.hypernet").stat().st_size > 1000

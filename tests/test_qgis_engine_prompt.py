@@ -13,8 +13,10 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 
-pytestmark = pytest.mark.skipif(shutil.which("xvfb-run") is None or shutil.which("qgis") is None,
-                                reason="xvfb-run or the qgis desktop is not installed")
+pytestmark = pytest.mark.skipif(
+    shutil.which("xvfb-run") is None or shutil.which("qgis") is None,
+    reason="xvfb-run or the qgis desktop is not installed",
+)
 
 
 @pytest.fixture(scope="module")
@@ -73,6 +75,10 @@ def test_screenshots(desktop):
         image = QImage(str(Path(desktop["shots"]) / name))
         assert not image.isNull() and image.width() >= 1000, name
         # the message bar's Info background (#e7f5fe) across the top of the map area: the line is drawn
-        info = sum(1 for x in range(400, image.width(), 10) for y in range(90, 160, 4)
-                   if QImage.pixel(image, x, y) & 0xFFFFFF == 0xE7F5FE)
+        info = sum(
+            1
+            for x in range(400, image.width(), 10)
+            for y in range(90, 160, 4)
+            if QImage.pixel(image, x, y) & 0xFFFFFF == 0xE7F5FE
+        )
         assert info > 100, (name, info)

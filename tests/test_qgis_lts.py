@@ -16,9 +16,11 @@ from test_qgis_support import read
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE = REPO / "resources" / "sample" / "salinasA_pair"
 #: Names that Qt6 builds of QGIS (QGIS 4) no longer have; qgis_compat.py maps them.
-UNSCOPED = re.compile(r"QgsProcessingParameterDefinition\.Flag\w+|QgsProcessingAlgorithm\.Flag\w+|"
-                      r"QgsProcessingParameterNumber\.(Integer|Double)\b|QgsProcessingParameterFile\.(File|Folder)\b|"
-                      r"QgsProcessing\.Type\w+")
+UNSCOPED = re.compile(
+    r"QgsProcessingParameterDefinition\.Flag\w+|QgsProcessingAlgorithm\.Flag\w+|"
+    r"QgsProcessingParameterNumber\.(Integer|Double)\b|QgsProcessingParameterFile\.(File|Folder)\b|"
+    r"QgsProcessing\.Type\w+"
+)
 
 
 def sources() -> list[Path]:
@@ -48,8 +50,7 @@ def test_compat_helpers_match_this_qgis():
         assert int(compat.NUMBER_DOUBLE) == int(QgsProcessingParameterNumber.Double)
     param = QgsProcessingParameterNumber("N", "n", compat.NUMBER_INTEGER, optional=True)
     param.setFlags(param.flags() | compat.FLAG_ADVANCED)
-    assert compat.has_flag(param.flags(), compat.FLAG_ADVANCED) and compat.has_flag(param.flags(),
-                                                                                     compat.FLAG_OPTIONAL)
+    assert compat.has_flag(param.flags(), compat.FLAG_ADVANCED) and compat.has_flag(param.flags(), compat.FLAG_OPTIONAL)
     assert not compat.has_flag(param.flags(), compat.FLAG_HIDDEN)
     assert int(param.dataType()) == int(compat.NUMBER_INTEGER)
 
@@ -61,19 +62,34 @@ def test_detect_and_classic_on_the_sample_through_qgis_process(wrapper, tmp_path
     t1, t2, gt = (str(SAMPLE / n) for n in ("t1.tif", "t2.tif", "gt.tif"))
     reference, ref_gt, ref_wkt, _ = read(gt)
     scores = {}
-    for alg, extra, name in (("hypernet:detectchange", ("EPOCHS=5", "SEED=0", "DEVICE=cpu"), "hypernet"),
-                             ("hypernet:classicchange", ("METHOD=cva",), "cva")):
+    for alg, extra, name in (
+        ("hypernet:detectchange", ("EPOCHS=5", "SEED=0", "DEVICE=cpu"), "hypernet"),
+        ("hypernet:classicchange", ("METHOD=cva",), "cva"),
+    ):
         out = tmp_path / f"{name}.tif"
-        results = results_of(run(wrapper, "--json", "run", alg, "--", f"INPUT_T1={t1}", f"INPUT_T2={t2}",
-                                 *extra, f"OUTPUT_CHANGE={out}", timeout=600))
+        results = results_of(
+            run(
+                wrapper,
+                "--json",
+                "run",
+                alg,
+                "--",
+                f"INPUT_T1={t1}",
+                f"INPUT_T2={t2}",
+                *extra,
+                f"OUTPUT_CHANGE={out}",
+                timeout=600,
+            )
+        )
         values, geotransform, wkt, nodata = read(str(out))
         assert values.shape == reference.shape == (83, 86)
         assert values.dtype == np.uint8 and set(np.unique(values)) <= {0, 1} and nodata == 255
         assert geotransform == pytest.approx(ref_gt) and wkt == ref_wkt
         assert results["CHANGED_PIXELS"] == int((values == 1).sum()) > 0
         assert (tmp_path / f"{name}.qml").is_file()
-        evaluation = results_of(run(wrapper, "--json", "run", "hypernet:evaluatechange", "--",
-                                    f"INPUT={out}", f"REFERENCE={gt}"))
+        evaluation = results_of(
+            run(wrapper, "--json", "run", "hypernet:evaluatechange", "--", f"INPUT={out}", f"REFERENCE={gt}")
+        )
         scores[name] = evaluation["KAPPA"]
     assert scores["cva"] == pytest.approx(0.786, abs=0.01)  # PROVENANCE.md: CVA + Otsu kappa 0.7860
     assert scores["hypernet"] > 0.3, scores  # 5 epochs: a rough but real detection

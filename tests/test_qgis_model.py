@@ -25,11 +25,21 @@ def test_model_file_describes_train_detect_evaluate(hypernet_provider):  # noqa:
     assert model.displayName() == "Train and detect, then evaluate"
     children = model.childAlgorithms()
     assert {c.algorithmId() for c in children.values()} == {
-        "hypernet:trainhypernet", "hypernet:detectchange", "hypernet:evaluatechange"}
+        "hypernet:trainhypernet",
+        "hypernet:detectchange",
+        "hypernet:evaluatechange",
+    }
     assert all(c.algorithm() is not None for c in children.values())  # every step resolves to our algorithms
     names = {p.name() for p in model.parameterDefinitions()}
-    assert {"T1", "T2", "REFERENCE", "EPOCHS", "train:Model file", "detect:Change map",
-            "evaluate:Evaluation report"} <= names
+    assert {
+        "T1",
+        "T2",
+        "REFERENCE",
+        "EPOCHS",
+        "train:Model file",
+        "detect:Change map",
+        "evaluate:Evaluation report",
+    } <= names
     # detect uses the trained model, evaluate scores detect's map
     assert children["detect"].parameterSources()["MODEL"][0].outputChildId() == "train"
     assert children["evaluate"].parameterSources()["INPUT"][0].outputChildId() == "detect"
@@ -45,13 +55,15 @@ def test_model_validates_with_inputs_in_a_natural_order(hypernet_provider):  # n
     assert ok and not issues, issues
     for child in model.childAlgorithms().values():  # every parameter of every step has a value
         algorithm = child.algorithm()
-        missing = [d.name() for d in algorithm.parameterDefinitions()
-                   if not d.isDestination() and d.name() not in child.parameterSources()]
+        missing = [
+            d.name()
+            for d in algorithm.parameterDefinitions()
+            if not d.isDestination() and d.name() not in child.parameterSources()
+        ]
         assert missing == [], (child.childId(), missing)
     names = [p.name() for p in model.parameterDefinitions()]
     assert names[:5] == ["T1", "T2", "REFERENCE", "EPOCHS", "SEED"], names
-    advanced = [p.name() for p in model.parameterDefinitions()
-                if has_flag(p.flags(), FLAG_ADVANCED)]
+    advanced = [p.name() for p in model.parameterDefinitions() if has_flag(p.flags(), FLAG_ADVANCED)]
     assert advanced == []  # no (empty or lone) "Advanced Parameters" group in the run dialog
 
 
@@ -63,11 +75,16 @@ def test_model_runs_on_the_sample_data(hypernet_provider, sample_dir, tmp_path):
         pytest.skip("resources/sample/taizhou_crop is missing")
     before = hashes(pair)
     model = _load()
-    params = {"T1": str(pair / "t1.tif"), "T2": str(pair / "t2.tif"), "REFERENCE": str(pair / "reference.tif"),
-              "EPOCHS": 2, "SEED": 0,
-              "train:Model file": str(tmp_path / "taizhou.hypernet"),
-              "detect:Change map": str(tmp_path / "change.tif"),
-              "evaluate:Evaluation report": str(tmp_path / "evaluation.html")}
+    params = {
+        "T1": str(pair / "t1.tif"),
+        "T2": str(pair / "t2.tif"),
+        "REFERENCE": str(pair / "reference.tif"),
+        "EPOCHS": 2,
+        "SEED": 0,
+        "train:Model file": str(tmp_path / "taizhou.hypernet"),
+        "detect:Change map": str(tmp_path / "change.tif"),
+        "evaluate:Evaluation report": str(tmp_path / "evaluation.html"),
+    }
     context = QgsProcessingContext()
     ok, message = model.checkParameterValues(params, context)
     assert ok, message

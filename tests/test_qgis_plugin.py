@@ -15,15 +15,44 @@ KEEP_ALIVE: list = []
 #: The algorithm interface (ids and parameter names are used by scripts, models and qgis_process).
 INTERFACE = {
     "hypernet:trainhypernet": {
-        "params": {"INPUT_T1", "INPUT_T2", "BANDS", "UNCHANGED_MASK", "EPOCHS", "LEARNING_RATE", "GAMMA", "SEED",
-                   "DEVICE", "OUTPUT_MODEL", "SCHEDULE", "MEMORY_BUDGET_MB", "OUTPUT_REPORT"},
+        "params": {
+            "INPUT_T1",
+            "INPUT_T2",
+            "BANDS",
+            "UNCHANGED_MASK",
+            "EPOCHS",
+            "LEARNING_RATE",
+            "GAMMA",
+            "SEED",
+            "DEVICE",
+            "OUTPUT_MODEL",
+            "SCHEDULE",
+            "MEMORY_BUDGET_MB",
+            "OUTPUT_REPORT",
+        },
         "advanced": {"SCHEDULE", "MEMORY_BUDGET_MB", "OUTPUT_REPORT"},
         "outputs": {"OUTPUT_MODEL", "FINAL_LOSS", "OUTPUT_REPORT"},
     },
     "hypernet:detectchange": {
-        "params": {"INPUT_T1", "INPUT_T2", "MODEL", "THRESHOLD_METHOD", "THRESHOLD", "DEVICE", "OUTPUT_CHANGE",
-                   "OUTPUT_INTENSITY", "BANDS", "UNCHANGED_MASK", "EPOCHS", "LEARNING_RATE", "GAMMA", "SEED",
-                   "SCHEDULE", "MEMORY_BUDGET_MB", "OUTPUT_REPORT"},
+        "params": {
+            "INPUT_T1",
+            "INPUT_T2",
+            "MODEL",
+            "THRESHOLD_METHOD",
+            "THRESHOLD",
+            "DEVICE",
+            "OUTPUT_CHANGE",
+            "OUTPUT_INTENSITY",
+            "BANDS",
+            "UNCHANGED_MASK",
+            "EPOCHS",
+            "LEARNING_RATE",
+            "GAMMA",
+            "SEED",
+            "SCHEDULE",
+            "MEMORY_BUDGET_MB",
+            "OUTPUT_REPORT",
+        },
         "advanced": {"SCHEDULE", "MEMORY_BUDGET_MB", "OUTPUT_REPORT", "EPOCHS", "LEARNING_RATE", "GAMMA", "SEED"},
         "outputs": {"OUTPUT_CHANGE", "OUTPUT_INTENSITY", "CHANGED_PIXELS", "CHANGED_FRACTION"},
     },
@@ -33,14 +62,36 @@ INTERFACE = {
         "outputs": {"OA", "KAPPA", "F1", "PRECISION", "RECALL", "AUC"},
     },
     "hypernet:classicchange": {
-        "params": {"METHOD", "INPUT_T1", "INPUT_T2", "THRESHOLD_METHOD", "THRESHOLD", "OUTPUT_CHANGE",
-                   "OUTPUT_INTENSITY"},
+        "params": {
+            "METHOD",
+            "INPUT_T1",
+            "INPUT_T2",
+            "THRESHOLD_METHOD",
+            "THRESHOLD",
+            "OUTPUT_CHANGE",
+            "OUTPUT_INTENSITY",
+        },
         "advanced": set(),
         "outputs": {"OUTPUT_CHANGE", "OUTPUT_INTENSITY", "CHANGED_PIXELS", "CHANGED_FRACTION"},
     },
     "hypernet:detectseries": {
-        "params": {"INPUTS", "DATES", "METHOD", "MODEL", "TRAINING", "BANDS", "THRESHOLD_METHOD", "THRESHOLD",
-                   "DEVICE", "POLYGONS", "MIN_AREA", "CONNECTIVITY", "ALIGN", "RESAMPLING", "OUTPUT_FOLDER"},
+        "params": {
+            "INPUTS",
+            "DATES",
+            "METHOD",
+            "MODEL",
+            "TRAINING",
+            "BANDS",
+            "THRESHOLD_METHOD",
+            "THRESHOLD",
+            "DEVICE",
+            "POLYGONS",
+            "MIN_AREA",
+            "CONNECTIVITY",
+            "ALIGN",
+            "RESAMPLING",
+            "OUTPUT_FOLDER",
+        },
         "advanced": {"CONNECTIVITY", "EPOCHS", "SCHEDULE", "ALIGN", "RESAMPLING"},
         "outputs": {"FIRST_CHANGE", "CHANGE_COUNT", "OUTPUT_POLYGONS", "OUTPUT_MODEL"},
     },
@@ -121,8 +172,7 @@ def test_algorithm_interface(hypernet_provider, alg_id):  # noqa: F811
     assert alg is not None, alg_id
     names = {p.name() for p in alg.parameterDefinitions()}
     assert INTERFACE[alg_id]["params"] <= names, INTERFACE[alg_id]["params"] - names
-    advanced = {p.name() for p in alg.parameterDefinitions()
-                if has_flag(p.flags(), FLAG_ADVANCED)}
+    advanced = {p.name() for p in alg.parameterDefinitions() if has_flag(p.flags(), FLAG_ADVANCED)}
     assert INTERFACE[alg_id]["advanced"] <= advanced
     outputs = {o.name() for o in alg.outputDefinitions()}
     assert INTERFACE[alg_id]["outputs"] <= outputs, INTERFACE[alg_id]["outputs"] - outputs
@@ -163,8 +213,14 @@ def test_parameter_defaults_match_the_engine(hypernet_provider):  # noqa: F811
     assert p("DEVICE").defaultValue() == cfg.device and p("DEVICE").options() == ["auto", "cpu", "cuda"]
     assert p("EPOCHS").defaultValue() is None and has_flag(p("EPOCHS").flags(), FLAG_OPTIONAL)
     detect = QgsApplication.processingRegistry().algorithmById("hypernet:detectchange")
-    assert detect.parameterDefinition("THRESHOLD_METHOD").options() == ["auto", "otsu", "kmeans", "mixture", "mrf",
-                                                                         "fixed"]
+    assert detect.parameterDefinition("THRESHOLD_METHOD").options() == [
+        "auto",
+        "otsu",
+        "kmeans",
+        "mixture",
+        "mrf",
+        "fixed",
+    ]
     classic = QgsApplication.processingRegistry().algorithmById("hypernet:classicchange")
     assert classic.parameterDefinition("METHOD").options() == ["cva", "sam", "irmad", "pcakmeans"]
 

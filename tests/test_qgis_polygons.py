@@ -43,9 +43,16 @@ def _features(path: str) -> list[dict]:
 def test_classic_polygons_land_in_the_project_styled_on_top(clean_project, pair_dir, tmp_path, named):  # noqa: F811
     change = str(tmp_path / "harbour_cva.tif") if named else TEMPORARY
     poly = str(tmp_path / "harbour_cva_regions.gpkg") if named else TEMPORARY
-    state = run_like_the_dialog("hypernet:classicchange", {
-        "METHOD": "cva", "INPUT_T1": str(pair_dir / "t1.tif"), "INPUT_T2": str(pair_dir / "t2.tif"),
-        "OUTPUT_CHANGE": _output(change), "OUTPUT_POLYGONS": _output(poly)})
+    state = run_like_the_dialog(
+        "hypernet:classicchange",
+        {
+            "METHOD": "cva",
+            "INPUT_T1": str(pair_dir / "t1.tif"),
+            "INPUT_T2": str(pair_dir / "t2.tif"),
+            "OUTPUT_CHANGE": _output(change),
+            "OUTPUT_POLYGONS": _output(poly),
+        },
+    )
     assert state["ok"] is True and state["loaded"] is True, state
     assert state["errors"] == [] and state["critical"] == [], state
     names = _tree_names()
@@ -65,22 +72,42 @@ def test_classic_polygons_land_in_the_project_styled_on_top(clean_project, pair_
     assert results["CHANGED_AREA_HA"] == pytest.approx((binary == 1).sum() * 100.0 / 1e4)  # 10 m pixels
 
 
-def test_detect_change_polygons_with_min_area_and_sieve(hypernet_provider, pair_dir, trained_model,  # noqa: F811
-                                                        tmp_path):
+def test_detect_change_polygons_with_min_area_and_sieve(
+    hypernet_provider,
+    pair_dir,
+    trained_model,  # noqa: F811
+    tmp_path,
+):
     import processing
 
     args = {"INPUT_T1": str(pair_dir / "t1.tif"), "INPUT_T2": str(pair_dir / "t2.tif"), "MODEL": trained_model}
-    first = processing.run("hypernet:detectchange", {**args, "OUTPUT_CHANGE": str(tmp_path / "otsu.tif"),
-                                                     "OUTPUT_INTENSITY": str(tmp_path / "i.tif")})
+    first = processing.run(
+        "hypernet:detectchange",
+        {**args, "OUTPUT_CHANGE": str(tmp_path / "otsu.tif"), "OUTPUT_INTENSITY": str(tmp_path / "i.tif")},
+    )
     intensity = gdal.Open(first["OUTPUT_INTENSITY"]).ReadAsArray()
     args.update(THRESHOLD_METHOD="fixed", THRESHOLD=float(np.percentile(intensity, 75)))  # many small regions
-    plain = processing.run("hypernet:detectchange", {**args, "OUTPUT_CHANGE": str(tmp_path / "all.tif"),
-                                                     "OUTPUT_POLYGONS": str(tmp_path / "all.gpkg"),
-                                                     "CONNECTIVITY": "4"})
-    sieved = processing.run("hypernet:detectchange", {**args, "OUTPUT_CHANGE": str(tmp_path / "big.tif"),
-                                                      "OUTPUT_POLYGONS": str(tmp_path / "big.gpkg"),
-                                                      "CONNECTIVITY": "4", "MIN_AREA": 500.0, "SIEVE": True,
-                                                      "DATES": "2019-05-01,2020-05-01"})
+    plain = processing.run(
+        "hypernet:detectchange",
+        {
+            **args,
+            "OUTPUT_CHANGE": str(tmp_path / "all.tif"),
+            "OUTPUT_POLYGONS": str(tmp_path / "all.gpkg"),
+            "CONNECTIVITY": "4",
+        },
+    )
+    sieved = processing.run(
+        "hypernet:detectchange",
+        {
+            **args,
+            "OUTPUT_CHANGE": str(tmp_path / "big.tif"),
+            "OUTPUT_POLYGONS": str(tmp_path / "big.gpkg"),
+            "CONNECTIVITY": "4",
+            "MIN_AREA": 500.0,
+            "SIEVE": True,
+            "DATES": "2019-05-01,2020-05-01",
+        },
+    )
     every = _features(plain["OUTPUT_POLYGONS"])
     kept = _features(sieved["OUTPUT_POLYGONS"])
     assert len(every) == plain["POLYGON_COUNT"] and len(kept) == sieved["POLYGON_COUNT"]
@@ -92,19 +119,31 @@ def test_detect_change_polygons_with_min_area_and_sieve(hypernet_provider, pair_
     assert all(f["max_intensity"] >= f["mean_intensity"] > 0.0 for f in kept)
 
 
-@pytest.mark.parametrize("extra, words", [
-    ({"SIEVE": True}, "Change polygons is not"),
-    ({"OUTPUT_POLYGONS": "{tmp}/p.shp"}, "GeoPackage (.gpkg)"),
-    ({"OUTPUT_POLYGONS": "{tmp}/p.gpkg", "DATES": "2019-05-01"}, "two dates"),
-])
-def test_bad_polygon_parameters_are_refused_up_front(hypernet_provider, pair_dir, tmp_path, extra,  # noqa: F811
-                                                     words):
+@pytest.mark.parametrize(
+    "extra, words",
+    [
+        ({"SIEVE": True}, "Change polygons is not"),
+        ({"OUTPUT_POLYGONS": "{tmp}/p.shp"}, "GeoPackage (.gpkg)"),
+        ({"OUTPUT_POLYGONS": "{tmp}/p.gpkg", "DATES": "2019-05-01"}, "two dates"),
+    ],
+)
+def test_bad_polygon_parameters_are_refused_up_front(
+    hypernet_provider,
+    pair_dir,
+    tmp_path,
+    extra,  # noqa: F811
+    words,
+):
     from qgis.core import QgsApplication, QgsProcessingContext, QgsProject
 
     context = QgsProcessingContext()
     context.setProject(QgsProject.instance())
-    params = {"METHOD": "cva", "INPUT_T1": str(pair_dir / "t1.tif"), "INPUT_T2": str(pair_dir / "t2.tif"),
-              "OUTPUT_CHANGE": str(tmp_path / "c.tif")}
+    params = {
+        "METHOD": "cva",
+        "INPUT_T1": str(pair_dir / "t1.tif"),
+        "INPUT_T2": str(pair_dir / "t2.tif"),
+        "OUTPUT_CHANGE": str(tmp_path / "c.tif"),
+    }
     params.update({k: v.format(tmp=tmp_path) if isinstance(v, str) else v for k, v in extra.items()})
     for alg_id in ("hypernet:classicchange", "hypernet:detectchange"):
         alg = QgsApplication.processingRegistry().createAlgorithmById(alg_id)
@@ -112,14 +151,25 @@ def test_bad_polygon_parameters_are_refused_up_front(hypernet_provider, pair_dir
         assert not ok and words in message, (alg_id, message)
 
 
-
 @pytest.mark.skipif(not QGIS_PROCESS_BIN.exists(), reason="qgis_process.bin is not installed")
 def test_qgis_process_writes_styled_polygons(wrapper, pair_dir, tmp_path):  # noqa: F811
     poly = tmp_path / "sam_regions.gpkg"
-    res = results_of(run(wrapper, "--json", "run", "hypernet:classicchange", "--", "METHOD=sam",
-                         f"INPUT_T1={pair_dir / 't1.tif'}", f"INPUT_T2={pair_dir / 't2.tif'}",
-                         f"OUTPUT_CHANGE={tmp_path / 'sam.tif'}", f"OUTPUT_POLYGONS={poly}", "MIN_AREA=200",
-                         "CONNECTIVITY=4"))
+    res = results_of(
+        run(
+            wrapper,
+            "--json",
+            "run",
+            "hypernet:classicchange",
+            "--",
+            "METHOD=sam",
+            f"INPUT_T1={pair_dir / 't1.tif'}",
+            f"INPUT_T2={pair_dir / 't2.tif'}",
+            f"OUTPUT_CHANGE={tmp_path / 'sam.tif'}",
+            f"OUTPUT_POLYGONS={poly}",
+            "MIN_AREA=200",
+            "CONNECTIVITY=4",
+        )
+    )
     assert res["OUTPUT_POLYGONS"] == str(poly) and res["POLYGON_COUNT"] == len(_features(str(poly))) >= 1
     assert res["CHANGED_AREA_HA"] > 0
     qml = (tmp_path / "sam_regions.qml").read_text()
@@ -135,8 +185,13 @@ def test_classic_change_aligns_a_shifted_t2_and_refuses_with_align_off(clean_pro
 
     x2 = gdal.Open(str(pair_dir / "t2.tif")).ReadAsArray()
     shifted = write_tif(tmp_path / "t2_shifted.tif", x2, geotransform=(GEOTRANSFORM[0] + 30.0, *GEOTRANSFORM[1:]))
-    params = {"METHOD": "cva", "INPUT_T1": str(pair_dir / "t1.tif"), "INPUT_T2": shifted,
-              "OUTPUT_CHANGE": _output(str(tmp_path / "aligned.tif")), "RESAMPLING": "nearest"}
+    params = {
+        "METHOD": "cva",
+        "INPUT_T1": str(pair_dir / "t1.tif"),
+        "INPUT_T2": shifted,
+        "OUTPUT_CHANGE": _output(str(tmp_path / "aligned.tif")),
+        "RESAMPLING": "nearest",
+    }
     state = run_like_the_dialog("hypernet:classicchange", params)
     assert state["ok"] is True and state["loaded"] is True, state
     change = gdal.Open(state["results"]["OUTPUT_CHANGE"])

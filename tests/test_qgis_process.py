@@ -53,8 +53,14 @@ def wrapper(tmp_path_factory) -> dict:
 
 
 def run(wrapper: dict, *args: str, env: dict | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
-    return subprocess.run([wrapper["script"], *args], env=env or wrapper["env"], cwd=wrapper["cwd"],
-                          capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [wrapper["script"], *args],
+        env=env or wrapper["env"],
+        cwd=wrapper["cwd"],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def results_of(proc: subprocess.CompletedProcess) -> dict:
@@ -68,8 +74,7 @@ def results_of(proc: subprocess.CompletedProcess) -> dict:
 def test_wrapper_lists_the_provider_and_enables_the_plugin(wrapper):
     proc = run(wrapper, "list")
     assert proc.returncode == 0, proc.stderr
-    for alg in ("hypernet:trainhypernet", "hypernet:detectchange", "hypernet:evaluatechange",
-                "hypernet:classicchange"):
+    for alg in ("hypernet:trainhypernet", "hypernet:detectchange", "hypernet:evaluatechange", "hypernet:classicchange"):
         assert alg in proc.stdout
     ini = wrapper["config"] / "profiles" / "default" / "QGIS" / "QGIS3.ini"
     assert "hypernet_qgis=true" in ini.read_text()
@@ -84,15 +89,38 @@ def test_train_then_detect_then_evaluate_on_files(wrapper, tmp_path):
     out = tmp_path / "out"
     out.mkdir()
     model = out / "pair.hypernet"
-    train = results_of(run(wrapper, "--json", "run", "hypernet:trainhypernet", "--",
-                           f"INPUT_T1={files['t1']}", f"INPUT_T2={files['t2']}", "EPOCHS=3", "SEED=2",
-                           "DEVICE=cpu", f"OUTPUT_MODEL={model}"))
+    train = results_of(
+        run(
+            wrapper,
+            "--json",
+            "run",
+            "hypernet:trainhypernet",
+            "--",
+            f"INPUT_T1={files['t1']}",
+            f"INPUT_T2={files['t2']}",
+            "EPOCHS=3",
+            "SEED=2",
+            "DEVICE=cpu",
+            f"OUTPUT_MODEL={model}",
+        )
+    )
     assert model.is_file() and train["OUTPUT_MODEL"] == str(model)
     assert np.isfinite(train["FINAL_LOSS"])
-    detect = results_of(run(wrapper, "--json", "run", "hypernet:detectchange", "--",
-                            f"INPUT_T1={files['t1']}", f"INPUT_T2={files['t2']}", f"MODEL={model}",
-                            "THRESHOLD_METHOD=otsu", f"OUTPUT_CHANGE={out / 'change.tif'}",
-                            f"OUTPUT_INTENSITY={out / 'intensity.tif'}"))
+    detect = results_of(
+        run(
+            wrapper,
+            "--json",
+            "run",
+            "hypernet:detectchange",
+            "--",
+            f"INPUT_T1={files['t1']}",
+            f"INPUT_T2={files['t2']}",
+            f"MODEL={model}",
+            "THRESHOLD_METHOD=otsu",
+            f"OUTPUT_CHANGE={out / 'change.tif'}",
+            f"OUTPUT_INTENSITY={out / 'intensity.tif'}",
+        )
+    )
     values, gt, wkt, nodata = read(str(out / "change.tif"))
     assert values.dtype == np.uint8 and set(np.unique(values)) <= {0, 1} and nodata == 255
     assert gt == pytest.approx(GEOTRANSFORM) and same_crs(wkt)
@@ -106,16 +134,33 @@ def test_train_then_detect_then_evaluate_on_files(wrapper, tmp_path):
     assert detect["CHANGED_PIXELS"] == int((values == 1).sum())
     assert (out / "change.qml").is_file() and "paletted" in (out / "change.qml").read_text()
     assert "singlebandpseudocolor" in (out / "intensity.qml").read_text()
-    evaluate = results_of(run(wrapper, "--json", "run", "hypernet:evaluatechange", "--",
-                              f"INPUT={out / 'change.tif'}", f"REFERENCE={files['ref']}"))
+    evaluate = results_of(
+        run(
+            wrapper,
+            "--json",
+            "run",
+            "hypernet:evaluatechange",
+            "--",
+            f"INPUT={out / 'change.tif'}",
+            f"REFERENCE={files['ref']}",
+        )
+    )
     assert evaluate["RECALL"] == pytest.approx(recall) and evaluate["PRECISION"] == pytest.approx(precision)
     assert hashes(data) == before
 
 
 def test_bad_input_exits_with_the_message(wrapper, tmp_path):
     files = make_pair(tmp_path / "data")
-    proc = run(wrapper, "run", "hypernet:detectchange", "--", f"INPUT_T1={files['t1']}",
-               f"INPUT_T2={files['t2']}", "BANDS=1-9", f"OUTPUT_CHANGE={tmp_path / 'c.tif'}")
+    proc = run(
+        wrapper,
+        "run",
+        "hypernet:detectchange",
+        "--",
+        f"INPUT_T1={files['t1']}",
+        f"INPUT_T2={files['t2']}",
+        "BANDS=1-9",
+        f"OUTPUT_CHANGE={tmp_path / 'c.tif'}",
+    )
     assert proc.returncode != 0
     text = proc.stdout + proc.stderr
     assert "Bands asks for band 7 but t1.tif has 6 bands" in text, text[-2000:]
@@ -132,11 +177,20 @@ def test_torch_missing_under_qgis_process(wrapper, tmp_path):
         "    def find_spec(self, name, path=None, target=None):\n"
         "        if name == 'torch' or name.startswith('torch.'):\n"
         "            raise ModuleNotFoundError(f'No module named {name!r}', name=name)\n"
-        "sys.meta_path.insert(0, _Hide())\n")
+        "sys.meta_path.insert(0, _Hide())\n"
+    )
     files = make_pair(tmp_path / "data")
     env = dict(wrapper["env"], PYTHONPATH=str(blocker))
-    proc = run(wrapper, "run", "hypernet:detectchange", "--", f"INPUT_T1={files['t1']}",
-               f"INPUT_T2={files['t2']}", f"OUTPUT_CHANGE={tmp_path / 'c.tif'}", env=env)
+    proc = run(
+        wrapper,
+        "run",
+        "hypernet:detectchange",
+        "--",
+        f"INPUT_T1={files['t1']}",
+        f"INPUT_T2={files['t2']}",
+        f"OUTPUT_CHANGE={tmp_path / 'c.tif'}",
+        env=env,
+    )
     text = proc.stdout + proc.stderr
     assert proc.returncode != 0 and "not found" not in text  # the provider loaded; the algorithm refused
     assert "'torch'" in text and "Set up the HyperNet engine (hypernet:setupengine" in text, text[-2000:]
@@ -159,10 +213,21 @@ def test_wrapper_runs_qgis_with_tcmalloc(wrapper, tmp_path):
     from hypernet_qgis.core.hypernet.allocator import find_tcmalloc
 
     files = make_pair(tmp_path / "data")
-    args = ("run", "hypernet:trainhypernet", "--", f"INPUT_T1={files['t1']}", f"INPUT_T2={files['t2']}",
-            "EPOCHS=1", "DEVICE=cpu", f"OUTPUT_MODEL={tmp_path / 'm.hypernet'}")
-    env = {k: v for k, v in wrapper["env"].items()
-           if k not in ("LD_PRELOAD", "HYPERNET_ALLOCATOR", "HYPERNET_ALLOCATOR_SET")}
+    args = (
+        "run",
+        "hypernet:trainhypernet",
+        "--",
+        f"INPUT_T1={files['t1']}",
+        f"INPUT_T2={files['t2']}",
+        "EPOCHS=1",
+        "DEVICE=cpu",
+        f"OUTPUT_MODEL={tmp_path / 'm.hypernet'}",
+    )
+    env = {
+        k: v
+        for k, v in wrapper["env"].items()
+        if k not in ("LD_PRELOAD", "HYPERNET_ALLOCATOR", "HYPERNET_ALLOCATOR_SET")
+    }
     proc = run(wrapper, *args, env=env)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     expected = "tcmalloc allocator" if find_tcmalloc() else "system allocator"

@@ -10,8 +10,10 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 
-pytestmark = pytest.mark.skipif(shutil.which("xvfb-run") is None or shutil.which("qgis") is None,
-                                reason="xvfb-run or the qgis desktop is not installed")
+pytestmark = pytest.mark.skipif(
+    shutil.which("xvfb-run") is None or shutil.which("qgis") is None,
+    reason="xvfb-run or the qgis desktop is not installed",
+)
 
 
 def _tool():
@@ -26,8 +28,12 @@ def test_desktop_qgis_shows_the_plugin(tmp_path):
     state = _tool().take(out, timeout=120)
     assert state["errors"] == []
     assert state["provider"] is True
-    assert {"hypernet:trainhypernet", "hypernet:detectchange", "hypernet:evaluatechange",
-            "hypernet:classicchange"} <= set(state["algorithms"])
+    assert {
+        "hypernet:trainhypernet",
+        "hypernet:detectchange",
+        "hypernet:evaluatechange",
+        "hypernet:classicchange",
+    } <= set(state["algorithms"])
     assert state["action"] == "HyperNet change detection..."  # initGui's menu/toolbar entry ...
     assert state["action_opens"] == "Detect Change"  # ... opens the Detect Change dialog
     assert state["toolbox"] is True and state["dialog"] is True and state["dialog_title"] == "Detect Change"

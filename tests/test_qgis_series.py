@@ -16,9 +16,10 @@ from test_series import A, B, dates_stack
 def test_series_the_dialog_way(clean_project, tmp_path):  # noqa: F811
     images = dates_stack(tmp_path, 3)
     out = tmp_path / "series"
-    state = run_like_the_dialog("hypernet:detectseries", {
-        "INPUTS": images, "DATES": "2018-01-01,2019-01-01,2020-01-01", "METHOD": "cva",
-        "OUTPUT_FOLDER": str(out)})
+    state = run_like_the_dialog(
+        "hypernet:detectseries",
+        {"INPUTS": images, "DATES": "2018-01-01,2019-01-01,2020-01-01", "METHOD": "cva", "OUTPUT_FOLDER": str(out)},
+    )
     assert state["ok"] is True and state["loaded"] is True, state
     assert state["errors"] == [] and state["critical"] == [], state
     res = state["results"]
@@ -70,29 +71,37 @@ def test_hypernet_series_training_choice_and_align(hypernet_provider, tmp_path):
 
     images = dates_stack(tmp_path, 3)
     images[2] = write(tmp_path / "d3_moved.tif", gdal.Open(images[2]).ReadAsArray(), gt=(GT[0] + 60.0, *GT[1:]))
-    args = {"INPUTS": images, "DATES": "2018-01-01,2019-01-01,2020-01-01", "EPOCHS": 1, "DEVICE": "cpu",
-            "POLYGONS": False}
+    args = {
+        "INPUTS": images,
+        "DATES": "2018-01-01,2019-01-01,2020-01-01",
+        "EPOCHS": 1,
+        "DEVICE": "cpu",
+        "POLYGONS": False,
+    }
     shared = processing.run("hypernet:detectseries", {**args, "OUTPUT_FOLDER": str(tmp_path / "shared")})
     assert shared["OUTPUT_MODEL"] == str(tmp_path / "shared" / "series_model.hypernet")
     assert read_metadata(shared["OUTPUT_MODEL"])["pairs"] == 2
     first = gdal.Open(shared["FIRST_CHANGE"])
     assert first.GetGeoTransform() == GT and np.all(first.ReadAsArray()[:, :2] == 65535)  # date 3 does not reach
-    per_pair = processing.run("hypernet:detectseries", {**args, "TRAINING": "per-pair",
-                                                        "OUTPUT_FOLDER": str(tmp_path / "per_pair")})
+    per_pair = processing.run(
+        "hypernet:detectseries", {**args, "TRAINING": "per-pair", "OUTPUT_FOLDER": str(tmp_path / "per_pair")}
+    )
     assert not per_pair["OUTPUT_MODEL"] and not (tmp_path / "per_pair" / "series_model.hypernet").exists()
     context = QgsProcessingContext()
     context.setProject(QgsProject.instance())
     alg = QgsApplication.processingRegistry().createAlgorithmById("hypernet:detectseries")
-    ok, message = alg.checkParameterValues({**args, "ALIGN": False, "OUTPUT_FOLDER": str(tmp_path / "off")},
-                                           context)
+    ok, message = alg.checkParameterValues({**args, "ALIGN": False, "OUTPUT_FOLDER": str(tmp_path / "off")}, context)
     assert not ok and "ALIGN is off" in message and "d3_moved.tif" in message, message
 
 
-@pytest.mark.parametrize("count, dates, words", [
-    (1, "", "at least two dates"),
-    (3, "2018-01-01,2019-01-01", "2 dates were given for 3 images"),
-    (2, "2019-01-01,2019-01-01", "have the same date"),
-])
+@pytest.mark.parametrize(
+    "count, dates, words",
+    [
+        (1, "", "at least two dates"),
+        (3, "2018-01-01,2019-01-01", "2 dates were given for 3 images"),
+        (2, "2019-01-01,2019-01-01", "have the same date"),
+    ],
+)
 def test_bad_series_are_refused_up_front(hypernet_provider, tmp_path, count, dates, words):  # noqa: F811
     from qgis.core import QgsApplication, QgsProcessingContext, QgsProject
 
@@ -100,8 +109,9 @@ def test_bad_series_are_refused_up_front(hypernet_provider, tmp_path, count, dat
     context = QgsProcessingContext()
     context.setProject(QgsProject.instance())
     alg = QgsApplication.processingRegistry().createAlgorithmById("hypernet:detectseries")
-    ok, message = alg.checkParameterValues({"INPUTS": images, "DATES": dates, "METHOD": "cva",
-                                            "OUTPUT_FOLDER": str(tmp_path / "out")}, context)
+    ok, message = alg.checkParameterValues(
+        {"INPUTS": images, "DATES": dates, "METHOD": "cva", "OUTPUT_FOLDER": str(tmp_path / "out")}, context
+    )
     assert not ok and words in message, message
 
 
@@ -111,8 +121,19 @@ def test_series_with_qgis_process(tmp_path, wrapper):  # noqa: F811
     if not QGIS_PROCESS_BIN.exists():
         pytest.skip("qgis_process.bin is not installed")
     images = dates_stack(tmp_path, 3)
-    res = results_of(run(wrapper, "--json", "run", "hypernet:detectseries", "--", *[f"INPUTS={p}" for p in images],
-                         "METHOD=cva", "DATES=2018-01-01,2019-01-01,2020-01-01", f"OUTPUT_FOLDER={tmp_path / 's'}"))
+    res = results_of(
+        run(
+            wrapper,
+            "--json",
+            "run",
+            "hypernet:detectseries",
+            "--",
+            *[f"INPUTS={p}" for p in images],
+            "METHOD=cva",
+            "DATES=2018-01-01,2019-01-01,2020-01-01",
+            f"OUTPUT_FOLDER={tmp_path / 's'}",
+        )
+    )
     assert gdal.Open(res["CHANGE_COUNT"]).ReadAsArray()[B].min() == 1  # 3 dates: B changes once (2 -> 3)
     assert np.all(gdal.Open(res["FIRST_CHANGE"]).ReadAsArray()[B] == 2)
     assert (tmp_path / "s" / "change_polygons.gpkg").exists()

@@ -22,8 +22,10 @@ from test_qgis_process import QGIS_PROCESS_BIN, assemble_plugin
 from test_qgis_support import make_pair, read
 
 SYSTEM_PYTHON = "/usr/bin/python3"
-pytestmark = pytest.mark.skipif(not QGIS_PROCESS_BIN.exists() or not Path(SYSTEM_PYTHON).exists(),
-                                reason="qgis_process.bin or the system python3 is missing")
+pytestmark = pytest.mark.skipif(
+    not QGIS_PROCESS_BIN.exists() or not Path(SYSTEM_PYTHON).exists(),
+    reason="qgis_process.bin or the system python3 is missing",
+)
 
 
 @pytest.fixture(scope="module")
@@ -31,14 +33,29 @@ def wheels(tmp_path_factory) -> Path:
     """torch (CPU), spectral and QGIS's numpy as files, for the system Python."""
     if subprocess.run([SYSTEM_PYTHON, "-c", "import torch"], capture_output=True).returncode == 0:
         pytest.skip("the system Python already imports torch; this test needs a QGIS Python without it")
-    numpy_version = subprocess.run([SYSTEM_PYTHON, "-c", "import numpy; print(numpy.__version__)"],
-                                   capture_output=True, text=True, check=True).stdout.strip()
+    numpy_version = subprocess.run(
+        [SYSTEM_PYTHON, "-c", "import numpy; print(numpy.__version__)"], capture_output=True, text=True, check=True
+    ).stdout.strip()
     folder = tmp_path_factory.mktemp("wheels")
     import torch
 
-    proc = subprocess.run([SYSTEM_PYTHON, "-m", "pip", "download", "-q", "-d", str(folder),
-                           f"torch=={torch.__version__}", "spectral", f"numpy=={numpy_version}"],
-                          capture_output=True, text=True, timeout=900)
+    proc = subprocess.run(
+        [
+            SYSTEM_PYTHON,
+            "-m",
+            "pip",
+            "download",
+            "-q",
+            "-d",
+            str(folder),
+            f"torch=={torch.__version__}",
+            "spectral",
+            f"numpy=={numpy_version}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     if proc.returncode != 0:
         pytest.skip(f"could not gather the wheels: {proc.stderr.strip().splitlines()[-1:]}")
     return folder
@@ -62,9 +79,14 @@ def _throwaway_qgis(tmp_path: Path) -> tuple[dict, Path]:
     runtime = tmp_path / "xdg"
     runtime.mkdir(mode=0o700)
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV", "LD_PRELOAD")}
-    env.update(QGIS_PLUGINPATH=str(tmp_path / "plugins"), QGIS_CUSTOM_CONFIG_PATH=str(config),
-               PYTHONPATH="/usr/share/qgis/python/plugins", QT_QPA_PLATFORM="offscreen", XDG_RUNTIME_DIR=str(runtime),
-               PATH="/usr/bin:/bin")
+    env.update(
+        QGIS_PLUGINPATH=str(tmp_path / "plugins"),
+        QGIS_CUSTOM_CONFIG_PATH=str(config),
+        PYTHONPATH="/usr/share/qgis/python/plugins",
+        QT_QPA_PLATFORM="offscreen",
+        XDG_RUNTIME_DIR=str(runtime),
+        PATH="/usr/bin:/bin",
+    )
     assert qgis_process(env, "plugins", "enable", "hypernet_qgis").returncode == 0
     return env, config
 
@@ -73,21 +95,32 @@ def _install_then_detect(tmp_path: Path, env: dict, config: Path, *setup_args: s
     """Detect Change refused, the set-up with ``setup_args``, Detect Change run by the installed engine (in a child
     process, tcmalloc preloaded where installed), uninstall. Returns the set-up's results and the engine folder."""
     files = make_pair(tmp_path / "data")
-    detect = ("--json", "run", "hypernet:detectchange", "--", f"INPUT_T1={files['t1']}", f"INPUT_T2={files['t2']}",
-              "EPOCHS=2", "DEVICE=cpu", f"OUTPUT_CHANGE={tmp_path / 'change.tif'}")
+    detect = (
+        "--json",
+        "run",
+        "hypernet:detectchange",
+        "--",
+        f"INPUT_T1={files['t1']}",
+        f"INPUT_T2={files['t2']}",
+        "EPOCHS=2",
+        "DEVICE=cpu",
+        f"OUTPUT_CHANGE={tmp_path / 'change.tif'}",
+    )
 
     before = qgis_process(env, *detect)  # no torch in QGIS's Python: refused with the way out
     assert before.returncode != 0
     assert "Set up the HyperNet engine" in before.stdout + before.stderr, before.stdout[-2000:] + before.stderr[-2000:]
 
-    setup = results_of(qgis_process(env, "--json", "run", "hypernet:setupengine", "--", "ACTION=install",
-                                    *setup_args, timeout=1800))
+    setup = results_of(
+        qgis_process(env, "--json", "run", "hypernet:setupengine", "--", "ACTION=install", *setup_args, timeout=1800)
+    )
     folder = Path(setup["ENGINE_FOLDER"])
     assert folder.is_dir() and str(folder).startswith(str(config / "profiles" / "default" / "hypernet" / "engine"))
     assert (folder / "torch").is_dir() and (folder / "hypernet-engine.json").is_file()
     assert not (folder / "numpy").exists()  # QGIS's numpy stays the only one
-    numpy_version = subprocess.run([SYSTEM_PYTHON, "-c", "import numpy; print(numpy.__version__)"],
-                                   capture_output=True, text=True).stdout.strip()
+    numpy_version = subprocess.run(
+        [SYSTEM_PYTHON, "-c", "import numpy; print(numpy.__version__)"], capture_output=True, text=True
+    ).stdout.strip()
     assert setup["VERSIONS"].split()[1] == numpy_version  # QGIS's numpy kept
     assert not (tmp_path / "plugins" / "hypernet_qgis" / "torch").exists()  # not in the plugin folder
 
@@ -134,31 +167,40 @@ def test_setup_engine_from_the_package_index_then_detect(tmp_path):
 
     version = torch.__version__.split("+")[0]
     env, config = _throwaway_qgis(tmp_path)
-    setup, folder = _install_then_detect(tmp_path, env, config, "VARIANT=cpu", f"TORCH_VERSION={version}",
-                                         "INDEX_URL=https://pypi.org/simple")
+    setup, folder = _install_then_detect(
+        tmp_path, env, config, "VARIANT=cpu", f"TORCH_VERSION={version}", "INDEX_URL=https://pypi.org/simple"
+    )
     assert setup["VERSIONS"].split()[0].split("+")[0] == version
 
 
 def test_bad_version_or_index_is_refused(tmp_path):
     env, config = _throwaway_qgis(tmp_path)
-    for arg, pattern in (("TORCH_VERSION=latest", "not a release number"),
-                         ("INDEX_URL=pypi.org", "not an http(s):// or file:// address")):
+    for arg, pattern in (
+        ("TORCH_VERSION=latest", "not a release number"),
+        ("INDEX_URL=pypi.org", "not an http(s):// or file:// address"),
+    ):
         proc = qgis_process(env, "run", "hypernet:setupengine", "--", "ACTION=install", arg)
         assert proc.returncode != 0 and pattern in proc.stdout + proc.stderr, proc.stdout[-2000:]
     assert not (config / "profiles" / "default" / "hypernet" / "engine").exists() or not any(
-        (config / "profiles" / "default" / "hypernet" / "engine").glob("py*-v*/torch"))
+        (config / "profiles" / "default" / "hypernet" / "engine").glob("py*-v*/torch")
+    )
 
 
 def test_bad_source_is_refused(tmp_path):
     (tmp_path / "plugins").mkdir()
     assemble_plugin(tmp_path / "plugins")
-    env = dict(os.environ, QGIS_PLUGINPATH=str(tmp_path / "plugins"), QGIS_CUSTOM_CONFIG_PATH=str(tmp_path / "c"),
-               QT_QPA_PLATFORM="offscreen")
+    env = dict(
+        os.environ,
+        QGIS_PLUGINPATH=str(tmp_path / "plugins"),
+        QGIS_CUSTOM_CONFIG_PATH=str(tmp_path / "c"),
+        QT_QPA_PLATFORM="offscreen",
+    )
     qgis_process(env, "plugins", "enable", "hypernet_qgis")
     empty = tmp_path / "empty"
     empty.mkdir()
     proc = qgis_process(env, "run", "hypernet:setupengine", "--", "ACTION=install", f"SOURCE={empty}")
     assert proc.returncode != 0 and "holds no wheels" in proc.stdout + proc.stderr, proc.stdout[-2000:]
     assert not (tmp_path / "c" / "profiles" / "default" / "hypernet" / "engine").exists() or not any(
-        (tmp_path / "c" / "profiles" / "default" / "hypernet" / "engine").glob("py*-v*/torch"))
+        (tmp_path / "c" / "profiles" / "default" / "hypernet" / "engine").glob("py*-v*/torch")
+    )
     assert sys.executable  # the venv's Python is not the one the engine is installed for

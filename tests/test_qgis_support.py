@@ -18,18 +18,27 @@ GEOTRANSFORM = (500000.0, 10.0, 0.0, 4000000.0, 0.0, -10.0)
 CHANGED = (slice(6, 14), slice(5, 13))
 
 
-def write_tif(path: Path | str, array: np.ndarray, nodata: float | None = None, epsg: int | None = EPSG,
-              geotransform: tuple = GEOTRANSFORM) -> str:
+def write_tif(
+    path: Path | str,
+    array: np.ndarray,
+    nodata: float | None = None,
+    epsg: int | None = EPSG,
+    geotransform: tuple = GEOTRANSFORM,
+) -> str:
     """A GeoTIFF written with GDAL: (bands, rows, cols) or (rows, cols); ``epsg=None`` writes no CRS."""
     from osgeo import gdal, osr
 
     arr = np.asarray(array)
     if arr.ndim == 2:
         arr = arr[None]
-    types = {"f": gdal.GDT_Float32, "u": gdal.GDT_Byte if arr.dtype.itemsize == 1 else gdal.GDT_UInt16,
-             "i": gdal.GDT_Int16}
-    ds = gdal.GetDriverByName("GTiff").Create(str(path), arr.shape[2], arr.shape[1], arr.shape[0],
-                                              types[arr.dtype.kind])
+    types = {
+        "f": gdal.GDT_Float32,
+        "u": gdal.GDT_Byte if arr.dtype.itemsize == 1 else gdal.GDT_UInt16,
+        "i": gdal.GDT_Int16,
+    }
+    ds = gdal.GetDriverByName("GTiff").Create(
+        str(path), arr.shape[2], arr.shape[1], arr.shape[0], types[arr.dtype.kind]
+    )
     ds.SetGeoTransform(geotransform)
     if epsg:
         srs = osr.SpatialReference()
@@ -53,8 +62,11 @@ def make_pair(folder: Path, bands: int = 6, size: int = 24, seed: int = 0, shift
     ref = np.zeros((size, size), np.uint8)
     ref[CHANGED] = 1
     folder.mkdir(parents=True, exist_ok=True)
-    return {"t1": write_tif(folder / "t1.tif", x1), "t2": write_tif(folder / "t2.tif", x2),
-            "ref": write_tif(folder / "ref.tif", ref)}
+    return {
+        "t1": write_tif(folder / "t1.tif", x1),
+        "t2": write_tif(folder / "t2.tif", x2),
+        "ref": write_tif(folder / "ref.tif", ref),
+    }
 
 
 def read(path: str) -> tuple[np.ndarray, tuple, str, float | None]:
@@ -87,8 +99,9 @@ def hashes(folder: Path) -> dict[str, str]:
     GDAL ``.aux.xml`` statistics files are left out: QGIS itself writes them when it opens a raster layer (as
     when a user adds the layer to a map), not the plugin.
     """
-    return {p.name: sha256(p) for p in sorted(Path(folder).iterdir()) if p.is_file()
-            and not p.name.endswith(".aux.xml")}
+    return {
+        p.name: sha256(p) for p in sorted(Path(folder).iterdir()) if p.is_file() and not p.name.endswith(".aux.xml")
+    }
 
 
 @pytest.fixture(scope="session")
@@ -120,8 +133,16 @@ def trained_model(hypernet_provider, pair_dir, tmp_path_factory) -> str:
     import processing
 
     out = str(tmp_path_factory.mktemp("model") / "pair.hypernet")
-    processing.run("hypernet:trainhypernet", {"INPUT_T1": str(pair_dir / "t1.tif"),
-                                              "INPUT_T2": str(pair_dir / "t2.tif"), "EPOCHS": 3, "SEED": 1,
-                                              "DEVICE": "cpu", "OUTPUT_MODEL": out})
+    processing.run(
+        "hypernet:trainhypernet",
+        {
+            "INPUT_T1": str(pair_dir / "t1.tif"),
+            "INPUT_T2": str(pair_dir / "t2.tif"),
+            "EPOCHS": 3,
+            "SEED": 1,
+            "DEVICE": "cpu",
+            "OUTPUT_MODEL": out,
+        },
+    )
     assert os.path.exists(out)
     return out

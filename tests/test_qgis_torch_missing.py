@@ -93,17 +93,32 @@ def test_plugin_loads_and_algorithms_explain_missing_torch(tmp_path):
     torch.manual_seed(0)
     save_model(model, HyperNet(6, 16), {"band_count": 6, "loss_history": [1.0, 0.5]})
     before = hashes(data)
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(blocker), os.environ.get("PYTHONPATH", "")]),
-               QT_QPA_PLATFORM="offscreen")
-    proc = subprocess.run([sys.executable, "-c", SCRIPT, str(REPO), files["t1"], files["t2"], files["ref"],
-                           str(data), str(model)], env=env, capture_output=True, text=True, timeout=300)
+    env = dict(
+        os.environ,
+        PYTHONPATH=os.pathsep.join([str(blocker), os.environ.get("PYTHONPATH", "")]),
+        QT_QPA_PLATFORM="offscreen",
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", SCRIPT, str(REPO), files["t1"], files["t2"], files["ref"], str(data), str(model)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")), None)
     assert line, proc.stdout[-3000:] + proc.stderr[-3000:]
-    out = json.loads(line[len("RESULT "):])
+    out = json.loads(line[len("RESULT ") :])
     assert out["torch_importable"] is False  # the blocker works
-    assert out["algorithms"] == ["hypernet:Train and detect, then evaluate", "hypernet:classicchange",
-                                 "hypernet:detectchange", "hypernet:detectseries", "hypernet:evaluatechange",
-                                 "hypernet:inspectmodel", "hypernet:setupengine", "hypernet:trainhypernet"]
+    assert out["algorithms"] == [
+        "hypernet:Train and detect, then evaluate",
+        "hypernet:classicchange",
+        "hypernet:detectchange",
+        "hypernet:detectseries",
+        "hypernet:evaluatechange",
+        "hypernet:inspectmodel",
+        "hypernet:setupengine",
+        "hypernet:trainhypernet",
+    ]
     assert out["torch_loaded_by_plugin"] is False
     needs_torch = {"hypernet:trainhypernet", "hypernet:detectchange"}
     for alg_id in out["errors"].keys() - needs_torch:  # classic, evaluation and inspection run without torch

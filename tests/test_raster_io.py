@@ -56,16 +56,26 @@ def make_tif(path, data, gt=GT, epsg=32651, nodata=None, dtype=gdal.GDT_Float32,
 
 
 def like_info(rows, cols, bands=1, gt=GT, epsg=32651) -> RasterInfo:
-    return RasterInfo(path="like.tif", rows=rows, cols=cols, bands=bands, geotransform=gt,
-                      crs_wkt=_wkt(epsg) if epsg else "", nodata=[None] * bands, wavelengths_nm=None,
-                      band_names=[f"band {i + 1}" for i in range(bands)], dtype="Float32")
+    return RasterInfo(
+        path="like.tif",
+        rows=rows,
+        cols=cols,
+        bands=bands,
+        geotransform=gt,
+        crs_wkt=_wkt(epsg) if epsg else "",
+        nodata=[None] * bands,
+        wavelengths_nm=None,
+        band_names=[f"band {i + 1}" for i in range(bands)],
+        dtype="Float32",
+    )
 
 
 # ------------------------------------------------------------------------------------------- reading
 
+
 def test_read_geotiff_nodata_nan_inf_become_invalid(tmp_path):
     data = np.arange(3 * 4 * 5, dtype=np.float32).reshape(3, 4, 5)
-    data[0, 0, 0] = -9999      # nodata of band 1
+    data[0, 0, 0] = -9999  # nodata of band 1
     data[1, 1, 1] = np.nan
     data[2, 2, 2] = np.inf
     path = make_tif(tmp_path / "a.tif", data, nodata=-9999)
@@ -85,7 +95,7 @@ def test_per_band_nodata_in_vrt(tmp_path):
     """GeoTIFF has one nodata per file; a VRT can give each band its own, and only that band uses it."""
     data = np.arange(2 * 3 * 3, dtype=np.float32).reshape(2, 3, 3)
     data[0, 0, 0] = -1
-    data[1, 2, 2] = -1      # a plain value in band 2, whose nodata is 16 (at row 2, col 1)
+    data[1, 2, 2] = -1  # a plain value in band 2, whose nodata is 16 (at row 2, col 1)
     src = make_tif(tmp_path / "src.tif", data)
     vrt = str(tmp_path / "nd.vrt")
     ds = gdal.Translate(vrt, src, format="VRT")
@@ -153,7 +163,7 @@ def test_constant_bands():
     valid = np.ones((3, 3), bool)
     x[2, 0, 0] = 99.0
     valid2 = valid.copy()
-    valid2[0, 0] = False          # the only differing pixel of band 3 is invalid -> band 3 is constant
+    valid2[0, 0] = False  # the only differing pixel of band 3 is invalid -> band 3 is constant
     assert constant_bands(x, valid) == [1]
     assert constant_bands(x, valid2) == [1, 3]
 
@@ -197,14 +207,17 @@ def test_envi_via_header_and_data_file_with_micrometre_wavelengths(tmp_path):
 
 def test_wavelengths_from_imagery_domain_and_dataset_list(tmp_path):
     data = np.ones((3, 2, 2), np.float32) * np.arange(1, 4)[:, None, None]
-    imagery = make_tif(tmp_path / "imagery.tif", data,
-                       band_md=lambda i: {"IMAGERY": {"CENTRAL_WAVELENGTH_UM": str(0.5 + 0.1 * i)}})
+    imagery = make_tif(
+        tmp_path / "imagery.tif", data, band_md=lambda i: {"IMAGERY": {"CENTRAL_WAVELENGTH_UM": str(0.5 + 0.1 * i)}}
+    )
     assert raster_info(imagery).wavelengths_nm == pytest.approx([500.0, 600.0, 700.0])
-    listed = make_tif(tmp_path / "listed.tif", data,
-                      ds_md={"wavelength": "{450.5, 550, 650}", "wavelength_units": "Nanometers"})
+    listed = make_tif(
+        tmp_path / "listed.tif", data, ds_md={"wavelength": "{450.5, 550, 650}", "wavelength_units": "Nanometers"}
+    )
     assert raster_info(listed).wavelengths_nm == pytest.approx([450.5, 550.0, 650.0])
-    per_band_um = make_tif(tmp_path / "um.tif", data,
-                           band_md=lambda i: {"": {"wavelength": str(1 + i), "wavelength_units": "um"}})
+    per_band_um = make_tif(
+        tmp_path / "um.tif", data, band_md=lambda i: {"": {"wavelength": str(1 + i), "wavelength_units": "um"}}
+    )
     assert raster_info(per_band_um).wavelengths_nm == pytest.approx([1000.0, 2000.0, 3000.0])
     assert raster_info(make_tif(tmp_path / "none.tif", data)).wavelengths_nm is None
 
@@ -237,6 +250,7 @@ def test_shared_taizhou_envi_and_bench_wavelengths(shared_dir):
 
 # ----------------------------------------------------------------------------------------------- masks
 
+
 def test_read_mask_png_without_georeference(tmp_path):
     arr = np.zeros((4, 5), np.uint8)
     arr[1:3, 2:4] = 255
@@ -259,6 +273,7 @@ def test_read_mask_nodata_is_false(tmp_path):
 
 # ------------------------------------------------------------------------------------------ grid checks
 
+
 def test_check_same_grid_reports_what_differs():
     a = like_info(10, 12, 5)
     check_same_grid(a, like_info(10, 12, 5, gt=(500000.0 + 1e-4, 30.0, 0.0, 3600000.0, 0.0, -30.0)))
@@ -277,6 +292,7 @@ def test_check_same_grid_reports_what_differs():
 
 
 # ---------------------------------------------------------------------------------------------- writing
+
 
 def test_write_raster_roundtrip_tiled_deflate(tmp_path):
     like = like_info(300, 260, 1)
@@ -301,8 +317,16 @@ def test_write_uint8_nan_becomes_nodata_and_metadata(tmp_path):
     like = like_info(2, 3, 2)
     arr = np.array([[[1, 0, np.nan], [0, 1, 1]], [[2, 2, 2], [2, 2, 2]]], np.float32)
     out = tmp_path / "change.tif"
-    write_raster(out, arr, like, nodata=255, dtype="uint8", band_names=["change", "two"],
-                 metadata={"method": "test"}, wavelengths_nm=[500.0, 600.0])
+    write_raster(
+        out,
+        arr,
+        like,
+        nodata=255,
+        dtype="uint8",
+        band_names=["change", "two"],
+        metadata={"method": "test"},
+        wavelengths_nm=[500.0, 600.0],
+    )
     info = raster_info(out)
     assert info.dtype == "Byte" and info.nodata == [255.0, 255.0] and info.band_names == ["change", "two"]
     assert info.wavelengths_nm == pytest.approx([500.0, 600.0])
@@ -349,15 +373,16 @@ def test_refuse_overwriting_inputs(tmp_path, monkeypatch):
     link.symlink_to(t1)
     with pytest.raises(InputError, match="would overwrite"):
         refuse_overwriting_inputs([link], [t1])
-    with pytest.raises(InputError, match="would overwrite"):   # ENVI data file given as .hdr
+    with pytest.raises(InputError, match="would overwrite"):  # ENVI data file given as .hdr
         refuse_overwriting_inputs([tmp_path / "2000TM"], [tmp_path / "2000TM.HDR"])
-    with pytest.raises(InputError, match="would overwrite"):   # the header of an ENVI input
+    with pytest.raises(InputError, match="would overwrite"):  # the header of an ENVI input
         refuse_overwriting_inputs([tmp_path / "2000TM.hdr"], [tmp_path / "2000TM"])
     with pytest.raises(InputError, match="same path"):
         refuse_overwriting_inputs([tmp_path / "a.tif", "a.tif"], [t1])
 
 
 # ---------------------------------------------------------------------------------------- sample data
+
 
 def test_sample_data_georeference_wavelengths_and_labels(sample_dir):
     t1 = raster_info(sample_dir / "salinasA_pair" / "t1.tif")
@@ -396,8 +421,9 @@ def test_sample_matches_its_sources(sample_dir, shared_dir):
     tz = shared_dir / "data" / "taizhou"
     for name, src_name in (("t1", "2000TM"), ("t2", "2003TM")):
         src, _, info = read_raster(tz / src_name)
-        np.testing.assert_array_equal(read_raster(sample_dir / "taizhou_crop" / f"{name}.tif")[0],
-                                      src[:, 200:400, 90:290])
+        np.testing.assert_array_equal(
+            read_raster(sample_dir / "taizhou_crop" / f"{name}.tif")[0], src[:, 200:400, 90:290]
+        )
     change = read_mask(tz / "change.bmp", info)[200:400, 90:290]
     unchanged = read_mask(tz / "unchanged.bmp", info)[200:400, 90:290]
     ref = gdal.Open(str(sample_dir / "taizhou_crop" / "reference.tif")).ReadAsArray()

@@ -70,7 +70,7 @@ def _png(uri: str) -> np.ndarray:
 
     prefix = "data:image/png;base64,"
     assert uri.startswith(prefix)
-    raw = base64.b64decode(uri[len(prefix):], validate=True)
+    raw = base64.b64decode(uri[len(prefix) :], validate=True)
     assert raw[:8] == b"\x89PNG\r\n\x1a\n"
     with Image.open(io.BytesIO(raw)) as img:
         assert img.format == "PNG"
@@ -111,15 +111,31 @@ def test_detection_report_figures_numbers_and_escaping(tmp_path):
     binary = np.where(valid, (intensity > threshold).astype(np.uint8), 255).astype(np.uint8)
     mask = valid & (intensity < 0.5)
     loss = [1.0, 0.7, 0.5, 0.45, 0.41]
-    info = {"T1 file": EVIL, "device": "cpu <gpu>", "seconds": 3.25, "settings": {"epochs": 5, "note": EVIL},
-            "wavelengths_nm": list(np.linspace(450, 900, 8))}
+    info = {
+        "T1 file": EVIL,
+        "device": "cpu <gpu>",
+        "seconds": 3.25,
+        "settings": {"epochs": 5, "note": EVIL},
+        "wavelengths_nm": list(np.linspace(450, 900, 8)),
+    }
     out = tmp_path / "detection.html"
     t1_before = t1.copy()
-    report.detection_report(out, t1=t1, t2=t2, intensity=intensity, binary=binary, threshold=threshold,
-                            threshold_method="otsu & <friends>", info=info, loss_history=loss, training_mask=mask)
+    report.detection_report(
+        out,
+        t1=t1,
+        t2=t2,
+        intensity=intensity,
+        binary=binary,
+        threshold=threshold,
+        threshold_method="otsu & <friends>",
+        info=info,
+        loss_history=loss,
+        training_mask=mask,
+    )
     doc = _parse(out)
-    figs = _check_figures(doc, ["fig-t1", "fig-t2", "fig-intensity", "fig-binary", "fig-histogram", "fig-loss",
-                                "fig-mask"])
+    figs = _check_figures(
+        doc, ["fig-t1", "fig-t2", "fig-intensity", "fig-binary", "fig-histogram", "fig-loss", "fig-mask"]
+    )
     t = doc.text_by_id
     assert t["v-changed"] == str(int((binary == 1).sum()))
     assert t["v-changed-percent"] == f"{100 * (binary == 1).sum() / (binary != 255).sum():.2f} %"
@@ -143,8 +159,9 @@ def test_detection_report_without_training_has_no_training_figures(tmp_path):
     t1, t2, intensity = _scene()
     binary = np.where(np.isfinite(intensity), (intensity > 1).astype(np.uint8), 255).astype(np.uint8)
     out = tmp_path / "d.html"
-    report.detection_report(out, t1=t1, t2=t2, intensity=intensity, binary=binary, threshold=1.0,
-                            threshold_method="fixed", info=None)
+    report.detection_report(
+        out, t1=t1, t2=t2, intensity=intensity, binary=binary, threshold=1.0, threshold_method="fixed", info=None
+    )
     doc = _parse(out)
     _check_figures(doc, ["fig-t1", "fig-t2", "fig-intensity", "fig-binary", "fig-histogram"])
     assert "fig-loss" not in doc.images and "fig-mask" not in doc.images
@@ -156,8 +173,9 @@ def test_detection_report_of_the_mrf_map_does_not_claim_a_pixelwise_threshold(tm
     t1, t2, intensity = _scene()
     binary = np.where(np.isfinite(intensity), (intensity > 1).astype(np.uint8), 255).astype(np.uint8)
     out = tmp_path / "m.html"
-    report.detection_report(out, t1=t1, t2=t2, intensity=intensity, binary=binary, threshold=1.0,
-                            threshold_method="mrf", info=None)
+    report.detection_report(
+        out, t1=t1, t2=t2, intensity=intensity, binary=binary, threshold=1.0, threshold_method="mrf", info=None
+    )
     text = out.read_text()
     assert "Pixels above the dashed line are mapped as changed." not in text
     assert "where the MRF map starts" in text
@@ -168,8 +186,14 @@ def test_training_report(tmp_path):
     mask = np.isfinite(intensity) & (intensity < 0.4)
     loss = list(np.geomspace(5.0, 0.01, 40))  # spans > 20x: log axis
     out = tmp_path / "training.html"
-    report.training_report(out, t1=t1, t2=t2, info={"device": "cuda:0 (NVIDIA H100)", "seconds": 12.0},
-                           loss_history=loss, training_mask=mask)
+    report.training_report(
+        out,
+        t1=t1,
+        t2=t2,
+        info={"device": "cuda:0 (NVIDIA H100)", "seconds": 12.0},
+        loss_history=loss,
+        training_mask=mask,
+    )
     doc = _parse(out)
     _check_figures(doc, ["fig-t1", "fig-t2", "fig-loss", "fig-mask"])
     assert doc.text_by_id["v-training"] == str(int(mask.sum()))
@@ -187,14 +211,28 @@ def test_evaluation_report_tables_match_metrics(tmp_path):
     fpr, tpr, _ = metrics.roc_curve(score, reference, ignore=(255,))
     auc = metrics.roc_auc(score, reference, ignore=(255,))
     out = tmp_path / "eval.html"
-    report.evaluation_report(out, prediction=pred, reference=reference, metrics=m, roc=(fpr, tpr), auc=auc,
-                             ignore=(255,), info={"change map": EVIL})
+    report.evaluation_report(
+        out,
+        prediction=pred,
+        reference=reference,
+        metrics=m,
+        roc=(fpr, tpr),
+        auc=auc,
+        ignore=(255,),
+        info={"change map": EVIL},
+    )
     doc = _parse(out)
     figs = _check_figures(doc, ["fig-errors", "fig-roc", "fig-prediction", "fig-reference"])
     t = doc.text_by_id
-    for ident, key in (("m-oa", "OA"), ("m-kappa", "kappa"), ("m-f1", "F1"), ("m-precision", "precision"),
-                       ("m-recall", "recall"), ("m-false-alarm-rate", "false_alarm_rate"),
-                       ("m-missed-alarm-rate", "missed_alarm_rate")):
+    for ident, key in (
+        ("m-oa", "OA"),
+        ("m-kappa", "kappa"),
+        ("m-f1", "F1"),
+        ("m-precision", "precision"),
+        ("m-recall", "recall"),
+        ("m-false-alarm-rate", "false_alarm_rate"),
+        ("m-missed-alarm-rate", "missed_alarm_rate"),
+    ):
         assert t[ident] == f"{m[key]:.4f}", ident
     assert t["m-auc"] == f"{auc:.4f}"
     for ident, key in (("cm-tn", "TN"), ("cm-fp", "FP"), ("cm-fn", "FN"), ("cm-tp", "TP")):
@@ -215,17 +253,24 @@ def test_evaluation_report_accepts_an_intensity_prediction(tmp_path):
     score = reference + rng.normal(0, 0.5, reference.shape).astype(np.float32)
     m = metrics.change_metrics((score > 0.5).astype(np.uint8), reference)
     out = tmp_path / "eval.html"
-    report.evaluation_report(out, prediction=score, reference=reference, metrics=m,
-                             auc=metrics.roc_auc(score, reference))
+    report.evaluation_report(
+        out, prediction=score, reference=reference, metrics=m, auc=metrics.roc_auc(score, reference)
+    )
     doc = _parse(out)
     _check_figures(doc, ["fig-prediction", "fig-reference"])
     assert "fig-errors" not in doc.images  # no binary map, no error map
 
 
 def test_model_report_escapes_metadata_and_plots_loss(tmp_path):
-    meta = {"bands": 6, "widths": [6, 32, 64, 32], "loss_history": [0.9, 0.5, 0.3, 0.25],
-            "training": {"epochs": 4, "distance": "cosine"}, "software": {"torch": "2.13.0"},
-            "band_mean": list(range(100)), EVIL: EVIL}
+    meta = {
+        "bands": 6,
+        "widths": [6, 32, 64, 32],
+        "loss_history": [0.9, 0.5, 0.3, 0.25],
+        "training": {"epochs": 4, "distance": "cosine"},
+        "software": {"torch": "2.13.0"},
+        "band_mean": list(range(100)),
+        EVIL: EVIL,
+    }
     out = tmp_path / "model.html"
     report.model_report(out, meta, source="/some/<model>.pt")
     doc = _parse(out)
@@ -315,7 +360,9 @@ def test_downsampling_big_scenes():
     a = np.arange(16, dtype=np.float32).reshape(4, 4)
     a[0, 0] = np.nan
     m = ql.downsample_mean(a, 2)
-    np.testing.assert_allclose(m, [[(1 + 4 + 5) / 3, (2 + 3 + 6 + 7) / 4], [(8 + 9 + 12 + 13) / 4, (10 + 11 + 14 + 15) / 4]])
+    np.testing.assert_allclose(
+        m, [[(1 + 4 + 5) / 3, (2 + 3 + 6 + 7) / 4], [(8 + 9 + 12 + 13) / 4, (10 + 11 + 14 + 15) / 4]]
+    )
     assert np.isnan(ql.downsample_mean(np.full((3, 3), np.nan, dtype=np.float32), 2)).all()
 
 
@@ -326,8 +373,16 @@ def test_big_scene_report_stays_small(tmp_path):
     intensity = np.abs(cube[0] - cube[1])
     binary = (intensity > 0.5).astype(np.uint8)
     out = tmp_path / "big.html"
-    report.detection_report(out, t1=cube, t2=cube[::-1], intensity=intensity, binary=binary, threshold=0.5,
-                            threshold_method="fixed", info={})
+    report.detection_report(
+        out,
+        t1=cube,
+        t2=cube[::-1],
+        intensity=intensity,
+        binary=binary,
+        threshold=0.5,
+        threshold_method="fixed",
+        info={},
+    )
     doc = _parse(out)
     for name in ("fig-t1", "fig-intensity", "fig-binary"):
         assert max(_png(doc.images[name]["src"]).shape[:2]) <= ql.MAX_SIDE
@@ -354,11 +409,13 @@ def test_bad_input_is_refused_and_old_report_kept(tmp_path):
     out.write_text("old report")
     binary = np.full(intensity.shape, 7, dtype=np.uint8)  # not 0/1/255
     with pytest.raises(InputError, match="binary change map"):
-        report.detection_report(out, t1=t1, t2=t2, intensity=intensity, binary=binary, threshold=1.0,
-                                threshold_method="otsu", info={})
+        report.detection_report(
+            out, t1=t1, t2=t2, intensity=intensity, binary=binary, threshold=1.0, threshold_method="otsu", info={}
+        )
     with pytest.raises(InputError, match="same grid"):
-        report.detection_report(out, t1=t1, t2=t2, intensity=intensity[:10], binary=binary, threshold=1.0,
-                                threshold_method="otsu", info={})
+        report.detection_report(
+            out, t1=t1, t2=t2, intensity=intensity[:10], binary=binary, threshold=1.0, threshold_method="otsu", info={}
+        )
     with pytest.raises(InputError, match="differ in shape"):
         report.training_report(out, t1=t1, t2=t2[:3], info={}, loss_history=[1.0], training_mask=intensity > 0)
     with pytest.raises(InputError, match="does not exist"):
@@ -378,8 +435,14 @@ def test_taizhou_true_colour_report(tmp_path, shared_dir):
     t1 = gdal.Open(str(folder / "2000TM")).ReadAsArray().astype(np.float32)
     t2 = gdal.Open(str(folder / "2003TM")).ReadAsArray().astype(np.float32)
     out = tmp_path / "taizhou.html"
-    report.training_report(out, t1=t1, t2=t2, info={"wavelengths_nm": [482.5, 565, 660, 825, 1650, 2220]},
-                           loss_history=[1.0, 0.5], training_mask=np.zeros(t1.shape[1:], dtype=bool))
+    report.training_report(
+        out,
+        t1=t1,
+        t2=t2,
+        info={"wavelengths_nm": [482.5, 565, 660, 825, 1650, 2220]},
+        loss_history=[1.0, 0.5],
+        training_mask=np.zeros(t1.shape[1:], dtype=bool),
+    )
     doc = _parse(out)
     figs = _check_figures(doc, ["fig-t1", "fig-t2", "fig-loss"])
     assert figs["fig-t1"].shape == (400, 400, 3)
@@ -394,9 +457,18 @@ def test_qt_html_viewer_shows_the_pictures(tmp_path, qgis_app):
     t1, t2, intensity = _scene()
     binary = np.where(np.isfinite(intensity), (intensity > 1).astype(np.uint8), 255).astype(np.uint8)
     out = tmp_path / "d.html"
-    report.detection_report(out, t1=t1, t2=t2, intensity=intensity, binary=binary, threshold=1.0,
-                            threshold_method="otsu", info={"x": EVIL}, loss_history=[1.0, 0.5],
-                            training_mask=np.isfinite(intensity))
+    report.detection_report(
+        out,
+        t1=t1,
+        t2=t2,
+        intensity=intensity,
+        binary=binary,
+        threshold=1.0,
+        threshold_method="otsu",
+        info={"x": EVIL},
+        loss_history=[1.0, 0.5],
+        training_mask=np.isfinite(intensity),
+    )
     text = out.read_text(encoding="utf-8")
     doc = QTextDocument()
     doc.setHtml(text)
@@ -418,8 +490,11 @@ def _model_file(folder) -> str:
     from hypernet_qgis.core.hypernet.network import HyperNet
 
     path = str(folder / "tiny.hypernet")
-    save_model(path, HyperNet(5, 8, 16, 8), {"loss_history": [0.3, 0.1, -0.05], "device": "cpu <test>",
-                                            "training": {"epochs": 3, "seed": 7}})
+    save_model(
+        path,
+        HyperNet(5, 8, 16, 8),
+        {"loss_history": [0.3, 0.1, -0.05], "device": "cpu <test>", "training": {"epochs": 3, "seed": 7}},
+    )
     return path
 
 
@@ -443,8 +518,10 @@ def test_inspect_model_algorithm(tmp_path, qgis_app):
     assert "test" not in doc.tags and "cpu <test>" in "".join(doc.text)
     # a missing model and a report over the model file are refused with a clear message, nothing written
     with pytest.raises(QgsProcessingException, match="does not exist"):
-        processing.run(InspectModelAlgorithm().create(), {"INPUT": str(tmp_path / "nope.hypernet"),
-                                                         "OUTPUT_REPORT": str(tmp_path / "x.html")})
+        processing.run(
+            InspectModelAlgorithm().create(),
+            {"INPUT": str(tmp_path / "nope.hypernet"), "OUTPUT_REPORT": str(tmp_path / "x.html")},
+        )
     with pytest.raises(QgsProcessingException, match="overwrite the model"):
         processing.run(InspectModelAlgorithm().create(), {"INPUT": model, "OUTPUT_REPORT": model})
     assert not (tmp_path / "x.html").exists()
@@ -464,8 +541,9 @@ def test_glue_from_engine_results(tmp_path):
 
     p = make_pair(tmp_path / "data", bands=6, size=24)
     cfg = TrainConfig(epochs=2, seed=0, device="cpu")
-    det = pipeline.detect_files(p["t1"], p["t2"], str(tmp_path / "c.tif"), intensity_out=str(tmp_path / "i.tif"),
-                                config=cfg)
+    det = pipeline.detect_files(
+        p["t1"], p["t2"], str(tmp_path / "c.tif"), intensity_out=str(tmp_path / "i.tif"), config=cfg
+    )
     report.write_detection_report(tmp_path / "det.html", det)
     doc = _parse(tmp_path / "det.html")
     _check_figures(doc, ["fig-t1", "fig-t2", "fig-intensity", "fig-binary", "fig-histogram", "fig-loss", "fig-mask"])

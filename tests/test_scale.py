@@ -105,7 +105,7 @@ def test_rx_stats_match_numpy_reference():
     # merged chunk by chunk (including an empty chunk) equals all at once
     stats = RxStats(5)
     for r0 in range(0, 30, 7):
-        stats.add(d[:, r0: r0 + 7], v[r0: r0 + 7])
+        stats.add(d[:, r0 : r0 + 7], v[r0 : r0 + 7])
     stats.add(d[:, :2], np.zeros((2, 20), bool))
     assert stats.n == v.sum()
     np.testing.assert_allclose(stats.mean, x.mean(1), rtol=1e-12)
@@ -178,8 +178,14 @@ def _peak_extra_mb(side: int, budget: float, alloc: str = "system") -> float:
         env = allocator.preload_environment(env)
         if env is None:
             pytest.skip("tcmalloc is not installed")
-    res = subprocess.run([sys.executable, "-c", _PEAK_SCRIPT, str(side), str(budget)], capture_output=True,
-                         text=True, env=env, timeout=600, check=True)
+    res = subprocess.run(
+        [sys.executable, "-c", _PEAK_SCRIPT, str(side), str(budget)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+        check=True,
+    )
     out = json.loads(res.stdout.strip().splitlines()[-1])
     assert out["finite"]
     return out["extra_mb"]
@@ -209,6 +215,7 @@ def test_cuda_tiled_detection_equals_cpu(pair):
 
 
 # --- training within the budget ---------------------------------------------------------------------------------
+
 
 def test_crop_plan_respects_the_budget():
     from hypernet_qgis.core.hypernet.perf import crop_plan, train_pixels_for_budget, train_step_mb
@@ -262,6 +269,7 @@ def test_training_reads_crops_from_disk_backed_inputs(tmp_path):
 
 # --- scenes larger than memory: streaming.py ---------------------------------------------------------------------
 
+
 def test_window_reader_slices_like_the_array(tmp_path):
     from hypernet_qgis.core.io.streaming import WindowReader
 
@@ -270,8 +278,12 @@ def test_window_reader_slices_like_the_array(tmp_path):
     path.write_bytes(np.ascontiguousarray(x.transpose(1, 2, 0)).tobytes())
     r = WindowReader(str(path), x.shape)
     assert r.shape == (3, 7, 5) and r.ndim == 3
-    for key in [(slice(None), slice(2, 6), slice(1, 4)), (slice(None), slice(0, 7), slice(0, 5)),
-                (slice(1, 3), slice(5, 9), slice(3, 5)), (slice(None), slice(3, 3), slice(0, 2))]:
+    for key in [
+        (slice(None), slice(2, 6), slice(1, 4)),
+        (slice(None), slice(0, 7), slice(0, 5)),
+        (slice(1, 3), slice(5, 9), slice(3, 5)),
+        (slice(None), slice(3, 3), slice(0, 2)),
+    ]:
         np.testing.assert_array_equal(r[key], x[key])
     np.testing.assert_array_equal(np.asarray(r), x)
     with pytest.raises(TypeError):

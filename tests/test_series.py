@@ -13,8 +13,8 @@ from test_align import smooth_pair, write
 from hypernet_qgis.core import series
 from hypernet_qgis.core.errors import InputError
 
-A = (slice(5, 15), slice(5, 15))     # changes between date 1 and 2
-B = (slice(30, 45), slice(40, 60))   # changes between date 2 and 3, and back between 3 and 4
+A = (slice(5, 15), slice(5, 15))  # changes between date 1 and 2
+B = (slice(30, 45), slice(40, 60))  # changes between date 2 and 3, and back between 3 and 4
 
 
 def dates_stack(tmp_path, n: int = 4) -> list[str]:
@@ -44,8 +44,10 @@ def test_first_change_count_and_polygons(tmp_path):
     ds = ogr.Open(res.polygons)
     feats = [f.items() for f in ds.GetLayer(0)]
     assert sorted((f["pair"], f["date_t1"], f["date_t2"], f["pixels"]) for f in feats) == [
-        (1, "2018-06-01", "2019-06-01", 100), (2, "2019-06-01", "2020-06-01", 300),
-        (3, "2020-06-01", "2021-06-01", 300)]
+        (1, "2018-06-01", "2019-06-01", 100),
+        (2, "2019-06-01", "2020-06-01", 300),
+        (3, "2020-06-01", "2021-06-01", 300),
+    ]
     assert not [p for p in out.iterdir() if p.name.startswith(".")]
 
 
@@ -64,24 +66,32 @@ def test_images_are_ordered_by_date(tmp_path):
         def is_cancelled(self):
             return False
 
-    res = series.series_files([images[2], images[0], images[1]], str(out), method="cva", feedback=Log(),
-                              dates=["2020-01-01", "2018-01-01", "2019-01-01"])
+    res = series.series_files(
+        [images[2], images[0], images[1]],
+        str(out),
+        method="cva",
+        feedback=Log(),
+        dates=["2020-01-01", "2018-01-01", "2019-01-01"],
+    )
     assert res.images == images and res.dates == ["2018-01-01", "2019-01-01", "2020-01-01"]
     assert any("ordered by the dates given: d1.tif (2018-01-01), d2.tif" in m for m in lines)
 
 
-@pytest.mark.parametrize("case, words", [
-    ("one", "at least two dates; got 1 image"),
-    ("count", "3 dates were given for 2 images"),
-    ("same", "have the same date 2019-01-01"),
-    ("notdate", "'soon' is not a date"),
-    ("grid", r"A series needs all dates on one grid \(ALIGN is off\): date 1 \(d1.tif\) and date 2 \(moved.tif\)"),
-    ("apart", r"date 1 \(d1.tif\) and date 3 \(far.tif\) do not overlap"),
-    ("no_crs", r"date 2 \(nocrs.tif\) has no coordinate reference system"),
-    ("bands", r"date 1 \(d1.tif\) has 5 bands but date 2 \(three.tif\) has 3"),
-    ("training", "Unknown training 'sometimes'"),
-    ("method", "Unknown method"),
-])
+@pytest.mark.parametrize(
+    "case, words",
+    [
+        ("one", "at least two dates; got 1 image"),
+        ("count", "3 dates were given for 2 images"),
+        ("same", "have the same date 2019-01-01"),
+        ("notdate", "'soon' is not a date"),
+        ("grid", r"A series needs all dates on one grid \(ALIGN is off\): date 1 \(d1.tif\) and date 2 \(moved.tif\)"),
+        ("apart", r"date 1 \(d1.tif\) and date 3 \(far.tif\) do not overlap"),
+        ("no_crs", r"date 2 \(nocrs.tif\) has no coordinate reference system"),
+        ("bands", r"date 1 \(d1.tif\) has 5 bands but date 2 \(three.tif\) has 3"),
+        ("training", "Unknown training 'sometimes'"),
+        ("method", "Unknown method"),
+    ],
+)
 def test_bad_series_are_refused_with_one_line(tmp_path, case, words):
     images = dates_stack(tmp_path, 3)
     out = tmp_path / "out"
@@ -136,8 +146,18 @@ def test_cli_series(tmp_path):
     images = dates_stack(tmp_path, 3)
     out = tmp_path / "out"
     out.mkdir()
-    r = cli("series", *images, "--output-dir", str(out), "--method", "cva", "--polygons",
-            "--dates", "2018-01-01,2019-01-01,2020-01-01", "--quiet")
+    r = cli(
+        "series",
+        *images,
+        "--output-dir",
+        str(out),
+        "--method",
+        "cva",
+        "--polygons",
+        "--dates",
+        "2018-01-01,2019-01-01,2020-01-01",
+        "--quiet",
+    )
     assert r.returncode == 0, r.stderr
     res = json.loads(r.stdout)
     assert res["polygons"].endswith("change_polygons.gpkg") and len(res["pair_maps"]) == 2
@@ -151,8 +171,9 @@ def test_hypernet_series_trains_per_pair(tmp_path):
     images = dates_stack(tmp_path, 3)
     out = tmp_path / "out"
     out.mkdir()
-    res = series.series_files(images, str(out), method="hypernet", training="per-pair",
-                              config=TrainConfig(epochs=2, seed=0, device="cpu"))
+    res = series.series_files(
+        images, str(out), method="hypernet", training="per-pair", config=TrainConfig(epochs=2, seed=0, device="cpu")
+    )
     first = gdal.Open(res.first_change).ReadAsArray()
     assert first[10, 10] == 1 and first[37, 50] == 2 and len(res.changed_pixels) == 2
     assert res.training == "per-pair" and res.model is None and not (out / series.MODEL_NAME).exists()
@@ -184,8 +205,14 @@ def test_hypernet_series_shared_model_trains_once(tmp_path):
     out = tmp_path / "out"
     out.mkdir()
     log = Log()
-    res = series.series_files(images, str(out), dates=["2018-01-01", "2019-01-01", "2020-01-01"],
-                              method="hypernet", config=TrainConfig(epochs=2, seed=0, device="cpu"), feedback=log)
+    res = series.series_files(
+        images,
+        str(out),
+        dates=["2018-01-01", "2019-01-01", "2020-01-01"],
+        method="hypernet",
+        config=TrainConfig(epochs=2, seed=0, device="cpu"),
+        feedback=log,
+    )
     assert res.training == "shared" and res.model == str(out / series.MODEL_NAME)
     assert sum(m.startswith("Training HyperNet on") for m in log.lines) == 1
     assert any("2 pairs of 70x60 pixels" in m for m in log.lines)
@@ -196,7 +223,8 @@ def test_hypernet_series_shared_model_trains_once(tmp_path):
     first = gdal.Open(res.first_change).ReadAsArray()
     assert first[10, 10] == 1 and first[37, 50] == 2 and len(res.pair_maps) == 2
     assert sorted(p.name for p in out.iterdir()) == sorted(
-        [p.split("/")[-1] for p in res.pair_maps] + ["first_change.tif", "change_count.tif", series.MODEL_NAME])
+        [p.split("/")[-1] for p in res.pair_maps] + ["first_change.tif", "change_count.tif", series.MODEL_NAME]
+    )
 
 
 def test_shared_training_follows_the_memory_budget(tmp_path):
@@ -209,8 +237,14 @@ def test_shared_training_follows_the_memory_budget(tmp_path):
     out = tmp_path / "out"
     out.mkdir()
     log = Log()
-    res = series.series_files(images, str(out), method="hypernet", feedback=log, evidence="hypernet",
-                              config=TrainConfig(epochs=2, seed=0, device="cpu", memory_budget_mb=0.2))
+    res = series.series_files(
+        images,
+        str(out),
+        method="hypernet",
+        feedback=log,
+        evidence="hypernet",
+        config=TrainConfig(epochs=2, seed=0, device="cpu", memory_budget_mb=0.2),
+    )
     assert any("more than half the 0.1 MB memory budget" in m for m in log.lines)  # 0.2 MB shared by 2 pairs
     assert gdal.Open(res.first_change).ReadAsArray()[10, 10] == 1
 
@@ -235,9 +269,15 @@ def test_hypernet_series_on_the_salinas_sample(tmp_path, training):
     out = tmp_path / "out"
     out.mkdir()
     log = Log()
-    res = series.series_files(images, str(out), dates=["2019-06-01", "2020-06-01", "2021-06-01"],
-                              method="hypernet", training=training, feedback=log,
-                              config=TrainConfig(epochs=3, seed=0, device="cpu"))
+    res = series.series_files(
+        images,
+        str(out),
+        dates=["2019-06-01", "2020-06-01", "2021-06-01"],
+        method="hypernet",
+        training=training,
+        feedback=log,
+        config=TrainConfig(epochs=3, seed=0, device="cpu"),
+    )
     trainings = sum(m.startswith("Training HyperNet on") for m in log.lines)
     assert trainings == (1 if training == "shared" else 2)
     assert (res.model is not None) is (training == "shared")
@@ -264,14 +304,16 @@ def test_dates_off_the_first_grid_are_warped_onto_it(tmp_path):
     dc, dr = 5, 3
     shifted = np.full(x3.shape, -9999.0)
     shifted[:, : x3.shape[1] - dr, : x3.shape[2] - dc] = x3[:, dr:, dc:]
-    images[2] = write(tmp_path / "d3_shifted.tif", shifted, gt=(GT[0] + dc * GT[1], GT[1], 0.0,
-                                                                GT[3] + dr * GT[5], 0.0, GT[5]))
+    images[2] = write(
+        tmp_path / "d3_shifted.tif", shifted, gt=(GT[0] + dc * GT[1], GT[1], 0.0, GT[3] + dr * GT[5], 0.0, GT[5])
+    )
     log = Log()
     res = series.series_files(images, str(moved), dates=dates, method="cva", resampling="nearest", feedback=log)
     assert len(res.aligned) == 1 and "date 3 (d3_shifted.tif) warped onto date 1's grid" in res.aligned[0]
     assert any(m.startswith("Align: date 3 (d3_shifted.tif)") for m in log.lines)
-    for ours_path, theirs_path in zip(res.pair_maps + [res.first_change, res.change_count],
-                                      ref.pair_maps + [ref.first_change, ref.change_count]):
+    for ours_path, theirs_path in zip(
+        res.pair_maps + [res.first_change, res.change_count], ref.pair_maps + [ref.first_change, ref.change_count]
+    ):
         ours, theirs = gdal.Open(ours_path), gdal.Open(theirs_path)
         assert ours.GetGeoTransform() == theirs.GetGeoTransform() == GT
         a, b = ours.ReadAsArray(), theirs.ReadAsArray()
@@ -294,8 +336,20 @@ def test_cli_series_training_and_align(tmp_path):
     images[1] = write(tmp_path / "d2_moved.tif", x2, gt=(GT[0] + 60.0, *GT[1:]))
     out = tmp_path / "out"
     out.mkdir()
-    r = cli("series", *images, "--output-dir", str(out), "--training", "per-pair", "--epochs", "1",
-            "--device", "cpu", "--dates", "2018-01-01,2019-01-01,2020-01-01")
+    r = cli(
+        "series",
+        *images,
+        "--output-dir",
+        str(out),
+        "--training",
+        "per-pair",
+        "--epochs",
+        "1",
+        "--device",
+        "cpu",
+        "--dates",
+        "2018-01-01,2019-01-01,2020-01-01",
+    )
     assert r.returncode == 0, r.stderr
     res = json.loads(r.stdout.strip().splitlines()[-1])
     assert res["training"] == "per-pair" and res["model"] is None and len(res["aligned"]) == 1

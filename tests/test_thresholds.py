@@ -77,6 +77,7 @@ def test_compute_threshold_dispatch():
 
 # ---------------------------------------------------------------------------- the mixture + Potts MRF map ("mrf")
 
+
 def _blocks_with_noise(seed: int = 0):
     """A 60x60 scene: a 20x20 changed block (intensity ~3) on an unchanged background (~1), both noisy enough that
     the pixel-wise mixture makes speckle; one isolated pixel far above everything (a real small change)."""
@@ -161,8 +162,9 @@ def test_mrf_on_the_real_taizhou_pair_beats_the_pixelwise_mixture(shared_dir):
     fused = (ratio_to_median(irmad(x1, x2, valid), valid) + ratio_to_median(cva(x1, x2, valid), valid)) / 2
 
     def kappa(how: str) -> float:
-        return change_metrics(binary_change(fused, valid, how)[0], ref, changed=(1,), unchanged=(0,),
-                              ignore=(255,))["kappa"]
+        return change_metrics(binary_change(fused, valid, how)[0], ref, changed=(1,), unchanged=(0,), ignore=(255,))[
+            "kappa"
+        ]
 
     assert kappa("mixture") == pytest.approx(0.933, abs=0.005)
     assert kappa("mrf") == pytest.approx(0.963, abs=0.005)
@@ -178,23 +180,29 @@ def test_refusals_say_what_to_do():
         return str(info.value)
 
     assert message(otsu_threshold, np.array([np.nan, np.inf])) == (
-        "There is no valid intensity value to threshold (every pixel is invalid).")
+        "There is no valid intensity value to threshold (every pixel is invalid)."
+    )
     intensity = np.arange(16, dtype=np.float64).reshape(4, 4)
     valid = np.ones((4, 4), bool)
     assert message(mrf_change, intensity, valid, beta=-0.5, radius=1) == (
-        "The MRF needs beta >= 0 and a radius >= 1, got -0.5 and 1.")
+        "The MRF needs beta >= 0 and a radius >= 1, got -0.5 and 1."
+    )
     assert message(mrf_change, intensity, valid, beta=1.0, radius=0) == (
-        "The MRF needs beta >= 0 and a radius >= 1, got 1.0 and 0.")
+        "The MRF needs beta >= 0 and a radius >= 1, got 1.0 and 0."
+    )
     nodata = "The change intensity has no valid pixel; the inputs are all nodata."
     assert message(mrf_change, intensity, np.zeros((4, 4), bool)) == nodata
     assert message(choose_threshold, intensity, np.zeros((4, 4), bool)) == nodata
     assert message(binary_change, np.full((4, 4), np.nan), valid) == nodata
     assert message(compute_threshold, intensity.ravel(), "fixed") == (
-        "A fixed threshold needs a finite THRESHOLD_VALUE. Give a number, or use otsu/kmeans.")
+        "A fixed threshold needs a finite THRESHOLD_VALUE. Give a number, or use otsu/kmeans."
+    )
     assert message(compute_threshold, intensity.ravel(), "fixed", float("nan")) == (
-        "A fixed threshold needs a finite THRESHOLD_VALUE. Give a number, or use otsu/kmeans.")
+        "A fixed threshold needs a finite THRESHOLD_VALUE. Give a number, or use otsu/kmeans."
+    )
     assert message(compute_threshold, intensity.ravel(), "Median") == (
-        f"Unknown threshold method 'median'. Use one of: {', '.join(METHODS)}.")
+        f"Unknown threshold method 'median'. Use one of: {', '.join(METHODS)}."
+    )
     assert compute_threshold(intensity.ravel(), "FIXED", 2.5) == 2.5
 
 

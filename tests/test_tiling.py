@@ -83,12 +83,20 @@ def test_streaming_callback_and_generator(setup):
 
     def on_tile(r0, c0, f):
         seen.append((r0, c0, f.shape))
-        got[:, r0: r0 + f.shape[1], c0: c0 + f.shape[2]] = f
+        got[:, r0 : r0 + f.shape[1], c0 : c0 + f.shape[2]] = f
 
     assert fused_features_tiled(model, x, 16, on_tile=on_tile) is None
-    assert seen == [(0, 0, (32, 16, 16)), (0, 16, (32, 16, 16)), (0, 32, (32, 16, 5)),
-                    (16, 0, (32, 16, 16)), (16, 16, (32, 16, 16)), (16, 32, (32, 16, 5)),
-                    (32, 0, (32, 8, 16)), (32, 16, (32, 8, 16)), (32, 32, (32, 8, 5))]
+    assert seen == [
+        (0, 0, (32, 16, 16)),
+        (0, 16, (32, 16, 16)),
+        (0, 32, (32, 16, 5)),
+        (16, 0, (32, 16, 16)),
+        (16, 16, (32, 16, 16)),
+        (16, 32, (32, 16, 5)),
+        (32, 0, (32, 8, 16)),
+        (32, 16, (32, 8, 16)),
+        (32, 32, (32, 8, 5)),
+    ]
     np.testing.assert_allclose(got, whole, rtol=1e-9, atol=1e-12)
     first = next(iter_fused_features(model, x, 16))
     assert first[:2] == (0, 0)

@@ -23,6 +23,7 @@ def _mypy() -> list[str]:
 
 
 def test_core_type_checks():
-    proc = subprocess.run([*_mypy(), "--config-file", str(REPO / "pyproject.toml")], capture_output=True,
-                          text=True, cwd=REPO)
+    proc = subprocess.run(
+        [*_mypy(), "--config-file", str(REPO / "pyproject.toml")], capture_output=True, text=True, cwd=REPO
+    )
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]

@@ -38,8 +38,10 @@ SHARED = REPO.parent / "shared" / "data"
 #: The default settings, and the paper's schedule (whole image per step, 200 epochs) at the same branch width so
 #: that only the schedule differs ("width:cap" = the default schedule's automatic width).
 DEFAULT_NAME = "HyperNet + IR-MAD + CVA, MRF map (default)"
-DEFAULT_VARIANTS = [(DEFAULT_NAME, {}),
-                    ("HyperNet + IR-MAD + CVA, paper schedule", {"schedule": "paper", "width": "cap"})]
+DEFAULT_VARIANTS = [
+    (DEFAULT_NAME, {}),
+    ("HyperNet + IR-MAD + CVA, paper schedule", {"schedule": "paper", "width": "cap"}),
+]
 #: Each HyperNet run is scored twice from the same trained model: with the default evidence (fused with IR-MAD
 #: and CVA, core/fusion.py) under the variant's name, and alone (``evidence=hypernet``) under this suffix.
 ALONE = ", HyperNet alone"
@@ -48,6 +50,8 @@ ALONE = ", HyperNet alone"
 def alone_name(vname: str) -> str:
     """Row name of a variant's HyperNet-alone score."""
     return "HyperNet alone (--evidence hypernet)" if vname == DEFAULT_NAME else vname + ALONE
+
+
 EXPLORE = bool(os.environ.get("HYPERNET_EXPLORE"))
 
 
@@ -69,8 +73,12 @@ def pairs() -> dict[str, tuple[str, str, np.ndarray]]:
 
 def score(binary: np.ndarray, intensity: np.ndarray, ref: np.ndarray) -> dict[str, float]:
     m = change_metrics(binary, ref, changed=(1,), unchanged=(0,), ignore=(255,))
-    return {"OA": m["OA"], "kappa": m["kappa"], "F1": m["F1"],
-            "AUC": float(roc_auc(intensity, ref, changed=(1,), unchanged=(0,), ignore=(255,)))}
+    return {
+        "OA": m["OA"],
+        "kappa": m["kappa"],
+        "F1": m["F1"],
+        "AUC": float(roc_auc(intensity, ref, changed=(1,), unchanged=(0,), ignore=(255,))),
+    }
 
 
 def peak_rss_mb() -> float:
@@ -81,14 +89,19 @@ def run_hypernet(pair: ImagePair, ref: np.ndarray, seed: int, opts: dict) -> dic
     width = opts.get("width")
     if width == "cap":
         width = model_widths(pair.x1.shape[0], TrainConfig())[0]
-    cfg = TrainConfig(seed=seed, device="cpu", schedule=opts.get("schedule", "default"),
-                      epochs=int(opts["epochs"]) if "epochs" in opts else None,
-                      width=int(width) if width else None,
-                      training_fraction=float(opts.get("fraction", TrainConfig.training_fraction)))
+    cfg = TrainConfig(
+        seed=seed,
+        device="cpu",
+        schedule=opts.get("schedule", "default"),
+        epochs=int(opts["epochs"]) if "epochs" in opts else None,
+        width=int(width) if width else None,
+        training_fraction=float(opts.get("fraction", TrainConfig.training_fraction)),
+    )
     start = time.perf_counter()
     res = train_hypernet(pair.x1s, pair.x2s, pair.valid, cfg)
-    intensity = change_intensity(res.model, pair.x1s, pair.x2s, pair.valid, opts.get("distance", DEFAULT_DISTANCE),
-                                 "cpu")
+    intensity = change_intensity(
+        res.model, pair.x1s, pair.x2s, pair.valid, opts.get("distance", DEFAULT_DISTANCE), "cpu"
+    )
     binary, _ = threshold_feature_distance(intensity, pair.valid, resolve_threshold(opts.get("threshold"), "hypernet"))
     alone = score(binary, intensity, ref)
     alone["seconds"] = time.perf_counter() - start
@@ -116,15 +129,17 @@ def explore(model, pair: ImagePair, ref: np.ndarray) -> dict:
     sd = np.concatenate([f1[:, v], f2[:, v]], 1).std(1)[:, None, None] + 1e-6
     z1, z2 = (f1 - mu) / sd, (f2 - mu) / sd
     cos = 1 - (f1 * f2).sum(0) / (np.linalg.norm(f1, axis=0) * np.linalg.norm(f2, axis=0) + 1e-6)
-    maps = {"mse": ((f1 - f2) ** 2).mean(0), "cos": cos, "zmse": ((z1 - z2) ** 2).mean(0),
-            "rx": rx_score(f1 - f2, v)}
+    maps = {"mse": ((f1 - f2) ** 2).mean(0), "cos": cos, "zmse": ((z1 - z2) ** 2).mean(0), "rx": rx_score(f1 - f2, v)}
     out = {}
     for name, inten in maps.items():
         inten = np.where(v, inten, np.nan).astype(np.float32)
         out[f"{name}/auc"] = float(roc_auc(inten, ref, changed=(1,), unchanged=(0,), ignore=(255,)))
         for thr in ("otsu", "otsu-sqrt", "otsu-log"):
-            src = {"otsu": inten, "otsu-sqrt": np.sqrt(np.maximum(inten, 0)),
-                   "otsu-log": np.log(np.maximum(inten, 1e-12))}[thr]
+            src = {
+                "otsu": inten,
+                "otsu-sqrt": np.sqrt(np.maximum(inten, 0)),
+                "otsu-log": np.log(np.maximum(inten, 1e-12)),
+            }[thr]
             b, _ = binary_change(src, v, "otsu")
             out[f"{name}/{thr}"] = score(b, inten, ref)["kappa"]
     return out
@@ -193,16 +208,19 @@ def main() -> int:
             for method in BASELINES:
                 r = in_fresh_process("baseline", name, method, {}, 0)
                 results[name][method] = {"runs": [r], "mean_sd": summarise([r])}
-                print(f"{name:20s} {method:22s} kappa {r['kappa']:.3f} AUC {r['AUC']:.3f} {r['seconds']:.1f}s",
-                      flush=True)
+                print(
+                    f"{name:20s} {method:22s} kappa {r['kappa']:.3f} AUC {r['AUC']:.3f} {r['seconds']:.1f}s", flush=True
+                )
         for vname, opts in variants:
             runs = []
             for seed in range(args.seeds):
                 r = in_fresh_process("hypernet", name, "", opts, seed)
                 runs.append(r)
-                print(f"{name:20s} {vname:22s} seed {seed} kappa {r['kappa']:.3f} AUC {r['AUC']:.3f} "
-                      f"{r['seconds']:.1f}s (alone: kappa {r['alone']['kappa']:.3f} AUC {r['alone']['AUC']:.3f})",
-                      flush=True)
+                print(
+                    f"{name:20s} {vname:22s} seed {seed} kappa {r['kappa']:.3f} AUC {r['AUC']:.3f} "
+                    f"{r['seconds']:.1f}s (alone: kappa {r['alone']['kappa']:.3f} AUC {r['alone']['AUC']:.3f})",
+                    flush=True,
+                )
             alone = [r.pop("alone") for r in runs]
             results[name][vname] = {"runs": runs, "mean_sd": summarise(runs), "options": opts}
             results[name][alone_name(vname)] = {"runs": alone, "mean_sd": summarise(alone), "options": opts}
@@ -215,8 +233,7 @@ def main() -> int:
 
 
 def write_markdown(results: dict) -> None:
-    lines = ["| pair | method | OA | kappa | F1 | AUC | seconds | peak RSS (MB) |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = ["| pair | method | OA | kappa | F1 | AUC | seconds | peak RSS (MB) |", "|---|---|---|---|---|---|---|---|"]
     for name, methods in results.items():
         if name.startswith("_"):
             continue
@@ -224,11 +241,15 @@ def write_markdown(results: dict) -> None:
             ms = r["mean_sd"]
             n = len(r["runs"])
             fmt = (lambda k: f"{ms[k][0]:.3f} ± {ms[k][1]:.3f}") if n > 1 else (lambda k: f"{ms[k][0]:.3f}")  # noqa: B023
-            lines.append(f"| {name} | {method}{f' ({n} seeds)' if n > 1 else ''} | {fmt('OA')} | {fmt('kappa')} | "
-                         f"{fmt('F1')} | {fmt('AUC')} | {ms['seconds'][0]:.1f} | {ms['peak_rss_mb'][0]:.0f} |")
+            lines.append(
+                f"| {name} | {method}{f' ({n} seeds)' if n > 1 else ''} | {fmt('OA')} | {fmt('kappa')} | "
+                f"{fmt('F1')} | {fmt('AUC')} | {ms['seconds'][0]:.1f} | {ms['peak_rss_mb'][0]:.0f} |"
+            )
     lines.append("")
-    lines.append(f"Command: `{results['_meta']['command']}` ({results['_meta']['cpus']} CPUs, "
-                 f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'default')}). Seconds include training.")
+    lines.append(
+        f"Command: `{results['_meta']['command']}` ({results['_meta']['cpus']} CPUs, "
+        f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'default')}). Seconds include training."
+    )
     table = "\n".join(lines)
     path = REPO / "BENCHMARKS.md"
     text = path.read_text() if path.exists() else "# Benchmarks\n\n<!-- ACCURACY -->\n<!-- /ACCURACY -->\n"

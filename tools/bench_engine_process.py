@@ -130,13 +130,23 @@ def make_pair(folder: Path, size: int, bands: int) -> tuple[str, str]:
 def host(mode: str, t1: str, t2: str, out: Path, epochs: int, schedule: str, action: str = "run") -> dict:
     env = dict(os.environ, QT_QPA_PLATFORM="offscreen", HYPERNET_ALLOCATOR="system")
     env.pop("LD_PRELOAD", None)  # the host runs with glibc's allocator, like QGIS desktop
-    proc = subprocess.run([sys.executable, "-c", HOST, str(REPO), mode, t1, t2, str(out), str(epochs), schedule,
-                           action], env=env, capture_output=True, text=True, timeout=3600)
+    proc = subprocess.run(
+        [sys.executable, "-c", HOST, str(REPO), mode, t1, t2, str(out), str(epochs), schedule, action],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=3600,
+    )
     line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")), None)
     if line is None:
-        return {"mode": mode, "action": action, "host_exit": proc.returncode, "host_alive": False,
-                "stderr_tail": proc.stderr.strip().splitlines()[-2:]}
-    result = json.loads(line[len("RESULT "):])
+        return {
+            "mode": mode,
+            "action": action,
+            "host_exit": proc.returncode,
+            "host_alive": False,
+            "stderr_tail": proc.stderr.strip().splitlines()[-2:],
+        }
+    result = json.loads(line[len("RESULT ") :])
     result.update(action=action, host_exit=proc.returncode, host_alive=True)
     if out.exists():
         out.unlink()
@@ -147,13 +157,36 @@ def train_seconds(t1: str, t2: str, out: Path, epochs: int, allocator: str) -> d
     env = dict(os.environ, HYPERNET_ALLOCATOR=allocator)
     env.pop("LD_PRELOAD", None)
     started = time.monotonic()
-    proc = subprocess.run([sys.executable, "-m", "hypernet_qgis", "train", t1, t2, "--output", str(out), "--epochs",
-                           str(epochs), "--schedule", "paper", "--device", "cpu"], env=env, capture_output=True,
-                          text=True, timeout=3600)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "hypernet_qgis",
+            "train",
+            t1,
+            t2,
+            "--output",
+            str(out),
+            "--epochs",
+            str(epochs),
+            "--schedule",
+            "paper",
+            "--device",
+            "cpu",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=3600,
+    )
     summary = json.loads(proc.stdout.strip().splitlines()[-1])
     device = next((ln for ln in proc.stderr.splitlines() if ln.startswith("Training HyperNet on")), "")
-    return {"allocator": allocator, "training_s": summary["seconds"], "wall_s": round(time.monotonic() - started, 1),
-            "log": device.split(":")[0]}
+    return {
+        "allocator": allocator,
+        "training_s": summary["seconds"],
+        "wall_s": round(time.monotonic() - started, 1),
+        "log": device.split(":")[0],
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -176,8 +209,9 @@ def main(argv: list[str] | None = None) -> int:
     if "crash" in args.only:
         results["crash"] = [host(m, t1, t2, out, 3, "paper", "crash") for m in ("inprocess", "child")]
     if "alloc" in args.only:
-        results["alloc"] = [train_seconds(t1, t2, work / "m.hypernet", args.train_epochs, a)
-                            for a in ("system", "tcmalloc")]
+        results["alloc"] = [
+            train_seconds(t1, t2, work / "m.hypernet", args.train_epochs, a) for a in ("system", "tcmalloc")
+        ]
     print(json.dumps(results, indent=1))
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)

@@ -59,8 +59,9 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(dir=args.folder) as tmp:
         change, inten = write_inputs(Path(tmp), args.size)
-        code = CHILD.format(repo=str(REPO), change=change, inten=inten, out=str(Path(tmp) / "polygons.gpkg"),
-                            budget=args.budget_mb)
+        code = CHILD.format(
+            repo=str(REPO), change=change, inten=inten, out=str(Path(tmp) / "polygons.gpkg"), budget=args.budget_mb
+        )
         out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
         result = json.loads(out.stdout.strip().splitlines()[-1])
         result.update(size=f"{args.size}x{args.size}", budget_mb=args.budget_mb)

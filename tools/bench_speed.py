@@ -39,6 +39,7 @@ SIZES = {"307x241x154": (154, 241, 307), "600x500x224": (224, 500, 600)}
 
 # ------------------------------------------------------------------------------------------------ child cases
 
+
 def _peak_gb() -> float:
     import resource
 
@@ -81,7 +82,7 @@ def _synthetic(bands: int, rows: int, cols: int, seed: int = 0):
     label = ((yy // 23) + (xx // 17)) % 6
     x1 = classes[label].transpose(2, 0, 1) + rng.normal(0, 0.3, (bands, rows, cols)).astype(np.float32)
     x2 = classes[label].transpose(2, 0, 1) + rng.normal(0, 0.3, (bands, rows, cols)).astype(np.float32)
-    x2[:, rows // 3: rows // 3 + rows // 8, cols // 3: cols // 3 + cols // 8] += 1.5
+    x2[:, rows // 3 : rows // 3 + rows // 8, cols // 3 : cols // 3 + cols // 8] += 1.5
     return np.ascontiguousarray(x1, np.float32), np.ascontiguousarray(x2, np.float32), np.ones((rows, cols), bool)
 
 
@@ -143,12 +144,22 @@ def case_paper(size: str, epochs: int, reuse: bool, ops: str = "ours") -> dict:
     sl = slice(1, None) if len(steps) > 1 else slice(0, None)
     flops = _train_flops_per_pixel(bands, width) * rows * cols
     return {
-        "case": "paper", "ops": ops, "size": size, "threads": torch.get_num_threads(), "reuse_pages": reuse and perf.train_step_mb(bands, width, rows * cols) * perf.REUSE_HEADROOM
-        <= cfg.memory_budget_mb,
-        "width": width, "epochs_timed": len(steps) - 1, "first_epoch_s": float(steps[0]),
-        "s_per_epoch": per_epoch, "cpu_user_s_per_epoch": float(np.mean(user[sl])),
-        "cpu_system_s_per_epoch": float(np.mean(system[sl])), "peak_rss_gb": _peak_gb(), "train_gflop_per_epoch": flops / 1e9,
-        "train_gflops": flops / per_epoch / 1e9, "matmul_gflops": _matmul_gflops(),
+        "case": "paper",
+        "ops": ops,
+        "size": size,
+        "threads": torch.get_num_threads(),
+        "reuse_pages": reuse
+        and perf.train_step_mb(bands, width, rows * cols) * perf.REUSE_HEADROOM <= cfg.memory_budget_mb,
+        "width": width,
+        "epochs_timed": len(steps) - 1,
+        "first_epoch_s": float(steps[0]),
+        "s_per_epoch": per_epoch,
+        "cpu_user_s_per_epoch": float(np.mean(user[sl])),
+        "cpu_system_s_per_epoch": float(np.mean(system[sl])),
+        "peak_rss_gb": _peak_gb(),
+        "train_gflop_per_epoch": flops / 1e9,
+        "train_gflops": flops / per_epoch / 1e9,
+        "matmul_gflops": _matmul_gflops(),
         "estimated_step_gb": perf.train_step_mb(bands, width, rows * cols) / 1024,
     }
 
@@ -175,13 +186,22 @@ def _write_geotiffs(folder: str, bands: int, rows: int, cols: int, dtype: str = 
             yy, xx = np.mgrid[r0:r1, 0:cols]
             label = ((yy // 23) + (xx // 17)) % 6
             if k == 1:
-                block = (yy >= rows // 3) & (yy < rows // 3 + rows // 8) & (xx >= cols // 3) & (xx < cols // 3 + cols // 8)
+                block = (
+                    (yy >= rows // 3) & (yy < rows // 3 + rows // 8) & (xx >= cols // 3) & (xx < cols // 3 + cols // 8)
+                )
                 label = np.where(block, (label + 3) % 6, label)
             data = classes[label].transpose(2, 0, 1) + rng.normal(0, 30, (bands, r1 - r0, cols)).astype(np.float32)
             if k == 1:
                 data = 1.05 * data + 20
-            ds.WriteRaster(0, r0, cols, r1 - r0, data.astype(np.int16 if dtype == "int16" else np.float32).tobytes(),
-                           buf_type=gdt, band_list=list(range(1, bands + 1)))
+            ds.WriteRaster(
+                0,
+                r0,
+                cols,
+                r1 - r0,
+                data.astype(np.int16 if dtype == "int16" else np.float32).tobytes(),
+                buf_type=gdt,
+                band_list=list(range(1, bands + 1)),
+            )
         ds = None
         paths.append(path)
     return paths[0], paths[1]
@@ -199,9 +219,16 @@ def case_detect_default(size: str, folder: str) -> dict:
     start = time.perf_counter()
     res = detect_files(t1, t2, os.path.join(folder, "change.tif"), config=TrainConfig(device="cpu"))
     seconds = time.perf_counter() - start
-    return {"case": "detect_default", "size": size, "threads": torch.get_num_threads(), "seconds": seconds,
-            "train_s": res.train.seconds if res.train else None, "peak_rss_gb": _peak_gb(),
-            "changed_fraction": res.changed_fraction, "matmul_gflops": _matmul_gflops()}
+    return {
+        "case": "detect_default",
+        "size": size,
+        "threads": torch.get_num_threads(),
+        "seconds": seconds,
+        "train_s": res.train.seconds if res.train else None,
+        "peak_rss_gb": _peak_gb(),
+        "changed_fraction": res.changed_fraction,
+        "matmul_gflops": _matmul_gflops(),
+    }
 
 
 def case_big(folder: str, side: int, bands: int) -> dict:
@@ -218,11 +245,19 @@ def case_big(folder: str, side: int, bands: int) -> dict:
     start = time.perf_counter()
     res = detect_files(t1, t2, os.path.join(folder, "change.tif"), config=TrainConfig(device="cpu"))
     seconds = time.perf_counter() - start
-    return {"case": "big_streamed", "size": f"{side}x{side}x{bands}", "threads": torch.get_num_threads(),
-            "seconds": seconds, "input_write_s": write_s, "peak_rss_gb": _peak_gb(),
-            "peak_rss_gb_while_writing_inputs": rss_after_writing,
-            **res.extra.get("stages_s", {}), "changed_fraction": res.changed_fraction,
-            "memory_budget_mb": TrainConfig().memory_budget_mb, "windowed": bool(res.extra.get("streamed", False))}
+    return {
+        "case": "big_streamed",
+        "size": f"{side}x{side}x{bands}",
+        "threads": torch.get_num_threads(),
+        "seconds": seconds,
+        "input_write_s": write_s,
+        "peak_rss_gb": _peak_gb(),
+        "peak_rss_gb_while_writing_inputs": rss_after_writing,
+        **res.extra.get("stages_s", {}),
+        "changed_fraction": res.changed_fraction,
+        "memory_budget_mb": TrainConfig().memory_budget_mb,
+        "windowed": bool(res.extra.get("streamed", False)),
+    }
 
 
 def case_job_budget(folder: str, side: int, bands: int, budget: int, epochs: int) -> dict:
@@ -235,20 +270,44 @@ def case_job_budget(folder: str, side: int, bands: int, budget: int, epochs: int
     from hypernet_qgis.core.pipeline import detect_files
 
     # the inputs are written by another process: GDAL's cache while writing them is not the job's memory
-    subprocess.run([sys.executable, "-c", "import sys; sys.path.insert(0, sys.argv[1]); import bench_speed; "
-                    "bench_speed._write_geotiffs(sys.argv[2], *map(int, sys.argv[3:6]))", str(Path(__file__).parent),
-                    folder, str(bands), str(side), str(side)], check=True)
+    subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import sys; sys.path.insert(0, sys.argv[1]); import bench_speed; "
+            "bench_speed._write_geotiffs(sys.argv[2], *map(int, sys.argv[3:6]))",
+            str(Path(__file__).parent),
+            folder,
+            str(bands),
+            str(side),
+            str(side),
+        ],
+        check=True,
+    )
     t1, t2 = os.path.join(folder, "t1.tif"), os.path.join(folder, "t2.tif")
     before = _peak_gb()
     start = time.perf_counter()
-    res = detect_files(t1, t2, os.path.join(folder, "change.tif"),
-                       config=TrainConfig(device="cpu", epochs=epochs, memory_budget_mb=budget))
+    res = detect_files(
+        t1,
+        t2,
+        os.path.join(folder, "change.tif"),
+        config=TrainConfig(device="cpu", epochs=epochs, memory_budget_mb=budget),
+    )
     width = res.train.model.width if res.train else 0
     plan = detection_plan(bands, width, side, side, budget, res.train.model.halo()) if res.train else None
-    return {"case": "job_budget", "size": f"{side}x{side}x{bands}", "budget_mb": budget, "epochs": epochs,
-            "threads": torch.get_num_threads(), "seconds": time.perf_counter() - start, "peak_rss_gb": _peak_gb(),
-            "peak_rss_gb_before_job": before, "windowed": bool(res.extra.get("streamed", False)),
-            "stages_s": res.extra.get("stages_s", {}), "plan": plan.__dict__ if plan else None}
+    return {
+        "case": "job_budget",
+        "size": f"{side}x{side}x{bands}",
+        "budget_mb": budget,
+        "epochs": epochs,
+        "threads": torch.get_num_threads(),
+        "seconds": time.perf_counter() - start,
+        "peak_rss_gb": _peak_gb(),
+        "peak_rss_gb_before_job": before,
+        "windowed": bool(res.extra.get("streamed", False)),
+        "stages_s": res.extra.get("stages_s", {}),
+        "plan": plan.__dict__ if plan else None,
+    }
 
 
 def _disk_pair(folder: str, bands: int, rows: int, cols: int):
@@ -264,7 +323,7 @@ def _disk_pair(folder: str, bands: int, rows: int, cols: int):
         path = os.path.join(folder, f"t{k + 1}.f32")
         with open(path, "wb") as f:
             for r0 in range(0, rows, 64):
-                yy, xx = np.mgrid[r0:min(rows, r0 + 64), 0:cols]
+                yy, xx = np.mgrid[r0 : min(rows, r0 + 64), 0:cols]
                 label = ((yy // 23) + (xx // 17)) % 6
                 if k == 1:
                     r, c = rows // 3, cols // 3
@@ -294,9 +353,12 @@ def case_tiled(side: int, bands: int) -> dict:
 
     x1, x2, valid = _synthetic(bands, side, side)
     model = _detection_model(bands)
-    runs = [("whole", {"memory_budget_mb": 1e6}), ("4 tiles, scratch in memory", {"memory_budget_mb": 1e6,
-            "tile": (side + 1) // 2}), ("tiles by a 512 MB budget, scratch on disk", {"memory_budget_mb": 512}),
-            ("whole (again)", {"memory_budget_mb": 1e6})]
+    runs = [
+        ("whole", {"memory_budget_mb": 1e6}),
+        ("4 tiles, scratch in memory", {"memory_budget_mb": 1e6, "tile": (side + 1) // 2}),
+        ("tiles by a 512 MB budget, scratch on disk", {"memory_budget_mb": 512}),
+        ("whole (again)", {"memory_budget_mb": 1e6}),
+    ]
     out: dict = {"case": "tiled", "size": f"{side}x{side}x{bands}", "threads": torch.get_num_threads(), "runs": []}
     ref = None
     for name, kw in runs:
@@ -342,12 +404,21 @@ def case_budget(folder: str, side: int, bands: int, budget: int) -> dict:
     t = time.perf_counter()
     out = change_intensity(model, x1, x2, valid, "mse", "cpu", memory_budget_mb=budget)
     plan = detection_plan(bands, model.width, side, side, budget, model.halo())
-    return {"case": "budget", "size": f"{side}x{side}x{bands}", "budget_mb": budget,
-            "threads": torch.get_num_threads(), "seconds": time.perf_counter() - t, "peak_rss_gb": _peak_gb(),
-            "peak_rss_gb_before_detection": before, "plan": plan.__dict__, "finite": bool(np.isfinite(out).all())}
+    return {
+        "case": "budget",
+        "size": f"{side}x{side}x{bands}",
+        "budget_mb": budget,
+        "threads": torch.get_num_threads(),
+        "seconds": time.perf_counter() - t,
+        "peak_rss_gb": _peak_gb(),
+        "peak_rss_gb_before_detection": before,
+        "plan": plan.__dict__,
+        "finite": bool(np.isfinite(out).all()),
+    }
 
 
 # ------------------------------------------------------------------------------------------------ driver
+
 
 def _run_child(args: list[str], threads: int | None, timeout: int, alloc: str = "system") -> dict:
     """Run one case in a fresh interpreter; ``alloc`` "tcmalloc" preloads it as the CLI tools do."""
@@ -361,7 +432,11 @@ def _run_child(args: list[str], threads: int | None, timeout: int, alloc: str = 
     if alloc == "tcmalloc":
         preload = allocator.preload_environment({k: v for k, v in env.items() if k != allocator.ENV_CHOICE})
         if preload is None:
-            return {"case": " ".join(args), "error": "tcmalloc is not installed", "omp_num_threads": threads or "default"}
+            return {
+                "case": " ".join(args),
+                "error": "tcmalloc is not installed",
+                "omp_num_threads": threads or "default",
+            }
         env = preload
     cmd = [sys.executable, str(Path(__file__).resolve()), "--child", *args]
     print("  running:", " ".join(args), f"(OMP_NUM_THREADS={threads or 'default'}, {alloc})", flush=True)
@@ -402,9 +477,14 @@ def _markdown(results: dict) -> str:
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     # the yardstick: the published operations with the system allocator, same size and threads, same run
-    published = {(r["size"], r["omp_num_threads"]): r["s_per_epoch"] for r in results["cases"]
-                 if r.get("case") == "paper" and r.get("ops") == "published" and "error" not in r
-                 and r.get("allocator", "system") == "system"}
+    published = {
+        (r["size"], r["omp_num_threads"]): r["s_per_epoch"]
+        for r in results["cases"]
+        if r.get("case") == "paper"
+        and r.get("ops") == "published"
+        and "error" not in r
+        and r.get("allocator", "system") == "system"
+    }
     for r in results["cases"]:
         if r.get("case") != "paper" or "error" in r:
             continue
@@ -423,40 +503,58 @@ def _markdown(results: dict) -> str:
             f"{_fmt(r['train_gflop_per_epoch'] / r['matmul_gflops'], 2)} | {a_s} | {_fmt(speedup, 2)}x | "
             f"{_fmt(base / r['s_per_epoch'], 2) + 'x' if base else ''} |"
         )
-    lines += ["", "### End to end", "", "| case | size | threads | allocator | seconds | peak RSS (GB) | notes |",
-              "|---|---|---|---|---|---|---|"]
+    lines += [
+        "",
+        "### End to end",
+        "",
+        "| case | size | threads | allocator | seconds | peak RSS (GB) | notes |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for r in results["cases"]:
         if r.get("case") == "detect_default" and "error" not in r:
-            lines.append(f"| Detect Change, default schedule (read, train 60 epochs, detect, write) | {r['size']} | "
-                         f"{r['omp_num_threads']} | {r.get('allocator', 'system')} | {_fmt(r['seconds'])} | "
-                         f"{_fmt(r['peak_rss_gb'], 2)} | training "
-                         f"{_fmt(r['train_s'])} s; matmul {_fmt(r['matmul_gflops'])} GFLOP/s; goal <= 300 s |")
+            lines.append(
+                f"| Detect Change, default schedule (read, train 60 epochs, detect, write) | {r['size']} | "
+                f"{r['omp_num_threads']} | {r.get('allocator', 'system')} | {_fmt(r['seconds'])} | "
+                f"{_fmt(r['peak_rss_gb'], 2)} | training "
+                f"{_fmt(r['train_s'])} s; matmul {_fmt(r['matmul_gflops'])} GFLOP/s; goal <= 300 s |"
+            )
         if r.get("case") == "big_streamed" and "error" not in r:
-            lines.append(f"| core.io.streaming train + detect (int16 GeoTIFFs) | {r['size']} | {r['omp_num_threads']} | "
-                         f"{r.get('allocator', 'system')} | "
-                         f"{_fmt(r['seconds'])} | {_fmt(r['peak_rss_gb'], 2)} | read+standardise "
-                         f"{_fmt(r.get('read_standardise_s'))} s, train {_fmt(r.get('train_s'))} s, detect "
-                         f"{_fmt(r.get('detect_s'))} s, write {_fmt(r.get('write_s'))} s; budget "
-                         f"{r['memory_budget_mb']} MB; goal peak <= 6 GB |")
+            lines.append(
+                f"| core.io.streaming train + detect (int16 GeoTIFFs) | {r['size']} | {r['omp_num_threads']} | "
+                f"{r.get('allocator', 'system')} | "
+                f"{_fmt(r['seconds'])} | {_fmt(r['peak_rss_gb'], 2)} | read+standardise "
+                f"{_fmt(r.get('read_standardise_s'))} s, train {_fmt(r.get('train_s'))} s, detect "
+                f"{_fmt(r.get('detect_s'))} s, write {_fmt(r.get('write_s'))} s; budget "
+                f"{r['memory_budget_mb']} MB; goal peak <= 6 GB |"
+            )
     errors = [r for r in results["cases"] if "error" in r]
     for r in errors:
         lines.append(f"| {r['case']} failed | | {r.get('omp_num_threads', '')} | | | | {r['error']} |")
     if results.get("big_skipped"):
-        lines += ["", "The 2000x2000x224 streamed case (train + detect through core.io.streaming, int16 GeoTIFFs) runs with "
-                  "`--big` or `--big-only` (long; `--big-tcmalloc` preloads tcmalloc as the CLI does); the last "
-                  "record per allocator is kept in bench-results/speed-big.json."]
+        lines += [
+            "",
+            "The 2000x2000x224 streamed case (train + detect through core.io.streaming, int16 GeoTIFFs) runs with "
+            "`--big` or `--big-only` (long; `--big-tcmalloc` preloads tcmalloc as the CLI does); the last "
+            "record per allocator is kept in bench-results/speed-big.json.",
+        ]
     recorded = results.get("big_recorded") or {}
     if "case" in recorded:  # an older single record
         recorded = {recorded.get("allocator", "system"): recorded}
     if recorded and results.get("big_skipped"):
-        lines += ["", "| 2000x2000x224 streamed (`--big-only`) | allocator | seconds | read + standardise | train | "
-                  "detect | peak RSS (GB) | recorded |", "|---|---|---|---|---|---|---|---|"]
+        lines += [
+            "",
+            "| 2000x2000x224 streamed (`--big-only`) | allocator | seconds | read + standardise | train | "
+            "detect | peak RSS (GB) | recorded |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
         for alloc, big in sorted(recorded.items()):
-            lines.append(f"| {big['size']}, OMP_NUM_THREADS={big['omp_num_threads']}, budget "
-                         f"{big.get('memory_budget_mb', '-')} MB | {alloc} | {_fmt(big['seconds'])} | "
-                         f"{_fmt(big.get('read_standardise_s'))} | {_fmt(big.get('train_s'))} | "
-                         f"{_fmt(big.get('detect_s'))} | {_fmt(big['peak_rss_gb'], 2)} (goal <= 6) | "
-                         f"{big.get('date', '-')} |")
+            lines.append(
+                f"| {big['size']}, OMP_NUM_THREADS={big['omp_num_threads']}, budget "
+                f"{big.get('memory_budget_mb', '-')} MB | {alloc} | {_fmt(big['seconds'])} | "
+                f"{_fmt(big.get('read_standardise_s'))} | {_fmt(big.get('train_s'))} | "
+                f"{_fmt(big.get('detect_s'))} | {_fmt(big['peak_rss_gb'], 2)} (goal <= 6) | "
+                f"{big.get('date', '-')} |"
+            )
     lines += ["", "<!-- /SPEED -->"]
     return "\n".join(lines)
 
@@ -466,52 +564,85 @@ def _markdown_detection(results: dict) -> str:
     lines: list[str] = []
     tiled = [r for r in results["cases"] if r.get("case") == "tiled" and "error" not in r]
     if tiled:
-        lines += ["### Detection by tiles against the whole image (same model, same pair, same process)", "",
-                  "| size | threads | run | wall s | CPU s | wall / whole | CPU / whole | max difference / range |",
-                  "|---|---|---|---|---|---|---|---|"]
+        lines += [
+            "### Detection by tiles against the whole image (same model, same pair, same process)",
+            "",
+            "| size | threads | run | wall s | CPU s | wall / whole | CPU / whole | max difference / range |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
         for r in tiled:
             for run in r["runs"]:
-                lines.append(f"| {r['size']} | {r['omp_num_threads']} | {run['name']} | {_fmt(run['wall_s'])} | "
-                             f"{_fmt(run['cpu_s'])} | {_fmt(run['wall_ratio'], 2)} | {_fmt(run['cpu_ratio'], 2)} | "
-                             f"{run.get('max_diff_over_range', 0):.1e} |")
+                lines.append(
+                    f"| {r['size']} | {r['omp_num_threads']} | {run['name']} | {_fmt(run['wall_s'])} | "
+                    f"{_fmt(run['cpu_s'])} | {_fmt(run['wall_ratio'], 2)} | {_fmt(run['cpu_ratio'], 2)} | "
+                    f"{run.get('max_diff_over_range', 0):.1e} |"
+                )
     budgets = [r for r in results["cases"] if r.get("case") == "budget" and "error" not in r]
     if budgets:
-        lines += ["", "### Peak RSS against the memory budget (detection of a disk-backed pair, given model)", "",
-                  "| size | budget (MB) | allocator | plan | seconds | peak RSS (GB), whole process | "
-                  "budget + 0.5 GB |", "|---|---|---|---|---|---|---|"]
+        lines += [
+            "",
+            "### Peak RSS against the memory budget (detection of a disk-backed pair, given model)",
+            "",
+            "| size | budget (MB) | allocator | plan | seconds | peak RSS (GB), whole process | budget + 0.5 GB |",
+            "|---|---|---|---|---|---|---|",
+        ]
         for r in budgets:
             p = r["plan"]
-            how = "whole" if p["whole"] else f"tiles of {p['tile']}, scratch in " + (
-                "memory" if p["scratch_in_memory"] else "disk files")
-            lines.append(f"| {r['size']} | {r['budget_mb']} | {r.get('allocator', 'system')} | {how} | "
-                         f"{_fmt(r['seconds'])} | {_fmt(r['peak_rss_gb'], 2)} | "
-                         f"{(r['budget_mb'] + 512) / 1024:.2f} |")
-    lines = ["<!-- DETECTION-SPEED -->", f"`python tools/bench_speed.py --detection-only`, {results['date']}, "
-             f"{results['machine']}, torch {results['torch']}. The machine is shared with other jobs: wall seconds "
-             "vary with the load; the CPU seconds and the ratios within one process are the comparison.", ""] + lines
+            how = (
+                "whole"
+                if p["whole"]
+                else f"tiles of {p['tile']}, scratch in " + ("memory" if p["scratch_in_memory"] else "disk files")
+            )
+            lines.append(
+                f"| {r['size']} | {r['budget_mb']} | {r.get('allocator', 'system')} | {how} | "
+                f"{_fmt(r['seconds'])} | {_fmt(r['peak_rss_gb'], 2)} | "
+                f"{(r['budget_mb'] + 512) / 1024:.2f} |"
+            )
+    lines = [
+        "<!-- DETECTION-SPEED -->",
+        f"`python tools/bench_speed.py --detection-only`, {results['date']}, "
+        f"{results['machine']}, torch {results['torch']}. The machine is shared with other jobs: wall seconds "
+        "vary with the load; the CPU seconds and the ratios within one process are the comparison.",
+        "",
+    ] + lines
     lines += ["", "<!-- /DETECTION-SPEED -->"]
     return "\n".join(lines)
 
 
 def _markdown_job_budget(results: dict) -> str:
     """The JOB-BUDGET section: peak RSS of whole Detect Change jobs against the memory budget."""
-    lines = ["<!-- JOB-BUDGET -->", f"`python tools/bench_speed.py --job-budget-only`, {results['date']}, "
-             f"{results['machine']}, torch {results['torch']}; each row a fresh process (read, standardise, train, "
-             "detect, write float32 GeoTIFFs; peak RSS of the whole process, engine import included). Seconds "
-             "depend on the load of the shared machine; the peak memory does not.", "",
-             "| size | budget (MB) | allocator | epochs | route | detection | seconds | peak RSS (GB) | "
-             "budget + 0.5 GB | within |", "|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "<!-- JOB-BUDGET -->",
+        f"`python tools/bench_speed.py --job-budget-only`, {results['date']}, "
+        f"{results['machine']}, torch {results['torch']}; each row a fresh process (read, standardise, train, "
+        "detect, write float32 GeoTIFFs; peak RSS of the whole process, engine import included). Seconds "
+        "depend on the load of the shared machine; the peak memory does not.",
+        "",
+        "| size | budget (MB) | allocator | epochs | route | detection | seconds | peak RSS (GB) | "
+        "budget + 0.5 GB | within |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in results["cases"]:
         if "error" in r:
             lines.append(f"| {r.get('case')} | | {r.get('allocator', '')} | | | | | failed: {r['error']} | | |")
             continue
         p = r.get("plan") or {}
-        how = "-" if not p else ("whole" if p.get("whole") else f"tiles of {p.get('tile')}, scratch in "
-                                 + ("memory" if p.get("scratch_in_memory") else "disk files"))
+        how = (
+            "-"
+            if not p
+            else (
+                "whole"
+                if p.get("whole")
+                else f"tiles of {p.get('tile')}, scratch in "
+                + ("memory" if p.get("scratch_in_memory") else "disk files")
+            )
+        )
         limit = (r["budget_mb"] + 512) / 1024
-        lines.append(f"| {r['size']} | {r['budget_mb']} | {r.get('allocator', 'system')} | {r['epochs']} | "
-                     f"{'windows' if r['windowed'] else 'in memory'} | {how} | {_fmt(r['seconds'])} | "
-                     f"{_fmt(r['peak_rss_gb'], 2)} | {limit:.2f} | {'yes' if r['peak_rss_gb'] <= limit else 'NO'} |")
+        lines.append(
+            f"| {r['size']} | {r['budget_mb']} | {r.get('allocator', 'system')} | {r['epochs']} | "
+            f"{'windows' if r['windowed'] else 'in memory'} | {how} | {_fmt(r['seconds'])} | "
+            f"{_fmt(r['peak_rss_gb'], 2)} | {limit:.2f} | {'yes' if r['peak_rss_gb'] <= limit else 'NO'} |"
+        )
     lines += ["", "<!-- /JOB-BUDGET -->"]
     return "\n".join(lines)
 
@@ -531,8 +662,10 @@ def _update_benchmarks_md(section: str, tag: str = "SPEED") -> None:
 
 def _scale_plan(args) -> list[tuple[list[str], int | None, int, str]]:
     """The --scale-only cases, in order: tiled/whole, the big scene end to end, the job-budget rows."""
-    plan: list[tuple[list[str], int | None, int, str]] = [(["tiled", "1000", "100"], 2, 1800, "system"),
-                                                          (["big", "2000", "224"], 2, 3600, "tcmalloc")]
+    plan: list[tuple[list[str], int | None, int, str]] = [
+        (["tiled", "1000", "100"], 2, 1800, "system"),
+        (["big", "2000", "224"], 2, 3600, "tcmalloc"),
+    ]
     for size in args.job_sizes.split(","):
         side, bands = size.split("x")
         for budget in (1024, 2048, 4096):
@@ -543,24 +676,33 @@ def _scale_plan(args) -> list[tuple[list[str], int | None, int, str]]:
 
 def _markdown_scale(results: dict) -> str:
     """The SCALE section: issue 14's three measurements from one run."""
-    lines = ["<!-- SCALE -->", f"`python tools/bench_speed.py --scale-only`, one run: {results['date']} to "
-             f"{results.get('end', '(running)')}, {results['machine']}, torch {results['torch']}, "
-             f"OMP_NUM_THREADS=2, nothing else running. Each case a fresh process; peak RSS of the whole process "
-             "(engine import included).", ""]
+    lines = [
+        "<!-- SCALE -->",
+        f"`python tools/bench_speed.py --scale-only`, one run: {results['date']} to "
+        f"{results.get('end', '(running)')}, {results['machine']}, torch {results['torch']}, "
+        f"OMP_NUM_THREADS=2, nothing else running. Each case a fresh process; peak RSS of the whole process "
+        "(engine import included).",
+        "",
+    ]
     tiled = [r for r in results["cases"] if r.get("case") == "tiled" and "error" not in r]
     if tiled:
         section = _markdown_detection({**results, "cases": tiled}).splitlines()
         lines += [ln for ln in section[3:] if not ln.startswith("<!--")][:-1]
     for r in results["cases"]:
         if r.get("case") == "big_streamed" and "error" not in r:
-            lines += ["", f"### {r['size']} end to end (int16 GeoTIFFs, default settings, budget "
-                      f"{r['memory_budget_mb']} MB, {r['allocator']})", "",
-                      "| seconds | read + standardise | train | detect | classic evidence (IR-MAD, CVA) | write | "
-                      "peak RSS (GB) | route | goal |", "|---|---|---|---|---|---|---|---|---|",
-                      f"| {_fmt(r['seconds'])} | {_fmt(r.get('read_standardise_s'))} | {_fmt(r.get('train_s'))} | "
-                      f"{_fmt(r.get('detect_s'))} | {_fmt(r.get('classic_s'))} | {_fmt(r.get('write_s'))} | "
-                      f"{_fmt(r['peak_rss_gb'], 2)} | {'windows' if r.get('windowed') else 'in memory'} | "
-                      f"<= 150 s: {'met' if r['seconds'] <= 150 else 'not met'} |"]
+            lines += [
+                "",
+                f"### {r['size']} end to end (int16 GeoTIFFs, default settings, budget "
+                f"{r['memory_budget_mb']} MB, {r['allocator']})",
+                "",
+                "| seconds | read + standardise | train | detect | classic evidence (IR-MAD, CVA) | write | "
+                "peak RSS (GB) | route | goal |",
+                "|---|---|---|---|---|---|---|---|---|",
+                f"| {_fmt(r['seconds'])} | {_fmt(r.get('read_standardise_s'))} | {_fmt(r.get('train_s'))} | "
+                f"{_fmt(r.get('detect_s'))} | {_fmt(r.get('classic_s'))} | {_fmt(r.get('write_s'))} | "
+                f"{_fmt(r['peak_rss_gb'], 2)} | {'windows' if r.get('windowed') else 'in memory'} | "
+                f"<= 150 s: {'met' if r['seconds'] <= 150 else 'not met'} |",
+            ]
     jobs = [r for r in results["cases"] if str(r.get("case", "")).startswith("job_budget")]
     if jobs:
         table = _markdown_job_budget({**results, "cases": jobs}).splitlines()
@@ -579,8 +721,12 @@ def _scale_run(args) -> int:
 
     out = Path(args.out).with_name("speed-scale.json")
     out.parent.mkdir(parents=True, exist_ok=True)
-    results = {"date": time.strftime("%Y-%m-%d %H:%M"), "torch": torch.__version__,
-               "machine": f"{os.cpu_count()} CPUs, {platform.machine()}, {platform.python_version()}", "cases": []}
+    results = {
+        "date": time.strftime("%Y-%m-%d %H:%M"),
+        "torch": torch.__version__,
+        "machine": f"{os.cpu_count()} CPUs, {platform.machine()}, {platform.python_version()}",
+        "cases": [],
+    }
     for child, threads, timeout, alloc in _scale_plan(args):
         results["cases"].append(_run_child(child, threads, timeout, alloc))
         out.write_text(json.dumps(results, indent=2))
@@ -598,18 +744,30 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--big", action="store_true", help="also run the 2000x2000x224 streamed scene (long)")
     p.add_argument("--big-side", type=int, default=2000)
     p.add_argument("--big-tcmalloc", action="store_true", help="run the big scene with tcmalloc preloaded")
-    p.add_argument("--big-only", action="store_true",
-                   help="run only the big streamed scene; keep the other results of the last run in the report")
-    p.add_argument("--detection-only", action="store_true",
-                   help="run only the tiled-versus-whole and peak-RSS-versus-budget detection cases; keep the other "
-                        "results of the last run in the report")
-    p.add_argument("--job-budget-only", action="store_true",
-                   help="run only the peak-RSS-versus-budget table of whole Detect Change jobs (1024, 2048, 4096 MB; "
-                        "both allocators; --job-sizes); keep the other results of the last run in the report")
-    p.add_argument("--scale-only", action="store_true",
-                   help="issue 14's figures in one run: tiled/whole detection (1000x1000x100), the 2000x2000x224 "
-                        "scene end to end (default settings, 2 threads, tcmalloc) and the job-budget table "
-                        "(--job-sizes); written to the SCALE section of BENCHMARKS.md after each case")
+    p.add_argument(
+        "--big-only",
+        action="store_true",
+        help="run only the big streamed scene; keep the other results of the last run in the report",
+    )
+    p.add_argument(
+        "--detection-only",
+        action="store_true",
+        help="run only the tiled-versus-whole and peak-RSS-versus-budget detection cases; keep the other "
+        "results of the last run in the report",
+    )
+    p.add_argument(
+        "--job-budget-only",
+        action="store_true",
+        help="run only the peak-RSS-versus-budget table of whole Detect Change jobs (1024, 2048, 4096 MB; "
+        "both allocators; --job-sizes); keep the other results of the last run in the report",
+    )
+    p.add_argument(
+        "--scale-only",
+        action="store_true",
+        help="issue 14's figures in one run: tiled/whole detection (1000x1000x100), the 2000x2000x224 "
+        "scene end to end (default settings, 2 threads, tcmalloc) and the job-budget table "
+        "(--job-sizes); written to the SCALE section of BENCHMARKS.md after each case",
+    )
     p.add_argument("--job-sizes", default="1500x100,2000x224", help="side x bands of the job-budget pairs")
     p.add_argument("--job-epochs", type=int, default=2, help="training epochs of the job-budget runs")
     p.add_argument("--quick", action="store_true", help="only the 307x241x154 paper epochs (a smoke run)")
@@ -621,8 +779,12 @@ def main(argv: list[str] | None = None) -> int:
         kind = args.child[0]
         with tempfile.TemporaryDirectory(prefix="hypernet-bench-") as folder:
             if kind == "paper":
-                res = case_paper(args.child[1], int(args.child[2]), args.child[3] == "reuse",
-                                 args.child[4] if len(args.child) > 4 else "ours")
+                res = case_paper(
+                    args.child[1],
+                    int(args.child[2]),
+                    args.child[3] == "reuse",
+                    args.child[4] if len(args.child) > 4 else "ours",
+                )
             elif kind == "detect_default":
                 res = case_detect_default(args.child[1], folder)
             elif kind == "big":
@@ -684,14 +846,21 @@ def main(argv: list[str] | None = None) -> int:
             r["date"] = time.strftime("%Y-%m-%d")
             big_recorded[r.get("allocator", "system")] = r
             big_path.write_text(json.dumps(big_recorded, indent=2))
-    detection = {"date": time.strftime("%Y-%m-%d %H:%M"), "torch": torch.__version__,
-                 "machine": f"{os.cpu_count()} CPUs, {platform.machine()}, {platform.python_version()}",
-                 "cases": [r for r in cases if r.get("case") in ("tiled", "budget")]}
+    detection = {
+        "date": time.strftime("%Y-%m-%d %H:%M"),
+        "torch": torch.__version__,
+        "machine": f"{os.cpu_count()} CPUs, {platform.machine()}, {platform.python_version()}",
+        "cases": [r for r in cases if r.get("case") in ("tiled", "budget")],
+    }
     if detection["cases"]:
         out.with_name("speed-detection.json").write_text(json.dumps(detection, indent=2))
         _update_benchmarks_md(_markdown_detection(detection), "DETECTION-SPEED")
-    jobs = {"date": detection["date"], "torch": torch.__version__, "machine": detection["machine"],
-            "cases": [r for r in cases if str(r.get("case", "")).startswith("job_budget")]}
+    jobs = {
+        "date": detection["date"],
+        "torch": torch.__version__,
+        "machine": detection["machine"],
+        "cases": [r for r in cases if str(r.get("case", "")).startswith("job_budget")],
+    }
     if jobs["cases"]:
         out.with_name("speed-job-budget.json").write_text(json.dumps(jobs, indent=2))
         _update_benchmarks_md(_markdown_job_budget(jobs), "JOB-BUDGET")

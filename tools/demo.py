@@ -26,7 +26,7 @@ def qgis_process(algorithm: str, **params: str) -> dict:
     if proc.returncode != 0:
         sys.stderr.write(proc.stdout[-4000:] + proc.stderr[-4000:])
         raise SystemExit(f"{algorithm} failed (exit {proc.returncode})")
-    text = proc.stdout[proc.stdout.index("{"):]
+    text = proc.stdout[proc.stdout.index("{") :]
     return json.loads(text)
 
 
@@ -37,24 +37,39 @@ def main() -> int:
     start = time.perf_counter()
     result = qgis_process(
         "hypernet:detectchange",
-        INPUT_T1=str(SAMPLE / "t1.tif"), INPUT_T2=str(SAMPLE / "t2.tif"),
-        OUTPUT_CHANGE=str(change), OUTPUT_INTENSITY=str(intensity), OUTPUT_REPORT=str(report), SEED="0",
+        INPUT_T1=str(SAMPLE / "t1.tif"),
+        INPUT_T2=str(SAMPLE / "t2.tif"),
+        OUTPUT_CHANGE=str(change),
+        OUTPUT_INTENSITY=str(intensity),
+        OUTPUT_REPORT=str(report),
+        SEED="0",
     )["results"]
     seconds = time.perf_counter() - start
     scores = qgis_process(
-        "hypernet:evaluatechange", INPUT=str(change), REFERENCE=str(SAMPLE / "gt.tif"),
-        CHANGED_VALUES="1", UNCHANGED_VALUES="0", OUTPUT_REPORT=str(evaluation),
+        "hypernet:evaluatechange",
+        INPUT=str(change),
+        REFERENCE=str(SAMPLE / "gt.tif"),
+        CHANGED_VALUES="1",
+        UNCHANGED_VALUES="0",
+        OUTPUT_REPORT=str(evaluation),
     )["results"]
     ranking = qgis_process(
-        "hypernet:evaluatechange", INPUT=str(intensity), REFERENCE=str(SAMPLE / "gt.tif"),
-        CHANGED_VALUES="1", UNCHANGED_VALUES="0",
+        "hypernet:evaluatechange",
+        INPUT=str(intensity),
+        REFERENCE=str(SAMPLE / "gt.tif"),
+        CHANGED_VALUES="1",
+        UNCHANGED_VALUES="0",
     )["results"]
     print()
-    print(f"Detect Change finished in {seconds:.0f} s: {int(result['CHANGED_PIXELS'])} changed pixels "
-          f"({100 * float(result['CHANGED_FRACTION']):.1f}% of the scene).")
-    print("Against the reference: " + ", ".join(f"{k} {float(scores[k]):.3f}"
-                                                for k in ("OA", "KAPPA", "F1") if k in scores)
-          + f"; AUC of the intensity {float(ranking['AUC']):.3f}")
+    print(
+        f"Detect Change finished in {seconds:.0f} s: {int(result['CHANGED_PIXELS'])} changed pixels "
+        f"({100 * float(result['CHANGED_FRACTION']):.1f}% of the scene)."
+    )
+    print(
+        "Against the reference: "
+        + ", ".join(f"{k} {float(scores[k]):.3f}" for k in ("OA", "KAPPA", "F1") if k in scores)
+        + f"; AUC of the intensity {float(ranking['AUC']):.3f}"
+    )
     print(f"\nStyled change map (open it in QGIS; the .qml beside it styles it): {change}")
     print(f"Change intensity: {intensity}")
     print(f"Reports: {report}\n         {evaluation}")

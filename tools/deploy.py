@@ -100,9 +100,11 @@ def check_engine(python: str) -> str | None:
     if proc.returncode == 0:
         return None
     last = (proc.stderr.strip().splitlines() or ["import failed"])[-1]
-    return (f"QGIS's Python ({python}) cannot import torch/spectral ({last}). Install them into it, e.g.\n"
-            f"  {python} -m pip install --user torch spectral   (Debian 12: add --break-system-packages)\n"
-            "or start QGIS with PYTHONPATH pointing at a virtual environment's site-packages that has them.")
+    return (
+        f"QGIS's Python ({python}) cannot import torch/spectral ({last}). Install them into it, e.g.\n"
+        f"  {python} -m pip install --user torch spectral   (Debian 12: add --break-system-packages)\n"
+        "or start QGIS with PYTHONPATH pointing at a virtual environment's site-packages that has them."
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

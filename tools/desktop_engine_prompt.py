@@ -215,8 +215,9 @@ def run(shots: Path | None = None, timeout: int = 240) -> dict:
         shots.mkdir(parents=True, exist_ok=True)
         env["HYPERNET_E2E_SHOTS"] = str(shots.resolve())
     work = Path(tempfile.mkdtemp(prefix="hypernet-prompt-"))
-    return _screenshot_tool().take(work / "unused.png", timeout=timeout, startup=STARTUP, env_extra=env, venv=False,
-                                  keep=work)
+    return _screenshot_tool().take(
+        work / "unused.png", timeout=timeout, startup=STARTUP, env_extra=env, venv=False, keep=work
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -50,10 +50,8 @@ def build(path: Path = OUT) -> Path:
         (QgsProcessingParameterRasterLayer("T1", "Image T1 (first date)"), 120),
         (QgsProcessingParameterRasterLayer("T2", "Image T2 (second date)"), 200),
         (QgsProcessingParameterRasterLayer("REFERENCE", "Reference (1 changed, 0 unchanged)"), 280),
-        (QgsProcessingParameterNumber("EPOCHS", "Training epochs", NUMBER_INTEGER,
-                                      defaultValue=60, minValue=1), 360),
-        (QgsProcessingParameterNumber("SEED", "Random seed", NUMBER_INTEGER,
-                                      defaultValue=0, minValue=0), 440),
+        (QgsProcessingParameterNumber("EPOCHS", "Training epochs", NUMBER_INTEGER, defaultValue=60, minValue=1), 360),
+        (QgsProcessingParameterNumber("SEED", "Random seed", NUMBER_INTEGER, defaultValue=0, minValue=0), 440),
     ]
     for definition, y in inputs:
         component = QgsProcessingModelParameter(definition.name())
@@ -68,15 +66,30 @@ def build(path: Path = OUT) -> Path:
         return [QgsProcessingModelChildParameterSource.fromChildOutput(child_id, output)]
 
     steps = [
-        ("train", "hypernet:trainhypernet", "Train HyperNet on the pair", 200,
-         {"INPUT_T1": source("T1"), "INPUT_T2": source("T2"), "EPOCHS": source("EPOCHS"), "SEED": source("SEED")},
-         {"Model file": "OUTPUT_MODEL"}),
-        ("detect", "hypernet:detectchange", "Detect Change with the trained model", 330,
-         {"INPUT_T1": source("T1"), "INPUT_T2": source("T2"), "MODEL": child_output("train", "OUTPUT_MODEL")},
-         {"Change map": "OUTPUT_CHANGE"}),
-        ("evaluate", "hypernet:evaluatechange", "Evaluate the change map", 460,
-         {"INPUT": child_output("detect", "OUTPUT_CHANGE"), "REFERENCE": source("REFERENCE")},
-         {"Evaluation report": "OUTPUT_REPORT"}),
+        (
+            "train",
+            "hypernet:trainhypernet",
+            "Train HyperNet on the pair",
+            200,
+            {"INPUT_T1": source("T1"), "INPUT_T2": source("T2"), "EPOCHS": source("EPOCHS"), "SEED": source("SEED")},
+            {"Model file": "OUTPUT_MODEL"},
+        ),
+        (
+            "detect",
+            "hypernet:detectchange",
+            "Detect Change with the trained model",
+            330,
+            {"INPUT_T1": source("T1"), "INPUT_T2": source("T2"), "MODEL": child_output("train", "OUTPUT_MODEL")},
+            {"Change map": "OUTPUT_CHANGE"},
+        ),
+        (
+            "evaluate",
+            "hypernet:evaluatechange",
+            "Evaluate the change map",
+            460,
+            {"INPUT": child_output("detect", "OUTPUT_CHANGE"), "REFERENCE": source("REFERENCE")},
+            {"Evaluation report": "OUTPUT_REPORT"},
+        ),
     ]
     registry = QgsApplication.processingRegistry()
     for child_id, alg_id, description, y, sources, outputs in steps:
@@ -91,8 +104,11 @@ def build(path: Path = OUT) -> Path:
             if isinstance(definition, QgsProcessingDestinationParameter):
                 continue
             name = definition.name()
-            child.addParameterSources(name, sources.get(name) or [
-                QgsProcessingModelChildParameterSource.fromStaticValue(definition.defaultValue())])
+            child.addParameterSources(
+                name,
+                sources.get(name)
+                or [QgsProcessingModelChildParameterSource.fromStaticValue(definition.defaultValue())],
+            )
         model_outputs = {}
         for i, (name, output) in enumerate(outputs.items()):
             out = QgsProcessingModelOutput(name, name)

@@ -32,16 +32,34 @@ CROP = 200  # Taizhou crop size (pixels)
 # This was the smallest standard (DEFLATE) layout for the noisy 204-band cube: 1.73 MB per date against
 # 2.01 MB tiled band-interleaved at level 9 (ZSTD/LERC saved under 3% more and are less widely readable).
 OPTIONS = ["COMPRESS=DEFLATE", "ZLEVEL=12", "PREDICTOR=2", "INTERLEAVE=PIXEL"]
-ETM_BANDS = ["ETM+ band 1 (blue)", "ETM+ band 2 (green)", "ETM+ band 3 (red)", "ETM+ band 4 (NIR)",
-             "ETM+ band 5 (SWIR 1)", "ETM+ band 7 (SWIR 2)"]
+ETM_BANDS = [
+    "ETM+ band 1 (blue)",
+    "ETM+ band 2 (green)",
+    "ETM+ band 3 (red)",
+    "ETM+ band 4 (NIR)",
+    "ETM+ band 5 (SWIR 1)",
+    "ETM+ band 7 (SWIR 2)",
+]
 
 
-def write_tif(path: Path, array: np.ndarray, gt, wkt: str, dtype: int, *, nodata=None, band_names=None,
-              wavelengths_nm=None, metadata=None, wavelength_note: str | None = None) -> None:
+def write_tif(
+    path: Path,
+    array: np.ndarray,
+    gt,
+    wkt: str,
+    dtype: int,
+    *,
+    nodata=None,
+    band_names=None,
+    wavelengths_nm=None,
+    metadata=None,
+    wavelength_note: str | None = None,
+) -> None:
     """Compact GeoTIFF (see OPTIONS) with per-band wavelength metadata."""
     array = array if array.ndim == 3 else array[None]
-    ds = gdal.GetDriverByName("GTiff").Create(str(path), array.shape[2], array.shape[1], array.shape[0], dtype,
-                                              OPTIONS + [f"BLOCKYSIZE={array.shape[1]}"])
+    ds = gdal.GetDriverByName("GTiff").Create(
+        str(path), array.shape[2], array.shape[1], array.shape[0], dtype, OPTIONS + [f"BLOCKYSIZE={array.shape[1]}"]
+    )
     ds.SetGeoTransform(gt)
     ds.SetProjection(wkt)
     if metadata:
@@ -78,18 +96,35 @@ def make_salinas(shared: Path, out: Path) -> None:
         md["units"] = "source cube units (scaled at-sensor radiance integers); bench float32 rounded to int16"
         md["sample_of"] = "shared/data/bench/salinasA_pair (see resources/sample/PROVENANCE.md)"
         names = [ds.GetRasterBand(i + 1).GetDescription() for i in range(ds.RasterCount)]
-        write_tif(out / f"{name}.tif", rounded.astype(np.int16), ds.GetGeoTransform(), ds.GetProjection(),
-                  gdal.GDT_Int16, band_names=names, wavelengths_nm=info.wavelengths_nm, metadata=md,
-                  wavelength_note="approximate (linear 400-2500 nm), not calibrated")
+        write_tif(
+            out / f"{name}.tif",
+            rounded.astype(np.int16),
+            ds.GetGeoTransform(),
+            ds.GetProjection(),
+            gdal.GDT_Int16,
+            band_names=names,
+            wavelengths_nm=info.wavelengths_nm,
+            metadata=md,
+            wavelength_note="approximate (linear 400-2500 nm), not calibrated",
+        )
         ds = None
         back = gdal.Open(str(out / f"{name}.tif")).ReadAsArray()
         assert np.abs(back - x).max() <= 0.5, name
     gt_src = gdal.Open(str(src / "gt.tif"))
     gt = gt_src.ReadAsArray().astype(np.uint8)
-    write_tif(out / "gt.tif", gt, gt_src.GetGeoTransform(), gt_src.GetProjection(), gdal.GDT_Byte, nodata=255,
-              band_names=["change: 1 changed, 0 unchanged, 255 unknown"],
-              metadata={"encoding": "1 changed, 0 unchanged, 255 unknown (not used in this pair)",
-                        "georeference": "FAKE (EPSG:32610, 20 m pixels), as in the bench pair"})
+    write_tif(
+        out / "gt.tif",
+        gt,
+        gt_src.GetGeoTransform(),
+        gt_src.GetProjection(),
+        gdal.GDT_Byte,
+        nodata=255,
+        band_names=["change: 1 changed, 0 unchanged, 255 unknown"],
+        metadata={
+            "encoding": "1 changed, 0 unchanged, 255 unknown (not used in this pair)",
+            "georeference": "FAKE (EPSG:32610, 20 m pixels), as in the bench pair",
+        },
+    )
     gt_src = None
     shutil.copyfile(src / "params.json", out / "params.json")
 
@@ -124,21 +159,41 @@ def make_taizhou(shared: Path, out: Path) -> dict:
     srs = osr.SpatialReference()
     srs.ImportFromEPSG(32651)  # WGS 84 / UTM zone 51N, what the ENVI header's map info says
     wkt = srs.ExportToWkt()
-    common = {"source": "shared/data/taizhou (see resources/sample/PROVENANCE.md)",
-              "crop_rows_cols": f"rows {r0}-{r0 + CROP - 1}, cols {c0}-{c0 + CROP - 1} (0-based) of the 400 x 400 scene"}
+    common = {
+        "source": "shared/data/taizhou (see resources/sample/PROVENANCE.md)",
+        "crop_rows_cols": f"rows {r0}-{r0 + CROP - 1}, cols {c0}-{c0 + CROP - 1} (0-based) of the 400 x 400 scene",
+    }
     for name, x, year in (("t1", x1, 2000), ("t2", x2, 2003)):
         arr = x[:, sl[0], sl[1]]
         assert np.isfinite(arr).all()
-        write_tif(out / f"{name}.tif", arr.astype(np.uint8), gt, wkt, gdal.GDT_Byte, band_names=ETM_BANDS,
-                  wavelengths_nm=info.wavelengths_nm,
-                  metadata={**common, "date": str(year), "sensor": "Landsat-7 ETM+", "units": "DN (uint8)"})
-    write_tif(out / "reference.tif", ref[sl], gt, wkt, gdal.GDT_Byte, nodata=255,
-              band_names=["reference: 1 changed, 0 unchanged, 255 unlabelled"],
-              metadata={**common, "encoding": "1 changed (change.bmp 255), 0 unchanged (unchanged.bmp 255), "
-                                              "255 unlabelled"})
+        write_tif(
+            out / f"{name}.tif",
+            arr.astype(np.uint8),
+            gt,
+            wkt,
+            gdal.GDT_Byte,
+            band_names=ETM_BANDS,
+            wavelengths_nm=info.wavelengths_nm,
+            metadata={**common, "date": str(year), "sensor": "Landsat-7 ETM+", "units": "DN (uint8)"},
+        )
+    write_tif(
+        out / "reference.tif",
+        ref[sl],
+        gt,
+        wkt,
+        gdal.GDT_Byte,
+        nodata=255,
+        band_names=["reference: 1 changed, 0 unchanged, 255 unlabelled"],
+        metadata={**common, "encoding": "1 changed (change.bmp 255), 0 unchanged (unchanged.bmp 255), 255 unlabelled"},
+    )
     crop = ref[sl]
-    return {"row0": r0, "col0": c0, "changed": int((crop == 1).sum()), "unchanged": int((crop == 0).sum()),
-            "unlabelled": int((crop == 255).sum())}
+    return {
+        "row0": r0,
+        "col0": c0,
+        "changed": int((crop == 1).sum()),
+        "unchanged": int((crop == 0).sum()),
+        "unlabelled": int((crop == 255).sum()),
+    }
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -78,10 +78,14 @@ def main() -> int:
         total.update(c)
         total_n += n
         total_eq += eq
-        print(f"| {module} | {n} | " + " | ".join(str(c[k]) for k in cols) + f" | {_rate(c, n)} | {eq} | "
-              f"{_rate(c, n - eq)} |")
-    print(f"| **total** | {total_n} | " + " | ".join(str(total[k]) for k in cols) + f" | {_rate(total, total_n)} | "
-          f"{total_eq} | {_rate(total, total_n - total_eq)} |")
+        print(
+            f"| {module} | {n} | " + " | ".join(str(c[k]) for k in cols) + f" | {_rate(c, n)} | {eq} | "
+            f"{_rate(c, n - eq)} |"
+        )
+    print(
+        f"| **total** | {total_n} | " + " | ".join(str(total[k]) for k in cols) + f" | {_rate(total, total_n)} | "
+        f"{total_eq} | {_rate(total, total_n - total_eq)} |"
+    )
     if args.survivors:
         print()
         for verdicts in results.values():

@@ -36,9 +36,14 @@ def assemble(target: Path, repo: Path = REPO) -> Path:
     if target.exists():
         shutil.rmtree(target)
     shutil.copytree(repo / PLUGIN, target, ignore=IGNORE)
-    shutil.copytree(repo / "resources", target / "resources",
-                    ignore=lambda folder, names: set(IGNORE(folder, names)) |
-                    ({n for n in names if n in EXCLUDED_RESOURCES} if Path(folder) == repo / "resources" else set()))
+    shutil.copytree(
+        repo / "resources",
+        target / "resources",
+        ignore=lambda folder, names: (
+            set(IGNORE(folder, names))
+            | ({n for n in names if n in EXCLUDED_RESOURCES} if Path(folder) == repo / "resources" else set())
+        ),
+    )
     for name in TOP_FILES:
         shutil.copy2(repo / name, target / name)
     return target

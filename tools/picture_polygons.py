@@ -34,8 +34,12 @@ def main() -> None:
 
     sample = REPO / "resources" / "sample" / "taizhou_crop"
     with tempfile.TemporaryDirectory() as tmp:
-        res = pipeline.detect_files(str(sample / "t1.tif"), str(sample / "t2.tif"), os.path.join(tmp, "change.tif"),
-                                    config=TrainConfig(seed=0, device="cpu"))
+        res = pipeline.detect_files(
+            str(sample / "t1.tif"),
+            str(sample / "t2.tif"),
+            os.path.join(tmp, "change.tif"),
+            config=TrainConfig(seed=0, device="cpu"),
+        )
         poly = finish_detection(res, polygons_out=os.path.join(tmp, "taizhou_polygons.gpkg"), min_area=1800.0)
         write_sidecar(poly.path, "polygons")
 
@@ -55,8 +59,11 @@ def main() -> None:
         app.initQgis()
         t2 = QgsRasterLayer(str(sample / "t2.tif"), "T2")
         renderer = QgsMultiBandColorRenderer(t2.dataProvider(), 3, 2, 1)
-        for band, setter in ((3, renderer.setRedContrastEnhancement), (2, renderer.setGreenContrastEnhancement),
-                             (1, renderer.setBlueContrastEnhancement)):
+        for band, setter in (
+            (3, renderer.setRedContrastEnhancement),
+            (2, renderer.setGreenContrastEnhancement),
+            (1, renderer.setBlueContrastEnhancement),
+        ):
             stats = t2.dataProvider().cumulativeCut(band, 0.02, 0.98)
             ce = QgsContrastEnhancement(t2.dataProvider().dataType(band))
             ce.setContrastEnhancementAlgorithm(QgsContrastEnhancement.StretchToMinimumMaximum)

@@ -149,8 +149,14 @@ def write_profile(profiles: Path) -> None:
     )
 
 
-def take(out: Path, timeout: int = 180, keep: Path | None = None, startup: str = STARTUP,
-         env_extra: dict[str, str] | None = None, venv: bool = True) -> dict:
+def take(
+    out: Path,
+    timeout: int = 180,
+    keep: Path | None = None,
+    startup: str = STARTUP,
+    env_extra: dict[str, str] | None = None,
+    venv: bool = True,
+) -> dict:
     """Run QGIS under xvfb with a ``startup`` script (default: the screenshot tour), return its findings as written
     to $HYPERNET_SHOT_JSON (raises RuntimeError when QGIS gave none in time). ``env_extra``: more variables for
     the script. ``venv=False``: QGIS without the checkout's venv on its path (no torch: the first-use case)."""
@@ -173,13 +179,27 @@ def take(out: Path, timeout: int = 180, keep: Path | None = None, startup: str =
     runtime = work / "xdg"
     runtime.mkdir(mode=0o700, exist_ok=True)
     env.update(
-        QGIS_PLUGINPATH=str(plugins), XDG_RUNTIME_DIR=str(runtime), HYPERNET_SHOT_PNG=str(out),
-        HYPERNET_SHOT_JSON=str(report), HYPERNET_SHOT_SAMPLE=str(REPO / "resources" / "sample" / "taizhou_crop"),
+        QGIS_PLUGINPATH=str(plugins),
+        XDG_RUNTIME_DIR=str(runtime),
+        HYPERNET_SHOT_PNG=str(out),
+        HYPERNET_SHOT_JSON=str(report),
+        HYPERNET_SHOT_SAMPLE=str(REPO / "resources" / "sample" / "taizhou_crop"),
         PYTHONPATH=os.pathsep.join([str(p) for p in site] + ["/usr/share/qgis/python/plugins"]),
     )
     env.update(env_extra or {})
-    command = ["xvfb-run", "-a", "-s", "-screen 0 1440x900x24", "qgis", "--profiles-path", str(profiles),
-               "--nologo", "--noversioncheck", "--code", str(script)]
+    command = [
+        "xvfb-run",
+        "-a",
+        "-s",
+        "-screen 0 1440x900x24",
+        "qgis",
+        "--profiles-path",
+        str(profiles),
+        "--nologo",
+        "--noversioncheck",
+        "--code",
+        str(script),
+    ]
     log = work / "qgis.log"
     with open(log, "w") as fh:
         proc = subprocess.Popen(command, env=env, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True)

@@ -64,8 +64,9 @@ def _example_report(path: Path, epochs: int) -> None:
         try:
             from hypernet_qgis.core.hypernet.training import TrainConfig
 
-            result = pipeline.detect_files(t1, t2, str(folder / "change.tif"),
-                                           config=TrainConfig(epochs=epochs, seed=0, device="cpu"))
+            result = pipeline.detect_files(
+                t1, t2, str(folder / "change.tif"), config=TrainConfig(epochs=epochs, seed=0, device="cpu")
+            )
         except ImportError as exc:  # no torch here: show the report on a classic method
             print(f"HyperNet engine not usable here ({exc}); using CVA.", file=sys.stderr)
             result = pipeline.baseline_files("cva", t1, t2, str(folder / "change.tif"))
@@ -85,10 +86,21 @@ def screenshot(html: Path, png: Path, width: int = 1200, height: int = 2000, max
     colours, fewer if needed to stay under ``max_bytes``)."""
     with tempfile.TemporaryDirectory(prefix="hypernet-chromium-") as profile:
         shot = Path(profile) / "shot.png"
-        cmd = [find_chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
-               "--disable-background-networking", "--disable-component-update", "--disable-sync",
-               "--hide-scrollbars", f"--user-data-dir={profile}", f"--screenshot={shot}",
-               f"--window-size={width},{height}", html.resolve().as_uri()]
+        cmd = [
+            find_chromium(),
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--hide-scrollbars",
+            f"--user-data-dir={profile}",
+            f"--screenshot={shot}",
+            f"--window-size={width},{height}",
+            html.resolve().as_uri(),
+        ]
         subprocess.run(cmd, check=True, timeout=120, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         if not shot.is_file():
             sys.exit("Chromium did not write a screenshot.")
@@ -100,8 +112,9 @@ def screenshot(html: Path, png: Path, width: int = 1200, height: int = 2000, max
         with Image.open(shot) as img:
             rgb = img.convert("RGB")
         for colours in (256, 192, 128, 96, 64):  # fewest bytes at good quality: stop once under the limit
-            rgb.quantize(colors=colours, method=Image.Quantize.FASTOCTREE, dither=Image.Dither.NONE) \
-                .save(png, optimize=True)
+            rgb.quantize(colors=colours, method=Image.Quantize.FASTOCTREE, dither=Image.Dither.NONE).save(
+                png, optimize=True
+            )
             if png.stat().st_size <= max_bytes:
                 break
 

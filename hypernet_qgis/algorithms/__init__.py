@@ -13,5 +13,12 @@ def all_algorithms() -> list:
     from .setup_engine import SetupEngineAlgorithm
     from .train import TrainHyperNetAlgorithm
 
-    return [TrainHyperNetAlgorithm(), DetectChangeAlgorithm(), EvaluateChangeAlgorithm(), ClassicChangeAlgorithm(),
-            InspectModelAlgorithm(), DetectSeriesAlgorithm(), SetupEngineAlgorithm()]
+    return [
+        TrainHyperNetAlgorithm(),
+        DetectChangeAlgorithm(),
+        EvaluateChangeAlgorithm(),
+        ClassicChangeAlgorithm(),
+        InspectModelAlgorithm(),
+        DetectSeriesAlgorithm(),
+        SetupEngineAlgorithm(),
+    ]

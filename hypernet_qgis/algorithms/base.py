@@ -66,6 +66,7 @@ EXTERNAL_PACKAGES = ("torch", "spectral", "numpy", "osgeo", "matplotlib")
 
 # ------------------------------------------------------------------------------------- missing dependencies
 
+
 def python_description() -> str:
     """Which Python runs inside QGIS (the one the engine is installed for and runs with), for messages."""
     from ..engine_setup import interpreter
@@ -78,11 +79,15 @@ def missing_dependency_message(module: str, detail: str = "") -> str:
     what = {"torch": "PyTorch ('torch')", "spectral": "the package 'spectral'"}.get(module, f"the package '{module}'")
     extra = f" ({detail})" if detail else ""
     if module not in ("torch", "spectral"):  # numpy, GDAL, matplotlib: QGIS's (the set-up never installs them)
-        return (f"HyperNet needs {what}, which the Python QGIS runs ({python_description()}) cannot find{extra}: "
-                "QGIS normally brings it; install it for that Python or repair QGIS (README 'When it fails').")
-    return (f"HyperNet needs {what}, which the Python QGIS runs ({python_description()}) cannot find{extra}: run "
-            "Set up the HyperNet engine (hypernet:setupengine, in the Processing Toolbox under HyperNet change "
-            "detection > Set-up) once, then run this again.")
+        return (
+            f"HyperNet needs {what}, which the Python QGIS runs ({python_description()}) cannot find{extra}: "
+            "QGIS normally brings it; install it for that Python or repair QGIS (README 'When it fails')."
+        )
+    return (
+        f"HyperNet needs {what}, which the Python QGIS runs ({python_description()}) cannot find{extra}: run "
+        "Set up the HyperNet engine (hypernet:setupengine, in the Processing Toolbox under HyperNet change "
+        "detection > Set-up) once, then run this again."
+    )
 
 
 class EngineMissing(InputError):
@@ -111,6 +116,7 @@ def pipeline(engine: bool = True):
 
 # -------------------------------------------------------------------------------------------------- feedback
 
+
 class QgisFeedback:
     """core.progress.Feedback on top of a QgsProcessingFeedback (progress 0..1 -> 0..100)."""
 
@@ -130,6 +136,7 @@ class QgisFeedback:
 
 
 # ---------------------------------------------------------------------------------------------- parsing
+
 
 def parse_band_list(text: str | None, label: str = "Bands") -> list[int] | None:
     """'1,2,5-8' -> [1, 2, 5, 6, 7, 8]; empty -> None: the engine's one band-list syntax (core.options), messages
@@ -167,23 +174,35 @@ def check_number_text(raw: Any, name: str, integer: bool = False) -> None:
     try:
         value = float(raw)
     except ValueError:
-        raise InputError(f"{name} {raw!r} is not a number. Enter a number"
-                         f"{' (a whole number)' if integer else ''}.") from None
+        raise InputError(
+            f"{name} {raw!r} is not a number. Enter a number{' (a whole number)' if integer else ''}."
+        ) from None
     if not math.isfinite(value) or (integer and not value.is_integer()):
-        raise InputError(f"{name} {raw!r} is not a {'whole' if integer else 'finite'} number. Enter a "
-                         f"{'whole' if integer else 'finite'} number.")
+        raise InputError(
+            f"{name} {raw!r} is not a {'whole' if integer else 'finite'} number. Enter a "
+            f"{'whole' if integer else 'finite'} number."
+        )
 
 
 def unexpected_error_message(exc: BaseException) -> str:
     """One line for an exception that is not an InputError (so QGIS shows it instead of going down)."""
-    return (f"Unexpected error while checking the parameters ({type(exc).__name__}: {exc}). Check the input files; "
-            "if they look right, please report this.")
+    return (
+        f"Unexpected error while checking the parameters ({type(exc).__name__}: {exc}). Check the input files; "
+        "if they look right, please report this."
+    )
 
 
 # ------------------------------------------------------------------------------------------------ checks
 
-def layer_path(alg: QgsProcessingAlgorithm, parameters: dict, name: str, context: QgsProcessingContext,
-               label: str, optional: bool = False) -> str | None:
+
+def layer_path(
+    alg: QgsProcessingAlgorithm,
+    parameters: dict,
+    name: str,
+    context: QgsProcessingContext,
+    label: str,
+    optional: bool = False,
+) -> str | None:
     """File path of a raster layer parameter (a GDAL file); InputError when missing or not a file raster."""
     layer = alg.parameterAsRasterLayer(parameters, name, context)
     if layer is None:
@@ -194,11 +213,15 @@ def layer_path(alg: QgsProcessingAlgorithm, parameters: dict, name: str, context
             from ..core.io import raster_io
 
             raster_io.raster_info(value)  # raises InputError with GDAL's reason
-        raise InputError(f"{label} could not be opened as a raster: {value!r}. Check that the file exists "
-                         "and is a raster GDAL can read (GeoTIFF, ENVI, ...).")
+        raise InputError(
+            f"{label} could not be opened as a raster: {value!r}. Check that the file exists "
+            "and is a raster GDAL can read (GeoTIFF, ENVI, ...)."
+        )
     if layer.providerType() != "gdal":
-        raise InputError(f"{label} '{layer.name()}' is a '{layer.providerType()}' layer; HyperNet reads raster "
-                         "files. Save the layer as a GeoTIFF first (Export > Save As).")
+        raise InputError(
+            f"{label} '{layer.name()}' is a '{layer.providerType()}' layer; HyperNet reads raster "
+            "files. Save the layer as a GeoTIFF first (Export > Save As)."
+        )
     source = layer.dataProvider().dataSourceUri() if layer.dataProvider() else layer.source()
     return source.split("|")[0]
 
@@ -211,16 +234,17 @@ def check_output_path(path: str, label: str, extensions: tuple[str, ...] | None 
     if extensions == VECTOR_EXTENSIONS and not path.lower().endswith(extensions):
         raise InputError(f"{label} {path} must be a GeoPackage (.gpkg). Change the file name's extension.")
     if extensions and not path.lower().endswith(extensions):
-        raise InputError(f"{label} {path} must be a GeoTIFF ({', '.join(extensions)}); the change maps are written "
-                         "as tiled GeoTIFFs. Change the file name's extension.")
+        raise InputError(
+            f"{label} {path} must be a GeoTIFF ({', '.join(extensions)}); the change maps are written "
+            "as tiled GeoTIFFs. Change the file name's extension."
+        )
     from ..core.io.paths import check_output_file
 
     example = "changes.gpkg" if extensions == VECTOR_EXTENSIONS else "change.tif"
     return check_output_file(path, label, example)
 
 
-def check_pair(t1: str, t2: str, bands: list[int] | None, min_bands: int, what: str = "HyperNet",
-               align: bool = False):
+def check_pair(t1: str, t2: str, bands: list[int] | None, min_bands: int, what: str = "HyperNet", align: bool = False):
     """The engine's pair check (``core.pair.check_pair_files``) with the dialog's labels; returns T1's RasterInfo."""
     from ..core.pair import DIALOG_LABELS, check_pair_files
 
@@ -231,8 +255,7 @@ def check_band_choice(t1: str, t2: str, bands: list[int] | None, values: dict[st
     """DROP_WATER without wavelengths, or no band left after leaving out the bad ones: refused up front."""
     from ..core.io.bands import choose_bands
 
-    choose_bands(t1, t2, bands, drop_bad=values.get("drop_bad_bands", True), drop_water=values.get("drop_water",
-                 False))
+    choose_bands(t1, t2, bands, drop_bad=values.get("drop_bad_bands", True), drop_water=values.get("drop_water", False))
 
 
 def check_mask(path: str, like) -> None:
@@ -241,8 +264,10 @@ def check_mask(path: str, like) -> None:
 
     info = raster_io.raster_info(path)
     if (info.rows, info.cols) != (like.rows, like.cols):
-        raise InputError(f"The unchanged mask {info.name} is {info.cols}x{info.rows} pixels but the images are "
-                         f"{like.cols}x{like.rows}; it must cover the same grid.")
+        raise InputError(
+            f"The unchanged mask {info.name} is {info.cols}x{info.rows} pixels but the images are "
+            f"{like.cols}x{like.rows}; it must cover the same grid."
+        )
 
 
 def model_band_count(path: str) -> int:
@@ -270,8 +295,10 @@ def check_device(name: str) -> None:
     if name not in DEVICES and not name.startswith("cuda:"):
         raise InputError(f"Unknown device {name!r}; use one of {', '.join(DEVICES)}.")
     if name.startswith("cuda") and not has_nvidia_driver():
-        raise InputError(f"DEVICE={name} was asked for, but this machine has no NVIDIA driver, so torch sees no CUDA "
-                         "GPU. Use DEVICE=auto or cpu, or run on a machine with an NVIDIA GPU.")
+        raise InputError(
+            f"DEVICE={name} was asked for, but this machine has no NVIDIA driver, so torch sees no CUDA "
+            "GPU. Use DEVICE=auto or cpu, or run on a machine with an NVIDIA GPU."
+        )
 
 
 # ------------------------------------------------------------------------------------------------- the job
@@ -285,14 +312,14 @@ class Output:
     """One output of a job: declared in the main thread (no file made, nothing registered), bound to a path in
     processAlgorithm, where Processing also registers it for loading in the context that is carried back."""
 
-    name: str                   # parameter name, e.g. OUTPUT_CHANGE
-    key: str                    # key of the path in Job.values, e.g. "change"
-    label: str                  # what the dialog calls it, for messages
-    kind: str = "raster"        # "raster" (QgsProcessingParameterRasterDestination), "vector" or "file"
-    chosen: str | None = None   # the file the user named; None for a temporary file or no output
-    temporary: bool = False     # Processing makes a temporary file
-    style: str | None = None    # "change" | "intensity": styled (and stacked) when loaded into the project
-    layer_name: str = ""        # name of the loaded layer when the file is temporary
+    name: str  # parameter name, e.g. OUTPUT_CHANGE
+    key: str  # key of the path in Job.values, e.g. "change"
+    label: str  # what the dialog calls it, for messages
+    kind: str = "raster"  # "raster" (QgsProcessingParameterRasterDestination), "vector" or "file"
+    chosen: str | None = None  # the file the user named; None for a temporary file or no output
+    temporary: bool = False  # Processing makes a temporary file
+    style: str | None = None  # "change" | "intensity": styled (and stacked) when loaded into the project
+    layer_name: str = ""  # name of the loaded layer when the file is temporary
 
     @property
     def requested(self) -> bool:
@@ -333,8 +360,11 @@ def _project_raster_layers() -> list:
         layers = [node.layer() for node in QgsProject.instance().layerTreeRoot().findLayers()]
     except Exception:  # no project, no GUI: no defaults
         return []
-    return [lay for lay in reversed(layers) if isinstance(lay, QgsRasterLayer) and lay.providerType() == "gdal"
-            and lay.bandCount() >= 2]
+    return [
+        lay
+        for lay in reversed(layers)
+        if isinstance(lay, QgsRasterLayer) and lay.providerType() == "gdal" and lay.bandCount() >= 2
+    ]
 
 
 def _extensions(kind: str) -> tuple[str, ...] | None:
@@ -421,87 +451,154 @@ class HyperNetAlgorithm(QgsProcessingAlgorithm):
         rasters = _project_raster_layers()
         t1 = rasters[0].id() if len(rasters) >= 2 else None
         t2 = rasters[1].id() if len(rasters) >= 2 else None
-        self._add(QgsProcessingParameterRasterLayer("INPUT_T1", "Image T1 (first date)", defaultValue=t1),
-                  help_text="The image of the first date.")
-        self._add(QgsProcessingParameterRasterLayer("INPUT_T2", "Image T2 (second date)", defaultValue=t2),
-                  help_text="The image of the second date: same grid (size, pixel size, CRS) and bands as T1.")
+        self._add(
+            QgsProcessingParameterRasterLayer("INPUT_T1", "Image T1 (first date)", defaultValue=t1),
+            help_text="The image of the first date.",
+        )
+        self._add(
+            QgsProcessingParameterRasterLayer("INPUT_T2", "Image T2 (second date)", defaultValue=t2),
+            help_text="The image of the second date: same grid (size, pixel size, CRS) and bands as T1.",
+        )
 
     def add_bands(self, advanced: bool = False) -> None:
-        self._add(QgsProcessingParameterString("BANDS", "Bands (empty = all)", optional=True), advanced,
-                  "Band numbers from 1, e.g. 1-50,60,70-80; empty uses every band.")
+        self._add(
+            QgsProcessingParameterString("BANDS", "Bands (empty = all)", optional=True),
+            advanced,
+            "Band numbers from 1, e.g. 1-50,60,70-80; empty uses every band.",
+        )
 
     def add_device(self, advanced: bool = False) -> None:
-        self._add(QgsProcessingParameterEnum(
-            "DEVICE", "Device", options=DEVICES, defaultValue="auto", usesStaticStrings=True), advanced,
-            "auto: a CUDA GPU when torch sees one, else the CPU.")
+        self._add(
+            QgsProcessingParameterEnum(
+                "DEVICE", "Device", options=DEVICES, defaultValue="auto", usesStaticStrings=True
+            ),
+            advanced,
+            "auto: a CUDA GPU when torch sees one, else the CPU.",
+        )
 
     def add_training(self, advanced: bool) -> None:
         """The training parameters shared by Train HyperNet and Detect Change (training on the fly)."""
-        self._add(QgsProcessingParameterRasterLayer("UNCHANGED_MASK", "Known unchanged pixels", optional=True),
-                  advanced, "A mask on T1's grid, non-zero where the land is known not to have changed; "
-                            "training uses those pixels instead of the automatic choice.")
-        epochs = QgsProcessingParameterNumber(
-            "EPOCHS", "Epochs", NUMBER_INTEGER, optional=True, minValue=1)
+        self._add(
+            QgsProcessingParameterRasterLayer("UNCHANGED_MASK", "Known unchanged pixels", optional=True),
+            advanced,
+            "A mask on T1's grid, non-zero where the land is known not to have changed; "
+            "training uses those pixels instead of the automatic choice.",
+        )
+        epochs = QgsProcessingParameterNumber("EPOCHS", "Epochs", NUMBER_INTEGER, optional=True, minValue=1)
         self._add(epochs, advanced, "Empty: 60 with the default schedule, 200 with the paper schedule.")
-        self._add(QgsProcessingParameterNumber(
-            "LEARNING_RATE", "Learning rate (SGD)", NUMBER_DOUBLE, defaultValue=options.DEFAULT_LEARNING_RATE,
-            minValue=1e-9), advanced)
-        self._add(QgsProcessingParameterNumber(
-            "GAMMA", "Focal loss gamma", NUMBER_DOUBLE, defaultValue=options.DEFAULT_GAMMA, minValue=0.0), advanced)
-        self._add(QgsProcessingParameterNumber(
-            "SEED", "Random seed", NUMBER_INTEGER, defaultValue=0, minValue=0, maxValue=options.MAX_SEED), advanced)
+        self._add(
+            QgsProcessingParameterNumber(
+                "LEARNING_RATE",
+                "Learning rate (SGD)",
+                NUMBER_DOUBLE,
+                defaultValue=options.DEFAULT_LEARNING_RATE,
+                minValue=1e-9,
+            ),
+            advanced,
+        )
+        self._add(
+            QgsProcessingParameterNumber(
+                "GAMMA", "Focal loss gamma", NUMBER_DOUBLE, defaultValue=options.DEFAULT_GAMMA, minValue=0.0
+            ),
+            advanced,
+        )
+        self._add(
+            QgsProcessingParameterNumber(
+                "SEED", "Random seed", NUMBER_INTEGER, defaultValue=0, minValue=0, maxValue=options.MAX_SEED
+            ),
+            advanced,
+        )
 
     def add_training_advanced(self) -> None:
-        self._add(QgsProcessingParameterEnum(
-            "SCHEDULE", "Training schedule", options=SCHEDULES, defaultValue="default", usesStaticStrings=True),
-            True, "default: random crops per step (fast); paper: the whole image per step, 200 epochs, as "
-                  "published.")
-        self._add(QgsProcessingParameterNumber(
-            "MEMORY_BUDGET_MB", "Memory budget (MB)", NUMBER_INTEGER, defaultValue=options.DEFAULT_MEMORY_BUDGET_MB,
-            minValue=options.MIN_MEMORY_BUDGET_MB), True,
-            "Bounds the training crops, the detection tiles and reading by windows.")
+        self._add(
+            QgsProcessingParameterEnum(
+                "SCHEDULE", "Training schedule", options=SCHEDULES, defaultValue="default", usesStaticStrings=True
+            ),
+            True,
+            "default: random crops per step (fast); paper: the whole image per step, 200 epochs, as published.",
+        )
+        self._add(
+            QgsProcessingParameterNumber(
+                "MEMORY_BUDGET_MB",
+                "Memory budget (MB)",
+                NUMBER_INTEGER,
+                defaultValue=options.DEFAULT_MEMORY_BUDGET_MB,
+                minValue=options.MIN_MEMORY_BUDGET_MB,
+            ),
+            True,
+            "Bounds the training crops, the detection tiles and reading by windows.",
+        )
 
     def add_threshold(self, options: list[str] = THRESHOLD_METHODS, default: str = "otsu") -> None:
-        self._add(QgsProcessingParameterEnum(
-            "THRESHOLD_METHOD", "Threshold method", options=options, defaultValue=default, usesStaticStrings=True))
-        self._add(QgsProcessingParameterNumber(
-            "THRESHOLD", "Fixed threshold", NUMBER_DOUBLE, optional=True),
-            help_text="Only for the fixed method: a pixel whose intensity is above it counts as changed.")
+        self._add(
+            QgsProcessingParameterEnum(
+                "THRESHOLD_METHOD", "Threshold method", options=options, defaultValue=default, usesStaticStrings=True
+            )
+        )
+        self._add(
+            QgsProcessingParameterNumber("THRESHOLD", "Fixed threshold", NUMBER_DOUBLE, optional=True),
+            help_text="Only for the fixed method: a pixel whose intensity is above it counts as changed.",
+        )
 
     def add_change_outputs(self) -> None:
-        self._add(QgsProcessingParameterRasterDestination("OUTPUT_CHANGE", "Change map"),
-                  help_text="GeoTIFF on T1's grid: 1 change, 0 no change, 255 nodata.")
-        self._add(QgsProcessingParameterRasterDestination(
-            "OUTPUT_INTENSITY", "Change intensity", optional=True, createByDefault=False),
-            help_text="Float GeoTIFF: the larger, the more change.")
+        self._add(
+            QgsProcessingParameterRasterDestination("OUTPUT_CHANGE", "Change map"),
+            help_text="GeoTIFF on T1's grid: 1 change, 0 no change, 255 nodata.",
+        )
+        self._add(
+            QgsProcessingParameterRasterDestination(
+                "OUTPUT_INTENSITY", "Change intensity", optional=True, createByDefault=False
+            ),
+            help_text="Float GeoTIFF: the larger, the more change.",
+        )
 
     def add_align(self, series: bool = False) -> None:
         """ALIGN and RESAMPLING (issue #11); optional with defaults so that saved models stay valid. ``series``:
         the words of a series (every date onto the first date's grid)."""
         if series:
             label, resampling = "Warp dates onto the first date's grid", "Resampling of warped dates"
-            text = ("On (default): a date whose grid differs from the first date's is resampled onto it (nodata "
-                    "where it does not reach; the log says what was done). Off: such series are refused.")
+            text = (
+                "On (default): a date whose grid differs from the first date's is resampled onto it (nodata "
+                "where it does not reach; the log says what was done). Off: such series are refused."
+            )
         else:
             label, resampling = "Warp T2 onto T1's grid if they differ", "Resampling of T2 when warped"
-            text = ("On (default): when T1 and T2 are not on the same grid, T2 is resampled onto T1's grid and only "
-                    "the area both cover is compared (the log says what was done). Off: such pairs are refused.")
+            text = (
+                "On (default): when T1 and T2 are not on the same grid, T2 is resampled onto T1's grid and only "
+                "the area both cover is compared (the log says what was done). Off: such pairs are refused."
+            )
         self._add(QgsProcessingParameterBoolean("ALIGN", label, defaultValue=True, optional=True), True, text)
-        self._add(QgsProcessingParameterEnum(
-            "RESAMPLING", resampling, options=RESAMPLINGS, defaultValue="bilinear",
-            optional=True, usesStaticStrings=True), True,
-            "How the pixels are resampled onto the target grid; the unchanged mask always uses nearest.")
+        self._add(
+            QgsProcessingParameterEnum(
+                "RESAMPLING",
+                resampling,
+                options=RESAMPLINGS,
+                defaultValue="bilinear",
+                optional=True,
+                usesStaticStrings=True,
+            ),
+            True,
+            "How the pixels are resampled onto the target grid; the unchanged mask always uses nearest.",
+        )
 
     def add_band_choice(self) -> None:
         """DROP_BAD_BANDS and DROP_WATER (issue #11); optional with defaults so that saved models stay valid."""
-        self._add(QgsProcessingParameterBoolean(
-            "DROP_BAD_BANDS", "Leave out bands marked bad (ENVI bbl)", defaultValue=True, optional=True), True,
+        self._add(
+            QgsProcessingParameterBoolean(
+                "DROP_BAD_BANDS", "Leave out bands marked bad (ENVI bbl)", defaultValue=True, optional=True
+            ),
+            True,
             "Bands either image marks bad (the ENVI header's bad band list, or bbl = 0 in the GDAL metadata) are "
-            "not used; the log lists them.")
-        self._add(QgsProcessingParameterBoolean(
-            "DROP_WATER", "Leave out water-absorption bands", defaultValue=False, optional=True), True,
+            "not used; the log lists them.",
+        )
+        self._add(
+            QgsProcessingParameterBoolean(
+                "DROP_WATER", "Leave out water-absorption bands", defaultValue=False, optional=True
+            ),
+            True,
             "Bands around 1350-1450 nm and 1800-1950 nm and beyond 2450 nm are not used (needs the band "
-            "wavelengths in the files).")
+            "wavelengths in the files).",
+        )
 
     def band_choice_values(self, parameters: dict, context: QgsProcessingContext) -> dict[str, Any]:
         def flag(name: str, default: bool) -> bool:
@@ -521,23 +618,48 @@ class HyperNetAlgorithm(QgsProcessingAlgorithm):
     def add_polygon_outputs(self) -> None:
         """The change polygons (GeoPackage) and their options; the changed area outputs (issue #11). The options
         are optional (with defaults) so that models saved before them stay valid."""
-        self._add(QgsProcessingParameterVectorDestination(
-            "OUTPUT_POLYGONS", "Change polygons", SOURCE_VECTOR_POLYGON, optional=True,
-            createByDefault=False),
+        self._add(
+            QgsProcessingParameterVectorDestination(
+                "OUTPUT_POLYGONS", "Change polygons", SOURCE_VECTOR_POLYGON, optional=True, createByDefault=False
+            ),
             help_text="GeoPackage: one polygon per connected changed region, with its pixel count, area (map "
-                      "units² and hectares) and mean and maximum change intensity.")
-        self._add(QgsProcessingParameterNumber(
-            "MIN_AREA", "Minimum region area (map units²)", NUMBER_DOUBLE, defaultValue=0.0,
-            optional=True, minValue=0.0), help_text="Changed regions smaller than this (e.g. in m²) get no polygon.")
-        self._add(QgsProcessingParameterEnum(
-            "CONNECTIVITY", "Region connectivity", options=CONNECTIVITIES, defaultValue="8", optional=True,
-            usesStaticStrings=True), True,
-            "8: pixels touching by an edge or a corner form one region; 4: by an edge only.")
-        self._add(QgsProcessingParameterBoolean(
-            "SIEVE", "Remove small regions from the change map", defaultValue=False, optional=True), True,
-            "Regions below the minimum area also become 'no change' in the change map (needs Change polygons).")
-        self._add(QgsProcessingParameterString("DATES", "Date pair (T1,T2) for the polygons", optional=True),
-                  True, "e.g. 2019-05-01,2020-05-01: written into every polygon.")
+            "units² and hectares) and mean and maximum change intensity.",
+        )
+        self._add(
+            QgsProcessingParameterNumber(
+                "MIN_AREA",
+                "Minimum region area (map units²)",
+                NUMBER_DOUBLE,
+                defaultValue=0.0,
+                optional=True,
+                minValue=0.0,
+            ),
+            help_text="Changed regions smaller than this (e.g. in m²) get no polygon.",
+        )
+        self._add(
+            QgsProcessingParameterEnum(
+                "CONNECTIVITY",
+                "Region connectivity",
+                options=CONNECTIVITIES,
+                defaultValue="8",
+                optional=True,
+                usesStaticStrings=True,
+            ),
+            True,
+            "8: pixels touching by an edge or a corner form one region; 4: by an edge only.",
+        )
+        self._add(
+            QgsProcessingParameterBoolean(
+                "SIEVE", "Remove small regions from the change map", defaultValue=False, optional=True
+            ),
+            True,
+            "Regions below the minimum area also become 'no change' in the change map (needs Change polygons).",
+        )
+        self._add(
+            QgsProcessingParameterString("DATES", "Date pair (T1,T2) for the polygons", optional=True),
+            True,
+            "e.g. 2019-05-01,2020-05-01: written into every polygon.",
+        )
         self.addOutput(QgsProcessingOutputNumber("CHANGED_AREA_HA", "Changed area (ha)"))
         self.addOutput(QgsProcessingOutputNumber("POLYGON_COUNT", "Change polygons written"))
 
@@ -548,11 +670,14 @@ class HyperNetAlgorithm(QgsProcessingAlgorithm):
         connectivity = self.parameterAsEnumString(parameters, "CONNECTIVITY", context) or "8"
         if connectivity not in CONNECTIVITIES:
             raise InputError(f"Region connectivity must be 4 or 8 (got {parameters.get('CONNECTIVITY')!r}).")
-        values = {"min_area": self.optional_number(parameters, "MIN_AREA", context) or 0.0,
-                  "connectivity": int(connectivity),
-                  "sieve": bool(parameters.get("SIEVE") not in (None, "")
-                                and self.parameterAsBool(parameters, "SIEVE", context)),
-                  "dates": parse_dates(self.parameterAsString(parameters, "DATES", context))}
+        values = {
+            "min_area": self.optional_number(parameters, "MIN_AREA", context) or 0.0,
+            "connectivity": int(connectivity),
+            "sieve": bool(
+                parameters.get("SIEVE") not in (None, "") and self.parameterAsBool(parameters, "SIEVE", context)
+            ),
+            "dates": parse_dates(self.parameterAsString(parameters, "DATES", context)),
+        }
         check_polygon_options(None, values["min_area"], values["connectivity"])
         return values
 
@@ -560,27 +685,45 @@ class HyperNetAlgorithm(QgsProcessingAlgorithm):
         """SIEVE removes the regions the polygons drop: it needs the Change polygons output."""
         polygons = next((o for o in job.outputs if o.name == "OUTPUT_POLYGONS"), None)
         if job.get("sieve") and (polygons is None or not polygons.requested):
-            raise InputError("Remove small regions from the change map is set but Change polygons is not; choose a "
-                             "file (or a temporary file) for Change polygons, or untick the option.")
+            raise InputError(
+                "Remove small regions from the change map is set but Change polygons is not; choose a "
+                "file (or a temporary file) for Change polygons, or untick the option."
+            )
 
-    def finish_polygons(self, job: Job, result: Any, feedback: QgisFeedback, memory_budget_mb: int = 4096
-                        ) -> dict[str, Any]:
+    def finish_polygons(
+        self, job: Job, result: Any, feedback: QgisFeedback, memory_budget_mb: int = 4096
+    ) -> dict[str, Any]:
         """After the detection: polygons (if asked for), changed area in the log; the outputs they give."""
         from ..core.io.polygons import finish_detection
 
         if job.get("min_area") and not job.get("polygons"):
             feedback.info("Minimum region area applies to the Change polygons, which were not asked for.")
-        poly = finish_detection(result, polygons_out=job.get("polygons"), min_area=job.get("min_area", 0.0),
-                                connectivity=job.get("connectivity", 8), sieve=job.get("sieve", False),
-                                dates=job.get("dates"), memory_budget_mb=memory_budget_mb, feedback=feedback)
+        poly = finish_detection(
+            result,
+            polygons_out=job.get("polygons"),
+            min_area=job.get("min_area", 0.0),
+            connectivity=job.get("connectivity", 8),
+            sieve=job.get("sieve", False),
+            dates=job.get("dates"),
+            memory_budget_mb=memory_budget_mb,
+            feedback=feedback,
+        )
         ha = result.extra["area"]["changed_hectares"]
-        return {"OUTPUT_POLYGONS": poly.path if poly else None, "POLYGON_COUNT": poly.kept if poly else None,
-                "CHANGED_AREA_HA": ha, "CHANGED_PIXELS": int(result.changed_pixels),
-                "CHANGED_FRACTION": float(result.changed_fraction)}
+        return {
+            "OUTPUT_POLYGONS": poly.path if poly else None,
+            "POLYGON_COUNT": poly.kept if poly else None,
+            "CHANGED_AREA_HA": ha,
+            "CHANGED_PIXELS": int(result.changed_pixels),
+            "CHANGED_FRACTION": float(result.changed_fraction),
+        }
 
     def add_report(self, description: str = "HTML report", advanced: bool = True) -> None:
-        self._add(QgsProcessingParameterFileDestination(
-            "OUTPUT_REPORT", description, HTML_FILTER, optional=True, createByDefault=False), advanced)
+        self._add(
+            QgsProcessingParameterFileDestination(
+                "OUTPUT_REPORT", description, HTML_FILTER, optional=True, createByDefault=False
+            ),
+            advanced,
+        )
 
     # -- parameter reading (main thread) ------------------------------------------------------------------
     def enums_by_name(self, parameters: dict) -> dict:
@@ -598,8 +741,7 @@ class HyperNetAlgorithm(QgsProcessingAlgorithm):
         if value is None:
             value = self.parameterAsEnumString(parameters, name, context)
         if value not in options:
-            raise InputError(f"{self.label(name)} must be one of {', '.join(options)} "
-                             f"(got {parameters.get(name)!r}).")
+            raise InputError(f"{self.label(name)} must be one of {', '.join(options)} (got {parameters.get(name)!r}).")
         return value
 
     def optional_number(self, parameters: dict, name: str, context: QgsProcessingContext, integer: bool = False):
@@ -610,14 +752,27 @@ class HyperNetAlgorithm(QgsProcessingAlgorithm):
             return self.parameterAsInt(parameters, name, context)
         return self.parameterAsDouble(parameters, name, context)
 
-    def declare_output(self, job: Job, parameters: dict, context: QgsProcessingContext, name: str, key: str,
-                       style: str | None = None, layer_name: str = "") -> Output:
+    def declare_output(
+        self,
+        job: Job,
+        parameters: dict,
+        context: QgsProcessingContext,
+        name: str,
+        key: str,
+        style: str | None = None,
+        layer_name: str = "",
+    ) -> Output:
         """Declare an output of ``job`` from its parameter value without making a file or registering anything
         (checkParameterValues runs for every dialog check and batch row). A file the user named is checked now:
         folder exists and is writable, GeoTIFF extension for rasters, not a folder."""
         definition = self.parameterDefinition(name)
-        kind = "raster" if isinstance(definition, QgsProcessingParameterRasterDestination) else \
-            "vector" if isinstance(definition, QgsProcessingParameterVectorDestination) else "file"
+        kind = (
+            "raster"
+            if isinstance(definition, QgsProcessingParameterRasterDestination)
+            else "vector"
+            if isinstance(definition, QgsProcessingParameterVectorDestination)
+            else "file"
+        )
         value = parameters.get(name)
         if isinstance(value, QgsProcessingOutputLayerDefinition):
             value = value.sink
@@ -671,13 +826,16 @@ class HyperNetAlgorithm(QgsProcessingAlgorithm):
             "memory_budget_mb": self.parameterAsInt(parameters, "MEMORY_BUDGET_MB", context),
         }
 
-    def threshold_values(self, parameters: dict, context: QgsProcessingContext, options: list[str]
-                         ) -> tuple[str, float | None]:
+    def threshold_values(
+        self, parameters: dict, context: QgsProcessingContext, options: list[str]
+    ) -> tuple[str, float | None]:
         method = self.enum_string(parameters, "THRESHOLD_METHOD", context, options)
         value = self.optional_number(parameters, "THRESHOLD", context)
         if method == "fixed" and value is None:
-            raise InputError("Threshold method is fixed but no Fixed threshold was given. Enter the intensity value "
-                             "above which a pixel counts as changed, or use otsu or kmeans.")
+            raise InputError(
+                "Threshold method is fixed but no Fixed threshold was given. Enter the intensity value "
+                "above which a pixel counts as changed, or use otsu or kmeans."
+            )
         return method, value
 
     # -- the three phases ---------------------------------------------------------------------------------
@@ -727,8 +885,12 @@ class HyperNetAlgorithm(QgsProcessingAlgorithm):
             return False, unexpected_error_message(exc)
         return ok, message
 
-    def prepareAlgorithm(self, parameters: dict, context: QgsProcessingContext,  # noqa: N802
-                         feedback: QgsProcessingFeedback) -> bool:
+    def prepareAlgorithm(
+        self,
+        parameters: dict,
+        context: QgsProcessingContext,  # noqa: N802
+        feedback: QgsProcessingFeedback,
+    ) -> bool:
         try:
             self._job = self._resolve_checked(parameters, context)
         except InputError as exc:
@@ -739,8 +901,12 @@ class HyperNetAlgorithm(QgsProcessingAlgorithm):
             raise QgsProcessingException(unexpected_error_message(exc)) from None
         return True
 
-    def processAlgorithm(self, parameters: dict, context: QgsProcessingContext,  # noqa: N802
-                         feedback: QgsProcessingFeedback) -> dict[str, Any]:
+    def processAlgorithm(
+        self,
+        parameters: dict,
+        context: QgsProcessingContext,  # noqa: N802
+        feedback: QgsProcessingFeedback,
+    ) -> dict[str, Any]:
         if self._job is None:  # prepareAlgorithm always runs first; kept for safety
             raise QgsProcessingException("The algorithm was not prepared; run it through Processing.")
         adapter = QgisFeedback(feedback)
@@ -758,7 +924,8 @@ class HyperNetAlgorithm(QgsProcessingAlgorithm):
             raise QgsProcessingException(missing_dependency_message(top)) from None
         except MemoryError:
             raise QgsProcessingException(
-                "Out of memory. Use a smaller area or fewer Bands, or lower the Memory budget.") from None
+                "Out of memory. Use a smaller area or fewer Bands, or lower the Memory budget."
+            ) from None
         if feedback is not None and feedback.isCanceled():
             raise QgsProcessingException("Cancelled; no output was written.")
         from ..styling import write_sidecar
@@ -772,8 +939,11 @@ class HyperNetAlgorithm(QgsProcessingAlgorithm):
                     adapter.info(f"Could not write the style file next to {path}: {exc}")
         return results
 
-    def postProcessAlgorithm(self, context: QgsProcessingContext,  # noqa: N802
-                             feedback: QgsProcessingFeedback) -> dict[str, Any]:
+    def postProcessAlgorithm(
+        self,
+        context: QgsProcessingContext,  # noqa: N802
+        feedback: QgsProcessingFeedback,
+    ) -> dict[str, Any]:
         """Main thread: name, style and stack the outputs that the dialog, Toolbox or batch loads."""
         if self._job is not None:
             from ..styling import attach_post_processor

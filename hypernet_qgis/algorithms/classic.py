@@ -32,8 +32,20 @@ class ClassicChangeAlgorithm(HyperNetAlgorithm):
     ICON = "classic.svg"
     NEEDS_ENGINE = False
     SHORT = "CVA, SAM, IR-MAD or PCA-k-means change map of two dates, to compare with HyperNet (no torch needed)."
-    TAGS = ("cva", "change vector analysis", "sam", "spectral angle", "ir-mad", "irmad", "mad", "pca", "k-means",
-            "kmeans", "baseline", "classic")
+    TAGS = (
+        "cva",
+        "change vector analysis",
+        "sam",
+        "spectral angle",
+        "ir-mad",
+        "irmad",
+        "mad",
+        "pca",
+        "k-means",
+        "kmeans",
+        "baseline",
+        "classic",
+    )
     ANCHOR = "classic-change-detection"
     HELP = (
         "<p>Classic change detection between two images of the same place at two dates, to compare with "
@@ -52,8 +64,9 @@ class ClassicChangeAlgorithm(HyperNetAlgorithm):
     )
 
     def initAlgorithm(self, config: dict | None = None) -> None:  # noqa: N802
-        self._add(QgsProcessingParameterEnum("METHOD", "Method", options=METHODS, defaultValue="cva",
-                                             usesStaticStrings=True))
+        self._add(
+            QgsProcessingParameterEnum("METHOD", "Method", options=METHODS, defaultValue="cva", usesStaticStrings=True)
+        )
         self.add_pair()
         self.add_bands()
         self.add_threshold(CLASSIC_THRESHOLDS, default="default")
@@ -71,32 +84,65 @@ class ClassicChangeAlgorithm(HyperNetAlgorithm):
         t2 = layer_path(self, parameters, "INPUT_T2", context, "Image T2")
         bands = parse_band_list(self.parameterAsString(parameters, "BANDS", context))
         aligning = {**self.align_values(parameters, context), **self.band_choice_values(parameters, context)}
-        check_pair(t1, t2, bands, min_bands=1 if method == "cva" else 2, what=method.upper(),
-                   align=aligning["align"])
+        check_pair(t1, t2, bands, min_bands=1 if method == "cva" else 2, what=method.upper(), align=aligning["align"])
         check_band_choice(t1, t2, bands, aligning)
         threshold, value = self.threshold_values(parameters, context, CLASSIC_THRESHOLDS)
-        job = Job({"method": method, "t1": t1, "t2": t2, "bands": bands,
-                   "threshold": None if threshold == "default" else threshold, "threshold_value": value,
-                   **aligning},
-                  inputs=[t1, t2])
-        self.declare_output(job, parameters, context, "OUTPUT_CHANGE", "change", "change",
-                            f"Change map ({method.upper()})")
-        self.declare_output(job, parameters, context, "OUTPUT_INTENSITY", "intensity", "intensity",
-                            f"Change intensity ({method.upper()})")
+        job = Job(
+            {
+                "method": method,
+                "t1": t1,
+                "t2": t2,
+                "bands": bands,
+                "threshold": None if threshold == "default" else threshold,
+                "threshold_value": value,
+                **aligning,
+            },
+            inputs=[t1, t2],
+        )
+        self.declare_output(
+            job, parameters, context, "OUTPUT_CHANGE", "change", "change", f"Change map ({method.upper()})"
+        )
+        self.declare_output(
+            job,
+            parameters,
+            context,
+            "OUTPUT_INTENSITY",
+            "intensity",
+            "intensity",
+            f"Change intensity ({method.upper()})",
+        )
         job.values.update(self.polygon_values(parameters, context))
-        self.declare_output(job, parameters, context, "OUTPUT_POLYGONS", "polygons", "polygons",
-                            f"Change polygons ({method.upper()})")
+        self.declare_output(
+            job, parameters, context, "OUTPUT_POLYGONS", "polygons", "polygons", f"Change polygons ({method.upper()})"
+        )
         self.check_polygon_request(job)
         return job
 
     def run_job(self, job: Job, feedback: QgisFeedback) -> dict[str, Any]:
         result = pipeline(engine=False).baseline_files(
-            job["method"], job["t1"], job["t2"], job["change"], intensity_out=job["intensity"],
-            threshold=job["threshold"], threshold_value=job["threshold_value"], bands=job["bands"], feedback=feedback,
-            align=job["align"], resampling=job["resampling"],
-            drop_bad_bands=job["drop_bad_bands"], drop_water=job["drop_water"])
-        feedback.info(f"{job['method'].upper()}: threshold {result.threshold:.6g} ({result.threshold_method}); "
-                      f"{result.changed_pixels} of {result.valid_pixels} valid pixels changed.")
-        return {"OUTPUT_CHANGE": job["change"], "OUTPUT_INTENSITY": job["intensity"],
-                "CHANGED_PIXELS": int(result.changed_pixels), "CHANGED_FRACTION": float(result.changed_fraction),
-                "THRESHOLD_USED": float(result.threshold), **self.finish_polygons(job, result, feedback)}
+            job["method"],
+            job["t1"],
+            job["t2"],
+            job["change"],
+            intensity_out=job["intensity"],
+            threshold=job["threshold"],
+            threshold_value=job["threshold_value"],
+            bands=job["bands"],
+            feedback=feedback,
+            align=job["align"],
+            resampling=job["resampling"],
+            drop_bad_bands=job["drop_bad_bands"],
+            drop_water=job["drop_water"],
+        )
+        feedback.info(
+            f"{job['method'].upper()}: threshold {result.threshold:.6g} ({result.threshold_method}); "
+            f"{result.changed_pixels} of {result.valid_pixels} valid pixels changed."
+        )
+        return {
+            "OUTPUT_CHANGE": job["change"],
+            "OUTPUT_INTENSITY": job["intensity"],
+            "CHANGED_PIXELS": int(result.changed_pixels),
+            "CHANGED_FRACTION": float(result.changed_fraction),
+            "THRESHOLD_USED": float(result.threshold),
+            **self.finish_polygons(job, result, feedback),
+        }

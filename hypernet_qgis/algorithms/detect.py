@@ -70,24 +70,37 @@ class DetectChangeAlgorithm(HyperNetAlgorithm):
 
     def initAlgorithm(self, config: dict | None = None) -> None:  # noqa: N802
         self.add_pair()
-        self._add(QgsProcessingParameterFile(
-            "MODEL", "Model file (empty = train on this pair)", extension="hypernet", optional=True),
+        self._add(
+            QgsProcessingParameterFile(
+                "MODEL", "Model file (empty = train on this pair)", extension="hypernet", optional=True
+            ),
             help_text="A model from Train HyperNet (same sensor and bands). Empty: train on this pair first; "
-                      "the training settings are under Advanced.")
+            "the training settings are under Advanced.",
+        )
         self.add_bands()
         self.add_threshold(DETECT_THRESHOLDS, default="auto")
-        self._add(QgsProcessingParameterEnum(
-            "EVIDENCE", "Change evidence", options=list(options.EVIDENCE_MODES), defaultValue=options.DEFAULT_EVIDENCE,
-            usesStaticStrings=True), True,
+        self._add(
+            QgsProcessingParameterEnum(
+                "EVIDENCE",
+                "Change evidence",
+                options=list(options.EVIDENCE_MODES),
+                defaultValue=options.DEFAULT_EVIDENCE,
+                usesStaticStrings=True,
+            ),
+            True,
             "fused (default): HyperNet's feature distance averaged with IR-MAD and CVA, each divided by its median; "
-            "hypernet: HyperNet's distance alone (Otsu on its root).")
+            "hypernet: HyperNet's distance alone (Otsu on its root).",
+        )
         self.add_device()
         self.add_change_outputs()
         self.add_training(advanced=True)
         self.add_training_advanced()
-        self._add(QgsProcessingParameterFileDestination(
-            "OUTPUT_MODEL", "Save the model trained on the fly", MODEL_FILTER, optional=True, createByDefault=False),
-            True)
+        self._add(
+            QgsProcessingParameterFileDestination(
+                "OUTPUT_MODEL", "Save the model trained on the fly", MODEL_FILTER, optional=True, createByDefault=False
+            ),
+            True,
+        )
         self.add_report("Detection report (HTML)")
         self.addOutput(QgsProcessingOutputNumber("CHANGED_PIXELS", "Changed pixels"))
         self.addOutput(QgsProcessingOutputNumber("CHANGED_FRACTION", "Changed fraction of the valid pixels"))
@@ -119,29 +132,45 @@ class DetectChangeAlgorithm(HyperNetAlgorithm):
                 raise InputError(
                     f"The model {os.path.basename(model)} was trained on {trained_on} bands but the images have "
                     f"{count}{' after the band selection' if bands else ''}. Use images from the same sensor with "
-                    "the same Bands as in training, or leave Model file empty to train on this pair.")
+                    "the same Bands as in training, or leave Model file empty to train on this pair."
+                )
         mask = layer_path(self, parameters, "UNCHANGED_MASK", context, "Known unchanged pixels", optional=True)
         if mask:
             check_mask(mask, info)
         method, value = self.threshold_values(parameters, context, DETECT_THRESHOLDS)
         config = self.training_values(parameters, context)
         check_device(config["device"])
-        job = Job({"t1": t1, "t2": t2, "bands": bands, "model": model, "mask": mask, "threshold": method,
-                   "threshold_value": value, "config": config,
-                   "evidence": self.enum_string(parameters, "EVIDENCE", context, list(options.EVIDENCE_MODES)),
-                   **aligning}, inputs=[t1, t2, model, mask])
+        job = Job(
+            {
+                "t1": t1,
+                "t2": t2,
+                "bands": bands,
+                "model": model,
+                "mask": mask,
+                "threshold": method,
+                "threshold_value": value,
+                "config": config,
+                "evidence": self.enum_string(parameters, "EVIDENCE", context, list(options.EVIDENCE_MODES)),
+                **aligning,
+            },
+            inputs=[t1, t2, model, mask],
+        )
         self.declare_output(job, parameters, context, "OUTPUT_CHANGE", "change", "change", "Change map (HyperNet)")
-        self.declare_output(job, parameters, context, "OUTPUT_INTENSITY", "intensity", "intensity",
-                            "Change intensity (HyperNet)")
+        self.declare_output(
+            job, parameters, context, "OUTPUT_INTENSITY", "intensity", "intensity", "Change intensity (HyperNet)"
+        )
         model_out = self.declare_output(job, parameters, context, "OUTPUT_MODEL", "model_out")
         self.declare_output(job, parameters, context, "OUTPUT_REPORT", "report")
         job.values.update(self.polygon_values(parameters, context))
-        self.declare_output(job, parameters, context, "OUTPUT_POLYGONS", "polygons", "polygons",
-                            "Change polygons (HyperNet)")
+        self.declare_output(
+            job, parameters, context, "OUTPUT_POLYGONS", "polygons", "polygons", "Change polygons (HyperNet)"
+        )
         self.check_polygon_request(job)
         if model and model_out.requested:
-            raise InputError("Save the model trained on the fly is set, but a Model file is given (nothing is "
-                             "trained). Leave one of them empty.")
+            raise InputError(
+                "Save the model trained on the fly is set, but a Model file is given (nothing is "
+                "trained). Leave one of them empty."
+            )
         return job
 
     def run_job(self, job: Job, feedback: QgisFeedback) -> dict[str, Any]:
@@ -155,9 +184,14 @@ class DetectChangeAlgorithm(HyperNetAlgorithm):
             feedback.info("Minimum region area applies to the Change polygons, which were not asked for.")
         summary = self.run_engine(detect_argv(job.values), feedback)
         return {
-            "OUTPUT_CHANGE": job["change"], "OUTPUT_INTENSITY": job["intensity"],
-            "CHANGED_PIXELS": int(summary["changed_pixels"]), "CHANGED_FRACTION": float(summary["changed_fraction"]),
-            "THRESHOLD_USED": float(summary["threshold"]), "OUTPUT_MODEL": summary.get("model"),
-            "OUTPUT_REPORT": job["report"] or None, "OUTPUT_POLYGONS": summary.get("polygons"),
-            "POLYGON_COUNT": summary.get("polygon_count"), "CHANGED_AREA_HA": summary.get("changed_hectares"),
+            "OUTPUT_CHANGE": job["change"],
+            "OUTPUT_INTENSITY": job["intensity"],
+            "CHANGED_PIXELS": int(summary["changed_pixels"]),
+            "CHANGED_FRACTION": float(summary["changed_fraction"]),
+            "THRESHOLD_USED": float(summary["threshold"]),
+            "OUTPUT_MODEL": summary.get("model"),
+            "OUTPUT_REPORT": job["report"] or None,
+            "OUTPUT_POLYGONS": summary.get("polygons"),
+            "POLYGON_COUNT": summary.get("polygon_count"),
+            "CHANGED_AREA_HA": summary.get("changed_hectares"),
         }

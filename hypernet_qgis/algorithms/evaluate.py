@@ -53,14 +53,20 @@ class EvaluateChangeAlgorithm(HyperNetAlgorithm):
     def initAlgorithm(self, config: dict | None = None) -> None:  # noqa: N802
         self._add(QgsProcessingParameterRasterLayer("INPUT", "Change map (or change intensity)"))
         self._add(QgsProcessingParameterRasterLayer("REFERENCE", "Reference (ground truth)"))
-        self._add(QgsProcessingParameterString("CHANGED_VALUES", "Reference values meaning changed",
-                                               defaultValue="1"))
-        self._add(QgsProcessingParameterString("UNCHANGED_VALUES", "Reference values meaning unchanged",
-                                               defaultValue="0"))
+        self._add(QgsProcessingParameterString("CHANGED_VALUES", "Reference values meaning changed", defaultValue="1"))
+        self._add(
+            QgsProcessingParameterString("UNCHANGED_VALUES", "Reference values meaning unchanged", defaultValue="0")
+        )
         self._add(QgsProcessingParameterString("IGNORE_VALUES", "Reference values to ignore", optional=True))
         self.add_report("Evaluation report (HTML)", advanced=False)
-        for name, label in (("OA", "Overall accuracy"), ("KAPPA", "Kappa"), ("F1", "F1 score"),
-                            ("PRECISION", "Precision"), ("RECALL", "Recall"), ("AUC", "AUC")):
+        for name, label in (
+            ("OA", "Overall accuracy"),
+            ("KAPPA", "Kappa"),
+            ("F1", "F1 score"),
+            ("PRECISION", "Precision"),
+            ("RECALL", "Recall"),
+            ("AUC", "AUC"),
+        ):
             self.addOutput(QgsProcessingOutputNumber(name, label))
 
     def resolve(self, parameters: dict, context: QgsProcessingContext) -> Job:
@@ -70,28 +76,38 @@ class EvaluateChangeAlgorithm(HyperNetAlgorithm):
         reference = layer_path(self, parameters, "REFERENCE", context, "Reference")
         ci, ri = raster_io.raster_info(change), raster_io.raster_info(reference)
         if (ci.rows, ci.cols) != (ri.rows, ri.cols):
-            raise InputError(f"The change map is {ci.cols}x{ci.rows} pixels but the reference is {ri.cols}x{ri.rows};"
-                             " they must cover the same grid. Resample or clip the reference to the change map.")
-        changed = parse_values(self.parameterAsString(parameters, "CHANGED_VALUES", context),
-                               self.label("CHANGED_VALUES"))
-        unchanged = parse_values(self.parameterAsString(parameters, "UNCHANGED_VALUES", context),
-                                 self.label("UNCHANGED_VALUES"))
+            raise InputError(
+                f"The change map is {ci.cols}x{ci.rows} pixels but the reference is {ri.cols}x{ri.rows};"
+                " they must cover the same grid. Resample or clip the reference to the change map."
+            )
+        changed = parse_values(
+            self.parameterAsString(parameters, "CHANGED_VALUES", context), self.label("CHANGED_VALUES")
+        )
+        unchanged = parse_values(
+            self.parameterAsString(parameters, "UNCHANGED_VALUES", context), self.label("UNCHANGED_VALUES")
+        )
         ignore = parse_values(self.parameterAsString(parameters, "IGNORE_VALUES", context), self.label("IGNORE_VALUES"))
         if not changed or not unchanged:
-            raise InputError("Reference values meaning changed and meaning unchanged each need at least one "
-                             "value (e.g. 1 and 0).")
+            raise InputError(
+                "Reference values meaning changed and meaning unchanged each need at least one value (e.g. 1 and 0)."
+            )
         overlap = set(changed) & set(unchanged) | (set(changed) | set(unchanged)) & set(ignore)
         if overlap:
-            raise InputError(f"The value {sorted(overlap)[0]:g} is in more than one of the reference values meaning "
-                             "changed, unchanged and to ignore; each reference value can have one meaning only.")
-        job = Job({"change": change, "reference": reference, "changed": changed, "unchanged": unchanged,
-                   "ignore": ignore}, inputs=[change, reference])
+            raise InputError(
+                f"The value {sorted(overlap)[0]:g} is in more than one of the reference values meaning "
+                "changed, unchanged and to ignore; each reference value can have one meaning only."
+            )
+        job = Job(
+            {"change": change, "reference": reference, "changed": changed, "unchanged": unchanged, "ignore": ignore},
+            inputs=[change, reference],
+        )
         self.declare_output(job, parameters, context, "OUTPUT_REPORT", "report")
         return job
 
     def run_job(self, job: Job, feedback: QgisFeedback) -> dict[str, Any]:
-        metrics = pipeline(engine=False).evaluate_files(job["change"], job["reference"], changed=job["changed"],
-                                            unchanged=job["unchanged"], ignore=job["ignore"])
+        metrics = pipeline(engine=False).evaluate_files(
+            job["change"], job["reference"], changed=job["changed"], unchanged=job["unchanged"], ignore=job["ignore"]
+        )
         outputs: dict[str, Any] = {}
         for name, keys in METRICS.items():
             value = next((metrics[k] for k in keys if k in metrics), None)
@@ -103,7 +119,8 @@ class EvaluateChangeAlgorithm(HyperNetAlgorithm):
         if job["report"]:
             from ..core.report.report import write_evaluation_report
 
-            write_evaluation_report(job["report"], job["change"], job["reference"], job["changed"],
-                                    job["unchanged"], job["ignore"])
+            write_evaluation_report(
+                job["report"], job["change"], job["reference"], job["changed"], job["unchanged"], job["ignore"]
+            )
             outputs["OUTPUT_REPORT"] = job["report"]
         return outputs

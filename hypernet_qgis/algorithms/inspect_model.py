@@ -51,9 +51,14 @@ class InspectModelAlgorithm(HyperNetAlgorithm):
     )
 
     def initAlgorithm(self, config: dict | None = None) -> None:  # noqa: N802
-        self._add(QgsProcessingParameterFile(
-            "INPUT", "HyperNet model file", behavior=FILE_BEHAVIOR_FILE,
-            fileFilter="HyperNet model (*.hypernet *.pt);;All files (*.*)"))
+        self._add(
+            QgsProcessingParameterFile(
+                "INPUT",
+                "HyperNet model file",
+                behavior=FILE_BEHAVIOR_FILE,
+                fileFilter="HyperNet model (*.hypernet *.pt);;All files (*.*)",
+            )
+        )
         self._add(QgsProcessingParameterFileDestination("OUTPUT_REPORT", "Model report (HTML)", HTML_FILTER))
         self.addOutput(QgsProcessingOutputNumber("BANDS", "Bands the model was trained on"))
         self.addOutput(QgsProcessingOutputNumber("EPOCHS", "Training epochs"))
@@ -70,8 +75,7 @@ class InspectModelAlgorithm(HyperNetAlgorithm):
         job = Job({"model": model}, inputs=[model])
         report = self.declare_output(job, parameters, context, "OUTPUT_REPORT", "report")
         if report.chosen and os.path.exists(report.chosen) and os.path.samefile(report.chosen, model):
-            raise InputError("The report would overwrite the model file; choose another file name such as "
-                             "model.html.")
+            raise InputError("The report would overwrite the model file; choose another file name such as model.html.")
         return job
 
     def run_job(self, job: Job, feedback: QgisFeedback) -> dict[str, Any]:
@@ -89,7 +93,14 @@ class InspectModelAlgorithm(HyperNetAlgorithm):
         bands = meta.get("band_count", meta.get("bands"))
         bands = float(bands) if isinstance(bands, (int, float)) and not isinstance(bands, bool) else math.nan
         device = str(meta.get("device") or "")
-        feedback.info(f"{os.path.basename(job['model'])}: {bands:g} bands, {len(history)} epochs, final loss "
-                      f"{final_loss:.6g}, trained on {device or 'an unrecorded device'}.")
-        return {"OUTPUT_REPORT": job["report"], "BANDS": bands, "EPOCHS": float(len(history)),
-                "FINAL_LOSS": final_loss, "DEVICE_USED": device}
+        feedback.info(
+            f"{os.path.basename(job['model'])}: {bands:g} bands, {len(history)} epochs, final loss "
+            f"{final_loss:.6g}, trained on {device or 'an unrecorded device'}."
+        )
+        return {
+            "OUTPUT_REPORT": job["report"],
+            "BANDS": bands,
+            "EPOCHS": float(len(history)),
+            "FINAL_LOSS": final_loss,
+            "DEVICE_USED": device,
+        }

@@ -70,36 +70,74 @@ class DetectSeriesAlgorithm(HyperNetAlgorithm):
     )
 
     def initAlgorithm(self, config: dict | None = None) -> None:  # noqa: N802
-        self._add(QgsProcessingParameterMultipleLayers("INPUTS", "Images (two or more dates)",
-                                                       SOURCE_RASTER),
-                  help_text="The images of the series (same bands); ordered by their dates.")
-        self._add(QgsProcessingParameterString("DATES", "Dates, one per image (empty = metadata)", optional=True),
-                  help_text="e.g. 2019-05-01,2020-05-01,2021-05-01, in the order of the images.")
-        self._add(QgsProcessingParameterEnum("METHOD", "Method", options=METHODS, defaultValue="hypernet",
-                                             usesStaticStrings=True))
-        self._add(QgsProcessingParameterFile("MODEL", "Model file for every pair", extension="hypernet",
-                                             optional=True),
-                  help_text="HyperNet only: a model from Train HyperNet applied to every pair; empty: train on the "
-                            "series (see HyperNet training).")
-        self._add(QgsProcessingParameterEnum(
-            "TRAINING", "HyperNet training", options=TRAININGS, defaultValue=options.DEFAULT_SERIES_TRAINING,
-            optional=True, usesStaticStrings=True),
+        self._add(
+            QgsProcessingParameterMultipleLayers("INPUTS", "Images (two or more dates)", SOURCE_RASTER),
+            help_text="The images of the series (same bands); ordered by their dates.",
+        )
+        self._add(
+            QgsProcessingParameterString("DATES", "Dates, one per image (empty = metadata)", optional=True),
+            help_text="e.g. 2019-05-01,2020-05-01,2021-05-01, in the order of the images.",
+        )
+        self._add(
+            QgsProcessingParameterEnum(
+                "METHOD", "Method", options=METHODS, defaultValue="hypernet", usesStaticStrings=True
+            )
+        )
+        self._add(
+            QgsProcessingParameterFile("MODEL", "Model file for every pair", extension="hypernet", optional=True),
+            help_text="HyperNet only: a model from Train HyperNet applied to every pair; empty: train on the "
+            "series (see HyperNet training).",
+        )
+        self._add(
+            QgsProcessingParameterEnum(
+                "TRAINING",
+                "HyperNet training",
+                options=TRAININGS,
+                defaultValue=options.DEFAULT_SERIES_TRAINING,
+                optional=True,
+                usesStaticStrings=True,
+            ),
             help_text="shared: one model for all pairs (default: one training, the same features for every pair, "
-                      "saved as series_model.hypernet); per-pair: a model trained on each pair.")
+            "saved as series_model.hypernet); per-pair: a model trained on each pair.",
+        )
         self.add_bands()
-        self._add(QgsProcessingParameterEnum("THRESHOLD_METHOD", "Threshold method", options=SERIES_THRESHOLDS,
-                                             defaultValue="default", usesStaticStrings=True))
-        self._add(QgsProcessingParameterNumber("THRESHOLD", "Fixed threshold", NUMBER_DOUBLE,
-                                               optional=True))
+        self._add(
+            QgsProcessingParameterEnum(
+                "THRESHOLD_METHOD",
+                "Threshold method",
+                options=SERIES_THRESHOLDS,
+                defaultValue="default",
+                usesStaticStrings=True,
+            )
+        )
+        self._add(QgsProcessingParameterNumber("THRESHOLD", "Fixed threshold", NUMBER_DOUBLE, optional=True))
         self.add_device()
-        self._add(QgsProcessingParameterBoolean("POLYGONS", "Also write the change polygons", defaultValue=True,
-                                                optional=True))
-        self._add(QgsProcessingParameterNumber(
-            "MIN_AREA", "Minimum region area (map units²)", NUMBER_DOUBLE, defaultValue=0.0,
-            optional=True, minValue=0.0))
-        self._add(QgsProcessingParameterEnum(
-            "CONNECTIVITY", "Region connectivity", options=CONNECTIVITIES, defaultValue="8", optional=True,
-            usesStaticStrings=True), True)
+        self._add(
+            QgsProcessingParameterBoolean(
+                "POLYGONS", "Also write the change polygons", defaultValue=True, optional=True
+            )
+        )
+        self._add(
+            QgsProcessingParameterNumber(
+                "MIN_AREA",
+                "Minimum region area (map units²)",
+                NUMBER_DOUBLE,
+                defaultValue=0.0,
+                optional=True,
+                minValue=0.0,
+            )
+        )
+        self._add(
+            QgsProcessingParameterEnum(
+                "CONNECTIVITY",
+                "Region connectivity",
+                options=CONNECTIVITIES,
+                defaultValue="8",
+                optional=True,
+                usesStaticStrings=True,
+            ),
+            True,
+        )
         self.add_training(advanced=True)
         self.add_training_advanced()
         self.add_align(series=True)
@@ -114,12 +152,16 @@ class DetectSeriesAlgorithm(HyperNetAlgorithm):
         images = []
         for layer in layers:
             if layer.providerType() != "gdal":
-                raise InputError(f"'{layer.name()}' is a '{layer.providerType()}' layer; the series reads raster "
-                                 "files. Save it as a GeoTIFF first.")
+                raise InputError(
+                    f"'{layer.name()}' is a '{layer.providerType()}' layer; the series reads raster "
+                    "files. Save it as a GeoTIFF first."
+                )
             images.append(layer.dataProvider().dataSourceUri().split("|")[0])
         if len(images) < 2:
-            raise InputError(f"A series needs at least two dates; got {len(images)} image"
-                             f"{'s' if len(images) != 1 else ''}. Select two or more images.")
+            raise InputError(
+                f"A series needs at least two dates; got {len(images)} image"
+                f"{'s' if len(images) != 1 else ''}. Select two or more images."
+            )
         text = self.parameterAsString(parameters, "DATES", context)
         dates = [d.strip() for d in text.replace(";", ",").split(",")] if text and text.strip() else None
         from ..core.series import order_images
@@ -144,19 +186,36 @@ class DetectSeriesAlgorithm(HyperNetAlgorithm):
         check_device(config["device"])
         connectivity = self.parameterAsEnumString(parameters, "CONNECTIVITY", context) or "8"
         polygons = parameters.get("POLYGONS") in (None, "") or self.parameterAsBool(parameters, "POLYGONS", context)
-        training = self.enum_string(parameters, "TRAINING", context, TRAININGS) \
-            if parameters.get("TRAINING") not in (None, "") else options.DEFAULT_SERIES_TRAINING
-        job = Job({"images": images, "dates": dates, "method": method, "model": model, "training": training, **align,
-                   "bands": parse_band_list(self.parameterAsString(parameters, "BANDS", context)),
-                   "threshold": threshold, "threshold_value": value, "config": config, "polygons": bool(polygons),
-                   "min_area": self.optional_number(parameters, "MIN_AREA", context) or 0.0,
-                   "connectivity": int(connectivity)}, inputs=list(images) + [model])
+        training = (
+            self.enum_string(parameters, "TRAINING", context, TRAININGS)
+            if parameters.get("TRAINING") not in (None, "")
+            else options.DEFAULT_SERIES_TRAINING
+        )
+        job = Job(
+            {
+                "images": images,
+                "dates": dates,
+                "method": method,
+                "model": model,
+                "training": training,
+                **align,
+                "bands": parse_band_list(self.parameterAsString(parameters, "BANDS", context)),
+                "threshold": threshold,
+                "threshold_value": value,
+                "config": config,
+                "polygons": bool(polygons),
+                "min_area": self.optional_number(parameters, "MIN_AREA", context) or 0.0,
+                "connectivity": int(connectivity),
+            },
+            inputs=list(images) + [model],
+        )
         chosen = parameters.get("OUTPUT_FOLDER")
         if isinstance(chosen, str) and chosen and chosen != "TEMPORARY_OUTPUT":
             parent = os.path.dirname(os.path.abspath(chosen))
             if not os.path.isdir(parent):
-                raise InputError(f"Output folder: the folder {parent} does not exist. Create it or choose another "
-                                 "output folder.")
+                raise InputError(
+                    f"Output folder: the folder {parent} does not exist. Create it or choose another output folder."
+                )
         return job
 
     def bind_outputs(self, job: Job, parameters: dict, context: QgsProcessingContext) -> None:
@@ -166,8 +225,9 @@ class DetectSeriesAlgorithm(HyperNetAlgorithm):
         try:
             os.makedirs(folder, exist_ok=True)
         except OSError as exc:
-            raise InputError(f"Output folder {folder} cannot be made ({exc.strerror or exc}). Choose another "
-                             "folder.") from None
+            raise InputError(
+                f"Output folder {folder} cannot be made ({exc.strerror or exc}). Choose another folder."
+            ) from None
         job.values["folder"] = folder
         self._context = context  # the worker's context: the results are registered there for loading
 
@@ -184,16 +244,35 @@ class DetectSeriesAlgorithm(HyperNetAlgorithm):
             from ..engine_process import series_argv
 
             summary = self.run_engine(series_argv(job.values), feedback)
-            res = SimpleNamespace(first_change=summary["first_change"], change_count=summary["change_count"],
-                                  polygons=summary.get("polygons"), model=summary.get("model"))
+            res = SimpleNamespace(
+                first_change=summary["first_change"],
+                change_count=summary["change_count"],
+                polygons=summary.get("polygons"),
+                model=summary.get("model"),
+            )
         else:
-            res = series_files(job["images"], folder, dates=job["dates"], method=job["method"],
-                               training=job["training"], align=job["align"], resampling=job["resampling"],
-                               polygons=job["polygons"], min_area=job["min_area"], connectivity=job["connectivity"],
-                               feedback=feedback, **kwargs)
+            res = series_files(
+                job["images"],
+                folder,
+                dates=job["dates"],
+                method=job["method"],
+                training=job["training"],
+                align=job["align"],
+                resampling=job["resampling"],
+                polygons=job["polygons"],
+                min_area=job["min_area"],
+                connectivity=job["connectivity"],
+                feedback=feedback,
+                **kwargs,
+            )
         self._register(res)
-        return {"OUTPUT_FOLDER": folder, "FIRST_CHANGE": res.first_change, "CHANGE_COUNT": res.change_count,
-                "OUTPUT_POLYGONS": res.polygons, "OUTPUT_MODEL": res.model}
+        return {
+            "OUTPUT_FOLDER": folder,
+            "FIRST_CHANGE": res.first_change,
+            "CHANGE_COUNT": res.change_count,
+            "OUTPUT_POLYGONS": res.polygons,
+            "OUTPUT_MODEL": res.model,
+        }
 
     def _register(self, res) -> None:
         """Load the first change, the number of changes and the polygons into the project when run from the
@@ -206,17 +285,17 @@ class DetectSeriesAlgorithm(HyperNetAlgorithm):
         context = getattr(self, "_context", None)
         if context is None or context.project() is None:
             return
-        for path, name, output, style in ((res.change_count, "Number of changes", "CHANGE_COUNT", CHANGE_COUNT),
-                                          (res.first_change, "First change (pair number)", "FIRST_CHANGE",
-                                           FIRST_CHANGE),
-                                          (res.polygons, "Change polygons of the series", "OUTPUT_POLYGONS",
-                                           POLYGONS)):
+        for path, name, output, style in (
+            (res.change_count, "Number of changes", "CHANGE_COUNT", CHANGE_COUNT),
+            (res.first_change, "First change (pair number)", "FIRST_CHANGE", FIRST_CHANGE),
+            (res.polygons, "Change polygons of the series", "OUTPUT_POLYGONS", POLYGONS),
+        ):
             if not path:
                 continue
             details = Context.LayerDetails(name, context.project(), output)
             context.addLayerToLoadOnCompletion(path, details)
             # named and stacked (polygons on top, styled) by the base class's post-processing
-            self._job.outputs.append(Output(output, output.lower(), name, "file", temporary=True, style=style,
-                                            layer_name=name))
+            self._job.outputs.append(
+                Output(output, output.lower(), name, "file", temporary=True, style=style, layer_name=name)
+            )
             self._job.values[output.lower()] = path
-

@@ -51,44 +51,72 @@ class SetupEngineAlgorithm(HyperNetAlgorithm):
     )
 
     def initAlgorithm(self, config: dict | None = None) -> None:  # noqa: N802
-        self._add(QgsProcessingParameterEnum(
-            "ACTION", "Action", options=ACTIONS, defaultValue="install", usesStaticStrings=True))
-        self._add(QgsProcessingParameterFile(
-            "SOURCE", "Offline source (folder of wheels)", behavior=FILE_BEHAVIOR_FOLDER, optional=True),
+        self._add(
+            QgsProcessingParameterEnum(
+                "ACTION", "Action", options=ACTIONS, defaultValue="install", usesStaticStrings=True
+            )
+        )
+        self._add(
+            QgsProcessingParameterFile(
+                "SOURCE", "Offline source (folder of wheels)", behavior=FILE_BEHAVIOR_FOLDER, optional=True
+            ),
             help_text="A folder of wheel files (pip download -d FOLDER torch spectral on a connected machine); "
-                      "empty = the package index.")
-        self._add(QgsProcessingParameterEnum(
-            "VARIANT", "PyTorch build", options=list(engine_setup.VARIANTS), defaultValue="auto",
-            usesStaticStrings=True), True, "auto = the CUDA build when an NVIDIA driver is installed, else the CPU "
-                                           "build.")
-        self._add(QgsProcessingParameterString("TORCH_VERSION", "PyTorch version", optional=True), True,
-                  "e.g. 2.13.0; empty = the newest that fits this Python.")
-        self._add(QgsProcessingParameterString("INDEX_URL", "Package index", optional=True), True,
-                  "Your organisation's mirror (a simple index, e.g. https://pypi.example.org/simple), used alone; "
-                  "empty = PyPI (and PyTorch's CPU index for the CPU build).")
+            "empty = the package index.",
+        )
+        self._add(
+            QgsProcessingParameterEnum(
+                "VARIANT",
+                "PyTorch build",
+                options=list(engine_setup.VARIANTS),
+                defaultValue="auto",
+                usesStaticStrings=True,
+            ),
+            True,
+            "auto = the CUDA build when an NVIDIA driver is installed, else the CPU build.",
+        )
+        self._add(
+            QgsProcessingParameterString("TORCH_VERSION", "PyTorch version", optional=True),
+            True,
+            "e.g. 2.13.0; empty = the newest that fits this Python.",
+        )
+        self._add(
+            QgsProcessingParameterString("INDEX_URL", "Package index", optional=True),
+            True,
+            "Your organisation's mirror (a simple index, e.g. https://pypi.example.org/simple), used alone; "
+            "empty = PyPI (and PyTorch's CPU index for the CPU build).",
+        )
         self.addOutput(QgsProcessingOutputString("ENGINE_FOLDER", "Engine folder"))
         self.addOutput(QgsProcessingOutputString("VERSIONS", "torch and numpy versions"))
 
     def resolve(self, parameters: dict, context: QgsProcessingContext) -> Job:
         source = self.parameterAsFile(parameters, "SOURCE", context) or None
         if source and not os.path.isdir(source):
-            raise InputError(f"The offline source {source} is not a folder. Give the folder that holds the wheels "
-                             "(pip download -d FOLDER torch spectral), or leave it empty for the package index.")
+            raise InputError(
+                f"The offline source {source} is not a folder. Give the folder that holds the wheels "
+                "(pip download -d FOLDER torch spectral), or leave it empty for the package index."
+            )
         if source and not any(n.endswith((".whl", ".tar.gz", ".zip")) for n in os.listdir(source)):
-            raise InputError(f"The offline source {source} holds no wheels. Fill it on a connected machine with "
-                             "pip download -d FOLDER torch spectral (same system and Python as QGIS).")
+            raise InputError(
+                f"The offline source {source} holds no wheels. Fill it on a connected machine with "
+                "pip download -d FOLDER torch spectral (same system and Python as QGIS)."
+            )
         try:
             torch_version = engine_setup.check_torch_version(
-                self.parameterAsString(parameters, "TORCH_VERSION", context))
+                self.parameterAsString(parameters, "TORCH_VERSION", context)
+            )
             index_url = engine_setup.check_index_url(self.parameterAsString(parameters, "INDEX_URL", context))
         except ValueError as exc:
             raise InputError(str(exc)) from None
-        return Job(values={
-            "action": self.enum_string(parameters, "ACTION", context, ACTIONS),
-            "variant": self.enum_string(parameters, "VARIANT", context, list(engine_setup.VARIANTS)),
-            "source": source, "torch_version": torch_version, "index_url": index_url,
-            "settings": QgsApplication.qgisSettingsDirPath(),
-        })
+        return Job(
+            values={
+                "action": self.enum_string(parameters, "ACTION", context, ACTIONS),
+                "variant": self.enum_string(parameters, "VARIANT", context, list(engine_setup.VARIANTS)),
+                "source": source,
+                "torch_version": torch_version,
+                "index_url": index_url,
+                "settings": QgsApplication.qgisSettingsDirPath(),
+            }
+        )
 
     def run_job(self, job: Job, feedback: QgisFeedback) -> dict[str, Any]:
         folder = engine_setup.engine_dir(job["settings"])
@@ -97,9 +125,15 @@ class SetupEngineAlgorithm(HyperNetAlgorithm):
             feedback.info(f"Removed {folder}; restart QGIS." if removed else f"No engine in {folder}.")
             return {"ENGINE_FOLDER": str(folder), "VERSIONS": ""}
         try:
-            stamp = engine_setup.install(job["settings"], source=job["source"], variant=job["variant"],
-                                         log=feedback.info, cancelled=feedback.is_cancelled,
-                                         torch_version=job["torch_version"], index_url=job["index_url"])
+            stamp = engine_setup.install(
+                job["settings"],
+                source=job["source"],
+                variant=job["variant"],
+                log=feedback.info,
+                cancelled=feedback.is_cancelled,
+                torch_version=job["torch_version"],
+                index_url=job["index_url"],
+            )
         except RuntimeError as exc:
             raise InputError(str(exc)) from None
         engine_setup.activate(job["settings"])

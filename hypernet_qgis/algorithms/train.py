@@ -61,9 +61,11 @@ class TrainHyperNetAlgorithm(HyperNetAlgorithm):
         self.add_training(advanced=False)
         self.add_device()
         self.add_training_advanced()
-        self._add(QgsProcessingParameterFileDestination("OUTPUT_MODEL", "Model file", MODEL_FILTER),
-                  help_text="Where to save the model. Left as a temporary file, it is saved next to T1 as "
-                            "<T1>_<T2>.hypernet.")
+        self._add(
+            QgsProcessingParameterFileDestination("OUTPUT_MODEL", "Model file", MODEL_FILTER),
+            help_text="Where to save the model. Left as a temporary file, it is saved next to T1 as "
+            "<T1>_<T2>.hypernet.",
+        )
         self.add_report("Training report (HTML)")
         self.addOutput(QgsProcessingOutputNumber("FINAL_LOSS", "Final training loss"))
         self.addOutput(QgsProcessingOutputString("DEVICE_USED", "Device that ran the training"))
@@ -82,8 +84,9 @@ class TrainHyperNetAlgorithm(HyperNetAlgorithm):
             check_mask(mask, info)
         config = self.training_values(parameters, context)
         check_device(config["device"])
-        job = Job({"t1": t1, "t2": t2, "bands": bands, "mask": mask, "config": config, **aligning},
-                  inputs=[t1, t2, mask])
+        job = Job(
+            {"t1": t1, "t2": t2, "bands": bands, "mask": mask, "config": config, **aligning}, inputs=[t1, t2, mask]
+        )
         self.declare_output(job, parameters, context, "OUTPUT_MODEL", "model")
         self.declare_output(job, parameters, context, "OUTPUT_REPORT", "report")
         return job
@@ -109,7 +112,13 @@ class TrainHyperNetAlgorithm(HyperNetAlgorithm):
 
         summary = self.run_engine(train_argv(job.values), feedback)
         final_loss = float(summary["final_loss"])
-        feedback.info(f"Saved the model to {job['model']} (final loss {final_loss:.6g}, "
-                      f"{summary['seconds']:.1f} s on {summary['device']}).")
-        return {"OUTPUT_MODEL": job["model"], "FINAL_LOSS": final_loss, "DEVICE_USED": summary["device"],
-                "OUTPUT_REPORT": job["report"]}
+        feedback.info(
+            f"Saved the model to {job['model']} (final loss {final_loss:.6g}, "
+            f"{summary['seconds']:.1f} s on {summary['device']})."
+        )
+        return {
+            "OUTPUT_MODEL": job["model"],
+            "FINAL_LOSS": final_loss,
+            "DEVICE_USED": summary["device"],
+            "OUTPUT_REPORT": job["report"],
+        }

@@ -61,8 +61,9 @@ def ratio_to_median(score: np.ndarray, valid: np.ndarray) -> np.ndarray:
     return out.astype(np.float32)
 
 
-def classic_evidence(pair: Any, memory_budget_mb: float | None = None,
-                     feedback: Feedback | None = None) -> dict[str, np.ndarray]:
+def classic_evidence(
+    pair: Any, memory_budget_mb: float | None = None, feedback: Feedback | None = None
+) -> dict[str, np.ndarray]:
     """The classic intensities of ``CLASSIC_EVIDENCE`` for a pair (``core.pair.ImagePair``), on either route.
 
     IR-MAD's ``sqrt(chi2)`` on the standardised dates (IR-MAD is invariant to per-band affine maps), read by
@@ -74,8 +75,10 @@ def classic_evidence(pair: Any, memory_budget_mb: float | None = None,
     strip_rows = None
     if memory_budget_mb:
         strip_rows = memory.irmad_strip_rows(memory_budget_mb, pair.band_count, pair.valid.shape[1])
-    return {"irmad": irmad(pair.x1s, pair.x2s, pair.valid, strip_rows=strip_rows, feedback=feedback),
-            "cva": pair.pre_detection_score()}
+    return {
+        "irmad": irmad(pair.x1s, pair.x2s, pair.valid, strip_rows=strip_rows, feedback=feedback),
+        "cva": pair.pre_detection_score(),
+    }
 
 
 def fuse(hypernet_mse: np.ndarray, classic: dict[str, np.ndarray], valid: np.ndarray) -> np.ndarray:

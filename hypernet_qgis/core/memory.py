@@ -95,14 +95,23 @@ def device_budget_mb(device: Any, memory_budget_mb: float) -> float:
 
 # --- detection --------------------------------------------------------------------------------------------------
 
+
 def forward_bytes_per_pixel(bands: int, width: int, extra_maps: int = 0, value_bytes: int = FLOAT_BYTES) -> int:
     """Peak bytes per pixel of a no-grad forward pass of a window: input, MAPS_PER_PIXEL maps, the 2*width output,
     and ``extra_maps`` more channels held meanwhile."""
     return value_bytes * (bands + (MAPS_PER_PIXEL + 2) * width + extra_maps)
 
 
-def tile_for_budget(bands: int, width: int, memory_budget_mb: float, halo: int = 14, bytes_per_value: int = 4,
-                    minimum: int = MIN_TILE, maximum: int = MAX_TILE, extra_maps: int = 0) -> int:
+def tile_for_budget(
+    bands: int,
+    width: int,
+    memory_budget_mb: float,
+    halo: int = 14,
+    bytes_per_value: int = 4,
+    minimum: int = MIN_TILE,
+    maximum: int = MAX_TILE,
+    extra_maps: int = 0,
+) -> int:
     """Largest square tile whose haloed window's forward pass fits ``memory_budget_mb`` (clamped to the limits)."""
     per_pixel = forward_bytes_per_pixel(bands, width, extra_maps, bytes_per_value)
     side = math.isqrt(max(0, int(memory_budget_mb * MB / per_pixel)))
@@ -114,8 +123,16 @@ def scratch_mb(width: int, rows: int, cols: int, value_bytes: int = FLOAT_BYTES)
     return SCRATCH_WIDTH_MAPS * width * rows * cols * value_bytes / MB
 
 
-def scratch_in_memory(bands: int, width: int, rows: int, cols: int, memory_budget_mb: float, halo: int = 14,
-                      value_bytes: int = FLOAT_BYTES, tile_on_host: bool = True) -> bool:
+def scratch_in_memory(
+    bands: int,
+    width: int,
+    rows: int,
+    cols: int,
+    memory_budget_mb: float,
+    halo: int = 14,
+    value_bytes: int = FLOAT_BYTES,
+    tile_on_host: bool = True,
+) -> bool:
     """Whether the scratch maps stay in memory: they must leave SCRATCH_TILE_SHARE of the budget, and at least a
     MIN_TILE tile's window, to the tile (``tile_on_host``: False when the tile works on a GPU)."""
     left = memory_budget_mb - scratch_mb(width, rows, cols, value_bytes)
@@ -135,8 +152,17 @@ class DetectionPlan:
     scratch_in_memory: bool
 
 
-def detection_plan(bands: int, width: int, rows: int, cols: int, memory_budget_mb: float, halo: int = 14,
-                   device: Any = "cpu", tile: int | None = None, value_bytes: int = FLOAT_BYTES) -> DetectionPlan:
+def detection_plan(
+    bands: int,
+    width: int,
+    rows: int,
+    cols: int,
+    memory_budget_mb: float,
+    halo: int = 14,
+    device: Any = "cpu",
+    tile: int | None = None,
+    value_bytes: int = FLOAT_BYTES,
+) -> DetectionPlan:
     """Whole image when both dates' whole-image passes fit the budget, else tiles (``tile`` forces a side).
 
     Whole image: one date's forward pass while the other's 2*width features are held. By tiles: the scratch maps
@@ -160,6 +186,7 @@ def detection_plan(bands: int, width: int, rows: int, cols: int, memory_budget_m
 
 # --- training -------------------------------------------------------------------------------------------------
 
+
 def train_bytes_per_pixel(bands: int, width: int) -> int:
     """Peak bytes per pixel of one training step (both dates, forward and backward)."""
     return FLOAT_BYTES * (TRAIN_BAND_MAPS * bands + TRAIN_WIDTH_MAPS * width)
@@ -176,8 +203,9 @@ def train_step_mb(bands: int, width: int, pixels: int) -> float:
     return TRAIN_FIXED_MB + pixels * train_bytes_per_pixel(bands, width) / MB
 
 
-def crop_plan(rows: int, cols: int, bands: int, width: int, crop_size: int, pixels_per_step: int,
-              budget_mb: float) -> tuple[int, int]:
+def crop_plan(
+    rows: int, cols: int, bands: int, width: int, crop_size: int, pixels_per_step: int, budget_mb: float
+) -> tuple[int, int]:
     """(crop side, crops per step) of the default schedule within the budget.
 
     The crop is ``crop_size`` (at most the image); the crop count covers about ``pixels_per_step`` pixels, fewer
@@ -201,6 +229,7 @@ def shared_pair_budget_mb(memory_budget_mb: float, pairs: int) -> float:
 
 
 # --- reading ----------------------------------------------------------------------------------------------------
+
 
 def whole_pair_mb(bands: int, rows: int, cols: int) -> float:
     """Memory (MB) that the in-memory route needs: both dates raw and standardised, float32."""

@@ -134,8 +134,10 @@ def parse_band_list(text: str | None, label: str = "BANDS") -> list[int] | None:
             else:
                 bands.append(int(part))
         except ValueError:
-            raise InputError(f"{label} {text!r} is not a band list. Write band numbers from 1, e.g. 1-50,60,70-80, "
-                             "or leave it empty for all bands.") from None
+            raise InputError(
+                f"{label} {text!r} is not a band list. Write band numbers from 1, e.g. 1-50,60,70-80, "
+                "or leave it empty for all bands."
+            ) from None
     if not bands:
         return None
     if min(bands) < 1:

@@ -128,9 +128,16 @@ class PairLabels:
 DIALOG_LABELS = PairLabels("Image T1", "Image T2", "Bands")
 
 
-def check_pair_files(t1: str, t2: str, bands: Sequence[int] | None = None, min_bands: int = 1,
-                     what: str = "HyperNet", *, align: bool = False, labels: PairLabels = PairLabels()
-                     ) -> tuple[raster_io.RasterInfo, raster_io.RasterInfo]:
+def check_pair_files(
+    t1: str,
+    t2: str,
+    bands: Sequence[int] | None = None,
+    min_bands: int = 1,
+    what: str = "HyperNet",
+    *,
+    align: bool = False,
+    labels: PairLabels = PairLabels(),
+) -> tuple[raster_io.RasterInfo, raster_io.RasterInfo]:
     """Everything about the two files that can be known before reading a pixel; InputError naming the problem.
 
     Two different images (not one file twice), the same grid, CRS and bands (``align``: or T2 can be warped onto
@@ -141,8 +148,10 @@ def check_pair_files(t1: str, t2: str, bands: Sequence[int] | None = None, min_b
     if not same and os.path.exists(t1) and os.path.exists(t2):
         same = os.path.samefile(t1, t2)
     if same:
-        raise InputError(f"{labels.t1} and {labels.t2} are the same image ({_name(t1)}). Give the image of the "
-                         f"second date as {labels.t2}.")
+        raise InputError(
+            f"{labels.t1} and {labels.t2} are the same image ({_name(t1)}). Give the image of the "
+            f"second date as {labels.t2}."
+        )
     info1, info2 = raster_io.raster_info(t1), raster_io.raster_info(t2)
     if align:
         check_alignable(info1, info2)
@@ -151,19 +160,27 @@ def check_pair_files(t1: str, t2: str, bands: Sequence[int] | None = None, min_b
     if bands is not None:
         bad = [b for b in bands if not 1 <= b <= info1.bands]
         if bad:
-            raise InputError(f"{labels.bands} asks for band {bad[0]} but {info1.name} has {info1.bands} band"
-                             f"{'s' if info1.bands != 1 else ''}. Use band numbers from 1 to {info1.bands}.")
+            raise InputError(
+                f"{labels.bands} asks for band {bad[0]} but {info1.name} has {info1.bands} band"
+                f"{'s' if info1.bands != 1 else ''}. Use band numbers from 1 to {info1.bands}."
+            )
     count = len(bands) if bands else info1.bands
     if count < min_bands:
         raise InputError(
             f"{info1.name} has {count} band{'s' if count != 1 else ''}"
             f"{' after the band selection' if bands else ''}; {what} needs at least {min_bands}. "
-            f"Use a multi- or hyperspectral image, or more bands in {labels.bands}.")
+            f"Use a multi- or hyperspectral image, or more bands in {labels.bands}."
+        )
     if min(info1.rows, info1.cols) < MIN_SIDE:
         raise InputError(
             f"The images are {info1.cols}x{info1.rows} pixels; {what} needs at least {MIN_SIDE}x{MIN_SIDE}"
-            + (" (its 3x3, 5x5 and 7x7 windows would see mostly padding)" if what == "HyperNet" else
-               " (too few pixels to find a threshold)") + ". Use a larger area.")
+            + (
+                " (its 3x3, 5x5 and 7x7 windows would see mostly padding)"
+                if what == "HyperNet"
+                else " (too few pixels to find a threshold)"
+            )
+            + ". Use a larger area."
+        )
     return info1, info2
 
 
@@ -172,9 +189,17 @@ def in_memory_mb(info: raster_io.RasterInfo, bands: Sequence[int] | None = None)
     return streaming.whole_pair_mb(info, bands)
 
 
-def open_pair(t1: str, t2: str, bands: Sequence[int] | None = None, *, min_bands: int = 1, what: str = "HyperNet",
-              memory_budget_mb: float = DEFAULT_MEMORY_BUDGET_MB, feedback: Feedback | None = None,
-              scratch_dir: str | None = None) -> ImagePair:
+def open_pair(
+    t1: str,
+    t2: str,
+    bands: Sequence[int] | None = None,
+    *,
+    min_bands: int = 1,
+    what: str = "HyperNet",
+    memory_budget_mb: float = DEFAULT_MEMORY_BUDGET_MB,
+    feedback: Feedback | None = None,
+    scratch_dir: str | None = None,
+) -> ImagePair:
     """Check, read and standardise a pair: whole when it fits ``memory_budget_mb``, else into scratch files read
     by windows (close the pair, or use it as a context manager, to delete them). InputError naming the problem."""
     feedback = feedback or NullFeedback()
@@ -186,18 +211,34 @@ def open_pair(t1: str, t2: str, bands: Sequence[int] | None = None, *, min_bands
         pair.held_mb = in_memory_mb(info1, bands)
         memory.release_free_memory()  # the reading's temporaries (float64 moments, GDAL's blocks)
         return pair
-    feedback.info(f"The pair needs more than half the {memory_budget_mb:g} MB memory budget in memory: it is read, "
-                  "standardised and used by windows.")
+    feedback.info(
+        f"The pair needs more than half the {memory_budget_mb:g} MB memory budget in memory: it is read, "
+        "standardised and used by windows."
+    )
     with raster_io.gdal_cache(cache):
-        source = streaming.load_pair_streamed(t1, t2, bands, scratch_dir, feedback,
-                                              memory_budget_mb=memory_budget_mb)
+        source = streaming.load_pair_streamed(t1, t2, bands, scratch_dir, feedback, memory_budget_mb=memory_budget_mb)
     memory.release_free_memory()  # the strips
-    return ImagePair(source.x1s, source.x2s, source.valid, source.info1, source.info2, source.bands,
-                     source.scaling, cva=source.cva, windowed_source=source)
+    return ImagePair(
+        source.x1s,
+        source.x2s,
+        source.valid,
+        source.info1,
+        source.info2,
+        source.bands,
+        source.scaling,
+        cva=source.cva,
+        windowed_source=source,
+    )
 
 
-def load_pair(t1: str, t2: str, bands: Sequence[int] | None = None, min_bands: int = 1, what: str = "HyperNet",
-              checked: bool = False) -> ImagePair:
+def load_pair(
+    t1: str,
+    t2: str,
+    bands: Sequence[int] | None = None,
+    min_bands: int = 1,
+    what: str = "HyperNet",
+    checked: bool = False,
+) -> ImagePair:
     """Read, check and standardise a pair whole, in memory. Raises InputError naming what differs or is wrong.
 
     ``what`` names the method in messages (HyperNet, CVA, ...); ``checked``: check_pair_files already ran.
@@ -216,5 +257,4 @@ def load_pair(t1: str, t2: str, bands: Sequence[int] | None = None, min_bands: i
     x2s, s2 = standardize(x2, valid)
     if not (np.any(s1["std"]) or np.any(s2["std"])) or not (np.any(x1s) or np.any(x2s)):
         raise InputError("Every band is constant over the valid pixels of both dates; there is nothing to compare.")
-    return ImagePair(x1s, x2s, valid, info1, info2, list(bands) if bands else None, {"t1": s1, "t2": s2},
-                     x1=x1, x2=x2)
+    return ImagePair(x1s, x2s, valid, info1, info2, list(bands) if bands else None, {"t1": s1, "t2": s2}, x1=x1, x2=x2)

@@ -63,8 +63,9 @@ def _training_mask(path: str | None, pair: ImagePair) -> np.ndarray | None:
         return None
     mask = raster_io.read_mask(path, pair.info1)
     if not (mask & pair.valid).any():
-        raise InputError(f"The unchanged mask {_name(path)} marks no valid pixel (it must be non-zero where "
-                         "unchanged).")
+        raise InputError(
+            f"The unchanged mask {_name(path)} marks no valid pixel (it must be non-zero where unchanged)."
+        )
     return mask
 
 
@@ -141,13 +142,13 @@ def train_pairs_files(
         opened: list[ImagePair] = []
         for i, (t1, t2) in enumerate(pairs):
             check_cancelled(feedback)
-            pair = stack.enter_context(open_pair(t1, t2, bands, min_bands=2, memory_budget_mb=share,
-                                                 feedback=SubFeedback(feedback, 0.0, 0.0)))
+            pair = stack.enter_context(
+                open_pair(t1, t2, bands, min_bands=2, memory_budget_mb=share, feedback=SubFeedback(feedback, 0.0, 0.0))
+            )
             pair.x1 = pair.x2 = None  # the raw dates: only the classic detectors need them, not training
             opened.append(pair)
             feedback.set_progress(0.1 * (i + 1) / len(pairs))
-        training = [TrainingPair(p.x1s, p.x2s, p.valid, pair_training_mask(p, config, unchanged_mask))
-                    for p in opened]
+        training = [TrainingPair(p.x1s, p.x2s, p.valid, pair_training_mask(p, config, unchanged_mask)) for p in opened]
         result = train_hypernet_pairs(training, config, SubFeedback(feedback, 0.1, 1.0))
         result.extra.update(_model_metadata(opened[0], config, unchanged_mask))
         result.extra["inputs"]["pairs"] = [[str(t1), str(t2)] for t1, t2 in pairs]
@@ -177,8 +178,7 @@ def _train_files(
     config = config or TrainConfig()
     config.validate()
     raster_io.refuse_overwriting_inputs([model_out], [t1, t2] + ([unchanged_mask] if unchanged_mask else []))
-    with open_pair(t1, t2, bands, min_bands=2, memory_budget_mb=config.memory_budget_mb,
-                   feedback=feedback) as pair:
+    with open_pair(t1, t2, bands, min_bands=2, memory_budget_mb=config.memory_budget_mb, feedback=feedback) as pair:
         result = train_pair(pair, config, unchanged_mask, feedback)
     check_cancelled(feedback)
     save_model(model_out, result.model, result.metadata())
@@ -235,8 +235,9 @@ def _detect_files(
             feedback.info(f"Using the model's band selection: {bands}.")
     stages: dict[str, float] = {}
     clock = time.perf_counter()
-    with open_pair(t1, t2, bands, min_bands=2, memory_budget_mb=config.memory_budget_mb,
-                   feedback=SubFeedback(feedback, 0.0, 0.05)) as pair:
+    with open_pair(
+        t1, t2, bands, min_bands=2, memory_budget_mb=config.memory_budget_mb, feedback=SubFeedback(feedback, 0.0, 0.05)
+    ) as pair:
         stages["read_standardise_s"] = time.perf_counter() - clock
         train_result = None
         if loaded is not None:
@@ -245,7 +246,8 @@ def _detect_files(
                 raise InputError(
                     f"The model {_name(str(model))} was trained on {expected} bands but the images have "
                     f"{pair.band_count} (after the band selection). Use the same sensor and BANDS as in training, "
-                    "or train a new model.")
+                    "or train a new model."
+                )
             net = loaded
             distance = distance or metadata.get("distance", DEFAULT_DISTANCE)
         else:
@@ -260,19 +262,29 @@ def _detect_files(
         feedback.info(f"Computing the change intensity ({distance} of the fused features).")
         clock = time.perf_counter()
         intensity = change_intensity(
-            net, pair.x1s, pair.x2s, pair.valid, distance, config.device, SubFeedback(feedback, 0.85, 0.97),
-            memory_budget_mb=working_budget_mb(config.memory_budget_mb, pair.held_mb), batchnorm=batchnorm,
+            net,
+            pair.x1s,
+            pair.x2s,
+            pair.valid,
+            distance,
+            config.device,
+            SubFeedback(feedback, 0.85, 0.97),
+            memory_budget_mb=working_budget_mb(config.memory_budget_mb, pair.held_mb),
+            batchnorm=batchnorm,
             scratch_dir=pair.windowed_source.scratch if pair.windowed_source is not None else None,
         )
         stages["detect_s"] = time.perf_counter() - clock
         threshold = resolve_threshold(threshold, evidence)
         if evidence == "fused":
-            feedback.info("Averaging with IR-MAD and CVA (each divided by its median); threshold: "
-                          f"{threshold if threshold != 'fixed' else threshold_value}"
-                          f"{' (IR-MAD reads the windowed pair by strips)' if pair.windowed else ''}.")
+            feedback.info(
+                "Averaging with IR-MAD and CVA (each divided by its median); threshold: "
+                f"{threshold if threshold != 'fixed' else threshold_value}"
+                f"{' (IR-MAD reads the windowed pair by strips)' if pair.windowed else ''}."
+            )
             clock = time.perf_counter()
-            classic = classic_evidence(pair, working_budget_mb(config.memory_budget_mb, pair.held_mb),
-                                       SubFeedback(feedback, 0.97, 0.99))
+            classic = classic_evidence(
+                pair, working_budget_mb(config.memory_budget_mb, pair.held_mb), SubFeedback(feedback, 0.97, 0.99)
+            )
             intensity = fuse(intensity, classic, pair.valid)
             stages["classic_s"] = time.perf_counter() - clock
     if evidence == "fused":
@@ -294,8 +306,20 @@ def _detect_files(
     extra = {"distance": distance, "batchnorm": batchnorm, "evidence": evidence, "stages_s": stages}
     if pair.windowed:
         extra["streamed"] = True
-    return DetectResult(change_out, intensity_out, changed, valid_count, thr, threshold,
-                        time.perf_counter() - start, intensity, binary, train_result, pair, extra)
+    return DetectResult(
+        change_out,
+        intensity_out,
+        changed,
+        valid_count,
+        thr,
+        threshold,
+        time.perf_counter() - start,
+        intensity,
+        binary,
+        train_result,
+        pair,
+        extra,
+    )
 
 
 def _write_outputs(
@@ -304,8 +328,11 @@ def _write_outputs(
     """Write the change map and the intensity as one set: both replaced, or (on any failure) both kept."""
     outputs = [raster_io.RasterOutput(change_out, binary, NODATA, "uint8")]
     if intensity_out:
-        outputs.append(raster_io.RasterOutput(intensity_out, np.nan_to_num(intensity, nan=INTENSITY_NODATA),
-                                              INTENSITY_NODATA, "float32"))
+        outputs.append(
+            raster_io.RasterOutput(
+                intensity_out, np.nan_to_num(intensity, nan=INTENSITY_NODATA), INTENSITY_NODATA, "float32"
+            )
+        )
     raster_io.write_rasters(outputs, like)
 
 
@@ -333,8 +360,13 @@ def _baseline_files(
         threshold = DEFAULT_THRESHOLDS.get(key, "otsu")
         threshold_value = DEFAULT_THRESHOLD_VALUES.get(key)
     raster_io.refuse_overwriting_inputs([change_out] + ([intensity_out] if intensity_out else []), [t1, t2])
-    pair = load_pair(t1, t2, bands, min_bands=1 if method == "cva" else 2,
-                     what={"pcakmeans": "PCA-k-means", "irmad": "IR-MAD"}.get(method, method.upper()))
+    pair = load_pair(
+        t1,
+        t2,
+        bands,
+        min_bands=1 if method == "cva" else 2,
+        what={"pcakmeans": "PCA-k-means", "irmad": "IR-MAD"}.get(method, method.upper()),
+    )
     x1, x2 = pair.raw_dates()
     feedback.info(f"Running {method} on {x1.shape[0]} bands.")
     intensity = BASELINES[key](x1, x2, pair.valid)
@@ -343,14 +375,37 @@ def _baseline_files(
     _write_outputs(change_out, intensity_out, binary, intensity, pair.info1)
     changed, valid_count = int((binary == 1).sum()), int(pair.valid.sum())
     feedback.set_progress(1.0)
-    return DetectResult(change_out, intensity_out, changed, valid_count, thr, threshold,
-                        time.perf_counter() - start, intensity, binary, None, pair, {"method": method})
+    return DetectResult(
+        change_out,
+        intensity_out,
+        changed,
+        valid_count,
+        thr,
+        threshold,
+        time.perf_counter() - start,
+        intensity,
+        binary,
+        None,
+        pair,
+        {"method": method},
+    )
 
 
 # ----------------------------------------------------------------------------- pairs on different grids (#11)
 
-def _on_one_grid(job, method: str | None, t1: str, t2: str, out: str, align: bool, resampling: str,
-                 kwargs: dict[str, Any], drop_bad_bands: bool = True, drop_water: bool = False):
+
+def _on_one_grid(
+    job,
+    method: str | None,
+    t1: str,
+    t2: str,
+    out: str,
+    align: bool,
+    resampling: str,
+    kwargs: dict[str, Any],
+    drop_bad_bands: bool = True,
+    drop_water: bool = False,
+):
     """Run ``job`` on the pair, T2 warped onto T1's grid over the common area first when the grids differ
     (core.io.align); ``align=False`` refuses differing grids as before. Results name the original files.
     The bands either date marks bad (ENVI bbl) and, with ``drop_water``, the water-absorption bands are left out
@@ -360,16 +415,16 @@ def _on_one_grid(job, method: str | None, t1: str, t2: str, out: str, align: boo
 
     feedback = kwargs.get("feedback") or NullFeedback()
     mask = kwargs.get("unchanged_mask")
-    raster_io.refuse_overwriting_inputs([out, kwargs.get("intensity_out")],
-                                        [t1, t2, kwargs.get("model"), mask])
+    raster_io.refuse_overwriting_inputs([out, kwargs.get("intensity_out")], [t1, t2, kwargs.get("model"), mask])
     if kwargs.get("model") and kwargs.get("bands") is None:  # the model's bands, by wavelength when known
         from .hypernet.model_file import load_model
         from .io.bands import bands_for_model
 
         kwargs["bands"] = bands_for_model(t1, load_model(kwargs["model"])[1], feedback)
     else:
-        kwargs["bands"] = choose_bands(t1, t2, kwargs.get("bands"), drop_bad=drop_bad_bands, drop_water=drop_water,
-                                       feedback=feedback)
+        kwargs["bands"] = choose_bands(
+            t1, t2, kwargs.get("bands"), drop_bad=drop_bad_bands, drop_water=drop_water, feedback=feedback
+        )
     with aligned_pair(t1, t2, mask, enabled=align, resampling=resampling, feedback=feedback) as pair:
         if mask:
             kwargs["unchanged_mask"] = pair.mask
@@ -399,26 +454,52 @@ def _name_the_given_files(result: Any, method: str | None, t1: str, t2: str, use
         train.extra["inputs"].update({"t1": t1, "t2": t2})
 
 
-def train_files(t1: str, t2: str, model_out: str, *, align: bool = True, resampling: str = "bilinear",
-                drop_bad_bands: bool = True, drop_water: bool = False, **kwargs: Any) -> TrainResult:
+def train_files(
+    t1: str,
+    t2: str,
+    model_out: str,
+    *,
+    align: bool = True,
+    resampling: str = "bilinear",
+    drop_bad_bands: bool = True,
+    drop_water: bool = False,
+    **kwargs: Any,
+) -> TrainResult:
     """Train on a pair of rasters and save the model file (see _train_files; ``align``: core.io.align;
     ``drop_bad_bands``, ``drop_water``: core.io.bands)."""
-    return _on_one_grid(_train_files, None, t1, t2, model_out, align, resampling, kwargs, drop_bad_bands,
-                        drop_water)
+    return _on_one_grid(_train_files, None, t1, t2, model_out, align, resampling, kwargs, drop_bad_bands, drop_water)
 
 
-def detect_files(t1: str, t2: str, change_out: str, *, align: bool = True, resampling: str = "bilinear",
-                 drop_bad_bands: bool = True, drop_water: bool = False, **kwargs: Any) -> DetectResult:
+def detect_files(
+    t1: str,
+    t2: str,
+    change_out: str,
+    *,
+    align: bool = True,
+    resampling: str = "bilinear",
+    drop_bad_bands: bool = True,
+    drop_water: bool = False,
+    **kwargs: Any,
+) -> DetectResult:
     """Detect change between two rasters (see _detect_files for the options; ``align``: core.io.align;
     ``drop_bad_bands``, ``drop_water``: core.io.bands)."""
-    return _on_one_grid(_detect_files, None, t1, t2, change_out, align, resampling, kwargs, drop_bad_bands,
-                        drop_water)
+    return _on_one_grid(_detect_files, None, t1, t2, change_out, align, resampling, kwargs, drop_bad_bands, drop_water)
 
 
-def baseline_files(method: str, t1: str, t2: str, change_out: str, *, align: bool = True,
-                   resampling: str = "bilinear", drop_bad_bands: bool = True, drop_water: bool = False,
-                   **kwargs: Any) -> DetectResult:
+def baseline_files(
+    method: str,
+    t1: str,
+    t2: str,
+    change_out: str,
+    *,
+    align: bool = True,
+    resampling: str = "bilinear",
+    drop_bad_bands: bool = True,
+    drop_water: bool = False,
+    **kwargs: Any,
+) -> DetectResult:
     """Classic change detection between two rasters (see _baseline_files; ``align``: core.io.align;
     ``drop_bad_bands``, ``drop_water``: core.io.bands)."""
-    return _on_one_grid(_baseline_files, method, t1, t2, change_out, align, resampling, kwargs, drop_bad_bands,
-                        drop_water)
+    return _on_one_grid(
+        _baseline_files, method, t1, t2, change_out, align, resampling, kwargs, drop_bad_bands, drop_water
+    )

@@ -57,6 +57,7 @@ def _with_nan(values: np.ndarray, valid: np.ndarray) -> np.ndarray:
 
 # ------------------------------------------------------------------------------------------------- CVA
 
+
 def cva(x1: np.ndarray, x2: np.ndarray, valid: np.ndarray) -> np.ndarray:
     """Change vector analysis: ||z(x2) - z(x1)|| with each date z-scored per band over its own valid pixels.
 
@@ -73,6 +74,7 @@ def cva(x1: np.ndarray, x2: np.ndarray, valid: np.ndarray) -> np.ndarray:
 
 
 # ------------------------------------------------------------------------------------------------- SAM
+
 
 def sam(x1: np.ndarray, x2: np.ndarray, valid: np.ndarray) -> np.ndarray:
     """Spectral angle (radians, 0..pi) between the raw spectra of the two dates.
@@ -94,11 +96,26 @@ def sam(x1: np.ndarray, x2: np.ndarray, valid: np.ndarray) -> np.ndarray:
 
 # ---------------------------------------------------------------------------------------------- IR-MAD
 
+
 def _erfc(x: np.ndarray) -> np.ndarray:
     """Complementary error function for x >= 0 (Chebyshev fit, relative error < 1.2e-7)."""
     t = 1.0 / (1.0 + 0.5 * x)
-    poly = (-1.26551223 + t * (1.00002368 + t * (0.37409196 + t * (0.09678418 + t * (-0.18628806 + t * (
-        0.27886807 + t * (-1.13520398 + t * (1.48851587 + t * (-0.82215223 + t * 0.17087277)))))))))
+    poly = -1.26551223 + t * (
+        1.00002368
+        + t
+        * (
+            0.37409196
+            + t
+            * (
+                0.09678418
+                + t
+                * (
+                    -0.18628806
+                    + t * (0.27886807 + t * (-1.13520398 + t * (1.48851587 + t * (-0.82215223 + t * 0.17087277))))
+                )
+            )
+        )
+    )
     return t * np.exp(-x * x + poly)
 
 
@@ -140,22 +157,23 @@ def _weighted_moments(x: np.ndarray, y: np.ndarray, w: np.ndarray) -> tuple[np.n
     mean = np.concatenate([(x @ w) / sw, (y @ w) / sw]).astype(np.float64)
     cov = np.zeros((2 * p, 2 * p), dtype=np.float64)
     for s in range(0, x.shape[1], chunk):
-        z = np.concatenate([x[:, s:s + chunk], y[:, s:s + chunk]]).astype(np.float64) - mean[:, None]
-        z *= np.sqrt(w[s:s + chunk])
+        z = np.concatenate([x[:, s : s + chunk], y[:, s : s + chunk]]).astype(np.float64) - mean[:, None]
+        z *= np.sqrt(w[s : s + chunk])
         cov += z @ z.T  # (one operand and its transpose: numpy's symmetric rank-k update, half the work)
     return mean, cov / sw
 
 
-def _chi2(x: np.ndarray, y: np.ndarray, ca: np.ndarray, cb: np.ndarray, mean: np.ndarray,
-          var: np.ndarray) -> np.ndarray:
+def _chi2(
+    x: np.ndarray, y: np.ndarray, ca: np.ndarray, cb: np.ndarray, mean: np.ndarray, var: np.ndarray
+) -> np.ndarray:
     """sum_i M_i^2 / var_i of the MAD variates M = ca^T (x - mean_x) - cb^T (y - mean_y), by chunks, in the
     transform's precision."""
     p = x.shape[0]
     chunk = _chunk_columns(p)
     out = np.empty(x.shape[1], dtype=ca.dtype)
     for s in range(0, x.shape[1], chunk):
-        mad = ca.T @ (x[:, s:s + chunk] - mean[:p, None]) - cb.T @ (y[:, s:s + chunk] - mean[p:, None])
-        out[s:s + chunk] = np.sum(mad * mad / var[:, None], axis=0)
+        mad = ca.T @ (x[:, s : s + chunk] - mean[:p, None]) - cb.T @ (y[:, s : s + chunk] - mean[p:, None])
+        out[s : s + chunk] = np.sum(mad * mad / var[:, None], axis=0)
     return out
 
 
@@ -164,8 +182,9 @@ def _row_strips(rows: int, strip_rows: int | None) -> list[tuple[int, int]]:
     return [(r, min(rows, r + step)) for r in range(0, rows, step)]
 
 
-def _irmad_sample(x1, x2, valid: np.ndarray, strips: list[tuple[int, int]], every: int,
-                  feedback: Feedback) -> tuple[np.ndarray, np.ndarray]:
+def _irmad_sample(
+    x1, x2, valid: np.ndarray, strips: list[tuple[int, int]], every: int, feedback: Feedback
+) -> tuple[np.ndarray, np.ndarray]:
     """Every ``every``-th valid pixel (row-major order) of both dates as float32 columns (bands, pixels), read
     strip by strip from arrays or window sources (``x[:, r0:r1, :]``)."""
     parts1, parts2 = [], []
@@ -189,9 +208,18 @@ def _irmad_sample(x1, x2, valid: np.ndarray, strips: list[tuple[int, int]], ever
     return np.concatenate(parts1, axis=1), np.concatenate(parts2, axis=1)
 
 
-def irmad_details(x1, x2, valid: np.ndarray, max_iter: int = 50, tol: float = 1e-6, ridge: float = 1e-9, *,
-                  strip_rows: int | None = None, sample_pixels: int | None = None,
-                  feedback: Feedback | None = None) -> dict:
+def irmad_details(
+    x1,
+    x2,
+    valid: np.ndarray,
+    max_iter: int = 50,
+    tol: float = 1e-6,
+    ridge: float = 1e-9,
+    *,
+    strip_rows: int | None = None,
+    sample_pixels: int | None = None,
+    feedback: Feedback | None = None,
+) -> dict:
     """IR-MAD (Nielsen 2007) with everything it computed: chi2 map, correlations, iterations, weights.
 
     Each iteration: weighted canonical correlation analysis of the two dates (weights = probability of no
@@ -242,7 +270,7 @@ def irmad_details(x1, x2, valid: np.ndarray, max_iter: int = 50, tol: float = 1e
         k = np.linalg.solve(lx, np.linalg.solve(ly, sxy.T).T)  # Lx^-1 Sxy Ly^-T
         u, rho, vt = np.linalg.svd(k)
         rho = np.clip(rho, 0.0, 1.0)
-        ca = np.linalg.solve(lx.T, u)          # canonical vectors: a_i^T Sxx a_i = 1
+        ca = np.linalg.solve(lx.T, u)  # canonical vectors: a_i^T Sxx a_i = 1
         cb = np.linalg.solve(ly.T, vt.T)
         # MAD variates on the weighted-mean-centred data, smallest correlation first
         order = np.argsort(rho)
@@ -282,8 +310,7 @@ def irmad_details(x1, x2, valid: np.ndarray, max_iter: int = 50, tol: float = 1e
     }
 
 
-def irmad(x1, x2, valid: np.ndarray, *, strip_rows: int | None = None,
-          feedback: Feedback | None = None) -> np.ndarray:
+def irmad(x1, x2, valid: np.ndarray, *, strip_rows: int | None = None, feedback: Feedback | None = None) -> np.ndarray:
     """IR-MAD change intensity: sqrt of the chi-square statistic of the MAD variates (NaN invalid).
 
     The square root (the length of the standardised MAD vector, CVA's scale) ranks pixels exactly as the
@@ -296,8 +323,10 @@ def irmad(x1, x2, valid: np.ndarray, *, strip_rows: int | None = None,
 
 # ----------------------------------------------------------------------------------------- PCA-k-means
 
-def _project_neighbourhoods(d: np.ndarray, valid: np.ndarray, h: int, mean: np.ndarray, basis: np.ndarray,
-                            chunk_rows: int = 256) -> np.ndarray:
+
+def _project_neighbourhoods(
+    d: np.ndarray, valid: np.ndarray, h: int, mean: np.ndarray, basis: np.ndarray, chunk_rows: int = 256
+) -> np.ndarray:
     """Features of the valid pixels: each pixel's h x h window (rows r - h//2 .. r + (h-1)//2, mirrored at the
     borders) minus ``mean``, projected on ``basis`` (h*h, s). Row chunks keep memory at O(pixels * s)."""
     lo, hi = h // 2, (h - 1) // 2
@@ -305,13 +334,14 @@ def _project_neighbourhoods(d: np.ndarray, valid: np.ndarray, h: int, mean: np.n
     win = np.lib.stride_tricks.sliding_window_view(padded, (h, h))  # a view: (rows, cols, h, h)
     parts = []
     for r in range(0, d.shape[0], chunk_rows):
-        block = win[r:r + chunk_rows].reshape(-1, h * h)
-        parts.append((block[valid[r:r + chunk_rows].ravel()] - mean) @ basis)
+        block = win[r : r + chunk_rows].reshape(-1, h * h)
+        parts.append((block[valid[r : r + chunk_rows].ravel()] - mean) @ basis)
     return np.concatenate(parts)
 
 
-def pca_kmeans(x1: np.ndarray, x2: np.ndarray, valid: np.ndarray, h: int = 4, variance: float = 0.9,
-               max_iter: int = 100) -> tuple[np.ndarray, np.ndarray]:
+def pca_kmeans(
+    x1: np.ndarray, x2: np.ndarray, valid: np.ndarray, h: int = 4, variance: float = 0.9, max_iter: int = 100
+) -> tuple[np.ndarray, np.ndarray]:
     """PCA-k-means (Celik 2009) -> (binary uint8 1/0/255, score float32 with NaN invalid).
 
     Difference image: the CVA magnitude (invalid pixels 0). The principal components are learned from the
@@ -331,8 +361,8 @@ def pca_kmeans(x1: np.ndarray, x2: np.ndarray, valid: np.ndarray, h: int = 4, va
     br, bc = rows // h, cols // h
     if br == 0 or bc == 0:
         raise InputError(f"The image ({cols} x {rows}) is smaller than one {h} x {h} block; use a larger area.")
-    blocks = d[:br * h, :bc * h].reshape(br, h, bc, h).transpose(0, 2, 1, 3).reshape(-1, h * h)
-    vblocks = valid[:br * h, :bc * h].reshape(br, h, bc, h).transpose(0, 2, 1, 3).reshape(-1, h * h).all(axis=1)
+    blocks = d[: br * h, : bc * h].reshape(br, h, bc, h).transpose(0, 2, 1, 3).reshape(-1, h * h)
+    vblocks = valid[: br * h, : bc * h].reshape(br, h, bc, h).transpose(0, 2, 1, 3).reshape(-1, h * h).all(axis=1)
     if vblocks.sum() >= 2:
         blocks = blocks[vblocks]
     mean = blocks.mean(axis=0)

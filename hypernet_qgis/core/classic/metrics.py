@@ -42,8 +42,12 @@ ENCODINGS: dict[str, dict[str, tuple[int, ...]]] = {
 }
 
 
-def reference_labels(reference: np.ndarray, changed: Sequence[float] = (1,), unchanged: Sequence[float] = (0,),
-                     ignore: Sequence[float] = ()) -> tuple[np.ndarray, np.ndarray]:
+def reference_labels(
+    reference: np.ndarray,
+    changed: Sequence[float] = (1,),
+    unchanged: Sequence[float] = (0,),
+    ignore: Sequence[float] = (),
+) -> tuple[np.ndarray, np.ndarray]:
     """(ref_changed bool, labelled bool) from a coded reference array; see the module docstring."""
     ref = np.asarray(reference)
     changed_set, unchanged_set = {float(v) for v in changed}, {float(v) for v in unchanged}
@@ -51,8 +55,9 @@ def reference_labels(reference: np.ndarray, changed: Sequence[float] = (1,), unc
         raise InputError("Give at least one CHANGED code and one UNCHANGED code for the reference.")
     both = changed_set & unchanged_set
     if both:
-        raise InputError(f"Reference code {sorted(both)[0]:g} is listed as both changed and unchanged. "
-                         "List each code once.")
+        raise InputError(
+            f"Reference code {sorted(both)[0]:g} is listed as both changed and unchanged. List each code once."
+        )
     is_changed = np.isin(ref, list(changed_set))
     is_unchanged = np.isin(ref, list(unchanged_set))
     labelled = is_changed | is_unchanged
@@ -79,8 +84,10 @@ def reference_from_masks(changed_mask: np.ndarray, unchanged_mask: np.ndarray) -
     """
     c, u = np.asarray(changed_mask) != 0, np.asarray(unchanged_mask) != 0
     if c.shape != u.shape:
-        raise InputError(f"The changed mask is {c.shape[1]} x {c.shape[0]} pixels but the unchanged mask is "
-                         f"{u.shape[1]} x {u.shape[0]}. Both masks must cover the same grid.")
+        raise InputError(
+            f"The changed mask is {c.shape[1]} x {c.shape[0]} pixels but the unchanged mask is "
+            f"{u.shape[1]} x {u.shape[0]}. Both masks must cover the same grid."
+        )
     out = np.full(c.shape, UNKNOWN, dtype=np.uint8)
     out[c & ~u] = 1
     out[u & ~c] = 0
@@ -110,8 +117,10 @@ def metrics_from_confusion(cm: np.ndarray) -> dict:
     (tn, fp), (fn, tp) = (int(v) for v in cm[0]), (int(v) for v in cm[1])
     n = tn + fp + fn + tp
     if n == 0:
-        raise InputError("No labelled pixel to score: the reference has no changed/unchanged pixel where the "
-                         "change map is valid. Check the reference encoding and that both cover the same area.")
+        raise InputError(
+            "No labelled pixel to score: the reference has no changed/unchanged pixel where the "
+            "change map is valid. Check the reference encoding and that both cover the same area."
+        )
     oa = (tp + tn) / n
     pe = ((tp + fp) * (tp + fn) + (fn + tn) * (fp + tn)) / (n * n)
     kappa = (oa - pe) / (1.0 - pe) if pe < 1.0 else float("nan")
@@ -119,17 +128,30 @@ def metrics_from_confusion(cm: np.ndarray) -> dict:
     recall = tp / (tp + fn) if tp + fn else 0.0
     f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
     return {
-        "OA": float(oa), "kappa": float(kappa), "F1": float(f1), "precision": float(precision),
+        "OA": float(oa),
+        "kappa": float(kappa),
+        "F1": float(f1),
+        "precision": float(precision),
         "recall": float(recall),
         "false_alarm_rate": float(fp / (fp + tn)) if fp + tn else 0.0,
         "missed_alarm_rate": float(fn / (fn + tp)) if fn + tp else 0.0,
-        "TP": tp, "FP": fp, "TN": tn, "FN": fn, "n_labelled": n,
-        "n_changed_ref": tp + fn, "n_unchanged_ref": tn + fp,
+        "TP": tp,
+        "FP": fp,
+        "TN": tn,
+        "FN": fn,
+        "n_labelled": n,
+        "n_changed_ref": tp + fn,
+        "n_unchanged_ref": tn + fp,
     }
 
 
-def change_metrics(pred: np.ndarray, reference: np.ndarray, changed: Sequence[float] = (1,),
-                   unchanged: Sequence[float] = (0,), ignore: Sequence[float] = ()) -> dict:
+def change_metrics(
+    pred: np.ndarray,
+    reference: np.ndarray,
+    changed: Sequence[float] = (1,),
+    unchanged: Sequence[float] = (0,),
+    ignore: Sequence[float] = (),
+) -> dict:
     """Scores of a binary change map (1 changed / 0 unchanged / other = nodata) on the labelled pixels.
 
     Returns OA, kappa, F1, precision, recall, false_alarm_rate, missed_alarm_rate, TP/FP/TN/FN, n_labelled,
@@ -138,8 +160,9 @@ def change_metrics(pred: np.ndarray, reference: np.ndarray, changed: Sequence[fl
     pred = np.asarray(pred)
     reference = np.asarray(reference)
     if pred.shape != reference.shape:
-        raise InputError(f"The change map has shape {pred.shape} but the reference {reference.shape}; "
-                         "they must cover the same grid.")
+        raise InputError(
+            f"The change map has shape {pred.shape} but the reference {reference.shape}; they must cover the same grid."
+        )
     ref_changed, labelled = reference_labels(reference, changed, unchanged, ignore)
     if pred.dtype == bool:
         p_valid = np.ones(pred.shape, dtype=bool)
@@ -153,23 +176,33 @@ def change_metrics(pred: np.ndarray, reference: np.ndarray, changed: Sequence[fl
     return out
 
 
-def _scored_scores(score: np.ndarray, reference: np.ndarray, changed, unchanged, ignore
-                   ) -> tuple[np.ndarray, np.ndarray]:
+def _scored_scores(
+    score: np.ndarray, reference: np.ndarray, changed, unchanged, ignore
+) -> tuple[np.ndarray, np.ndarray]:
     score = np.asarray(score, dtype=np.float64)
     if score.shape != np.shape(reference):
-        raise InputError(f"The score map has shape {score.shape} but the reference {np.shape(reference)}; "
-                         "they must cover the same grid.")
+        raise InputError(
+            f"The score map has shape {score.shape} but the reference {np.shape(reference)}; "
+            "they must cover the same grid."
+        )
     ref_changed, labelled = reference_labels(reference, changed, unchanged, ignore)
     use = labelled & np.isfinite(score)
     s, y = score[use], ref_changed[use]
     if not y.any() or y.all():
-        raise InputError("AUC needs both changed and unchanged labelled pixels with a valid score; the reference "
-                         "has only one class there. Check the reference encoding.")
+        raise InputError(
+            "AUC needs both changed and unchanged labelled pixels with a valid score; the reference "
+            "has only one class there. Check the reference encoding."
+        )
     return s, y
 
 
-def roc_auc(score: np.ndarray, reference: np.ndarray, changed: Sequence[float] = (1,),
-            unchanged: Sequence[float] = (0,), ignore: Sequence[float] = ()) -> float:
+def roc_auc(
+    score: np.ndarray,
+    reference: np.ndarray,
+    changed: Sequence[float] = (1,),
+    unchanged: Sequence[float] = (0,),
+    ignore: Sequence[float] = (),
+) -> float:
     """Area under the ROC curve of a change score (higher = more change), from ranks (Mann-Whitney U).
 
     Tied scores get their average rank, i.e. a tie between a changed and an unchanged pixel counts 1/2.
@@ -193,9 +226,13 @@ def roc_auc(score: np.ndarray, reference: np.ndarray, changed: Sequence[float] =
 auc = roc_auc
 
 
-def roc_curve(score: np.ndarray, reference: np.ndarray, changed: Sequence[float] = (1,),
-              unchanged: Sequence[float] = (0,), ignore: Sequence[float] = ()
-              ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def roc_curve(
+    score: np.ndarray,
+    reference: np.ndarray,
+    changed: Sequence[float] = (1,),
+    unchanged: Sequence[float] = (0,),
+    ignore: Sequence[float] = (),
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(fpr, tpr, thresholds): one point per distinct score, flagging ``score >= threshold``, from (0, 0) to (1, 1).
 
     The first threshold is +inf (nothing flagged). The trapezoid area under (fpr, tpr) equals :func:`roc_auc`.

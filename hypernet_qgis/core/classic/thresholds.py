@@ -14,11 +14,26 @@ import numpy as np
 from ..errors import InputError
 from ..options import CHANGED, NODATA, THRESHOLD_METHODS, UNCHANGED  # noqa: F401 (one home: core/options.py)
 
-__all__ = ["otsu_threshold", "kmeans_threshold", "mixture_threshold", "fit_mixture", "Mixture", "mrf_change",
-           "compute_threshold", "choose_threshold", "binary_change", "METHODS", "CHANGED", "UNCHANGED", "NODATA",
-           "threshold_feature_distance"]
+__all__ = [
+    "otsu_threshold",
+    "kmeans_threshold",
+    "mixture_threshold",
+    "fit_mixture",
+    "Mixture",
+    "mrf_change",
+    "compute_threshold",
+    "choose_threshold",
+    "binary_change",
+    "METHODS",
+    "CHANGED",
+    "UNCHANGED",
+    "NODATA",
+    "threshold_feature_distance",
+]
 
 METHODS = THRESHOLD_METHODS
+
+
 def _finite_sorted(values: np.ndarray) -> np.ndarray:
     v = np.asarray(values, dtype=np.float64).ravel()
     v = v[np.isfinite(v)]
@@ -112,8 +127,11 @@ class Mixture:
         x = np.asarray(x, dtype=np.float64)
 
         def log_density(i: int) -> np.ndarray:
-            return (-0.5 * ((x - self.means[i]) / self.sds[i]) ** 2 - np.log(self.sds[i])
-                    + np.log(max(self.weights[i], 1e-300)))
+            return (
+                -0.5 * ((x - self.means[i]) / self.sds[i]) ** 2
+                - np.log(self.sds[i])
+                + np.log(max(self.weights[i], 1e-300))
+            )
 
         llr = (log_density(1) - log_density(0)).ravel()
         order = np.argsort(x.ravel(), kind="stable")
@@ -161,8 +179,9 @@ def fit_mixture(values: np.ndarray, max_iter: int = 200) -> Mixture | None:
 
     above = np.nonzero(log_density(i1) > log_density(i0))[0]
     threshold = float(grid[above[0]]) if above.size else float(mu[i1])
-    return Mixture((float(w[i0]), float(w[i1])), (float(mu[i0]), float(mu[i1])), (float(sd[i0]), float(sd[i1])),
-                   threshold)
+    return Mixture(
+        (float(w[i0]), float(w[i1])), (float(mu[i0]), float(mu[i1])), (float(sd[i0]), float(sd[i1])), threshold
+    )
 
 
 def mixture_threshold(values: np.ndarray, max_iter: int = 200) -> float:
@@ -199,7 +218,10 @@ def _window_sum(a: np.ndarray, radius: int) -> np.ndarray:
 
 
 def mrf_change(
-    intensity: np.ndarray, valid: np.ndarray, beta: float = MRF_BETA, radius: int = MRF_RADIUS,
+    intensity: np.ndarray,
+    valid: np.ndarray,
+    beta: float = MRF_BETA,
+    radius: int = MRF_RADIUS,
     max_iterations: int = MRF_MAX_ITERATIONS,
 ) -> tuple[np.ndarray, float]:
     """Binary change map of the two-Gaussian mixture regularised by a Potts Markov random field (ICM).
@@ -262,8 +284,9 @@ def compute_threshold(values: np.ndarray, method: str = "otsu", value: float | N
     raise InputError(f"Unknown threshold method {method!r}. Use one of: {', '.join(METHODS)}.")
 
 
-def choose_threshold(intensity: np.ndarray, valid: np.ndarray, method: str = "otsu",
-                     value: float | None = None) -> float:
+def choose_threshold(
+    intensity: np.ndarray, valid: np.ndarray, method: str = "otsu", value: float | None = None
+) -> float:
     """The threshold on the valid pixels' intensity: Otsu, 2-cluster k-means, or a fixed value."""
     values = intensity[valid & np.isfinite(intensity)]
     if values.size == 0:

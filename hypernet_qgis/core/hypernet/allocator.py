@@ -24,8 +24,7 @@ ENV_CHOICE = "HYPERNET_ALLOCATOR"
 #: Set in the re-executed process, so that it never tries again.
 ENV_DONE = "HYPERNET_ALLOCATOR_SET"
 _LIBRARY_GLOBS = ("libtcmalloc_minimal.so.4*", "libtcmalloc.so.4*")
-_LIBRARY_DIRS = ("/usr/lib/x86_64-linux-gnu", "/usr/lib/aarch64-linux-gnu", "/usr/lib64", "/usr/lib",
-                 "/usr/local/lib")
+_LIBRARY_DIRS = ("/usr/lib/x86_64-linux-gnu", "/usr/lib/aarch64-linux-gnu", "/usr/lib64", "/usr/lib", "/usr/local/lib")
 
 
 def find_tcmalloc(dirs: tuple[str, ...] = _LIBRARY_DIRS) -> str | None:

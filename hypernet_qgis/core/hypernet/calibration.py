@@ -35,9 +35,14 @@ def _running(bn: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor, torch.Tens
 
 
 @torch.no_grad()
-def calibrate_batchnorm(model: HyperNet, x: np.ndarray, device: torch.device, tile: int | None = None,
-                        feedback: Feedback | None = None,
-                        memory_budget_mb: float = memory.DEFAULT_MEMORY_BUDGET_MB) -> HyperNet:
+def calibrate_batchnorm(
+    model: HyperNet,
+    x: np.ndarray,
+    device: torch.device,
+    tile: int | None = None,
+    feedback: Feedback | None = None,
+    memory_budget_mb: float = memory.DEFAULT_MEMORY_BUDGET_MB,
+) -> HyperNet:
     """A copy of ``model`` (eval mode, on ``device``) whose BatchNorms hold the whole-image statistics of ``x``.
 
     Only the backbone's BatchNorms (:func:`backbone_batchnorms`) are calibrated; the training heads' are kept.
@@ -72,9 +77,14 @@ def calibrate_batchnorm(model: HyperNet, x: np.ndarray, device: torch.device, ti
 
 
 @torch.no_grad()
-def batchnorm_statistics_tiled(model: HyperNet, x: np.ndarray, tile: int, device="cpu",
-                               feedback: Feedback | None = None,
-                               memory_budget_mb: float = memory.DEFAULT_MEMORY_BUDGET_MB) -> HyperNet:
+def batchnorm_statistics_tiled(
+    model: HyperNet,
+    x: np.ndarray,
+    tile: int,
+    device="cpu",
+    feedback: Feedback | None = None,
+    memory_budget_mb: float = memory.DEFAULT_MEMORY_BUDGET_MB,
+) -> HyperNet:
     """Tiled, exact :func:`calibrate_batchnorm`: an eval-mode copy with ``x``'s whole-image statistics.
 
     The layer-by-layer passes of ``layerwise.py`` (each layer once, by haloed tiles) find every backbone
@@ -85,8 +95,16 @@ def batchnorm_statistics_tiled(model: HyperNet, x: np.ndarray, tile: int, device
     rows, cols = x.shape[1:]
     dtype = next(work.parameters()).dtype
     value_bytes = torch.empty(0, dtype=dtype).element_size()
-    in_memory = memory.scratch_in_memory(work.bands, work.width, rows, cols, memory_budget_mb, work.halo(),
-                                         value_bytes, tile_on_host=resolve_device(device).type != "cuda")
+    in_memory = memory.scratch_in_memory(
+        work.bands,
+        work.width,
+        rows,
+        cols,
+        memory_budget_mb,
+        work.halo(),
+        value_bytes,
+        tile_on_host=resolve_device(device).type != "cuda",
+    )
     with Scratch(rows, cols, torch.empty(0, dtype=dtype).numpy().dtype, in_memory) as scratch:
         date = date_features(work, x, tile, device, scratch, per_date=True, feedback=feedback)
     for bn, (mean, var) in date.norms.items():

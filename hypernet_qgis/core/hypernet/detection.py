@@ -79,7 +79,7 @@ class RxStats:
         flat = self._flat(d)
         keep = torch.from_numpy(np.ascontiguousarray(valid).reshape(-1)).to(flat.device)
         for i in range(0, flat.shape[1], self.CHUNK):
-            x = flat[:, i: i + self.CHUNK][:, keep[i: i + self.CHUNK]].double()
+            x = flat[:, i : i + self.CHUNK][:, keep[i : i + self.CHUNK]].double()
             m = int(x.shape[1])
             if not m:
                 continue
@@ -110,7 +110,7 @@ class RxStats:
         mean = torch.from_numpy(self.mean).to(flat.device)[:, None]
         parts = []
         for i in range(0, flat.shape[1], self.CHUNK):
-            c = flat[:, i: i + self.CHUNK].double() - mean
+            c = flat[:, i : i + self.CHUNK].double() - mean
             parts.append((c * (prec @ c)).sum(0).float().cpu())
         out = torch.cat(parts).numpy().reshape(valid.shape)
         out[~valid] = np.nan
@@ -121,11 +121,13 @@ def _value_bytes(model: HyperNet) -> int:
     return next(model.parameters()).element_size()
 
 
-def detection_plan(model: HyperNet, rows: int, cols: int, memory_budget_mb: float, device: torch.device,
-                   tile: int | None = None) -> memory.DetectionPlan:
+def detection_plan(
+    model: HyperNet, rows: int, cols: int, memory_budget_mb: float, device: torch.device, tile: int | None = None
+) -> memory.DetectionPlan:
     """How detection of a ``rows`` x ``cols`` pair runs within the budget (``memory.detection_plan``)."""
-    return memory.detection_plan(model.bands, model.width, rows, cols, memory_budget_mb, model.halo(), device, tile,
-                                 _value_bytes(model))
+    return memory.detection_plan(
+        model.bands, model.width, rows, cols, memory_budget_mb, model.halo(), device, tile, _value_bytes(model)
+    )
 
 
 def detection_tile(model: HyperNet, rows: int, cols: int, memory_budget_mb: float, device: torch.device) -> int:
@@ -186,9 +188,11 @@ def change_intensity(
         return out.astype(np.float32)
     count = len(tiles(rows, cols, plan.tile))
     where = "memory" if plan.scratch_in_memory else "disk scratch files"
-    feedback.info(f"Detection runs by {count} tiles of {plan.tile}x{plan.tile} pixels (halo {model.halo()}), each "
-                  f"layer once per date with its maps in {where}, to stay within the {memory_budget_mb:g} MB "
-                  "memory budget.")
+    feedback.info(
+        f"Detection runs by {count} tiles of {plan.tile}x{plan.tile} pixels (halo {model.halo()}), each "
+        f"layer once per date with its maps in {where}, to stay within the {memory_budget_mb:g} MB "
+        "memory budget."
+    )
     with streaming_allocator():  # the tiles' blocks go back to the system at once: bounded peak
         dtype = torch.empty(0, dtype=next(model.parameters()).dtype).numpy().dtype
         with Scratch(rows, cols, dtype, plan.scratch_in_memory, scratch_dir) as scratch:
@@ -205,8 +209,9 @@ def _whole_image_features(model: HyperNet, x, batchnorm: str, dev: torch.device)
     return fused_features(date_model, x, dev)
 
 
-def _tiled_intensity(d1: DateFeatures, d2: DateFeatures, valid: np.ndarray, distance: str, tile: int,
-                     feedback: Feedback) -> np.ndarray:
+def _tiled_intensity(
+    d1: DateFeatures, d2: DateFeatures, valid: np.ndarray, distance: str, tile: int, feedback: Feedback
+) -> np.ndarray:
     """The tiled path of change_intensity: both dates' features read tile by tile and reduced to the distance."""
     rows, cols = valid.shape
     parts = tiles(rows, cols, tile)

@@ -43,5 +43,7 @@ def describe_engine() -> str:
     from .allocator import allocator_in_use
 
     build = f"CUDA {torch.version.cuda}" if torch.version.cuda else "CPU-only"
-    return (f"HyperNet engine: torch {torch.__version__} ({build} build) from {os.path.dirname(torch.__file__)}, "
-            f"Python {sys.version.split()[0]} ({sys.executable}), {allocator_in_use()} allocator.")
+    return (
+        f"HyperNet engine: torch {torch.__version__} ({build} build) from {os.path.dirname(torch.__file__)}, "
+        f"Python {sys.version.split()[0]} ({sys.executable}), {allocator_in_use()} allocator."
+    )

@@ -54,6 +54,7 @@ def backbone_batchnorms(model: HyperNet) -> list[nn.BatchNorm2d]:
 
 # --- scratch maps --------------------------------------------------------------------------------------------
 
+
 class _DiskMap:
     """A (channels, rows, cols) map stored pixel-interleaved in a file, written and read by windows (pwrite /
     preadv, one call per row; no memory map, so the page cache never counts in the process' memory)."""
@@ -94,7 +95,7 @@ class _MemoryMap:
         self.array = np.empty((channels, rows, cols), dtype=dtype)
 
     def write(self, r0: int, c0: int, a: np.ndarray) -> None:
-        self.array[:, r0: r0 + a.shape[1], c0: c0 + a.shape[2]] = a
+        self.array[:, r0 : r0 + a.shape[1], c0 : c0 + a.shape[2]] = a
 
     def read(self, win: Tile) -> np.ndarray:
         r0, r1, c0, c1 = win
@@ -146,6 +147,7 @@ class Scratch:
 
 
 # --- statistics ----------------------------------------------------------------------------------------------
+
 
 class ChannelStats:
     """Per-channel count, mean and centred sum of squares (float64, Chan et al. merge), max and min of a map,
@@ -212,6 +214,7 @@ def pooled_after_batchnorm(bn: nn.BatchNorm2d, norm: Norm, stats: ChannelStats) 
 
 # --- the passes ----------------------------------------------------------------------------------------------
 
+
 @dataclass
 class DateFeatures:
     """One date's fused features by tiles after the passes: the fuse convs' outputs in ``scratch`` and the
@@ -231,8 +234,9 @@ class DateFeatures:
         spectral = torch.from_numpy(self.scratch.read(self.prefix + "fq", tile)).to(self.device)[None]
         bn1 = part(self.model.fuse_spatial, 1, nn.BatchNorm2d)
         bn2 = part(self.model.fuse_spectral, 1, nn.BatchNorm2d)
-        return torch.cat([batch_norm(bn1, self.norms[bn1], spatial), batch_norm(bn2, self.norms[bn2], spectral)],
-                         dim=1)[0]
+        return torch.cat(
+            [batch_norm(bn1, self.norms[bn1], spatial), batch_norm(bn2, self.norms[bn2], spectral)], dim=1
+        )[0]
 
     def drop(self) -> None:
         """Delete this date's maps."""
@@ -243,8 +247,17 @@ class DateFeatures:
 class _Passes:
     """The passes of one date (see the module docstring)."""
 
-    def __init__(self, model: HyperNet, x, tile: int, device: torch.device, scratch: Scratch, prefix: str,
-                 per_date: bool, feedback: Feedback | None) -> None:
+    def __init__(
+        self,
+        model: HyperNet,
+        x,
+        tile: int,
+        device: torch.device,
+        scratch: Scratch,
+        prefix: str,
+        per_date: bool,
+        feedback: Feedback | None,
+    ) -> None:
         self.model, self.x, self.device, self.scratch, self.prefix = model, x, device, scratch, prefix
         self.per_date, self.feedback = per_date, feedback
         self.dtype = next(model.parameters()).dtype
@@ -261,8 +274,14 @@ class _Passes:
             a = self.scratch.read(self.prefix + name, win)
         return torch.from_numpy(a).to(device=self.device, dtype=self.dtype)[None]
 
-    def run(self, inputs: list[str], halo: int, compute: Callable[..., dict[str, torch.Tensor]],
-            outputs: dict[str, int], stats: set[str]) -> dict[str, ChannelStats]:
+    def run(
+        self,
+        inputs: list[str],
+        halo: int,
+        compute: Callable[..., dict[str, torch.Tensor]],
+        outputs: dict[str, int],
+        stats: set[str],
+    ) -> dict[str, ChannelStats]:
         """One pass over the tiles: ``compute(*input windows)`` gives ``outputs`` on the window; their interiors
         go to scratch and, for the names in ``stats``, to their statistics. The inputs are dropped afterwards."""
         for name, channels in outputs.items():
@@ -342,8 +361,13 @@ class _Passes:
         outputs = {"c1": width, "r1": width if conv_shortcut[0] else bands, "q1": width}
         if rcabs[0].residual:
             outputs["u1"] = bands
-        stats = self.run(["x"], rsabs[0].conv.kernel_size[0] // 2, pass0, outputs,
-                         {"c1", "q1"} | ({"r1"} if conv_shortcut[0] else set()))
+        stats = self.run(
+            ["x"],
+            rsabs[0].conv.kernel_size[0] // 2,
+            pass0,
+            outputs,
+            {"c1", "q1"} | ({"r1"} if conv_shortcut[0] else set()),
+        )
         spectral_stats = stats["q1"]
         for k, block in enumerate(rsabs, start=1):  # spatial passes
             self.norm(block.bn, stats[f"c{k}"])
@@ -360,14 +384,23 @@ class _Passes:
 
                 halo = block.sa.radius + nxt.conv.kernel_size[0] // 2
                 outputs = {f"c{k + 1}": width, f"r{k + 1}": width}
-                stats = self.run([f"c{k}", f"r{k}"], halo, step, outputs,
-                                 {f"c{k + 1}"} | ({f"r{k + 1}"} if conv_shortcut[k] else set()))
+                stats = self.run(
+                    [f"c{k}", f"r{k}"],
+                    halo,
+                    step,
+                    outputs,
+                    {f"c{k + 1}"} | ({f"r{k + 1}"} if conv_shortcut[k] else set()),
+                )
             else:
+
                 def last(c, r, block=block, weights=weights):
                     return {"fs": part(m.fuse_spatial, 0, nn.Conv2d)(m.pool(self._finish_rsab(block, weights, c, r)))}
 
-                halo = (block.sa.radius + m.pool.kernel_size // 2
-                        + int(part(m.fuse_spatial, 0, nn.Conv2d).kernel_size[0]) // 2)
+                halo = (
+                    block.sa.radius
+                    + m.pool.kernel_size // 2
+                    + int(part(m.fuse_spatial, 0, nn.Conv2d).kernel_size[0]) // 2
+                )
                 fs = self.run([f"c{k}", f"r{k}"], halo, last, {"fs": width}, {"fs"})["fs"]
                 self.norm(part(m.fuse_spatial, 1, nn.BatchNorm2d), fs)
         stats = {"q1": spectral_stats}
@@ -386,6 +419,7 @@ class _Passes:
                 outputs = {f"q{k + 1}": width} | ({f"u{k + 1}": width} if nxt_q.residual else {})
                 stats = self.run(inputs, 0, step_q, outputs, {f"q{k + 1}"})
             else:
+
                 def last_q(q, u=None, rcab=rcab, weights=weights):
                     return {"fq": part(m.fuse_spectral, 0, nn.Conv2d)(self._finish_rcab(rcab, weights, q, u))}
 
@@ -396,8 +430,16 @@ class _Passes:
 
 
 @torch.no_grad()
-def date_features(model: HyperNet, x, tile: int, device, scratch: Scratch, prefix: str = "",
-                  per_date: bool = True, feedback: Feedback | None = None) -> DateFeatures:
+def date_features(
+    model: HyperNet,
+    x,
+    tile: int,
+    device,
+    scratch: Scratch,
+    prefix: str = "",
+    per_date: bool = True,
+    feedback: Feedback | None = None,
+) -> DateFeatures:
     """Run the passes of one date ``x`` (bands, rows, cols; any array-like with window slicing) by ``tile`` x
     ``tile`` tiles; its fused features are then read tile by tile with :meth:`DateFeatures.features`.
 

@@ -37,8 +37,9 @@ def focal_cosine_loss(
     return _symmetric_loss(c_p1, c_z1, c_p2, c_z2, gamma)
 
 
-def _symmetric_loss(p1: torch.Tensor, z1: torch.Tensor, p2: torch.Tensor, z2: torch.Tensor,
-                    gamma: float) -> torch.Tensor:
+def _symmetric_loss(
+    p1: torch.Tensor, z1: torch.Tensor, p2: torch.Tensor, z2: torch.Tensor, gamma: float
+) -> torch.Tensor:
     """-0.5 * (focal term of (p1, z2) + focal term of (p2, z1)) on (C, K) columns at the training pixels."""
     return -0.5 * (_focal_term(p1, z2, gamma) + _focal_term(p2, z1, gamma))
 
@@ -74,8 +75,9 @@ def training_loss(model, x1: torch.Tensor, x2: torch.Tensor, index: torch.Tensor
     return _symmetric_loss(p1, z1, p2, z2, gamma)
 
 
-def training_step(model, optimizer: torch.optim.Optimizer, x1: torch.Tensor, x2: torch.Tensor,
-                  index: torch.Tensor, gamma: float) -> float:
+def training_step(
+    model, optimizer: torch.optim.Optimizer, x1: torch.Tensor, x2: torch.Tensor, index: torch.Tensor, gamma: float
+) -> float:
     """One optimiser step on :func:`training_loss` (model put in training mode); returns the loss value."""
     model.train()
     optimizer.zero_grad(set_to_none=True)

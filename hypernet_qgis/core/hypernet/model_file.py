@@ -63,7 +63,10 @@ def save_model(path: str | os.PathLike, model: HyperNet, metadata: dict | None =
     """Write ``model`` and ``metadata`` to ``path`` atomically (temp file in the same folder, then rename)."""
     meta = dict(metadata or {})
     meta.update(
-        bands=model.bands, width=model.width, proj_width=model.proj_width, pred_hidden=model.pred_hidden,
+        bands=model.bands,
+        width=model.width,
+        proj_width=model.proj_width,
+        pred_hidden=model.pred_hidden,
         widths=[model.bands, model.width, model.proj_width, model.pred_hidden],
     )
     meta.setdefault("software", software_versions())
@@ -94,28 +97,35 @@ def expected_state(meta: dict) -> dict[str, tuple[tuple[int, ...], torch.dtype]]
 
 def _check_state(state: Any, meta: dict, path: Path) -> None:
     """The weights are exactly the tensors the metadata implies (keys, shapes, dtypes) and all finite."""
-    if not isinstance(state, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor)
-                                              for k, v in state.items()):
+    if not isinstance(state, dict) or not all(
+        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()
+    ):
         raise _damaged(path, "its weights are not a dict of tensors")
     expected = expected_state(meta)
     missing, extra = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
     if missing or extra:
-        raise InputError(f"{path} is damaged: its weights do not fit a HyperNet of {meta['bands']} bands and width "
-                         f"{meta['width']} ({'missing ' + missing[0] if missing else 'unexpected ' + extra[0]}). "
-                         "Train the model again.")
+        raise InputError(
+            f"{path} is damaged: its weights do not fit a HyperNet of {meta['bands']} bands and width "
+            f"{meta['width']} ({'missing ' + missing[0] if missing else 'unexpected ' + extra[0]}). "
+            "Train the model again."
+        )
     for key, (shape, dtype) in expected.items():
         t = state[key]
         if tuple(t.shape) != shape or t.dtype != dtype:
-            raise InputError(f"{path} is damaged: its weights do not fit a HyperNet of {meta['bands']} bands and "
-                             f"width {meta['width']} ({key} is {tuple(t.shape)} {t.dtype}, expected {shape} "
-                             f"{dtype}). Train the model again.")
+            raise InputError(
+                f"{path} is damaged: its weights do not fit a HyperNet of {meta['bands']} bands and "
+                f"width {meta['width']} ({key} is {tuple(t.shape)} {t.dtype}, expected {shape} "
+                f"{dtype}). Train the model again."
+            )
 
 
 def _check_finite(state: dict, path: Path) -> None:
     for key, t in state.items():
         if t.is_floating_point() and not bool(torch.isfinite(t).all()):
-            raise InputError(f"{path} holds NaN or infinite weights ({key}): its training diverged. Train the model "
-                             "again with a lower LEARNING_RATE.")
+            raise InputError(
+                f"{path} holds NaN or infinite weights ({key}): its training diverged. Train the model "
+                "again with a lower LEARNING_RATE."
+            )
 
 
 def _read_checked(path: Path) -> tuple[dict, dict]:
@@ -136,8 +146,9 @@ def _read_checked(path: Path) -> tuple[dict, dict]:
     return meta, cast(dict, state)  # _check_state refused anything but a dict of tensors
 
 
-def load_model(path: str | os.PathLike, expected_bands: int | None = None,
-               device: str | torch.device = "cpu") -> tuple[HyperNet, dict]:
+def load_model(
+    path: str | os.PathLike, expected_bands: int | None = None, device: str | torch.device = "cpu"
+) -> tuple[HyperNet, dict]:
     """Read a model file safely; return (HyperNet in eval mode on ``device``, metadata).
 
     Raises InputError for a missing, empty, damaged or foreign file, a file that carries pickled code, a newer
@@ -149,16 +160,22 @@ def load_model(path: str | os.PathLike, expected_bands: int | None = None,
     meta, state = _read_checked(path)
     bands = meta["bands"]
     if expected_bands is not None and int(expected_bands) != bands:
-        raise InputError(f"The model was trained on {bands} bands but the image has {int(expected_bands)}; train a "
-                         "model on this sensor's bands or pick the same band subset.")
+        raise InputError(
+            f"The model was trained on {bands} bands but the image has {int(expected_bands)}; train a "
+            "model on this sensor's bands or pick the same band subset."
+        )
     if meta.get("members"):
-        raise InputError(f"{path} holds {meta['members']} networks; this version reads single-network model files. "
-                         "Update the plugin.")
+        raise InputError(
+            f"{path} holds {meta['members']} networks; this version reads single-network model files. "
+            "Update the plugin."
+        )
     _check_finite(state, path)
     model = HyperNet(bands, meta["width"], meta["proj_width"], meta["pred_hidden"])
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError:
-        raise InputError(f"{path} is damaged: its weights do not fit a HyperNet of {bands} bands and width "
-                         f"{meta['width']}. Train the model again.") from None
+        raise InputError(
+            f"{path} is damaged: its weights do not fit a HyperNet of {bands} bands and width "
+            f"{meta['width']}. Train the model again."
+        ) from None
     return model.to(device).eval(), meta

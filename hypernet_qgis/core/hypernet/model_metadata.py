@@ -45,13 +45,17 @@ _REDUCTION = 16
 
 
 def _damaged(path: Path, why: str) -> InputError:
-    return InputError(f"{path} is damaged or not a HyperNet model file ({why}). Train the model again or pick a "
-                      "model file written by Train HyperNet.")
+    return InputError(
+        f"{path} is damaged or not a HyperNet model file ({why}). Train the model again or pick a "
+        "model file written by Train HyperNet."
+    )
 
 
 def _code(path: Path) -> InputError:
-    return InputError(f"Refused to load {path}: it contains Python objects or code, not only weights. Model "
-                      "files from this plugin never do; only use model files from a trusted source.")
+    return InputError(
+        f"Refused to load {path}: it contains Python objects or code, not only weights. Model "
+        "files from this plugin never do; only use model files from a trusted source."
+    )
 
 
 # ------------------------------------------------------------------------------------------ the archive
@@ -79,14 +83,17 @@ def _read_structure(path: Path) -> bytes:
     """The archive's ``data.pkl`` (the pickled dict), after the checks of a missing, empty or foreign file and of
     the archive's directory. Found as torch finds it: in the folder of the archive's first entry."""
     if not path.is_file():
-        raise InputError(f"Model file {path} does not exist. Train a model first (Train HyperNet) or pick an "
-                         "existing model file.")
+        raise InputError(
+            f"Model file {path} does not exist. Train a model first (Train HyperNet) or pick an existing model file."
+        )
     if path.stat().st_size == 0:
-        raise InputError(f"Model file {path} is empty (an interrupted copy?). Train the model again or pick another "
-                         "file.")
+        raise InputError(
+            f"Model file {path} is empty (an interrupted copy?). Train the model again or pick another file."
+        )
     if not zipfile.is_zipfile(path):
-        raise InputError(f"{path} is not a HyperNet model file (not a PyTorch archive). Pick a model file written "
-                         "by Train HyperNet.")
+        raise InputError(
+            f"{path} is not a HyperNet model file (not a PyTorch archive). Pick a model file written by Train HyperNet."
+        )
     try:
         with zipfile.ZipFile(path) as zf:
             entries = zf.infolist()
@@ -130,18 +137,36 @@ class _Storage(NamedTuple):
 
 #: ``torch.<Name>Storage`` -> the dtype torch prints (tests/test_model_metadata.py checks them against torch).
 STORAGE_DTYPES = {
-    "DoubleStorage": "torch.float64", "FloatStorage": "torch.float32", "HalfStorage": "torch.float16",
-    "BFloat16Storage": "torch.bfloat16", "LongStorage": "torch.int64", "IntStorage": "torch.int32",
-    "ShortStorage": "torch.int16", "CharStorage": "torch.int8", "ByteStorage": "torch.uint8",
-    "BoolStorage": "torch.bool", "ComplexDoubleStorage": "torch.complex128", "ComplexFloatStorage": "torch.complex64",
+    "DoubleStorage": "torch.float64",
+    "FloatStorage": "torch.float32",
+    "HalfStorage": "torch.float16",
+    "BFloat16Storage": "torch.bfloat16",
+    "LongStorage": "torch.int64",
+    "IntStorage": "torch.int32",
+    "ShortStorage": "torch.int16",
+    "CharStorage": "torch.int8",
+    "ByteStorage": "torch.uint8",
+    "BoolStorage": "torch.bool",
+    "ComplexDoubleStorage": "torch.complex128",
+    "ComplexFloatStorage": "torch.complex64",
 }
 
 
-def _rebuild_tensor(storage: Any, storage_offset: Any, size: Any, stride: Any, requires_grad: Any = False,
-                    backward_hooks: Any = None, metadata: Any = None) -> TensorInfo:
+def _rebuild_tensor(
+    storage: Any,
+    storage_offset: Any,
+    size: Any,
+    stride: Any,
+    requires_grad: Any = False,
+    backward_hooks: Any = None,
+    metadata: Any = None,
+) -> TensorInfo:
     """The stand-in for ``torch._utils._rebuild_tensor_v2``: a TensorInfo from checked arguments."""
-    if not isinstance(storage, _Storage) or not isinstance(size, tuple) or not all(
-            isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in size):
+    if (
+        not isinstance(storage, _Storage)
+        or not isinstance(size, tuple)
+        or not all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in size)
+    ):
         raise pickle.UnpicklingError("a tensor without a storage or a shape")
     return TensorInfo(size, storage.dtype)
 
@@ -172,8 +197,7 @@ class _WeightsOnlyUnpickler(pickle._Unpickler):
 
     def persistent_load(self, pid: Any) -> Any:
         # ("storage", storage type, key, location, element count): the storage, never its bytes
-        if not (isinstance(pid, tuple) and len(pid) == 5 and pid[0] == "storage"
-                and isinstance(pid[1], _StorageType)):
+        if not (isinstance(pid, tuple) and len(pid) == 5 and pid[0] == "storage" and isinstance(pid[1], _StorageType)):
             raise pickle.UnpicklingError("an unknown persistent id")
         return _Storage(pid[1].dtype)
 
@@ -203,8 +227,7 @@ def _number_list(meta: dict, key: str, path: Path, length: int | None = None) ->
     value = meta.get(key)
     if value is None:
         return
-    if not isinstance(value, list) or not all(isinstance(v, (int, float)) and not isinstance(v, bool)
-                                              for v in value):
+    if not isinstance(value, list) or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):
         raise _damaged(path, f"metadata {key} is not a list of numbers")
     if length is not None and len(value) != length:
         raise _damaged(path, f"metadata {key} has {len(value)} values for {length} bands")
@@ -230,12 +253,14 @@ def validate_metadata(meta: Any, path: str | os.PathLike = "the model file") -> 
         raise _damaged(path, f"metadata band_count {count} but the network takes {bands} bands")
     selection = meta.get("band_selection")
     if selection is not None:
-        if (not isinstance(selection, list) or not all(isinstance(b, int) and not isinstance(b, bool)
-                                                       and 1 <= b <= 100_000 for b in selection)):
+        if not isinstance(selection, list) or not all(
+            isinstance(b, int) and not isinstance(b, bool) and 1 <= b <= 100_000 for b in selection
+        ):
             raise _damaged(path, "metadata band_selection is not a list of band numbers from 1")
         if len(selection) != bands or len(set(selection)) != len(selection):
-            raise _damaged(path, f"metadata band_selection lists {len(selection)} bands (or a band twice) for a "
-                                 f"network of {bands}")
+            raise _damaged(
+                path, f"metadata band_selection lists {len(selection)} bands (or a band twice) for a network of {bands}"
+            )
     _number_list(meta, "wavelengths_nm", path, bands)
     _number_list(meta, "loss_history", path)
     _int_field(meta, "members", 1, MAX_MEMBERS, path, required=False)
@@ -253,12 +278,15 @@ def validate_metadata(meta: Any, path: str | os.PathLike = "the model file") -> 
 def check_format(payload: Any, path: Path) -> dict:
     """The payload is a HyperNet model dict of this format version; its metadata, parsed and validated."""
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
-        raise InputError(f"{path} is a PyTorch file but not a HyperNet model file. Pick a model file written by "
-                         "Train HyperNet.")
+        raise InputError(
+            f"{path} is a PyTorch file but not a HyperNet model file. Pick a model file written by Train HyperNet."
+        )
     version = payload.get("format_version")
     if version != FORMAT_VERSION:
-        raise InputError(f"{path} has model format version {version!r}; this plugin reads version "
-                         f"{FORMAT_VERSION}. Update the plugin or train the model again with this version.")
+        raise InputError(
+            f"{path} has model format version {version!r}; this plugin reads version "
+            f"{FORMAT_VERSION}. Update the plugin or train the model again with this version."
+        )
     text = payload.get("metadata_json")
     if not isinstance(text, str) or len(text) > MAX_METADATA_CHARS:
         raise _damaged(path, "its metadata is missing or too large")
@@ -321,8 +349,10 @@ def _layout(bands: int, width: int, proj: int, pred: int) -> Iterator[tuple[str,
 def expected_shapes(meta: dict) -> dict[str, tuple[tuple[int, ...], str]]:
     """Key -> (shape, dtype) of the state dict the metadata implies, without torch (``model_file.expected_state``
     is the same from the network itself). A file with ``members: K`` holds K networks under ``members.<i>.``."""
-    single = {k: (shape, "torch.int64" if k.endswith("num_batches_tracked") else "torch.float32")
-              for k, shape in _layout(meta["bands"], meta["width"], meta["proj_width"], meta["pred_hidden"])}
+    single = {
+        k: (shape, "torch.int64" if k.endswith("num_batches_tracked") else "torch.float32")
+        for k, shape in _layout(meta["bands"], meta["width"], meta["proj_width"], meta["pred_hidden"])
+    }
     members = meta.get("members")
     if not members:
         return single
@@ -334,21 +364,26 @@ def check_shapes(state: Any, meta: dict, path: Path) -> None:
 
     The messages are those of ``model_file``'s check with torch, which ``load_model`` runs on the loaded tensors.
     """
-    if not isinstance(state, dict) or not all(isinstance(k, str) and isinstance(v, TensorInfo)
-                                              for k, v in state.items()):
+    if not isinstance(state, dict) or not all(
+        isinstance(k, str) and isinstance(v, TensorInfo) for k, v in state.items()
+    ):
         raise _damaged(path, "its weights are not a dict of tensors")
     expected = expected_shapes(meta)
     missing, extra = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
     if missing or extra:
-        raise InputError(f"{path} is damaged: its weights do not fit a HyperNet of {meta['bands']} bands and width "
-                         f"{meta['width']} ({'missing ' + missing[0] if missing else 'unexpected ' + extra[0]}). "
-                         "Train the model again.")
+        raise InputError(
+            f"{path} is damaged: its weights do not fit a HyperNet of {meta['bands']} bands and width "
+            f"{meta['width']} ({'missing ' + missing[0] if missing else 'unexpected ' + extra[0]}). "
+            "Train the model again."
+        )
     for key, (shape, dtype) in expected.items():
         t = state[key]
         if t.shape != shape or t.dtype != dtype:
-            raise InputError(f"{path} is damaged: its weights do not fit a HyperNet of {meta['bands']} bands and "
-                             f"width {meta['width']} ({key} is {t.shape} {t.dtype}, expected {shape} "
-                             f"{dtype}). Train the model again.")
+            raise InputError(
+                f"{path} is damaged: its weights do not fit a HyperNet of {meta['bands']} bands and "
+                f"width {meta['width']} ({key} is {t.shape} {t.dtype}, expected {shape} "
+                f"{dtype}). Train the model again."
+            )
 
 
 # ------------------------------------------------------------------------------------------------ entry

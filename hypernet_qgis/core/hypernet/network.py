@@ -211,12 +211,19 @@ class HyperNet(nn.Module):
         self.fuse_spatial = nn.Sequential(nn.Conv2d(width, width, 1, bias=False), nn.BatchNorm2d(width))
         self.fuse_spectral = nn.Sequential(nn.Conv2d(width, width, 3, padding=1, bias=False), nn.BatchNorm2d(width))
         self.projector = nn.Sequential(
-            nn.Conv2d(2 * width, proj_width, 1, bias=False), nn.BatchNorm2d(proj_width), nn.ReLU(inplace=True),
-            nn.Conv2d(proj_width, proj_width, 1, bias=False), nn.BatchNorm2d(proj_width), nn.ReLU(inplace=True),
-            nn.Conv2d(proj_width, proj_width, 1, bias=True), nn.BatchNorm2d(proj_width, affine=False),
+            nn.Conv2d(2 * width, proj_width, 1, bias=False),
+            nn.BatchNorm2d(proj_width),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(proj_width, proj_width, 1, bias=False),
+            nn.BatchNorm2d(proj_width),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(proj_width, proj_width, 1, bias=True),
+            nn.BatchNorm2d(proj_width, affine=False),
         )
         self.predictor = nn.Sequential(
-            nn.Conv2d(proj_width, pred_hidden, 1, bias=False), nn.BatchNorm2d(pred_hidden), nn.ReLU(inplace=True),
+            nn.Conv2d(proj_width, pred_hidden, 1, bias=False),
+            nn.BatchNorm2d(pred_hidden),
+            nn.ReLU(inplace=True),
             nn.Conv2d(pred_hidden, proj_width, 1, bias=False),
         )
         self.reset_parameters()

@@ -38,8 +38,9 @@ STAT_PASSES = 3
 
 def tiles(rows: int, cols: int, tile: int) -> list[tuple[int, int, int, int]]:
     """Row-major tiles (r0, r1, c0, c1) of at most ``tile`` x ``tile`` pixels covering the image."""
-    return [(r, min(r + tile, rows), c, min(c + tile, cols))
-            for r in range(0, rows, tile) for c in range(0, cols, tile)]
+    return [
+        (r, min(r + tile, rows), c, min(c + tile, cols)) for r in range(0, rows, tile) for c in range(0, cols, tile)
+    ]
 
 
 def window(t: tuple[int, int, int, int], halo: int, rows: int, cols: int) -> tuple[int, int, int, int]:
@@ -56,7 +57,7 @@ def _as_tensor(x: np.ndarray, win: tuple[int, int, int, int], dtype: torch.dtype
 def interior(a: torch.Tensor, t: tuple[int, int, int, int], win: tuple[int, int, int, int]) -> torch.Tensor:
     """The part of ``a`` (computed on window ``win``) that covers tile ``t``."""
     r0, r1, c0, c1 = t
-    return a[..., r0 - win[0]: r1 - win[0], c0 - win[2]: c1 - win[2]]
+    return a[..., r0 - win[0] : r1 - win[0], c0 - win[2] : c1 - win[2]]
 
 
 def resolve_device(device) -> torch.device:
@@ -79,8 +80,10 @@ def check_input(model: HyperNet, x: np.ndarray, tile: int) -> None:
     if x.ndim != 3:
         raise InputError(f"Expected an image of shape (bands, rows, cols), got shape {x.shape}.")
     if x.shape[0] != model.bands:
-        raise InputError(f"The model was trained on {model.bands} bands but the image has {x.shape[0]}; train a model "
-                         "on this sensor's bands or pick the same band subset.")
+        raise InputError(
+            f"The model was trained on {model.bands} bands but the image has {x.shape[0]}; train a model "
+            "on this sensor's bands or pick the same band subset."
+        )
     if int(tile) < 1:
         raise InputError(f"Tile size must be at least 1 pixel, got {tile}.")
     if model.training:
@@ -88,8 +91,14 @@ def check_input(model: HyperNet, x: np.ndarray, tile: int) -> None:
 
 
 @torch.no_grad()
-def pooled_statistics(model: HyperNet, x: np.ndarray, tile: int, device="cpu", feedback: Feedback | None = None,
-                      progress: tuple[float, float] = (0.0, 1.0)) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+def pooled_statistics(
+    model: HyperNet,
+    x: np.ndarray,
+    tile: int,
+    device="cpu",
+    feedback: Feedback | None = None,
+    progress: tuple[float, float] = (0.0, 1.0),
+) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     """Global (avg, max) pooled statistics of every channel attention module, by streaming passes over tiles.
 
     Returns ``{key: (avg (1, C, 1, 1), max (1, C, 1, 1))}`` on ``device`` in the model's dtype, equal to what each
@@ -103,8 +112,10 @@ def pooled_statistics(model: HyperNet, x: np.ndarray, tile: int, device="cpu", f
     steps, done = STAT_PASSES * len(parts), 0
     lo, hi = progress
     for depth in range(STAT_PASSES):
-        keys = {HyperNet.SPATIAL_KEYS[depth]: model.spatial_branch,
-                HyperNet.SPECTRAL_KEYS[depth]: model.spectral_branch}
+        keys = {
+            HyperNet.SPATIAL_KEYS[depth]: model.spatial_branch,
+            HyperNet.SPECTRAL_KEYS[depth]: model.spectral_branch,
+        }
         sums: dict[str, torch.Tensor] = {}
         maxs: dict[str, torch.Tensor] = {}
         for t in parts:
@@ -126,9 +137,15 @@ def pooled_statistics(model: HyperNet, x: np.ndarray, tile: int, device="cpu", f
 
 
 @torch.no_grad()
-def iter_fused_features(model: HyperNet, x: np.ndarray, tile: int, device="cpu", feedback: Feedback | None = None,
-                        as_tensor: bool = False, pooled: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = None
-                        ) -> Iterator[tuple[int, int, Any]]:
+def iter_fused_features(
+    model: HyperNet,
+    x: np.ndarray,
+    tile: int,
+    device="cpu",
+    feedback: Feedback | None = None,
+    as_tensor: bool = False,
+    pooled: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = None,
+) -> Iterator[tuple[int, int, Any]]:
     """Yield ``(row0, col0, features (2*width, tile rows, tile cols))`` per tile, row-major, exactly as ``model(x)``.
 
     ``model`` must be in eval mode; it is moved to ``device`` ("auto": CUDA when available).
@@ -166,19 +183,30 @@ def iter_fused_features(model: HyperNet, x: np.ndarray, tile: int, device="cpu",
             feedback.set_progress(share + (1 - share) * (i + 1) / len(parts))
 
 
-def fused_features_tiled(model: HyperNet, x: np.ndarray, tile: int, device="cpu", feedback: Feedback | None = None,
-                         on_tile: Callable[[int, int, np.ndarray], None] | None = None,
-                         pooled: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = None) -> np.ndarray | None:
+def fused_features_tiled(
+    model: HyperNet,
+    x: np.ndarray,
+    tile: int,
+    device="cpu",
+    feedback: Feedback | None = None,
+    on_tile: Callable[[int, int, np.ndarray], None] | None = None,
+    pooled: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = None,
+) -> np.ndarray | None:
     """Fused features of ``x`` (bands, rows, cols) computed tile by tile, equal to the whole-image forward pass.
 
     Without ``on_tile``: returns the full (2*width, rows, cols) array (model dtype). With ``on_tile``: calls
     ``on_tile(row0, col0, features)`` for each tile and returns None, never holding all features.
     """
-    out = None if on_tile is not None else np.empty(
-        (2 * model.width, *x.shape[1:]), dtype=torch.empty(0, dtype=next(model.parameters()).dtype).numpy().dtype)
+    out = (
+        None
+        if on_tile is not None
+        else np.empty(
+            (2 * model.width, *x.shape[1:]), dtype=torch.empty(0, dtype=next(model.parameters()).dtype).numpy().dtype
+        )
+    )
     for r0, c0, f in iter_fused_features(model, x, tile, device, feedback, pooled=pooled):
         if on_tile is not None:
             on_tile(r0, c0, f)
         elif out is not None:
-            out[:, r0: r0 + f.shape[1], c0: c0 + f.shape[2]] = f
+            out[:, r0 : r0 + f.shape[1], c0 : c0 + f.shape[2]] = f
     return out

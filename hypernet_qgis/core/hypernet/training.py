@@ -178,8 +178,10 @@ def train_hypernet_pairs(
         mask = p.mask & p.valid
         _check_inputs(p.x1s, p.x2s, p.valid, mask)
         if tuple(p.x1s.shape) != tuple(pairs[0].x1s.shape):
-            raise InputError(f"The pairs to train one model on differ in shape: {tuple(pairs[0].x1s.shape)} vs "
-                             f"{tuple(p.x1s.shape)}; put every date on one grid with the same bands.")
+            raise InputError(
+                f"The pairs to train one model on differ in shape: {tuple(pairs[0].x1s.shape)} vs "
+                f"{tuple(p.x1s.shape)}; put every date on one grid with the same bands."
+            )
         masks.append(mask)
     n_pairs = len(pairs)
     training_pixels = int(sum(int(m.sum()) for m in masks))
@@ -271,8 +273,15 @@ def _tensor(x, device: torch.device) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).unsqueeze(0).to(device)
 
 
-def _mixed_crops(tensors: Sequence[torch.Tensor | None], arrays: Sequence[Any], which: np.ndarray, r0: np.ndarray,
-                 c0: np.ndarray, crop: int, device: torch.device) -> torch.Tensor:
+def _mixed_crops(
+    tensors: Sequence[torch.Tensor | None],
+    arrays: Sequence[Any],
+    which: np.ndarray,
+    r0: np.ndarray,
+    c0: np.ndarray,
+    crop: int,
+    device: torch.device,
+) -> torch.Tensor:
     """The step's crop batch: crop j from pair ``which[j]`` (one pair: exactly :func:`_crops`)."""
     if len(tensors) == 1:
         return _crops(tensors[0], arrays[0], r0, c0, crop, device)

@@ -64,8 +64,10 @@ def remove_stale_temps(path: str) -> list[str]:
 def disk_error(exc: OSError, what: str, path: str) -> InputError:
     """One-line InputError for an OSError while writing ``path`` (full disk, quota, file too large, ...)."""
     if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
-        return InputError(f"Could not write {what} {path}: {exc.strerror} (nothing was changed). Free disk space or "
-                          "choose another folder.")
+        return InputError(
+            f"Could not write {what} {path}: {exc.strerror} (nothing was changed). Free disk space or "
+            "choose another folder."
+        )
     return InputError(f"Could not write {what} {path}: {exc.strerror or exc}. Choose another output path.")
 
 
@@ -117,8 +119,9 @@ def atomic_file(path: str | os.PathLike, what: str, example: str, binary: bool =
     path = os.fspath(path)
     folder = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(folder):
-        raise InputError(f"Cannot write {what} {path}: the folder {folder} does not exist. Create it or choose "
-                         "another output path.")
+        raise InputError(
+            f"Cannot write {what} {path}: the folder {folder} does not exist. Create it or choose another output path."
+        )
     if os.path.isdir(path):
         raise InputError(f"Cannot write {what} {path}: it is a folder. Give a file name such as {example}.")
     remove_stale_temps(path)
@@ -128,7 +131,7 @@ def atomic_file(path: str | os.PathLike, what: str, example: str, binary: bool =
         raise InputError(f"Cannot write {what} in {folder} ({exc.strerror}). Choose a writable folder.") from None
     try:
         try:
-            with (os.fdopen(fd, "wb") if binary else os.fdopen(fd, "w", encoding="utf-8", newline="\n")) as fh:
+            with os.fdopen(fd, "wb") if binary else os.fdopen(fd, "w", encoding="utf-8", newline="\n") as fh:
                 yield fh
                 fh.flush()
                 os.fsync(fh.fileno())

@@ -57,8 +57,10 @@ def bad_bands(path: str) -> tuple[list[int], str] | None:
             good = _flags(text, n)
             if good is not None:
                 return [i + 1 for i, ok in enumerate(good) if not ok], source
-        per_band = [ds.GetRasterBand(i).GetMetadataItem("bbl") or ds.GetRasterBand(i).GetMetadataItem("BBL")
-                    for i in range(1, n + 1)]
+        per_band = [
+            ds.GetRasterBand(i).GetMetadataItem("bbl") or ds.GetRasterBand(i).GetMetadataItem("BBL")
+            for i in range(1, n + 1)
+        ]
         if any(v is not None for v in per_band):
             bad = [i + 1 for i, v in enumerate(per_band) if v is not None and _flags(v, 1) == [False]]
             return bad, "the bands' bbl metadata"
@@ -82,8 +84,7 @@ def bad_bands(path: str) -> tuple[list[int], str] | None:
 
 def water_bands(wavelengths_nm: Sequence[float]) -> list[int]:
     """1-based bands whose centre wavelength lies in a water-absorption region."""
-    return [i + 1 for i, w in enumerate(wavelengths_nm)
-            if any(lo <= w <= hi for lo, hi in WATER_ABSORPTION_NM)]
+    return [i + 1 for i, w in enumerate(wavelengths_nm) if any(lo <= w <= hi for lo, hi in WATER_ABSORPTION_NM)]
 
 
 def ranges(bands: Sequence[int]) -> str:
@@ -99,8 +100,15 @@ def ranges(bands: Sequence[int]) -> str:
     return ", ".join(out)
 
 
-def choose_bands(t1: str, t2: str, bands: Sequence[int] | None, *, drop_bad: bool = True, drop_water: bool = False,
-                 feedback: Feedback | None = None) -> list[int] | None:
+def choose_bands(
+    t1: str,
+    t2: str,
+    bands: Sequence[int] | None,
+    *,
+    drop_bad: bool = True,
+    drop_water: bool = False,
+    feedback: Feedback | None = None,
+) -> list[int] | None:
     """The band list to read: ``bands`` (None = all) without the bands either date marks bad (``drop_bad``) and,
     with ``drop_water``, without the water-absorption bands. None when nothing is left out of "all bands".
 
@@ -121,42 +129,50 @@ def choose_bands(t1: str, t2: str, bands: Sequence[int] | None, *, drop_bad: boo
                 continue  # the grid check reports the band counts
             hit = [b for b in bad if b in selected]
             if hit:
-                feedback.info(f"Leaving out {len(hit)} band{'s' if len(hit) != 1 else ''} that {what} "
-                              f"({info.name}) marks bad in {source}: {ranges(hit)}.")
+                feedback.info(
+                    f"Leaving out {len(hit)} band{'s' if len(hit) != 1 else ''} that {what} "
+                    f"({info.name}) marks bad in {source}: {ranges(hit)}."
+                )
             left_out.update(hit)
     w1, w2 = info1.wavelengths_nm, info2.wavelengths_nm
     if w1 and w2 and len(w1) == len(w2):
         worst = max(abs(a - b) for a, b in zip(w1, w2))
         if worst > WAVELENGTH_TOLERANCE_NM:
-            feedback.info(f"Warning: the wavelengths of T1 and T2 differ by up to {worst:.1f} nm; the bands are "
-                          "compared by number. Check that both images come from the same sensor and band set.")
+            feedback.info(
+                f"Warning: the wavelengths of T1 and T2 differ by up to {worst:.1f} nm; the bands are "
+                "compared by number. Check that both images come from the same sensor and band set."
+            )
     if drop_water:
         wavelengths = w1 or w2
         if not wavelengths:
             raise InputError(
                 f"Leaving out the water-absorption bands needs the band wavelengths, but neither {info1.name} nor "
                 f"{info2.name} gives them (no 'wavelength' in the metadata or ENVI header). Give the bands to use "
-                "in BANDS instead, or add the wavelengths to the files.")
+                "in BANDS instead, or add the wavelengths to the files."
+            )
         water = [b for b in water_bands(wavelengths) if b in selected and b not in left_out]
         if water:
-            feedback.info(f"Leaving out {len(water)} water-absorption band{'s' if len(water) != 1 else ''} "
-                          f"(1350-1450 nm, 1800-1950 nm, beyond 2450 nm): {ranges(water)}.")
+            feedback.info(
+                f"Leaving out {len(water)} water-absorption band{'s' if len(water) != 1 else ''} "
+                f"(1350-1450 nm, 1800-1950 nm, beyond 2450 nm): {ranges(water)}."
+            )
         else:
-            feedback.info("No band lies in the water-absorption regions (1350-1450 nm, 1800-1950 nm, beyond "
-                          "2450 nm).")
+            feedback.info("No band lies in the water-absorption regions (1350-1450 nm, 1800-1950 nm, beyond 2450 nm).")
         left_out.update(water)
     if not left_out:
         return list(bands) if bands else None
     kept = [b for b in selected if b not in left_out]
     if not kept:
-        raise InputError(f"No band is left: all {len(selected)} selected bands are marked bad or lie in the "
-                         "water-absorption regions. Choose other bands in BANDS.")
+        raise InputError(
+            f"No band is left: all {len(selected)} selected bands are marked bad or lie in the "
+            "water-absorption regions. Choose other bands in BANDS."
+        )
     return kept
 
 
-
-def bands_for_model(t1: str, metadata: dict, feedback: Feedback | None = None, tolerance_nm: float = 5.0
-                    ) -> list[int] | None:
+def bands_for_model(
+    t1: str, metadata: dict, feedback: Feedback | None = None, tolerance_nm: float = 5.0
+) -> list[int] | None:
     """T1's bands at the wavelengths a model was trained on (1-based), so that a model applies to another scene
     of the same sensor with a different band subset. None when the model or the image gives no wavelengths (the
     model's band selection is then taken by number). InputError naming the wavelengths T1 lacks."""
@@ -181,9 +197,12 @@ def bands_for_model(t1: str, metadata: dict, feedback: Feedback | None = None, t
         raise InputError(
             f"The model was trained on {len(wanted)} bands, {len(missing)} of them at wavelengths {info.name} does "
             f"not have (within {tolerance_nm:g} nm): {shown} nm. Use images of the same sensor, or train a new "
-            "model on these images.")
+            "model on these images."
+        )
     selection = metadata.get("band_selection")
     if selection and list(selection) != chosen:
-        feedback.info(f"Bands chosen by wavelength to match the model: {ranges(chosen)} (the model's own numbers "
-                      f"were {ranges(selection)}).")
+        feedback.info(
+            f"Bands chosen by wavelength to match the model: {ranges(chosen)} (the model's own numbers "
+            f"were {ranges(selection)})."
+        )
     return chosen

@@ -18,8 +18,23 @@ from typing import Any
 from ..errors import InputError
 
 #: ENVI data files beside a header ``name.hdr``: ``name``, ``name.img``, ...
-ENVI_DATA_SUFFIXES = ("", ".img", ".IMG", ".dat", ".DAT", ".bsq", ".BSQ", ".bil", ".BIL", ".bip", ".BIP",
-                      ".raw", ".RAW", ".bin", ".BIN")
+ENVI_DATA_SUFFIXES = (
+    "",
+    ".img",
+    ".IMG",
+    ".dat",
+    ".DAT",
+    ".bsq",
+    ".BSQ",
+    ".bil",
+    ".BIL",
+    ".bip",
+    ".BIP",
+    ".raw",
+    ".RAW",
+    ".bin",
+    ".BIN",
+)
 _MAX_DEPTH = 4  # VRT of VRT of ...
 
 
@@ -113,22 +128,29 @@ def check_output_file(path: str, label: str, example: str = "change.tif") -> str
         raise InputError(f"{label} {path} is a folder. Give a file name such as {os.path.join(path, example)}.")
     if not os.path.isdir(folder):
         what = "is a file, not a folder" if os.path.exists(folder) else "does not exist"
-        raise InputError(f"{label} {path}: the folder {folder} {what}. Create the folder or choose another "
-                         "output path.")
+        raise InputError(
+            f"{label} {path}: the folder {folder} {what}. Create the folder or choose another output path."
+        )
     try:  # a real write probe: permission bits and os.access miss read-only mounts, ACLs and Windows folders
         with tempfile.NamedTemporaryFile(prefix=".hypernet-probe-", dir=folder):
             pass
     except OSError as exc:
-        raise InputError(f"{label} {path}: the folder {folder} is not writable ({exc.strerror or exc}). Choose a "
-                         "folder you can write to.") from None
+        raise InputError(
+            f"{label} {path}: the folder {folder} is not writable ({exc.strerror or exc}). Choose a "
+            "folder you can write to."
+        ) from None
     if os.path.exists(full) and (not os.access(full, os.W_OK) or not os.stat(full).st_mode & 0o200):
-        raise InputError(f"{label} {path} exists and is read-only. Make it writable (chmod u+w) or choose another "
-                         "file name; read-only files are never replaced.")
+        raise InputError(
+            f"{label} {path} exists and is read-only. Make it writable (chmod u+w) or choose another "
+            "file name; read-only files are never replaced."
+        )
     return full
 
 
-def check_job_paths(outputs: Mapping[str, str | os.PathLike | None] | Sequence[str | os.PathLike | None],
-                    inputs: Iterable[str | os.PathLike | None]) -> None:
+def check_job_paths(
+    outputs: Mapping[str, str | os.PathLike | None] | Sequence[str | os.PathLike | None],
+    inputs: Iterable[str | os.PathLike | None],
+) -> None:
     """InputError (one line: which output, which input, what to do) unless every output may be written.
 
     ``outputs``: label -> path (None/"" = not written), or a plain list of paths. ``inputs``: every file the job
@@ -146,8 +168,10 @@ def check_job_paths(outputs: Mapping[str, str | os.PathLike | None] | Sequence[s
             hit = next((taken[f] for f in existing_inputs if _same(full, f)), None)
         if hit is not None:
             behind = "" if _same(full, _absolute(hit)) else " (a file that input is made of)"
-            raise InputError(f"{label} {out} would overwrite the input {hit}{behind}. Choose another output file "
-                             "name; inputs are never modified.")
+            raise InputError(
+                f"{label} {out} would overwrite the input {hit}{behind}. Choose another output file "
+                "name; inputs are never modified."
+            )
         for other_label, other in seen:
             if _same(full, other):
                 who = "Two outputs" if label == other_label else f"{label} and {other_label.lower()}"

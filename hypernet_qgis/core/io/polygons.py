@@ -37,14 +37,14 @@ class PolygonResult:
     """What polygonising a change map gave: counts and areas of the kept regions, and the valid area."""
 
     path: str
-    regions: int              # connected changed regions found
-    kept: int                 # regions at least min_area large (the features written)
-    dropped: int              # regions below min_area
-    changed_pixels: int       # changed pixels in the kept regions
-    valid_pixels: int         # pixels of the change map that are not nodata
-    pixel_area: float         # map units² per pixel
+    regions: int  # connected changed regions found
+    kept: int  # regions at least min_area large (the features written)
+    dropped: int  # regions below min_area
+    changed_pixels: int  # changed pixels in the kept regions
+    valid_pixels: int  # pixels of the change map that are not nodata
+    pixel_area: float  # map units² per pixel
     hectares_per_unit2: float | None  # None when the CRS has no linear unit (geographic or unknown)
-    sieved_pixels: int = 0    # pixels set from 1 to 0 in the change map by sieve
+    sieved_pixels: int = 0  # pixels set from 1 to 0 in the change map by sieve
     messages: list[str] = field(default_factory=list)
 
     @property
@@ -64,12 +64,15 @@ class PolygonResult:
     def summary(self) -> str:
         ha = self.changed_hectares
         area = f"{ha:.4g} ha" if ha is not None else f"{self.changed_area:.6g} map units²"
-        return (f"{self.kept} change polygon{'s' if self.kept != 1 else ''} ({self.dropped} smaller region"
-                f"{'s' if self.dropped != 1 else ''} dropped): {area}, {100.0 * self.changed_share:.2f}% of the "
-                "valid area.")
+        return (
+            f"{self.kept} change polygon{'s' if self.kept != 1 else ''} ({self.dropped} smaller region"
+            f"{'s' if self.dropped != 1 else ''} dropped): {area}, {100.0 * self.changed_share:.2f}% of the "
+            "valid area."
+        )
 
 
 # ------------------------------------------------------------------------------------------- areas
+
 
 def pixel_area(geotransform: Sequence[float]) -> float:
     """Area of one pixel in map units² (rotated grids too)."""
@@ -88,13 +91,17 @@ def hectares_per_unit2(crs_wkt: str) -> float | None:
     return metres * metres / 10000.0 if metres > 0 else None
 
 
-def change_area(changed_pixels: int, valid_pixels: int, geotransform: Sequence[float], crs_wkt: str
-                ) -> dict[str, float | None]:
+def change_area(
+    changed_pixels: int, valid_pixels: int, geotransform: Sequence[float], crs_wkt: str
+) -> dict[str, float | None]:
     """Changed area in map units², hectares (None without a projected CRS) and as a share of the valid area."""
     area = changed_pixels * pixel_area(geotransform)
     factor = hectares_per_unit2(crs_wkt)
-    return {"changed_area": area, "changed_hectares": None if factor is None else area * factor,
-            "changed_share": changed_pixels / valid_pixels if valid_pixels else 0.0}
+    return {
+        "changed_area": area,
+        "changed_hectares": None if factor is None else area * factor,
+        "changed_share": changed_pixels / valid_pixels if valid_pixels else 0.0,
+    }
 
 
 def area_message(changed_pixels: int, valid_pixels: int, geotransform: Sequence[float], crs_wkt: str) -> str:
@@ -109,6 +116,7 @@ def area_message(changed_pixels: int, valid_pixels: int, geotransform: Sequence[
 
 # ------------------------------------------------------------------------------------------ helpers
 
+
 @contextlib.contextmanager
 def _scratch(like: gdal.Dataset, dtype: int, folder: str, in_memory: bool) -> Iterator[gdal.Dataset]:
     """A one-band scratch raster on ``like``'s grid: in memory, or a temporary GeoTIFF removed afterwards."""
@@ -117,8 +125,9 @@ def _scratch(like: gdal.Dataset, dtype: int, folder: str, in_memory: bool) -> It
         ds = gdal.GetDriverByName("MEM").Create("", like.RasterXSize, like.RasterYSize, 1, dtype)
     else:
         path = os.path.join(folder, f".hypernet-scratch-{uuid.uuid4().hex[:8]}.tif")
-        ds = gdal.GetDriverByName("GTiff").Create(path, like.RasterXSize, like.RasterYSize, 1, dtype,
-                                                  ["TILED=YES", "COMPRESS=LZW", "BIGTIFF=IF_SAFER"])
+        ds = gdal.GetDriverByName("GTiff").Create(
+            path, like.RasterXSize, like.RasterYSize, 1, dtype, ["TILED=YES", "COMPRESS=LZW", "BIGTIFF=IF_SAFER"]
+        )
         if ds is None:
             raise InputError(f"Could not create a scratch raster in {folder}. Check the free disk space.")
     ds.SetGeoTransform(like.GetGeoTransform())
@@ -141,11 +150,15 @@ def _open_change(path: str) -> gdal.Dataset:
     with raster_io.quiet_gdal():
         ds = gdal.Open(os.fspath(path))
     if ds is None:
-        raise InputError(f"The change map {path} could not be opened. Give a change map written by detect or "
-                         "baseline (1 change, 0 no change, 255 nodata).")
+        raise InputError(
+            f"The change map {path} could not be opened. Give a change map written by detect or "
+            "baseline (1 change, 0 no change, 255 nodata)."
+        )
     if ds.RasterCount != 1:
-        raise InputError(f"The change map {os.path.basename(path)} has {ds.RasterCount} bands; a change map has one "
-                         "(1 change, 0 no change, 255 nodata).")
+        raise InputError(
+            f"The change map {os.path.basename(path)} has {ds.RasterCount} bands; a change map has one "
+            "(1 change, 0 no change, 255 nodata)."
+        )
     return ds
 
 
@@ -153,7 +166,7 @@ def _intensity_block(intensity, r0: int, n: int) -> np.ndarray | None:
     if intensity is None:
         return None
     if isinstance(intensity, np.ndarray):
-        return np.asarray(intensity[r0:r0 + n], dtype=np.float64)
+        return np.asarray(intensity[r0 : r0 + n], dtype=np.float64)
     band = intensity.GetRasterBand(1)
     block = band.ReadAsArray(0, r0, intensity.RasterXSize, n).astype(np.float64)
     nd = band.GetNoDataValue()
@@ -165,26 +178,30 @@ def _intensity_block(intensity, r0: int, n: int) -> np.ndarray | None:
 def _open_intensity(intensity, rows: int, cols: int):
     if intensity is None or isinstance(intensity, np.ndarray):
         if intensity is not None and intensity.shape != (rows, cols):
-            raise InputError(f"The intensity is {intensity.shape[1]}x{intensity.shape[0]} pixels but the change "
-                             f"map is {cols}x{rows}; give the intensity of that change map.")
+            raise InputError(
+                f"The intensity is {intensity.shape[1]}x{intensity.shape[0]} pixels but the change "
+                f"map is {cols}x{rows}; give the intensity of that change map."
+            )
         return intensity
     with raster_io.quiet_gdal():
         ds = gdal.Open(os.fspath(intensity))
     if ds is None:
         raise InputError(f"The intensity {intensity} could not be opened as a raster.")
     if (ds.RasterYSize, ds.RasterXSize) != (rows, cols):
-        raise InputError(f"The intensity {os.path.basename(str(intensity))} is {ds.RasterXSize}x{ds.RasterYSize} "
-                         f"pixels but the change map is {cols}x{rows}; give the intensity of that change map.")
+        raise InputError(
+            f"The intensity {os.path.basename(str(intensity))} is {ds.RasterXSize}x{ds.RasterYSize} "
+            f"pixels but the change map is {cols}x{rows}; give the intensity of that change map."
+        )
     return ds
 
 
 # --------------------------------------------------------------------------------------------- main
 
+
 def check_polygon_options(path: str | None, min_area: float, connectivity: int) -> None:
     """InputError for a polygons path that is not a GeoPackage, a negative MIN_AREA or a connectivity not 4/8."""
     if path is not None and not str(path).lower().endswith(".gpkg"):
-        raise InputError(f"The change polygons {path} must be a GeoPackage (.gpkg). Change the file name's "
-                         "extension.")
+        raise InputError(f"The change polygons {path} must be a GeoPackage (.gpkg). Change the file name's extension.")
     if not (min_area >= 0.0) or math.isinf(min_area):
         raise InputError(f"The minimum area {min_area!r} must be a number of map units² of 0 or more.")
     if connectivity not in CONNECTIVITIES:
@@ -214,8 +231,9 @@ def polygonize_change(
     out_path = os.path.abspath(os.fspath(out_path))
     folder = os.path.dirname(out_path)
     if not os.path.isdir(folder):
-        raise InputError(f"The folder {folder} of the change polygons does not exist. Create it or choose another "
-                         "output path.")
+        raise InputError(
+            f"The folder {folder} of the change polygons does not exist. Create it or choose another output path."
+        )
     if os.path.isdir(out_path):
         raise InputError(f"The change polygons {out_path} is a folder. Give a file name such as polygons.gpkg.")
     src = _open_change(change_path)
@@ -227,16 +245,20 @@ def polygonize_change(
     if not wkt:
         messages.append("The change map has no CRS: the polygons have none either, and no hectares are given.")
     elif ha_factor is None:
-        messages.append("The change map's CRS is geographic: areas are in degrees² and no hectares are given; "
-                        "reproject the images to a projected CRS for areas in hectares.")
+        messages.append(
+            "The change map's CRS is geographic: areas are in degrees² and no hectares are given; "
+            "reproject the images to a projected CRS for areas in hectares."
+        )
     inten = _open_intensity(intensity, rows, cols)
     budget = max(16, int(memory_budget_mb)) * 1024 * 1024
     in_memory = rows * cols * 4 <= budget // 4
     part = os.path.join(folder, f".{os.path.basename(out_path)}.{uuid.uuid4().hex[:8]}.part.gpkg")
     scratch_path = os.path.join(folder, f".hypernet-regions-{uuid.uuid4().hex[:8]}.gpkg")
     try:
-        with _scratch(src, gdal.GDT_Byte, folder, in_memory) as ones, \
-                _scratch(src, gdal.GDT_Int32, folder, in_memory) as labels:
+        with (
+            _scratch(src, gdal.GDT_Byte, folder, in_memory) as ones,
+            _scratch(src, gdal.GDT_Int32, folder, in_memory) as labels,
+        ):
             # 1. the 1s of the change map (Polygonize's source and mask), and the valid pixel count
             valid_pixels = 0
             change_band, ones_band = src.GetRasterBand(1), ones.GetRasterBand(1)
@@ -258,8 +280,10 @@ def polygonize_change(
             scratch.StartTransaction()
             options = ["8CONNECTED=8"] if connectivity == 8 else []
             if gdal.Polygonize(ones_band, ones_band, layer, 0, options) != 0:
-                raise InputError(f"Polygonising {os.path.basename(change_path)} failed (GDAL: "
-                                 f"{gdal.GetLastErrorMsg()}). Check the free disk space.")
+                raise InputError(
+                    f"Polygonising {os.path.basename(change_path)} failed (GDAL: "
+                    f"{gdal.GetLastErrorMsg()}). Check the free disk space."
+                )
             scratch.CommitTransaction()
             scratch.ExecuteSQL("UPDATE regions SET region = fid")
             check_cancelled(feedback)
@@ -298,8 +322,9 @@ def polygonize_change(
             dropped_ids = present & ~keep
             name = os.path.splitext(os.path.basename(out_path))[0] or "change_polygons"
             gpkg = _create_gpkg(part, out_path)
-            _write_kept(gpkg, name, srs, layer, counts, sums, maxs, keep, unit_area, ha_factor, inten is not None,
-                        dates)
+            _write_kept(
+                gpkg, name, srs, layer, counts, sums, maxs, keep, unit_area, ha_factor, inten is not None, dates
+            )
             layer = None
             scratch = None
             gpkg = None
@@ -315,12 +340,23 @@ def polygonize_change(
                 with contextlib.suppress(OSError):
                     os.remove(leftover)
     src = None
-    result = PolygonResult(out_path, int(present[1:].sum()), int(keep.sum()), int(dropped_ids.sum()),
-                           int(counts[keep].sum()), valid_pixels, unit_area, ha_factor, sieved, messages)
+    result = PolygonResult(
+        out_path,
+        int(present[1:].sum()),
+        int(keep.sum()),
+        int(dropped_ids.sum()),
+        int(counts[keep].sum()),
+        valid_pixels,
+        unit_area,
+        ha_factor,
+        sieved,
+        messages,
+    )
     for message in messages:
         feedback.info(message)
-    feedback.info(result.summary() + (f" {sieved} pixels of the dropped regions set to 0 in the change map."
-                                      if sieve else ""))
+    feedback.info(
+        result.summary() + (f" {sieved} pixels of the dropped regions set to 0 in the change map." if sieve else "")
+    )
     feedback.set_progress(1.0)
     return result
 
@@ -338,18 +374,19 @@ def _max_fid(ds, name: str) -> int:
 def _create_gpkg(path: str, out_path: str):
     ds = ogr.GetDriverByName("GPKG").CreateDataSource(path)
     if ds is None:
-        raise InputError(f"Could not create {out_path} (GDAL: {gdal.GetLastErrorMsg()}). Check the folder and the "
-                         "free disk space.")
+        raise InputError(
+            f"Could not create {out_path} (GDAL: {gdal.GetLastErrorMsg()}). Check the folder and the free disk space."
+        )
     return ds
 
 
-def _write_kept(gpkg, name, srs, regions, counts, sums, maxs, keep, unit_area, ha_factor, with_intensity,
-                dates) -> None:
+def _write_kept(
+    gpkg, name, srs, regions, counts, sums, maxs, keep, unit_area, ha_factor, with_intensity, dates
+) -> None:
     """Copy the kept regions from the scratch layer into the output layer with their statistics; the spatial
     index is built once at the end (faster than updating it per feature)."""
     layer = gpkg.CreateLayer(name, srs, ogr.wkbPolygon, ["FID=fid", "SPATIAL_INDEX=NO"])
-    fields = [("region", ogr.OFTInteger), ("pixels", ogr.OFTInteger64), ("area", ogr.OFTReal),
-              ("area_ha", ogr.OFTReal)]
+    fields = [("region", ogr.OFTInteger), ("pixels", ogr.OFTInteger64), ("area", ogr.OFTReal), ("area_ha", ogr.OFTReal)]
     if with_intensity:
         fields += [("mean_intensity", ogr.OFTReal), ("max_intensity", ogr.OFTReal)]
     if dates:
@@ -392,8 +429,9 @@ def _sieve(change_path: str, label_band, dropped: np.ndarray, rows: int, cols: i
     src = gdal.Open(os.fspath(change_path))
     changed = 0
     try:
-        out = gdal.GetDriverByName("GTiff").CreateCopy(tmp, src, 0, ["TILED=YES", "COMPRESS=DEFLATE",
-                                                                     "PREDICTOR=2", "BIGTIFF=IF_SAFER"])
+        out = gdal.GetDriverByName("GTiff").CreateCopy(
+            tmp, src, 0, ["TILED=YES", "COMPRESS=DEFLATE", "PREDICTOR=2", "BIGTIFF=IF_SAFER"]
+        )
         if out is None:
             raise InputError(f"Could not rewrite the change map {change_path} (GDAL: {gdal.GetLastErrorMsg()}).")
         band = out.GetRasterBand(1)
@@ -423,9 +461,18 @@ def _sieve(change_path: str, label_band, dropped: np.ndarray, rows: int, cols: i
 
 # ------------------------------------------------------------------------------ after a detection
 
-def finish_detection(result, *, polygons_out: str | None = None, min_area: float = 0.0, connectivity: int = 8,
-                     sieve: bool = False, dates: tuple[str, str] | None = None, memory_budget_mb: int = 4096,
-                     feedback: Feedback | None = None) -> PolygonResult | None:
+
+def finish_detection(
+    result,
+    *,
+    polygons_out: str | None = None,
+    min_area: float = 0.0,
+    connectivity: int = 8,
+    sieve: bool = False,
+    dates: tuple[str, str] | None = None,
+    memory_budget_mb: int = 4096,
+    feedback: Feedback | None = None,
+) -> PolygonResult | None:
     """After detect_files/baseline_files: the change polygons (when asked for) and the changed area.
 
     Updates ``result`` (a core.pipeline.DetectResult): with ``sieve`` its changed pixel count and binary map;
@@ -435,20 +482,37 @@ def finish_detection(result, *, polygons_out: str | None = None, min_area: float
     feedback = feedback or NullFeedback()
     poly = None
     if polygons_out:
-        intensity = result.intensity if isinstance(getattr(result, "intensity", None), np.ndarray) else \
-            getattr(result, "intensity_path", None)
-        poly = polygonize_change(result.change_path, polygons_out, intensity=intensity, min_area=min_area,
-                                 connectivity=connectivity, sieve=sieve, dates=dates,
-                                 memory_budget_mb=memory_budget_mb, feedback=feedback)
+        intensity = (
+            result.intensity
+            if isinstance(getattr(result, "intensity", None), np.ndarray)
+            else getattr(result, "intensity_path", None)
+        )
+        poly = polygonize_change(
+            result.change_path,
+            polygons_out,
+            intensity=intensity,
+            min_area=min_area,
+            connectivity=connectivity,
+            sieve=sieve,
+            dates=dates,
+            memory_budget_mb=memory_budget_mb,
+            feedback=feedback,
+        )
         if poly.sieved_pixels:
             result.changed_pixels = int(result.changed_pixels) - poly.sieved_pixels
             if isinstance(getattr(result, "binary", None), np.ndarray):
                 ds = gdal.Open(result.change_path)
                 result.binary = ds.GetRasterBand(1).ReadAsArray()
                 ds = None
-        result.extra["polygons"] = {"path": poly.path, "features": poly.kept, "dropped_regions": poly.dropped,
-                                    "min_area": min_area, "connectivity": connectivity, "sieved_pixels":
-                                    poly.sieved_pixels, "changed_pixels_in_polygons": poly.changed_pixels}
+        result.extra["polygons"] = {
+            "path": poly.path,
+            "features": poly.kept,
+            "dropped_regions": poly.dropped,
+            "min_area": min_area,
+            "connectivity": connectivity,
+            "sieved_pixels": poly.sieved_pixels,
+            "changed_pixels_in_polygons": poly.changed_pixels,
+        }
     ds = gdal.Open(result.change_path)
     gt, wkt = ds.GetGeoTransform(), ds.GetProjection() or ""
     ds = None
@@ -464,6 +528,7 @@ def parse_dates(text: str | None) -> tuple[str, str] | None:
         return None
     parts = [p.strip() for p in str(text).replace(";", ",").split(",")]
     if len(parts) != 2 or not all(parts):
-        raise InputError(f"The date pair {text!r} must be two dates separated by a comma, T1's first, e.g. "
-                         "2019-05-01,2020-05-01.")
+        raise InputError(
+            f"The date pair {text!r} must be two dates separated by a comma, T1's first, e.g. 2019-05-01,2020-05-01."
+        )
     return parts[0], parts[1]

@@ -42,8 +42,23 @@ __all__ = [
 ]
 
 _DEFAULT_GT = (0.0, 1.0, 0.0, 0.0, 0.0, 1.0)
-_ENVI_DATA_SUFFIXES = ("", ".img", ".IMG", ".dat", ".DAT", ".bsq", ".BSQ", ".bil", ".BIL", ".bip", ".BIP",
-                       ".raw", ".RAW", ".bin", ".BIN")
+_ENVI_DATA_SUFFIXES = (
+    "",
+    ".img",
+    ".IMG",
+    ".dat",
+    ".DAT",
+    ".bsq",
+    ".BSQ",
+    ".bil",
+    ".BIL",
+    ".bip",
+    ".BIP",
+    ".raw",
+    ".RAW",
+    ".bin",
+    ".BIN",
+)
 
 
 @dataclass
@@ -75,6 +90,7 @@ class RasterInfo:
 
 
 # --------------------------------------------------------------------------------------------- opening
+
 
 def block_row_mb(path: str) -> float:
     """MB of one row of blocks across the raster's width and all its bands: what GDAL decodes for a strip."""
@@ -160,11 +176,28 @@ def _open(path: str | os.PathLike) -> Iterator[tuple[gdal.Dataset, str]]:
 # ------------------------------------------------------------------------------------------ wavelengths
 
 _UNIT_TO_NM = {
-    "nm": 1.0, "nanometer": 1.0, "nanometers": 1.0, "nanometre": 1.0, "nanometres": 1.0,
-    "um": 1000.0, "µm": 1000.0, "μm": 1000.0, "micrometer": 1000.0, "micrometers": 1000.0,
-    "micrometre": 1000.0, "micrometres": 1000.0, "micron": 1000.0, "microns": 1000.0, "microm": 1000.0,
-    "mm": 1.0e6, "millimeter": 1.0e6, "millimeters": 1.0e6,
-    "wavenumber": float("nan"), "ghz": float("nan"), "mhz": float("nan"), "index": float("nan"),
+    "nm": 1.0,
+    "nanometer": 1.0,
+    "nanometers": 1.0,
+    "nanometre": 1.0,
+    "nanometres": 1.0,
+    "um": 1000.0,
+    "µm": 1000.0,
+    "μm": 1000.0,
+    "micrometer": 1000.0,
+    "micrometers": 1000.0,
+    "micrometre": 1000.0,
+    "micrometres": 1000.0,
+    "micron": 1000.0,
+    "microns": 1000.0,
+    "microm": 1000.0,
+    "mm": 1.0e6,
+    "millimeter": 1.0e6,
+    "millimeters": 1.0e6,
+    "wavenumber": float("nan"),
+    "ghz": float("nan"),
+    "mhz": float("nan"),
+    "index": float("nan"),
     "unknown": 0.0,
 }
 
@@ -257,6 +290,7 @@ def _wavelengths_nm(ds: gdal.Dataset, resolved: str) -> list[float] | None:
 
 # ------------------------------------------------------------------------------------------------- info
 
+
 def _info_from_dataset(ds: gdal.Dataset, resolved: str) -> RasterInfo:
     name = os.path.basename(resolved)
     rows, cols, bands = ds.RasterYSize, ds.RasterXSize, ds.RasterCount
@@ -339,8 +373,16 @@ def _band_list(bands: Sequence[int] | None, info: RasterInfo) -> list[int]:
 
 # ---------------------------------------------------------------------------------------------- reading
 
-def _read_block(ds: gdal.Dataset, band_list: Sequence[int], row0: int, nrows: int, col0: int,
-                ncols: int, empty: list[int] | None = None) -> tuple[np.ndarray, np.ndarray]:
+
+def _read_block(
+    ds: gdal.Dataset,
+    band_list: Sequence[int],
+    row0: int,
+    nrows: int,
+    col0: int,
+    ncols: int,
+    empty: list[int] | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
     """float32 data (NaN invalid) and valid mask for a window; every band of a pixel must be usable.
 
     ``empty``, when given, receives the numbers of the bands with no usable pixel in the window."""
@@ -395,8 +437,9 @@ def _representable(value: float, dtype: np.dtype) -> bool:
     return True
 
 
-def read_raster(path: str | os.PathLike, bands: Sequence[int] | None = None
-                ) -> tuple[np.ndarray, np.ndarray, RasterInfo]:
+def read_raster(
+    path: str | os.PathLike, bands: Sequence[int] | None = None
+) -> tuple[np.ndarray, np.ndarray, RasterInfo]:
     """Read a whole raster: (float32 (b, r, c) with invalid = NaN, valid bool (r, c), info).
 
     ``bands`` are 1-based; ``info`` describes the file as a whole (all its bands), except that
@@ -428,15 +471,24 @@ def _subset_info(info: RasterInfo, band_list: Sequence[int]) -> RasterInfo:
         return info
     idx = [b - 1 for b in band_list]
     return RasterInfo(
-        path=info.path, rows=info.rows, cols=info.cols, bands=len(idx), geotransform=info.geotransform,
-        crs_wkt=info.crs_wkt, nodata=[info.nodata[i] for i in idx],
+        path=info.path,
+        rows=info.rows,
+        cols=info.cols,
+        bands=len(idx),
+        geotransform=info.geotransform,
+        crs_wkt=info.crs_wkt,
+        nodata=[info.nodata[i] for i in idx],
         wavelengths_nm=None if info.wavelengths_nm is None else [info.wavelengths_nm[i] for i in idx],
-        band_names=[info.band_names[i] for i in idx], dtype=info.dtype, driver=info.driver, files=info.files,
+        band_names=[info.band_names[i] for i in idx],
+        dtype=info.dtype,
+        driver=info.driver,
+        files=info.files,
     )
 
 
-def read_window(path: str | os.PathLike, bands: Sequence[int] | None, row0: int, nrows: int, col0: int,
-                ncols: int) -> tuple[np.ndarray, np.ndarray]:
+def read_window(
+    path: str | os.PathLike, bands: Sequence[int] | None, row0: int, nrows: int, col0: int, ncols: int
+) -> tuple[np.ndarray, np.ndarray]:
     """Read a window for tiled work: (float32 (b, nrows, ncols) with invalid = NaN, valid bool (nrows, ncols)).
 
     Unlike read_raster it does not fail on an all-invalid window (a tile may lie in a nodata corner).
@@ -495,6 +547,7 @@ def read_mask(path: str | os.PathLike, like: RasterInfo) -> np.ndarray:
 
 
 # ------------------------------------------------------------------------------------------ grid checks
+
 
 def _same_crs(a: str, b: str) -> bool:
     if not a and not b:
@@ -567,9 +620,13 @@ def check_same_grid(a: RasterInfo, b: RasterInfo, what: Sequence[str] = ("T1", "
 # ---------------------------------------------------------------------------------------------- writing
 
 _GDAL_TYPES = {
-    np.dtype("uint8"): gdal.GDT_Byte, np.dtype("uint16"): gdal.GDT_UInt16, np.dtype("int16"): gdal.GDT_Int16,
-    np.dtype("uint32"): gdal.GDT_UInt32, np.dtype("int32"): gdal.GDT_Int32,
-    np.dtype("float32"): gdal.GDT_Float32, np.dtype("float64"): gdal.GDT_Float64,
+    np.dtype("uint8"): gdal.GDT_Byte,
+    np.dtype("uint16"): gdal.GDT_UInt16,
+    np.dtype("int16"): gdal.GDT_Int16,
+    np.dtype("uint32"): gdal.GDT_UInt32,
+    np.dtype("int32"): gdal.GDT_Int32,
+    np.dtype("float32"): gdal.GDT_Float32,
+    np.dtype("float64"): gdal.GDT_Float64,
 }
 
 
@@ -622,14 +679,19 @@ def _gdal_check(step: str) -> None:
 def _write_temp(out: RasterOutput, like: RasterInfo, tmp: str) -> None:
     """Write ``out`` to ``tmp``, checking GDAL's error state after every step, then read every pixel back."""
     arr, out_dtype = _prepared(out, like)
-    options = ["TILED=YES", "COMPRESS=DEFLATE", "BIGTIFF=IF_SAFER",
-               "PREDICTOR=" + ("3" if out_dtype.kind == "f" else "2")]
+    options = [
+        "TILED=YES",
+        "COMPRESS=DEFLATE",
+        "BIGTIFF=IF_SAFER",
+        "PREDICTOR=" + ("3" if out_dtype.kind == "f" else "2"),
+    ]
     if arr.shape[0] > 1:
         options.append("INTERLEAVE=BAND")
     with quiet_gdal():
         try:
-            ds = gdal.GetDriverByName("GTiff").Create(tmp, like.cols, like.rows, arr.shape[0],
-                                                      _GDAL_TYPES[out_dtype], options)
+            ds = gdal.GetDriverByName("GTiff").Create(
+                tmp, like.cols, like.rows, arr.shape[0], _GDAL_TYPES[out_dtype], options
+            )
         except RuntimeError as exc:  # GDAL exceptions turned on by other code
             raise _GdalWriteError(f"create: {exc}") from None
         if ds is None:
@@ -684,8 +746,9 @@ def _verify(tmp: str, arr: np.ndarray, out_dtype: np.dtype) -> None:
             except RuntimeError as exc:
                 raise _GdalWriteError(f"read back band {i + 1}: {exc}") from None
             _gdal_check(f"read back band {i + 1}")
-            if back is None or not np.array_equal(back, arr[i].astype(out_dtype, copy=False),
-                                                  equal_nan=out_dtype.kind == "f"):
+            if back is None or not np.array_equal(
+                back, arr[i].astype(out_dtype, copy=False), equal_nan=out_dtype.kind == "f"
+            ):
                 raise _GdalWriteError(f"read back band {i + 1}: the pixels differ from those written")
     finally:
         check = None  # noqa: F841
@@ -716,8 +779,10 @@ def write_rasters(outputs: Sequence[RasterOutput], like: RasterInfo) -> None:
             try:
                 _write_temp(o, like, tmp)
             except _GdalWriteError as exc:
-                raise InputError(f"Writing {o.path} failed (GDAL {exc}); the previous file, if any, is unchanged. "
-                                 "Check the free disk space.") from None
+                raise InputError(
+                    f"Writing {o.path} failed (GDAL {exc}); the previous file, if any, is unchanged. "
+                    "Check the free disk space."
+                ) from None
         try:
             replace_together(temps)
         except OSError as exc:
@@ -735,9 +800,17 @@ def write_rasters(outputs: Sequence[RasterOutput], like: RasterInfo) -> None:
                         os.remove(leftover)
 
 
-def write_raster(path: str | os.PathLike, array: np.ndarray, like: RasterInfo, nodata: float | None = None,
-                 dtype: str | np.dtype | None = None, *, band_names: Sequence[str] | None = None,
-                 metadata: dict[str, str] | None = None, wavelengths_nm: Sequence[float] | None = None) -> None:
+def write_raster(
+    path: str | os.PathLike,
+    array: np.ndarray,
+    like: RasterInfo,
+    nodata: float | None = None,
+    dtype: str | np.dtype | None = None,
+    *,
+    band_names: Sequence[str] | None = None,
+    metadata: dict[str, str] | None = None,
+    wavelengths_nm: Sequence[float] | None = None,
+) -> None:
     """Write one tiled DEFLATE GeoTIFF on ``like``'s grid (CRS + geotransform), atomically (see write_rasters).
 
     ``array`` is (rows, cols) for one band or (bands, rows, cols). ``dtype`` defaults to the array's.
@@ -748,8 +821,10 @@ def write_raster(path: str | os.PathLike, array: np.ndarray, like: RasterInfo, n
 
 # --------------------------------------------------------------------------------- overwriting inputs
 
-def refuse_overwriting_inputs(outputs: Iterable[str | os.PathLike | None],
-                              inputs: Iterable[str | os.PathLike | None]) -> None:
+
+def refuse_overwriting_inputs(
+    outputs: Iterable[str | os.PathLike | None], inputs: Iterable[str | os.PathLike | None]
+) -> None:
     """InputError when an output is an input or a file behind one, two outputs are one file, or an output folder
     is missing or read-only (core.paths.check_job_paths)."""
     from .paths import check_job_paths

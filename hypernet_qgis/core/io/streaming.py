@@ -149,8 +149,13 @@ class _BandMoments:
             bad = int(np.flatnonzero(~(np.isfinite(self.mean) & np.isfinite(std)))[0]) + 1
             raise InputError(f"Band {bad} has non-finite values on valid pixels; check the input's nodata.")
         constant = [b + 1 for b in range(len(std)) if std[b] == 0.0 or std[b] <= rtol * abs(self.mean[b])]
-        return {"method": "zscore", "mean": self.mean.tolist(), "std": std.tolist(), "constant_bands": constant,
-                "n_valid": int(self.n)}
+        return {
+            "method": "zscore",
+            "mean": self.mean.tolist(),
+            "std": std.tolist(),
+            "constant_bands": constant,
+            "n_valid": int(self.n),
+        }
 
 
 def _strips(rows: int, cols: int, bands: int, strip_values: int) -> list[tuple[int, int]]:
@@ -169,9 +174,15 @@ def _standardise(x: np.ndarray, valid: np.ndarray, stats: dict) -> np.ndarray:
     return z
 
 
-def load_pair_streamed(t1: str, t2: str, bands: Sequence[int] | None = None, scratch_dir: str | None = None,
-                       feedback: Feedback | None = None, strip_values: int | None = None,
-                       memory_budget_mb: float | None = None) -> StreamedPair:
+def load_pair_streamed(
+    t1: str,
+    t2: str,
+    bands: Sequence[int] | None = None,
+    scratch_dir: str | None = None,
+    feedback: Feedback | None = None,
+    strip_values: int | None = None,
+    memory_budget_mb: float | None = None,
+) -> StreamedPair:
     """Read, check and standardise a pair strip by strip into scratch files (see the module docstring).
 
     ``strip_values``: float32 values per strip and date; by default what ``memory_budget_mb`` allows
@@ -198,8 +209,10 @@ def load_pair_streamed(t1: str, t2: str, bands: Sequence[int] | None = None, scr
         moments[1].add(b, v)
         feedback.set_progress((i + 1) / total)
     if not valid.any():
-        raise InputError("No pixel is valid in both dates: every pixel is nodata or NaN in T1 or in T2. "
-                         "Check the layers' nodata values and that the two images overlap.")
+        raise InputError(
+            "No pixel is valid in both dates: every pixel is nodata or NaN in T1 or in T2. "
+            "Check the layers' nodata values and that the two images overlap."
+        )
     s1, s2 = moments[0].stats(), moments[1].stats()
     if not (np.any(s1["std"]) or np.any(s2["std"])):
         raise InputError("Every band is constant over the valid pixels of both dates; there is nothing to compare.")
@@ -220,9 +233,18 @@ def load_pair_streamed(t1: str, t2: str, bands: Sequence[int] | None = None, scr
                 del z1, z2
                 feedback.set_progress((len(strips) + i + 1) / total)
         shape = (nb, rows, cols)
-        return StreamedPair(WindowReader(paths[0], shape), WindowReader(paths[1], shape), valid, cva,
-                            info1, info2, list(bands) if bands else None, {"t1": s1, "t2": s2}, scratch,
-                            time.perf_counter() - start)
+        return StreamedPair(
+            WindowReader(paths[0], shape),
+            WindowReader(paths[1], shape),
+            valid,
+            cva,
+            info1,
+            info2,
+            list(bands) if bands else None,
+            {"t1": s1, "t2": s2},
+            scratch,
+            time.perf_counter() - start,
+        )
     except BaseException:
         shutil.rmtree(scratch, ignore_errors=True)
         raise

@@ -129,8 +129,11 @@ def _label(key: Any) -> str:
     return esc(str(key).replace("_", " "))
 
 
-def _kv_table(items: Mapping[str, Any] | Sequence[tuple[str, Any]], numeric_ids: Mapping[str, str] | None = None,
-              raw: bool = False) -> str:
+def _kv_table(
+    items: Mapping[str, Any] | Sequence[tuple[str, Any]],
+    numeric_ids: Mapping[str, str] | None = None,
+    raw: bool = False,
+) -> str:
     """A two-column table. ``raw``: the values are HTML already (otherwise they are formatted and escaped)."""
     pairs = list(items.items()) if isinstance(items, Mapping) else list(items)
     rows = []
@@ -142,8 +145,7 @@ def _kv_table(items: Mapping[str, Any] | Sequence[tuple[str, Any]], numeric_ids:
 
 def _swatch(rgb: Sequence[int]) -> str:
     colour = ql.hex_colour(rgb)
-    return (f'<span class="swatch" style="background-color: {colour}; color: {colour};">'
-            "&nbsp;&nbsp;&nbsp;&nbsp;</span>")
+    return f'<span class="swatch" style="background-color: {colour}; color: {colour};">&nbsp;&nbsp;&nbsp;&nbsp;</span>'
 
 
 def _legend(entries: Sequence[tuple[Sequence[int], str]]) -> str:
@@ -194,15 +196,23 @@ class _Page:
         )
 
 
-def _figure(ident: str, png: bytes, size: tuple[int, int], caption: str = "", kind: str = "plot",
-            width: int = PAIR_WIDTH, legend_html: str = "") -> str:
+def _figure(
+    ident: str,
+    png: bytes,
+    size: tuple[int, int],
+    caption: str = "",
+    kind: str = "plot",
+    width: int = PAIR_WIDTH,
+    legend_html: str = "",
+) -> str:
     """An <img> with a data URI, displayed ``width`` wide (height from the aspect), then caption and legend."""
     w, h = size
     width = min(width, max(w, 240)) if kind == "map" else width
     height = max(1, round(width * h / w))
     alt = esc(caption or ident)
-    out = (f'<img id="{esc(ident)}" class="{kind}" src="{ql.data_uri(png)}" width="{width}" height="{height}" '
-           f'alt="{alt}">')
+    out = (
+        f'<img id="{esc(ident)}" class="{kind}" src="{ql.data_uri(png)}" width="{width}" height="{height}" alt="{alt}">'
+    )
     if caption:
         out += f'<br><span class="cap">{esc(caption)}</span>'
     if legend_html:
@@ -210,12 +220,14 @@ def _figure(ident: str, png: bytes, size: tuple[int, int], caption: str = "", ki
     return out
 
 
-def _map_figure(ident: str, picture: np.ndarray, caption: str, factor: int, legend_html: str = "",
-                width: int = PAIR_WIDTH) -> str:
+def _map_figure(
+    ident: str, picture: np.ndarray, caption: str, factor: int, legend_html: str = "", width: int = PAIR_WIDTH
+) -> str:
     if factor > 1:
         caption = f"{caption} (shown at 1/{factor} resolution)"
-    return _figure(ident, ql.png_bytes(picture), (picture.shape[1], picture.shape[0]), caption, "map", width,
-                   legend_html)
+    return _figure(
+        ident, ql.png_bytes(picture), (picture.shape[1], picture.shape[0]), caption, "map", width, legend_html
+    )
 
 
 def _write_atomic(path: PathLike, text: str) -> None:
@@ -270,15 +282,21 @@ def loss_figure(loss_history: Sequence[float] | np.ndarray, size: tuple[int, int
     fig = _new_figure(*size)
     ax = fig.add_axes([0.15, 0.16, 0.80, 0.72])
     finite = np.isfinite(values)
-    ax.plot(epochs, values, color="#1f5f99", linewidth=1.4, marker="o" if values.size <= 30 else None,
-            markersize=3)
+    ax.plot(epochs, values, color="#1f5f99", linewidth=1.4, marker="o" if values.size <= 30 else None, markersize=3)
     pos = values[finite]
     if pos.size and np.all(pos > 0) and pos.max() / pos.min() > 20:
         ax.set_yscale("log")
     if finite.any():
         last = int(np.flatnonzero(finite)[-1])
-        ax.annotate(f"{fmt_number(values[last])}", (epochs[last], values[last]), textcoords="offset points",
-                    xytext=(-4, 8), ha="right", fontsize=8, color="#1f5f99")
+        ax.annotate(
+            f"{fmt_number(values[last])}",
+            (epochs[last], values[last]),
+            textcoords="offset points",
+            xytext=(-4, 8),
+            ha="right",
+            fontsize=8,
+            color="#1f5f99",
+        )
     ax.set_xlabel("epoch", fontsize=9)
     ax.set_ylabel("loss", fontsize=9)
     ax.set_title("Training loss per epoch", fontsize=10)
@@ -291,8 +309,9 @@ def loss_figure(loss_history: Sequence[float] | np.ndarray, size: tuple[int, int
     return _figure_png(fig)
 
 
-def histogram_figure(intensity: np.ndarray, threshold: float | None, method: str = "",
-                     size: tuple[int, int] = (2 * PAIR_WIDTH, 300)) -> bytes:
+def histogram_figure(
+    intensity: np.ndarray, threshold: float | None, method: str = "", size: tuple[int, int] = (2 * PAIR_WIDTH, 300)
+) -> bytes:
     """PNG histogram of the finite change intensities (log counts) with the threshold marked."""
     values = np.asarray(intensity, dtype=np.float32)
     values = values[np.isfinite(values)]
@@ -315,25 +334,42 @@ def histogram_figure(intensity: np.ndarray, threshold: float | None, method: str
     outside = int(np.count_nonzero(values > hi))
     counts, edges = np.histogram(np.clip(values, lo, hi), bins=120, range=(lo, hi))
     if outside:  # the clipped tail is drawn in the last bin; say so
-        ax.text(0.99, 0.93, f"{outside} pixel{'s' if outside != 1 else ''} above {fmt_number(hi)} counted in the "
-                "last bar",
-                transform=ax.transAxes, ha="right", fontsize=8, color="#555555")
+        ax.text(
+            0.99,
+            0.93,
+            f"{outside} pixel{'s' if outside != 1 else ''} above {fmt_number(hi)} counted in the last bar",
+            transform=ax.transAxes,
+            ha="right",
+            fontsize=8,
+            color="#555555",
+        )
     ax.bar(edges[:-1], counts, width=np.diff(edges), align="edge", color="#7f9fbf", edgecolor="none", log=True)
     if thr is not None:
         ax.axvspan(thr, hi, color="#d55e00", alpha=0.08, linewidth=0)
         ax.axvline(thr, color="#d55e00", linewidth=1.6, linestyle="--")
         label = f"threshold {fmt_number(thr)}" + (f" ({method})" if method else "")
         changed = int(np.count_nonzero(values > thr))
-        ax.text(thr, 0.80, f" {label}\n {changed} pixel{'s' if changed != 1 else ''} above",
-                transform=ax.get_xaxis_transform(), color="#a04000", fontsize=8, va="top",
-                bbox={"facecolor": "white", "edgecolor": "none", "alpha": 0.85, "pad": 1.5},
-                ha="left" if thr < lo + 0.7 * (hi - lo) else "right")
+        ax.text(
+            thr,
+            0.80,
+            f" {label}\n {changed} pixel{'s' if changed != 1 else ''} above",
+            transform=ax.get_xaxis_transform(),
+            color="#a04000",
+            fontsize=8,
+            va="top",
+            bbox={"facecolor": "white", "edgecolor": "none", "alpha": 0.85, "pad": 1.5},
+            ha="left" if thr < lo + 0.7 * (hi - lo) else "right",
+        )
     ax.set_xlim(lo, hi)
     return _figure_png(fig)
 
 
-def roc_figure(fpr: Sequence[float] | np.ndarray, tpr: Sequence[float] | np.ndarray, auc: float | None,
-               size: tuple[int, int] = (PAIR_WIDTH, PAIR_WIDTH)) -> bytes:
+def roc_figure(
+    fpr: Sequence[float] | np.ndarray,
+    tpr: Sequence[float] | np.ndarray,
+    auc: float | None,
+    size: tuple[int, int] = (PAIR_WIDTH, PAIR_WIDTH),
+) -> bytes:
     """PNG of a ROC curve with the chance diagonal and the AUC in the legend."""
     fpr_a = np.asarray(fpr, dtype=np.float64).ravel()
     tpr_a = np.asarray(tpr, dtype=np.float64).ravel()
@@ -381,8 +417,10 @@ def _check_2d(name: str, a: Any, shape: tuple[int, ...] | None) -> np.ndarray:
     if arr.ndim != 2:
         raise InputError(f"{name} must be a 2-D (rows, cols) array; got shape {arr.shape}.")
     if shape is not None and arr.shape != tuple(shape):
-        raise InputError(f"{name} has {arr.shape[0]} x {arr.shape[1]} pixels but the images have "
-                         f"{shape[0]} x {shape[1]}; give arrays of the same grid.")
+        raise InputError(
+            f"{name} has {arr.shape[0]} x {arr.shape[1]} pixels but the images have "
+            f"{shape[0]} x {shape[1]}; give arrays of the same grid."
+        )
     return arr
 
 
@@ -416,8 +454,12 @@ def _input_pictures(page: _Page, t1: np.ndarray, t2: np.ndarray, info: Mapping[s
     page.pictures(cells)
 
 
-def _training_section(page: _Page, loss_history: Sequence[float] | np.ndarray | None, training_mask: np.ndarray | None,
-                      valid: np.ndarray | None) -> None:
+def _training_section(
+    page: _Page,
+    loss_history: Sequence[float] | np.ndarray | None,
+    training_mask: np.ndarray | None,
+    valid: np.ndarray | None,
+) -> None:
     history = _clean_history(loss_history)
     if history is None and training_mask is None:
         return
@@ -425,8 +467,14 @@ def _training_section(page: _Page, loss_history: Sequence[float] | np.ndarray | 
     cells: list[str | None] = []
     if history is not None:
         size = (PAIR_WIDTH, 300)
-        cells.append(_plot_figure("fig-loss", loss_figure(history, size), size,
-                                  f"{history.size} epochs, final loss {fmt_number(history[-1])}"))
+        cells.append(
+            _plot_figure(
+                "fig-loss",
+                loss_figure(history, size),
+                size,
+                f"{history.size} epochs, final loss {fmt_number(history[-1])}",
+            )
+        )
     if training_mask is not None:
         mask = np.asarray(training_mask, dtype=bool)
         codes = mask.astype(np.uint8)
@@ -435,11 +483,22 @@ def _training_section(page: _Page, loss_history: Sequence[float] | np.ndarray | 
         picture, factor = ql.class_quicklook(codes, ql.MASK_PALETTE)
         n_train = int(mask.sum())
         n_valid = int(valid.sum()) if valid is not None else mask.size
-        legend = _legend([(ql.MASK_PALETTE[1], "training pixel"), (ql.MASK_PALETTE[0], "other valid pixel"),
-                          (ql.MASK_PALETTE[255], "no data")])
-        cells.append(_map_figure("fig-mask", picture,
-                                 f"Training pixels (mask g): {n_train} = {fmt_percent(n_train, n_valid)} of the valid "
-                                 "pixels", factor, legend))
+        legend = _legend(
+            [
+                (ql.MASK_PALETTE[1], "training pixel"),
+                (ql.MASK_PALETTE[0], "other valid pixel"),
+                (ql.MASK_PALETTE[255], "no data"),
+            ]
+        )
+        cells.append(
+            _map_figure(
+                "fig-mask",
+                picture,
+                f"Training pixels (mask g): {n_train} = {fmt_percent(n_train, n_valid)} of the valid pixels",
+                factor,
+                legend,
+            )
+        )
     page.pictures(cells)
 
 
@@ -464,8 +523,11 @@ def _size_rows(t1: np.ndarray, valid: np.ndarray, band_count: int | None = None)
     return [
         ("image size", esc(f"{rows} rows x {cols} columns")),
         ("bands", esc(bands)),
-        ("valid pixels", f'<span id="v-valid">{fmt_count(valid.sum())}</span> of {fmt_count(rows * cols)} '
-                         f"({fmt_percent(valid.sum(), rows * cols)})"),
+        (
+            "valid pixels",
+            f'<span id="v-valid">{fmt_count(valid.sum())}</span> of {fmt_count(rows * cols)} '
+            f"({fmt_percent(valid.sum(), rows * cols)})",
+        ),
     ]
 
 
@@ -481,9 +543,16 @@ def _run_rows(info: Mapping[str, Any]) -> list[tuple[str, str]]:
 # --------------------------------------------------------------------------------------------- public reports
 
 
-def training_report(path: PathLike, *, t1: np.ndarray | None, t2: np.ndarray | None,
-                    info: Mapping[str, Any] | None, loss_history: Sequence[float], training_mask: np.ndarray,
-                    title: str = "HyperNet training report") -> None:
+def training_report(
+    path: PathLike,
+    *,
+    t1: np.ndarray | None,
+    t2: np.ndarray | None,
+    info: Mapping[str, Any] | None,
+    loss_history: Sequence[float],
+    training_mask: np.ndarray,
+    title: str = "HyperNet training report",
+) -> None:
     """Write an HTML report of a training run: inputs, loss per epoch, training pixels (mask g), settings.
 
     ``t1``/``t2`` may be None (e.g. the images are no longer readable): the report then has no input pictures.
@@ -506,8 +575,12 @@ def training_report(path: PathLike, *, t1: np.ndarray | None, t2: np.ndarray | N
     n_train = int(mask.sum())
     n_valid = valid.sum() if valid is not None else mask.size
     of_what = "valid pixels" if valid is not None else "pixels"
-    summary.append(("training pixels (mask g)", f'<span id="v-training">{fmt_count(n_train)}</span> '
-                                                f"({fmt_percent(n_train, n_valid)} of the {of_what})"))
+    summary.append(
+        (
+            "training pixels (mask g)",
+            f'<span id="v-training">{fmt_count(n_train)}</span> ({fmt_percent(n_train, n_valid)} of the {of_what})',
+        )
+    )
     if history is not None:
         summary.append(("epochs", f'<span id="v-epochs">{fmt_count(history.size)}</span>'))
         summary.append(("final loss", f'<span id="v-final-loss">{fmt_number(history[-1])}</span>'))
@@ -521,11 +594,22 @@ def training_report(path: PathLike, *, t1: np.ndarray | None, t2: np.ndarray | N
     _write_atomic(path, page.html())
 
 
-def detection_report(path: PathLike, *, t1: np.ndarray, t2: np.ndarray, intensity: np.ndarray, binary: np.ndarray,
-                     threshold: float, threshold_method: str, info: Mapping[str, Any] | None,
-                     loss_history: Sequence[float] | None = None, training_mask: np.ndarray | None = None,
-                     title: str = "HyperNet change detection report", valid: np.ndarray | None = None,
-                     band_count: int | None = None) -> None:
+def detection_report(
+    path: PathLike,
+    *,
+    t1: np.ndarray,
+    t2: np.ndarray,
+    intensity: np.ndarray,
+    binary: np.ndarray,
+    threshold: float,
+    threshold_method: str,
+    info: Mapping[str, Any] | None,
+    loss_history: Sequence[float] | None = None,
+    training_mask: np.ndarray | None = None,
+    title: str = "HyperNet change detection report",
+    valid: np.ndarray | None = None,
+    band_count: int | None = None,
+) -> None:
     """Write an HTML report of a detection: inputs, intensity and binary maps, histogram with the threshold,
     and the training (loss per epoch, mask g) when given. ``valid`` and ``band_count`` describe the pair when
     ``t1``/``t2`` hold only the bands the pictures show (pairs read by windows)."""
@@ -538,8 +622,10 @@ def detection_report(path: PathLike, *, t1: np.ndarray, t2: np.ndarray, intensit
     binary = _check_2d("The binary change map", binary, grid)
     bad = ~np.isin(binary, (0, 1, 255))
     if bad.any():
-        raise InputError("The binary change map may only hold 1 (changed), 0 (unchanged) and 255 (no data); found "
-                         f"{np.unique(np.asarray(binary)[bad])[:5].tolist()}.")
+        raise InputError(
+            "The binary change map may only hold 1 (changed), 0 (unchanged) and 255 (no data); found "
+            f"{np.unique(np.asarray(binary)[bad])[:5].tolist()}."
+        )
     binary = binary.astype(np.uint8)
     mask = None if training_mask is None else _check_2d("The training mask", training_mask, grid).astype(bool)
     valid = _valid_pixels(t1, t2) if valid is None else _check_2d("The valid mask", valid, grid).astype(bool)
@@ -551,11 +637,16 @@ def detection_report(path: PathLike, *, t1: np.ndarray, t2: np.ndarray, intensit
     page.h2("Summary", "summary")
     summary = _size_rows(t1, valid, band_count)
     summary += [
-        ("changed pixels", f'<span id="v-changed">{fmt_count(n_changed)}</span> '
-                           f'(<span id="v-changed-percent">{fmt_percent(n_changed, n_scored)}</span> of '
-                           f"{fmt_count(n_scored)} mapped pixels)"),
-        ("threshold", f'<span id="v-threshold">{fmt_number(threshold)}</span> '
-                      f'(method: <span id="v-method">{esc(method)}</span>)'),
+        (
+            "changed pixels",
+            f'<span id="v-changed">{fmt_count(n_changed)}</span> '
+            f'(<span id="v-changed-percent">{fmt_percent(n_changed, n_scored)}</span> of '
+            f"{fmt_count(n_scored)} mapped pixels)",
+        ),
+        (
+            "threshold",
+            f'<span id="v-threshold">{fmt_number(threshold)}</span> (method: <span id="v-method">{esc(method)}</span>)',
+        ),
     ]
     summary += _run_rows(info)
     page.add(_kv_table(summary, raw=True))
@@ -565,21 +656,27 @@ def detection_report(path: PathLike, *, t1: np.ndarray, t2: np.ndarray, intensit
 
     page.h2("Change maps", "maps")
     picture, lo, hi, factor = ql.intensity_quicklook(intensity)
-    intensity_cell = _map_figure("fig-intensity", picture,
-                                 f"Change intensity: dark blue {fmt_number(lo)} to yellow {fmt_number(hi)} "
-                                 "(2-98 %), black = no data", factor)
+    intensity_cell = _map_figure(
+        "fig-intensity",
+        picture,
+        f"Change intensity: dark blue {fmt_number(lo)} to yellow {fmt_number(hi)} (2-98 %), black = no data",
+        factor,
+    )
     picture, factor = ql.class_quicklook(binary, ql.BINARY_PALETTE, ql.BINARY_PRIORITY)
-    legend = _legend([(ql.BINARY_PALETTE[1], "changed"), (ql.BINARY_PALETTE[0], "unchanged"),
-                      (ql.BINARY_PALETTE[255], "no data")])
+    legend = _legend(
+        [(ql.BINARY_PALETTE[1], "changed"), (ql.BINARY_PALETTE[0], "unchanged"), (ql.BINARY_PALETTE[255], "no data")]
+    )
     binary_cell = _map_figure("fig-binary", picture, f"Binary change map ({method or 'threshold'})", factor, legend)
     page.pictures([intensity_cell, binary_cell])
     size = (2 * PAIR_WIDTH + 10, 300)
-    caption = ("The dashed line is the two-Gaussian mixture's split, where the MRF map starts; the map then weighs "
-               "each pixel's evidence with its 5x5 neighbours' labels, so uncertain pixels near the line take the "
-               "label their neighbours agree on." if method == "mrf" else
-               "Pixels above the dashed line are mapped as changed.")
-    page.pictures([_plot_figure("fig-histogram", histogram_figure(intensity, threshold, method, size), size,
-                                caption)])
+    caption = (
+        "The dashed line is the two-Gaussian mixture's split, where the MRF map starts; the map then weighs "
+        "each pixel's evidence with its 5x5 neighbours' labels, so uncertain pixels near the line take the "
+        "label their neighbours agree on."
+        if method == "mrf"
+        else "Pixels above the dashed line are mapped as changed."
+    )
+    page.pictures([_plot_figure("fig-histogram", histogram_figure(intensity, threshold, method, size), size, caption)])
 
     _training_section(page, loss_history, mask, valid)
     _details(page, info)
@@ -596,8 +693,10 @@ def error_map(pred: np.ndarray, reference_changed: np.ndarray, labelled: np.ndar
     ref = np.asarray(reference_changed)
     lab = np.asarray(labelled)
     if pred.ndim != 2 or ref.shape != pred.shape or lab.shape != pred.shape:
-        raise InputError(f"The prediction {pred.shape}, the reference {ref.shape} and the labelled mask "
-                         f"{lab.shape} must be 2-D arrays of the same size.")
+        raise InputError(
+            f"The prediction {pred.shape}, the reference {ref.shape} and the labelled mask "
+            f"{lab.shape} must be 2-D arrays of the same size."
+        )
     if pred.dtype == bool:
         changed, predicted = pred, np.ones(pred.shape, dtype=bool)
     else:
@@ -671,12 +770,21 @@ def _confusion_table(cm: np.ndarray) -> str:
     )
 
 
-def evaluation_report(path: PathLike, *, prediction: np.ndarray, reference: np.ndarray, metrics: Mapping[str, Any],
-                      roc: Sequence[Sequence[float] | np.ndarray] | None = None, auc: float | None = None,
-                      error_map: np.ndarray | None = None, changed: Sequence[float] = (1,),
-                      unchanged: Sequence[float] = (0,), ignore: Sequence[float] = (),
-                      info: Mapping[str, Any] | None = None,
-                      title: str = "HyperNet accuracy report") -> None:
+def evaluation_report(
+    path: PathLike,
+    *,
+    prediction: np.ndarray,
+    reference: np.ndarray,
+    metrics: Mapping[str, Any],
+    roc: Sequence[Sequence[float] | np.ndarray] | None = None,
+    auc: float | None = None,
+    error_map: np.ndarray | None = None,
+    changed: Sequence[float] = (1,),
+    unchanged: Sequence[float] = (0,),
+    ignore: Sequence[float] = (),
+    info: Mapping[str, Any] | None = None,
+    title: str = "HyperNet accuracy report",
+) -> None:
     """Write an HTML accuracy report: OA, kappa, F1, precision, recall (and AUC), the confusion matrix, the ROC
     curve, the error map (false alarms and misses), the prediction and the reference.
 
@@ -715,9 +823,14 @@ def evaluation_report(path: PathLike, *, prediction: np.ndarray, reference: np.n
         used.add(auc_key)
     if auc is not None:
         rows.append(("AUC (area under the ROC curve)", f'<span id="m-auc">{fmt_score(auc)}</span>'))
-    rows.append(("labelled pixels in the reference", f'<span id="m-labelled">{fmt_count(labelled.sum())}</span> '
-                                    f"({fmt_count(ref_changed.sum())} changed, "
-                                    f"{fmt_count(labelled.sum() - ref_changed.sum())} unchanged)"))
+    rows.append(
+        (
+            "labelled pixels in the reference",
+            f'<span id="m-labelled">{fmt_count(labelled.sum())}</span> '
+            f"({fmt_count(ref_changed.sum())} changed, "
+            f"{fmt_count(labelled.sum() - ref_changed.sum())} unchanged)",
+        )
+    )
     page.add(_kv_table(rows, raw=True))
     cm, cm_keys = _confusion_of(metrics)
     used |= cm_keys
@@ -737,11 +850,15 @@ def evaluation_report(path: PathLike, *, prediction: np.ndarray, reference: np.n
         picture, factor = ql.class_quicklook(display, ql.ERROR_PALETTE, ql.ERROR_PRIORITY)
         n_fa = int(np.count_nonzero(error_map == ql.ERROR_FALSE_ALARM))
         n_miss = int(np.count_nonzero(error_map == ql.ERROR_MISS))
-        legend = _legend([(ql.ERROR_PALETTE[ql.ERROR_FALSE_ALARM], f"false alarm ({n_fa})"),
-                          (ql.ERROR_PALETTE[ql.ERROR_MISS], f"miss ({n_miss})"),
-                          (ql.ERROR_PALETTE[ql.ERROR_TRUE_CHANGE], "change found"),
-                          (ql.ERROR_PALETTE[ql.ERROR_CORRECT], "unchanged, correct"),
-                          (ql.ERROR_PALETTE[ql.ERROR_UNSCORED], "not scored")])
+        legend = _legend(
+            [
+                (ql.ERROR_PALETTE[ql.ERROR_FALSE_ALARM], f"false alarm ({n_fa})"),
+                (ql.ERROR_PALETTE[ql.ERROR_MISS], f"miss ({n_miss})"),
+                (ql.ERROR_PALETTE[ql.ERROR_TRUE_CHANGE], "change found"),
+                (ql.ERROR_PALETTE[ql.ERROR_CORRECT], "unchanged, correct"),
+                (ql.ERROR_PALETTE[ql.ERROR_UNSCORED], "not scored"),
+            ]
+        )
         cells.append(_map_figure("fig-errors", picture, "Error map", factor, legend))
     if roc is not None:
         try:
@@ -756,20 +873,33 @@ def evaluation_report(path: PathLike, *, prediction: np.ndarray, reference: np.n
     if is_binary:
         codes = pred.astype(np.uint8)
         picture, factor = ql.class_quicklook(codes, ql.BINARY_PALETTE, ql.BINARY_PRIORITY)
-        legend = _legend([(ql.BINARY_PALETTE[1], "changed"), (ql.BINARY_PALETTE[0], "unchanged"),
-                          (ql.BINARY_PALETTE[255], "no data")])
+        legend = _legend(
+            [
+                (ql.BINARY_PALETTE[1], "changed"),
+                (ql.BINARY_PALETTE[0], "unchanged"),
+                (ql.BINARY_PALETTE[255], "no data"),
+            ]
+        )
         pred_cell = _map_figure("fig-prediction", picture, "Predicted change map", factor, legend)
     else:
         picture, lo, hi, factor = ql.intensity_quicklook(pred.astype(np.float32))
-        pred_cell = _map_figure("fig-prediction", picture,
-                                f"Change intensity: dark blue {fmt_number(lo)} to yellow {fmt_number(hi)} (2-98 %)",
-                                factor)
+        pred_cell = _map_figure(
+            "fig-prediction",
+            picture,
+            f"Change intensity: dark blue {fmt_number(lo)} to yellow {fmt_number(hi)} (2-98 %)",
+            factor,
+        )
     ref_codes = np.full(pred.shape, 255, dtype=np.uint8)
     ref_codes[labelled] = 0
     ref_codes[ref_changed] = 1
     picture, factor = ql.class_quicklook(ref_codes, ql.REFERENCE_PALETTE, ql.REFERENCE_PRIORITY)
-    legend = _legend([(ql.REFERENCE_PALETTE[1], "changed"), (ql.REFERENCE_PALETTE[0], "unchanged"),
-                      (ql.REFERENCE_PALETTE[255], "unlabelled")])
+    legend = _legend(
+        [
+            (ql.REFERENCE_PALETTE[1], "changed"),
+            (ql.REFERENCE_PALETTE[0], "unchanged"),
+            (ql.REFERENCE_PALETTE[255], "unlabelled"),
+        ]
+    )
     page.pictures([pred_cell, _map_figure("fig-reference", picture, "Reference", factor, legend)])
     _details(page, info)
     _write_atomic(path, page.html())
@@ -784,17 +914,23 @@ def _find_history(metadata: Mapping[str, Any]) -> Any:
     return None
 
 
-def model_report(path: PathLike, metadata: Mapping[str, Any], *, source: str | None = None,
-                 title: str = "HyperNet model") -> None:
+def model_report(
+    path: PathLike, metadata: Mapping[str, Any], *, source: str | None = None, title: str = "HyperNet model"
+) -> None:
     """Write an HTML page describing a model file from its JSON metadata: loss curve, settings, versions."""
     if not isinstance(metadata, Mapping):
         raise InputError("The model metadata must be a dict (the JSON stored in the model file).")
     page = _Page(title, subtitle=esc(source) if source else "")
     page.h2("Summary", "summary")
     summary = []
-    for key, label in (("bands", "bands"), ("widths", "widths (bands, branch, projector, predictor)"),
-                       ("training_pixels", "training pixels (mask g)"), ("device", "trained on"),
-                       ("seconds", "training time (s)"), ("saved_utc", "saved (UTC)")):
+    for key, label in (
+        ("bands", "bands"),
+        ("widths", "widths (bands, branch, projector, predictor)"),
+        ("training_pixels", "training pixels (mask g)"),
+        ("device", "trained on"),
+        ("seconds", "training time (s)"),
+        ("saved_utc", "saved (UTC)"),
+    ):
         if key in metadata:
             summary.append((label, f'<span id="v-{esc(key)}">{_fmt_value(metadata[key])}</span>'))
     history = None
@@ -844,8 +980,9 @@ def _train_info(train: Any) -> dict[str, Any]:
         info["widths (branch, projector, predictor)"] = list(train.widths)
     config = getattr(train, "config", None)
     if config is not None:
-        info["settings"] = asdict(config) if is_dataclass(config) and not isinstance(config, type) \
-            else dict(vars(config))
+        info["settings"] = (
+            asdict(config) if is_dataclass(config) and not isinstance(config, type) else dict(vars(config))
+        )
     scaling = extra.get("scaling")
     if isinstance(scaling, Mapping) and scaling.get("method"):
         info["scaling"] = scaling["method"]
@@ -856,8 +993,9 @@ def _train_info(train: Any) -> dict[str, Any]:
     return info
 
 
-def training_pictures(result: Any, t1_path: str | None = None, t2_path: str | None = None
-                      ) -> tuple[np.ndarray, np.ndarray, list[float] | None]:
+def training_pictures(
+    result: Any, t1_path: str | None = None, t2_path: str | None = None
+) -> tuple[np.ndarray, np.ndarray, list[float] | None]:
     """The bands a training report shows (true colour or three spread bands) of both dates, read from
     ``t1_path``/``t2_path`` (default: the inputs the TrainResult records), with their wavelengths."""
     from ..io import raster_io
@@ -874,8 +1012,9 @@ def training_pictures(result: Any, t1_path: str | None = None, t2_path: str | No
     return t1, t2, wavelengths
 
 
-def write_training_report(path: PathLike, result: Any, t1: np.ndarray | None = None,
-                          t2: np.ndarray | None = None) -> None:
+def write_training_report(
+    path: PathLike, result: Any, t1: np.ndarray | None = None, t2: np.ndarray | None = None
+) -> None:
     """Training report from a TrainResult; the images are re-read from the inputs it records when not given."""
     info = _train_info(result)
     if t1 is None or t2 is None:
@@ -886,8 +1025,7 @@ def write_training_report(path: PathLike, result: Any, t1: np.ndarray | None = N
                 info["wavelengths_nm"] = wavelengths
         except Exception:  # the report still tells the training story without pictures of the inputs
             t1 = t2 = None
-    training_report(path, t1=t1, t2=t2, info=info, loss_history=result.loss_history,
-                    training_mask=result.training_mask)
+    training_report(path, t1=t1, t2=t2, info=info, loss_history=result.loss_history, training_mask=result.training_mask)
 
 
 def write_detection_report(path: PathLike, result: Any) -> None:
@@ -897,8 +1035,11 @@ def write_detection_report(path: PathLike, result: Any) -> None:
         raise InputError("This detection result carries no images; a report needs the input pair.")
     train = getattr(result, "train", None)
     extra = dict(getattr(result, "extra", {}) or {})
-    info: dict[str, Any] = {"T1": getattr(pair.info1, "path", None), "T2": getattr(pair.info2, "path", None),
-                            "change map": getattr(result, "change_path", None)}
+    info: dict[str, Any] = {
+        "T1": getattr(pair.info1, "path", None),
+        "T2": getattr(pair.info2, "path", None),
+        "change map": getattr(result, "change_path", None),
+    }
     if getattr(result, "intensity_path", None):
         info["change intensity"] = result.intensity_path
     method = extra.get("method")
@@ -916,8 +1057,9 @@ def write_detection_report(path: PathLike, result: Any) -> None:
     area = extra.get("area")
     if area:
         ha = area.get("changed_hectares")
-        info["changed area"] = (f"{ha:.4g} ha" if ha is not None else f"{area['changed_area']:.6g} map units²") + \
-            f", {100.0 * area['changed_share']:.2f}% of the valid area"
+        info["changed area"] = (
+            f"{ha:.4g} ha" if ha is not None else f"{area['changed_area']:.6g} map units²"
+        ) + f", {100.0 * area['changed_share']:.2f}% of the valid area"
     if extra.get("polygons"):
         info["change polygons"] = extra["polygons"]
     if extra.get("align"):
@@ -930,17 +1072,34 @@ def write_detection_report(path: PathLike, result: Any) -> None:
     band_count = getattr(pair, "band_count", None)
     if train is not None:
         info["device"] = getattr(train, "device_name", None)
-        info["training"] = {k: v for k, v in _train_info(train).items()
-                            if k not in ("T1", "T2", "wavelengths_nm", "software")}
-    detection_report(path, t1=t1, t2=t2, intensity=result.intensity, binary=result.binary,
-                     threshold=result.threshold, threshold_method=str(result.threshold_method), info=info,
-                     loss_history=getattr(train, "loss_history", None),
-                     training_mask=getattr(train, "training_mask", None), title=title,
-                     valid=pair.valid, band_count=band_count)
+        info["training"] = {
+            k: v for k, v in _train_info(train).items() if k not in ("T1", "T2", "wavelengths_nm", "software")
+        }
+    detection_report(
+        path,
+        t1=t1,
+        t2=t2,
+        intensity=result.intensity,
+        binary=result.binary,
+        threshold=result.threshold,
+        threshold_method=str(result.threshold_method),
+        info=info,
+        loss_history=getattr(train, "loss_history", None),
+        training_mask=getattr(train, "training_mask", None),
+        title=title,
+        valid=pair.valid,
+        band_count=band_count,
+    )
 
 
-def write_evaluation_report(path: PathLike, change: str, reference: str, changed: Sequence[float] = (1,),
-                            unchanged: Sequence[float] = (0,), ignore: Sequence[float] = ()) -> None:
+def write_evaluation_report(
+    path: PathLike,
+    change: str,
+    reference: str,
+    changed: Sequence[float] = (1,),
+    unchanged: Sequence[float] = (0,),
+    ignore: Sequence[float] = (),
+) -> None:
     """Evaluation report of a change map (or intensity) file against a reference raster file."""
     from ..classic import metrics as m
     from ..classic.evaluation import read_evaluation_inputs
@@ -951,9 +1110,24 @@ def write_evaluation_report(path: PathLike, change: str, reference: str, changed
     scores = m.change_metrics(prediction, ref_codes, **kw) if is_binary else {}
     fpr, tpr, _ = m.roc_curve(score, ref_codes, **kw)
     auc = m.roc_auc(score, ref_codes, **kw)
-    info = {"change map": change, "reference": reference, "changed codes": list(changed),
-            "unchanged codes": list(unchanged), "ignored codes": list(ignore)}
+    info = {
+        "change map": change,
+        "reference": reference,
+        "changed codes": list(changed),
+        "unchanged codes": list(unchanged),
+        "ignored codes": list(ignore),
+    }
     if not is_binary:
         info["note"] = "The input is a change intensity, not a 1/0 map: only the AUC and ROC curve apply."
-    evaluation_report(path, prediction=prediction, reference=ref_codes, metrics=scores, roc=(fpr, tpr), auc=auc,
-                      changed=changed, unchanged=unchanged, ignore=ignore, info=info)
+    evaluation_report(
+        path,
+        prediction=prediction,
+        reference=ref_codes,
+        metrics=scores,
+        roc=(fpr, tpr),
+        auc=auc,
+        changed=changed,
+        unchanged=unchanged,
+        ignore=ignore,
+        info=info,
+    )
