@@ -260,6 +260,23 @@ def case_big(folder: str, side: int, bands: int) -> dict:
     }
 
 
+class _RssLog:
+    """A job's feedback that records the process' peak RSS (GB) so far at each log message: which stage set
+    the peak."""
+
+    def __init__(self) -> None:
+        self.entries: list[tuple[str, float]] = []
+
+    def set_progress(self, fraction: float) -> None:
+        pass
+
+    def info(self, text: str) -> None:
+        self.entries.append((text[:90], round(_peak_gb(), 3)))
+
+    def is_cancelled(self) -> bool:
+        return False
+
+
 def case_job_budget(folder: str, side: int, bands: int, budget: int, epochs: int) -> dict:
     """The whole Detect Change job (read, standardise, train ``epochs``, detect, write) from float32 GeoTIFFs
     within ``budget`` MB: the peak RSS of the whole process against the budget (issue 14's goal)."""
@@ -287,11 +304,13 @@ def case_job_budget(folder: str, side: int, bands: int, budget: int, epochs: int
     t1, t2 = os.path.join(folder, "t1.tif"), os.path.join(folder, "t2.tif")
     before = _peak_gb()
     start = time.perf_counter()
+    log = _RssLog()
     res = detect_files(
         t1,
         t2,
         os.path.join(folder, "change.tif"),
         config=TrainConfig(device="cpu", epochs=epochs, memory_budget_mb=budget),
+        feedback=log,
     )
     width = res.train.model.width if res.train else 0
     plan = detection_plan(bands, width, side, side, budget, res.train.model.halo()) if res.train else None
@@ -307,6 +326,7 @@ def case_job_budget(folder: str, side: int, bands: int, budget: int, epochs: int
         "windowed": bool(res.extra.get("streamed", False)),
         "stages_s": res.extra.get("stages_s", {}),
         "plan": plan.__dict__ if plan else None,
+        "rss_by_message": log.entries,
     }
 
 
