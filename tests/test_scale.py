@@ -316,10 +316,12 @@ def test_streamed_pair_equals_in_memory_pair(tmp_path):
 
 
 def test_streamed_detection_end_to_end(tmp_path):
-    """Train + detect from files through the streaming path; the intensity equals whole-image detection with the
-    same model on the in-memory pair, and the outputs are whole GeoTIFFs."""
+    """Train + detect from files through the streaming path; the (default, fused) intensity equals the fusion of
+    whole-image detection with the same model and the classic evidence of the in-memory pair, and the outputs are
+    whole GeoTIFFs."""
     from conftest import write_pair
 
+    from hypernet_qgis.core.fusion import classic_evidence, fuse
     from hypernet_qgis.core.hypernet.training import TrainConfig
     from hypernet_qgis.core.io import raster_io
     from hypernet_qgis.core.pipeline import detect_files, load_pair
@@ -329,11 +331,12 @@ def test_streamed_detection_end_to_end(tmp_path):
     # a budget far below the pair's 0.13 MB: read, trained and detected by windows
     cfg = TrainConfig(epochs=3, device="cpu", crop_size=24, pixels_per_step=1200, memory_budget_mb=0.02)
     res = detect_files(str(p["t1"]), str(p["t2"]), str(out), intensity_out=str(inten), config=cfg)
-    assert res.extra.get("streamed") is True
+    assert res.extra.get("streamed") is True and res.extra["evidence"] == "fused"
     got, gvalid, _ = raster_io.read_raster(str(inten))
     pair = load_pair(str(p["t1"]), str(p["t2"]))
     np.testing.assert_array_equal(gvalid, pair.valid)
-    whole = change_intensity(res.train.model, pair.x1s, pair.x2s, pair.valid, "mse", "cpu")
+    hypernet = change_intensity(res.train.model, pair.x1s, pair.x2s, pair.valid, "mse", "cpu")
+    whole = fuse(hypernet, classic_evidence(pair), pair.valid)
     assert np.nanmax(np.abs(got[0] - whole)) <= 1e-4 * (np.nanmax(whole) - np.nanmin(whole))
     change, cvalid, _ = raster_io.read_raster(str(out))
     assert int((change[0][cvalid] == 1).sum()) == res.changed_pixels > 0
