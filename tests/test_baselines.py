@@ -376,3 +376,147 @@ def test_pca_kmeans_of_two_identical_dates_finds_no_change():
     binary, score = pca_kmeans(x, x.copy(), valid)
     assert binary.dtype == np.uint8 and np.all(binary[valid] == 0) and binary[4, 4] == 255
     assert np.all(score[valid] == 0.0) and np.isnan(score[4, 4])
+
+
+# ------------------------------------------------------------------------------- IR-MAD's parts, exact facts
+
+
+def test_irmad_weighted_moments_and_chi2_equal_numpy_written_out():
+    from hypernet_qgis.core.classic.baselines import _chi2, _chunk_columns, _weighted_moments
+
+    rng = np.random.default_rng(11)
+    x = rng.normal(size=(3, 50)).astype(np.float32)
+    y = (x + rng.normal(size=(3, 50))).astype(np.float32)
+    w = rng.random(50)
+    mean, cov = _weighted_moments(x, y, w)
+    z = np.concatenate([x, y]).astype(np.float64)
+    expected_mean = (z * w).sum(axis=1) / w.sum()
+    d = z - expected_mean[:, None]
+    np.testing.assert_allclose(mean, expected_mean, rtol=1e-6)
+    np.testing.assert_allclose(cov, (d * w) @ d.T / w.sum(), rtol=1e-6, atol=1e-9)
+    assert mean.dtype == cov.dtype == np.float64 and cov.shape == (6, 6)
+    # chi2 = sum_i M_i^2 / var_i, M = ca^T (x - mean_x) - cb^T (y - mean_y), in the transform's precision
+    ca, cb = rng.normal(size=(3, 3)), rng.normal(size=(3, 3))
+    var = rng.random(3) + 0.5
+    mad = ca.T @ (x - mean[:3, None]) - cb.T @ (y - mean[3:, None])
+    chi2 = _chi2(x, y, ca, cb, mean, var)
+    assert chi2.dtype == np.float64 and chi2.shape == (50,)
+    np.testing.assert_allclose(chi2, (mad**2 / var[:, None]).sum(axis=0), rtol=1e-6)
+    f32 = [t.astype(np.float32) for t in (ca, cb, mean, var)]
+    assert _chi2(x, y, *f32).dtype == np.float32
+    # about 32 MB of float64 over 2p rows, at least 1024 columns
+    assert _chunk_columns(1) == 2**21 and _chunk_columns(1000) == 2097 and _chunk_columns(10**6) == 1024
+    assert _chunk_columns(0) == 2**21
+
+
+def test_irmad_row_strips_and_sample():
+    from hypernet_qgis.core.classic.baselines import _irmad_sample, _row_strips
+    from hypernet_qgis.core.progress import NullFeedback
+
+    assert _row_strips(10, None) == [(0, 10)] and _row_strips(10, 0) == [(0, 10)]
+    assert _row_strips(10, 3) == [(0, 3), (3, 6), (6, 9), (9, 10)]
+    assert (
+        _row_strips(10, 10) == [(0, 10)] and _row_strips(10, 25) == [(0, 10)] and _row_strips(2, -4) == [(0, 1), (1, 2)]
+    )
+    rng = np.random.default_rng(12)
+    valid = rng.random((9, 7)) > 0.3
+    valid[4] = False  # a row without a valid pixel
+    x1 = np.arange(2 * 9 * 7, dtype=np.float64).reshape(2, 9, 7)  # each value names its band and pixel
+    x2 = -x1
+    for every in (1, 2, 3, 50):
+        for strip_rows in (None, 1, 2, 4):
+            a, b = _irmad_sample(x1, x2, valid, _row_strips(9, strip_rows), every, NullFeedback())
+            # every `every`-th valid pixel in row-major order, counted across the strips, the first one included
+            np.testing.assert_array_equal(a, x1[:, valid][:, ::every])
+            np.testing.assert_array_equal(b, x2[:, valid][:, ::every])
+            assert a.dtype == b.dtype == np.float32
+
+
+class _CountingFeedback:
+    """A Feedback that counts the cancel checks (and cancels at check number ``cancel_at``)."""
+
+    def __init__(self, cancel_at: int = 0):
+        self.checks, self.cancel_at = 0, cancel_at
+
+    def set_progress(self, fraction: float) -> None:
+        pass
+
+    def info(self, message: str) -> None:
+        pass
+
+    def is_cancelled(self) -> bool:
+        self.checks += 1
+        return self.checks == self.cancel_at
+
+
+def test_irmad_details_fields_iterations_and_cancel_checks():
+    from hypernet_qgis.core.progress import Cancelled
+
+    x1, x2, valid, _ = synthetic_pair(6, bands=4, size=24)
+    x1[2] = 7.0  # constant in date 1
+    x2[3] = -1.0  # constant in date 2
+    n = int(valid.sum())
+    feedback = _CountingFeedback()
+    d = irmad_details(x1, x2, valid, feedback=feedback)
+    assert d["bands_used"] == [1, 2] and len(d["rho"]) == 2 and d["rho"] == sorted(d["rho"])
+    assert d["sampled_every"] == 1 and d["converged"] and 2 <= d["iterations"] < 50
+    assert isinstance(d["rho"], list) and all(isinstance(r, float) for r in d["rho"])
+    assert feedback.checks == 1 + d["iterations"]  # one strip read, one check an iteration
+    np.testing.assert_allclose(
+        d["no_change_probability"][valid], chi2_sf(d["chi2"][valid].astype(np.float64), 2), rtol=1e-6
+    )
+    assert np.isnan(d["no_change_probability"][~valid]).all() and np.isnan(d["chi2"][~valid]).all()
+    assert d["chi2"].dtype == d["no_change_probability"].dtype == np.float32
+    # stopped by max_iter: not converged, the count says so
+    k = d["iterations"] - 1
+    short = irmad_details(x1, x2, valid, max_iter=k)
+    assert short["iterations"] == k and not short["converged"]
+    # tol: a change of rho under tol stops at the second iteration (the first with a previous rho)
+    loose = irmad_details(x1, x2, valid, tol=1.0)
+    assert loose["iterations"] == 2 and loose["converged"]
+    # sampled, by strips of 5 rows: the strips are read twice (sample, final map)
+    feedback = _CountingFeedback()
+    s = irmad_details(x1, x2, valid, strip_rows=5, sample_pixels=n // 3, feedback=feedback)
+    assert s["sampled_every"] == math.ceil(n / (n // 3)) == 4
+    assert feedback.checks == 5 + s["iterations"] + 5
+    with pytest.raises(Cancelled):
+        irmad_details(x1, x2, valid, strip_rows=5, sample_pixels=n // 3, feedback=_CountingFeedback(7))
+    # the wrapper: the square root of chi2, strips passed on
+    np.testing.assert_allclose(irmad(x1, x2, valid, strip_rows=3), np.sqrt(d["chi2"]), rtol=1e-5, equal_nan=True)
+
+
+def test_irmad_sampled_iterates_on_every_kth_valid_pixel_and_maps_with_the_final_transform():
+    """The sampled run is, in its iterations, IR-MAD of the sample alone (every k-th valid pixel in row-major
+    order): the same correlations, and on the sampled pixels the same chi2 (its map pass is float32)."""
+    x1, x2, valid, _ = synthetic_pair(7, bands=3, size=30)
+    n = int(valid.sum())
+    full = irmad_details(x1, x2, valid, sample_pixels=n)
+    assert full["sampled_every"] == 1
+    s = irmad_details(x1, x2, valid, sample_pixels=n // 5)
+    every = s["sampled_every"]
+    assert every == math.ceil(n / (n // 5)) == 6
+    a, b = x1[:, valid][:, ::every], x2[:, valid][:, ::every]
+    alone = irmad_details(a[:, None, :], b[:, None, :], np.ones((1, a.shape[1]), bool))
+    assert s["rho"] == alone["rho"] and s["iterations"] == alone["iterations"]
+    np.testing.assert_allclose(s["chi2"][valid][::every], alone["chi2"][0], rtol=2e-4, atol=1e-4)
+    assert np.isfinite(s["chi2"][valid]).all() and np.isnan(s["chi2"][~valid]).all()
+    # strips of one row: the same sample, the same transform, the same map
+    one = irmad_details(x1, x2, valid, sample_pixels=n // 5, strip_rows=1)
+    assert one["rho"] == s["rho"]
+    np.testing.assert_allclose(one["chi2"][valid], s["chi2"][valid], rtol=1e-6, atol=1e-6)
+    # the default sample: memory.irmad_sample_pixels(bands) pixels
+    from hypernet_qgis.core import memory
+
+    assert irmad_details(x1, x2, valid)["sampled_every"] == math.ceil(n / memory.irmad_sample_pixels(3)) == 1
+
+
+def test_irmad_ridge_keeps_two_equal_bands_invertible():
+    """Two identical bands (a singular covariance): the ridge, relative to the mean variance, lets the
+    Cholesky factorisation through; without it there is none."""
+    x1, x2, valid, truth = synthetic_pair(8, bands=3)
+    x1[2] = x1[1]
+    d = irmad_details(x1, x2, valid)
+    assert d["bands_used"] == [1, 2, 3] and np.isfinite(d["chi2"][valid]).all()
+    assert roc_auc(d["chi2"], np.where(valid, truth, 255)) > 0.99
+    with pytest.raises(np.linalg.LinAlgError):
+        irmad_details(x1, x2, valid, ridge=0.0)
