@@ -72,6 +72,10 @@ def test_chi2_survival_function():
     assert chi2_sf(np.array([3.841458820694124]), 1)[0] == pytest.approx(0.05, abs=1e-6)
     # chi2 with 4 dof: sf(x) = e^{-x/2} (1 + x/2)
     np.testing.assert_allclose(chi2_sf(x, 4), np.exp(-x / 2) * (1 + x / 2), rtol=1e-12)
+    # float32 in, float64 math; the erfc fit's 1 + 3e-8 at 0 is clipped to a probability
+    x32 = np.array([0.1, 1.0, 3.3, 7.7], np.float32)
+    np.testing.assert_allclose(chi2_sf(x32, 3), chi2_sf(x32.astype(np.float64), 3), rtol=1e-14)
+    assert chi2_sf(np.array([0.0]), 1)[0] == 1.0 == chi2_sf(np.array([0.0]), 3)[0]
     scipy_stats = pytest.importorskip("scipy.stats")
     xs = np.linspace(0, 400, 97)
     for dof in (1, 3, 6, 7, 50, 204):
@@ -350,6 +354,7 @@ def _pca_kmeans_by_hand(x1, x2, valid, h=4, variance=0.9):
         (8, 8, 4, [(1, 1), (6, 2)]),  # two of the four blocks hold an invalid pixel: PCA from the other two
         (12, 6, 4, []),  # one block wide
         (9, 7, 2, [(4, 4)]),  # the smallest block
+        (10, 11, 3, [(9, 0)]),  # an odd block: one row and column before the pixel, one after
     ],
 )
 def test_pca_kmeans_equals_the_method_written_out(rows, cols, h, invalid):
