@@ -348,20 +348,21 @@ def _pca_kmeans_by_hand(x1, x2, valid, h=4, variance=0.9):
 
 
 @pytest.mark.parametrize(
-    "rows, cols, h, invalid",
+    "rows, cols, h, invalid, noise, contrast",
     [
-        (13, 14, None, [(0, 0), (5, 9), (12, 13)]),  # the default block size, invalid pixels at the borders
-        (8, 8, 4, [(1, 1), (6, 2)]),  # two of the four blocks hold an invalid pixel: PCA from the other two
-        (12, 6, 4, []),  # one block wide
-        (9, 7, 2, [(4, 4)]),  # the smallest block
-        (10, 11, 3, [(9, 0)]),  # an odd block: one row and column before the pixel, one after
+        (13, 14, None, [(0, 0), (5, 9), (12, 13)], 0.3, 2.5),  # the default block size, invalid pixels at the borders
+        (8, 8, 4, [(1, 1), (6, 2)], 0.3, 2.5),  # two of the four blocks hold an invalid pixel: PCA from the other two
+        (12, 6, 4, [], 0.3, 2.5),  # one block wide
+        (9, 7, 2, [(4, 4)], 0.3, 2.5),  # the smallest block
+        (10, 11, 3, [(9, 0)], 0.3, 2.5),  # an odd block: one row and column before the pixel, one after
+        (16, 16, 4, [(3, 3)], 0.05, 0.3),  # a faint difference: total variance of the blocks under 1
     ],
 )
-def test_pca_kmeans_equals_the_method_written_out(rows, cols, h, invalid):
+def test_pca_kmeans_equals_the_method_written_out(rows, cols, h, invalid, noise, contrast):
     rng = np.random.default_rng(rows * 100 + cols)
     x1 = rng.normal(size=(3, rows, cols)).astype(np.float32)
-    x2 = x1 + rng.normal(scale=0.3, size=x1.shape).astype(np.float32)
-    x2[:, rows // 3 : rows // 3 + 3, 1:4] += 2.5  # a changed patch
+    x2 = x1 + rng.normal(scale=noise, size=x1.shape).astype(np.float32)
+    x2[:, rows // 3 : rows // 3 + 3, 1:4] += contrast  # a changed patch
     valid = np.ones((rows, cols), bool)
     for r, c in invalid:
         valid[r, c] = False
@@ -486,8 +487,12 @@ def test_irmad_details_fields_iterations_and_cancel_checks():
     assert feedback.checks == 5 + s["iterations"] + 5
     with pytest.raises(Cancelled):
         irmad_details(x1, x2, valid, strip_rows=5, sample_pixels=n // 3, feedback=_CountingFeedback(7))
-    # the wrapper: the square root of chi2, strips passed on
-    np.testing.assert_allclose(irmad(x1, x2, valid, strip_rows=3), np.sqrt(d["chi2"]), rtol=1e-5, equal_nan=True)
+    # the wrapper: the square root of chi2, strips and feedback passed on (24 rows in strips of 5: 5 reads)
+    feedback = _CountingFeedback()
+    np.testing.assert_allclose(
+        irmad(x1, x2, valid, strip_rows=5, feedback=feedback), np.sqrt(d["chi2"]), rtol=1e-5, equal_nan=True
+    )
+    assert feedback.checks == 5 + d["iterations"]
 
 
 def test_irmad_sampled_iterates_on_every_kth_valid_pixel_and_maps_with_the_final_transform():

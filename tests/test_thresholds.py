@@ -563,3 +563,23 @@ def test_threshold_feature_distance_each_method():
     expected, root = mrf_change(roots, valid)
     assert t == pytest.approx(root**2, rel=1e-12)
     np.testing.assert_array_equal(out, expected)
+
+
+def test_kmeans_from_the_extremes_starts_at_the_largest_value():
+    # 19 zeros, 14, 33: both percentiles 0, start 0 / 33 -> t 16.5: {0 x19, 14} mean 0.7 | {33} -> t 16.85, same
+    # split. Started at 0 / 14 it would settle on the other local optimum, {0 x19} | {14, 33} -> 11.75.
+    assert kmeans_threshold(np.r_[np.zeros(19), 33.0, 14.0]) == pytest.approx(16.85)
+
+
+def test_threshold_feature_distance_mrf_is_the_regularised_map_not_the_pixelwise_one():
+    from hypernet_qgis.core.classic.thresholds import binary_change, mrf_change, threshold_feature_distance
+
+    x, valid = _mrf_scene()
+    x = np.abs(x)
+    intensity = x**2  # a squared distance whose root is the scene
+    out, t = threshold_feature_distance(intensity, valid, "mrf")
+    expected, root = mrf_change(x, valid)
+    np.testing.assert_array_equal(out, expected)
+    assert t == pytest.approx(root**2, rel=1e-12)
+    pixelwise, _ = binary_change(intensity, valid, "fixed", t)
+    assert (out != pixelwise).sum() > 0  # the neighbours changed some labels
