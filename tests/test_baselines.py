@@ -530,3 +530,25 @@ def test_irmad_ridge_keeps_two_equal_bands_invertible():
     assert roc_auc(d["chi2"], np.where(valid, truth, 255)) > 0.99
     with pytest.raises(np.linalg.LinAlgError):
         irmad_details(x1, x2, valid, ridge=0.0)
+
+
+def test_irmad_moments_and_chi2_over_two_chunks():
+    """One band: chunks of 2^21 pixels, so 2^21 + 3 pixels are summed in two chunks (the second of 3 pixels)."""
+    from hypernet_qgis.core.classic.baselines import _chi2, _chunk_columns, _weighted_moments
+
+    n = _chunk_columns(1) + 3
+    rng = np.random.default_rng(13)
+    x = rng.normal(size=(1, n)).astype(np.float32)
+    y = (0.5 * x + rng.normal(size=(1, n))).astype(np.float32)
+    x[0, -3:] = 40.0  # the second chunk weighs in
+    w = rng.random(n)
+    mean, cov = _weighted_moments(x, y, w)
+    z = np.concatenate([x, y]).astype(np.float64)
+    expected_mean = (z @ w) / w.sum()
+    d = z - expected_mean[:, None]
+    np.testing.assert_allclose(mean, expected_mean, rtol=1e-9)
+    np.testing.assert_allclose(cov, (d * w) @ d.T / w.sum(), rtol=1e-9)
+    ca, cb, var = np.array([[1.5]]), np.array([[-0.5]]), np.array([2.0])
+    chi2 = _chi2(x, y, ca, cb, mean, var)
+    mad = 1.5 * (z[0] - mean[0]) + 0.5 * (z[1] - mean[1])
+    np.testing.assert_allclose(chi2, mad**2 / 2.0, rtol=1e-9)
