@@ -552,3 +552,30 @@ def test_irmad_moments_and_chi2_over_two_chunks():
     chi2 = _chi2(x, y, ca, cb, mean, var)
     mad = 1.5 * (z[0] - mean[0]) + 0.5 * (z[1] - mean[1])
     np.testing.assert_allclose(chi2, mad**2 / 2.0, rtol=1e-9)
+
+
+def test_irmad_not_square_one_band_left_and_the_default_sample_counts_bands():
+    """Strips run over the rows (here 30 rows of 8 columns, all read); one band not constant in both dates is
+    enough; the default sample is memory.irmad_sample_pixels(bands): 2900 pixels of 3 bands are all used (it is
+    not counted from the rows)."""
+    from hypernet_qgis.core import memory
+
+    x1, x2, valid, truth = synthetic_pair(9, bands=3, size=30)
+    x1, x2, valid, truth = x1[:, :, :8], x2[:, :, :8], valid[:, :8], truth[:, :8]
+    feedback = _CountingFeedback()
+    d = irmad_details(x1, x2, valid, feedback=feedback)
+    assert feedback.checks == 1 + d["iterations"]
+    b = irmad_details(x1[:, :, :], x2, valid, strip_rows=30)
+    np.testing.assert_array_equal(b["chi2"], d["chi2"])
+    assert np.isfinite(d["chi2"][valid]).all() and d["chi2"].shape == (30, 8)
+    flat1, flat2 = x1.copy(), x2.copy()
+    flat1[0] = 1.0
+    flat2[2] = 2.0
+    one = irmad_details(flat1, flat2, valid)
+    assert one["bands_used"] == [2] and len(one["rho"]) == 1
+    # a tall one-column image: 2900 pixels > 8 M // 2900 but far under 8 M // 3
+    rng = np.random.default_rng(14)
+    t1 = rng.normal(size=(3, 2900, 1)).astype(np.float32)
+    t2 = (t1 + 0.5 * rng.normal(size=t1.shape)).astype(np.float32)
+    assert memory.irmad_sample_pixels(2900) < 2900 < memory.irmad_sample_pixels(3)
+    assert irmad_details(t1, t2, np.ones((2900, 1), bool))["sampled_every"] == 1
