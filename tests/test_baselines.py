@@ -476,7 +476,7 @@ def test_irmad_details_fields_iterations_and_cancel_checks():
     # stopped by max_iter: not converged, the count says so
     k = d["iterations"] - 1
     short = irmad_details(x1, x2, valid, max_iter=k)
-    assert short["iterations"] == k and not short["converged"]
+    assert short["iterations"] == k and short["converged"] is False
     # tol: a change of rho under tol stops at the second iteration (the first with a previous rho)
     loose = irmad_details(x1, x2, valid, tol=1.0)
     assert loose["iterations"] == 2 and loose["converged"]
@@ -579,3 +579,37 @@ def test_irmad_not_square_one_band_left_and_the_default_sample_counts_bands():
     t2 = (t1 + 0.5 * rng.normal(size=t1.shape)).astype(np.float32)
     assert memory.irmad_sample_pixels(2900) < 2900 < memory.irmad_sample_pixels(3)
     assert irmad_details(t1, t2, np.ones((2900, 1), bool))["sampled_every"] == 1
+
+
+def test_irmad_first_iteration_is_the_ridged_cca_written_out():
+    """With weights 1 (max_iter=1) the correlations are the canonical correlations of the standardised dates,
+    each covariance block plus ridge * (its mean variance) on the diagonal, smallest first."""
+    rng = np.random.default_rng(15)
+    x1 = rng.normal(size=(2, 20, 20))
+    x2 = (np.einsum("ij,jrc->irc", [[0.9, 0.3], [-0.2, 0.5]], x1) + 0.6 * rng.normal(size=x1.shape)).astype(np.float32)
+    x1 = x1.astype(np.float32)
+    valid = np.ones((20, 20), bool)
+    a = x1.reshape(2, -1).astype(np.float64)
+    b = x2.reshape(2, -1).astype(np.float64)
+    a = (a - a.mean(axis=1, keepdims=True)) / a.std(axis=1, keepdims=True)
+    b = (b - b.mean(axis=1, keepdims=True)) / b.std(axis=1, keepdims=True)
+    n = a.shape[1]
+    sxx, syy, sxy = a @ a.T / n, b @ b.T / n, a @ b.T / n
+
+    def inv_sqrt(m):
+        e, v = np.linalg.eigh(m)
+        return v @ np.diag(e**-0.5) @ v.T
+
+    for ridge in (0.0, 0.5, 3.0):
+        kx = sxx + ridge * np.trace(sxx) / 2 * np.eye(2)
+        ky = syy + ridge * np.trace(syy) / 2 * np.eye(2)
+        expected = np.sort(np.linalg.svd(inv_sqrt(kx) @ sxy @ inv_sqrt(ky), compute_uv=False))
+        got = irmad_details(x1, x2, valid, ridge=ridge, max_iter=1)["rho"]
+        np.testing.assert_allclose(got, expected, rtol=1e-6)
+
+
+def test_irmad_of_identical_dates_clips_the_correlations_at_1():
+    for seed in range(6):
+        x = np.random.default_rng(seed).normal(size=(4, 20, 20)).astype(np.float32)
+        d = irmad_details(x, x.copy(), np.ones((20, 20), bool), ridge=0.0, max_iter=1)
+        assert all(0.999999 < r <= 1.0 for r in d["rho"])
