@@ -510,10 +510,16 @@ def test_irmad_sampled_iterates_on_every_kth_valid_pixel_and_maps_with_the_final
     assert s["rho"] == alone["rho"] and s["iterations"] == alone["iterations"]
     np.testing.assert_allclose(s["chi2"][valid][::every], alone["chi2"][0], rtol=2e-4, atol=1e-4)
     assert np.isfinite(s["chi2"][valid]).all() and np.isnan(s["chi2"][~valid]).all()
+    assert s["chi2"].dtype == np.float32
     # strips of one row: the same sample, the same transform, the same map
     one = irmad_details(x1, x2, valid, sample_pixels=n // 5, strip_rows=1)
     assert one["rho"] == s["rho"]
     np.testing.assert_allclose(one["chi2"][valid], s["chi2"][valid], rtol=1e-6, atol=1e-6)
+    # a strip without a valid pixel is skipped, the strips after it are mapped
+    holed = valid.copy()
+    holed[3] = False
+    h = irmad_details(x1, x2, holed, sample_pixels=n // 5, strip_rows=1)
+    assert h["sampled_every"] > 1 and np.isfinite(h["chi2"][holed]).all() and np.isnan(h["chi2"][~holed]).all()
     # the default sample: memory.irmad_sample_pixels(bands) pixels
     from hypernet_qgis.core import memory
 
