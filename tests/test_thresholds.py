@@ -464,7 +464,7 @@ def test_mrf_change_sweeps_change_the_map_and_invalid_pixels_are_neither_side():
     one, _ = mrf_change(x, valid, beta=0.6, radius=1, max_iterations=1)
     final, _ = mrf_change(x, valid, beta=0.6, radius=1)
     assert (start != one).sum() > 0 and (one != final).sum() > 0
-    # a weak changed pixel next to a hole: with the hole counted as changed (or as unchanged) it would flip
+    # weak pixels next to a hole: the map is the written-out ICM's, where only valid pixels are neighbours
     v = np.ones((5, 5), bool)
     v[:, :2] = False
     flat = np.where(v, 0.0, np.nan)
