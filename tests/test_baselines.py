@@ -72,6 +72,10 @@ def test_chi2_survival_function():
     assert chi2_sf(np.array([3.841458820694124]), 1)[0] == pytest.approx(0.05, abs=1e-6)
     # chi2 with 4 dof: sf(x) = e^{-x/2} (1 + x/2)
     np.testing.assert_allclose(chi2_sf(x, 4), np.exp(-x / 2) * (1 + x / 2), rtol=1e-12)
+    # float32 in, float64 math; the erfc fit's 1 + 3e-8 at 0 is clipped to a probability
+    x32 = np.array([0.1, 1.0, 3.3, 7.7], np.float32)
+    np.testing.assert_allclose(chi2_sf(x32, 3), chi2_sf(x32.astype(np.float64), 3), rtol=1e-14)
+    assert chi2_sf(np.array([0.0]), 1)[0] == 1.0 == chi2_sf(np.array([0.0]), 3)[0]
     scipy_stats = pytest.importorskip("scipy.stats")
     xs = np.linspace(0, 400, 97)
     for dof in (1, 3, 6, 7, 50, 204):
@@ -344,19 +348,21 @@ def _pca_kmeans_by_hand(x1, x2, valid, h=4, variance=0.9):
 
 
 @pytest.mark.parametrize(
-    "rows, cols, h, invalid",
+    "rows, cols, h, invalid, noise, contrast",
     [
-        (13, 14, None, [(0, 0), (5, 9), (12, 13)]),  # the default block size, invalid pixels at the borders
-        (8, 8, 4, [(1, 1), (6, 2)]),  # two of the four blocks hold an invalid pixel: PCA from the other two
-        (12, 6, 4, []),  # one block wide
-        (9, 7, 2, [(4, 4)]),  # the smallest block
+        (13, 14, None, [(0, 0), (5, 9), (12, 13)], 0.3, 2.5),  # the default block size, invalid pixels at the borders
+        (8, 8, 4, [(1, 1), (6, 2)], 0.3, 2.5),  # two of the four blocks hold an invalid pixel: PCA from the other two
+        (12, 6, 4, [], 0.3, 2.5),  # one block wide
+        (9, 7, 2, [(4, 4)], 0.3, 2.5),  # the smallest block
+        (10, 11, 3, [(9, 0)], 0.3, 2.5),  # an odd block: one row and column before the pixel, one after
+        (16, 16, 4, [(3, 3)], 0.05, 0.3),  # a faint difference: total variance of the blocks under 1
     ],
 )
-def test_pca_kmeans_equals_the_method_written_out(rows, cols, h, invalid):
+def test_pca_kmeans_equals_the_method_written_out(rows, cols, h, invalid, noise, contrast):
     rng = np.random.default_rng(rows * 100 + cols)
     x1 = rng.normal(size=(3, rows, cols)).astype(np.float32)
-    x2 = x1 + rng.normal(scale=0.3, size=x1.shape).astype(np.float32)
-    x2[:, rows // 3 : rows // 3 + 3, 1:4] += 2.5  # a changed patch
+    x2 = x1 + rng.normal(scale=noise, size=x1.shape).astype(np.float32)
+    x2[:, rows // 3 : rows // 3 + 3, 1:4] += contrast  # a changed patch
     valid = np.ones((rows, cols), bool)
     for r, c in invalid:
         valid[r, c] = False
@@ -376,3 +382,240 @@ def test_pca_kmeans_of_two_identical_dates_finds_no_change():
     binary, score = pca_kmeans(x, x.copy(), valid)
     assert binary.dtype == np.uint8 and np.all(binary[valid] == 0) and binary[4, 4] == 255
     assert np.all(score[valid] == 0.0) and np.isnan(score[4, 4])
+
+
+# ------------------------------------------------------------------------------- IR-MAD's parts, exact facts
+
+
+def test_irmad_weighted_moments_and_chi2_equal_numpy_written_out():
+    from hypernet_qgis.core.classic.baselines import _chi2, _chunk_columns, _weighted_moments
+
+    rng = np.random.default_rng(11)
+    x = rng.normal(size=(3, 50)).astype(np.float32)
+    y = (x + rng.normal(size=(3, 50))).astype(np.float32)
+    w = rng.random(50)
+    mean, cov = _weighted_moments(x, y, w)
+    z = np.concatenate([x, y]).astype(np.float64)
+    expected_mean = (z * w).sum(axis=1) / w.sum()
+    d = z - expected_mean[:, None]
+    np.testing.assert_allclose(mean, expected_mean, rtol=1e-6)
+    np.testing.assert_allclose(cov, (d * w) @ d.T / w.sum(), rtol=1e-6, atol=1e-9)
+    assert mean.dtype == cov.dtype == np.float64 and cov.shape == (6, 6)
+    # chi2 = sum_i M_i^2 / var_i, M = ca^T (x - mean_x) - cb^T (y - mean_y), in the transform's precision
+    ca, cb = rng.normal(size=(3, 3)), rng.normal(size=(3, 3))
+    var = rng.random(3) + 0.5
+    mad = ca.T @ (x - mean[:3, None]) - cb.T @ (y - mean[3:, None])
+    chi2 = _chi2(x, y, ca, cb, mean, var)
+    assert chi2.dtype == np.float64 and chi2.shape == (50,)
+    np.testing.assert_allclose(chi2, (mad**2 / var[:, None]).sum(axis=0), rtol=1e-6)
+    f32 = [t.astype(np.float32) for t in (ca, cb, mean, var)]
+    assert _chi2(x, y, *f32).dtype == np.float32
+    # about 32 MB of float64 over 2p rows, at least 1024 columns
+    assert _chunk_columns(1) == 2**21 and _chunk_columns(1000) == 2097 and _chunk_columns(10**6) == 1024
+    assert _chunk_columns(0) == 2**21
+
+
+def test_irmad_row_strips_and_sample():
+    from hypernet_qgis.core.classic.baselines import _irmad_sample, _row_strips
+    from hypernet_qgis.core.progress import NullFeedback
+
+    assert _row_strips(10, None) == [(0, 10)] and _row_strips(10, 0) == [(0, 10)]
+    assert _row_strips(10, 3) == [(0, 3), (3, 6), (6, 9), (9, 10)]
+    assert (
+        _row_strips(10, 10) == [(0, 10)] and _row_strips(10, 25) == [(0, 10)] and _row_strips(2, -4) == [(0, 1), (1, 2)]
+    )
+    rng = np.random.default_rng(12)
+    valid = rng.random((9, 7)) > 0.3
+    valid[4] = False  # a row without a valid pixel
+    x1 = np.arange(2 * 9 * 7, dtype=np.float64).reshape(2, 9, 7)  # each value names its band and pixel
+    x2 = -x1
+    for every in (1, 2, 3, 50):
+        for strip_rows in (None, 1, 2, 4):
+            a, b = _irmad_sample(x1, x2, valid, _row_strips(9, strip_rows), every, NullFeedback())
+            # every `every`-th valid pixel in row-major order, counted across the strips, the first one included
+            np.testing.assert_array_equal(a, x1[:, valid][:, ::every])
+            np.testing.assert_array_equal(b, x2[:, valid][:, ::every])
+            assert a.dtype == b.dtype == np.float32
+
+
+class _CountingFeedback:
+    """A Feedback that counts the cancel checks (and cancels at check number ``cancel_at``)."""
+
+    def __init__(self, cancel_at: int = 0):
+        self.checks, self.cancel_at = 0, cancel_at
+
+    def set_progress(self, fraction: float) -> None:
+        pass
+
+    def info(self, message: str) -> None:
+        pass
+
+    def is_cancelled(self) -> bool:
+        self.checks += 1
+        return self.checks == self.cancel_at
+
+
+def test_irmad_details_fields_iterations_and_cancel_checks():
+    from hypernet_qgis.core.progress import Cancelled
+
+    x1, x2, valid, _ = synthetic_pair(6, bands=4, size=24)
+    x1[2] = 7.0  # constant in date 1
+    x2[3] = -1.0  # constant in date 2
+    n = int(valid.sum())
+    feedback = _CountingFeedback()
+    d = irmad_details(x1, x2, valid, feedback=feedback)
+    assert d["bands_used"] == [1, 2] and len(d["rho"]) == 2 and d["rho"] == sorted(d["rho"])
+    assert d["sampled_every"] == 1 and d["converged"] and 2 <= d["iterations"] < 50
+    assert isinstance(d["rho"], list) and all(isinstance(r, float) for r in d["rho"])
+    assert feedback.checks == 1 + d["iterations"]  # one strip read, one check an iteration
+    np.testing.assert_allclose(
+        d["no_change_probability"][valid], chi2_sf(d["chi2"][valid].astype(np.float64), 2), rtol=1e-6
+    )
+    assert np.isnan(d["no_change_probability"][~valid]).all() and np.isnan(d["chi2"][~valid]).all()
+    assert d["chi2"].dtype == d["no_change_probability"].dtype == np.float32
+    # stopped by max_iter: not converged, the count says so
+    k = d["iterations"] - 1
+    short = irmad_details(x1, x2, valid, max_iter=k)
+    assert short["iterations"] == k and short["converged"] is False
+    # tol: a change of rho under tol stops at the second iteration (the first with a previous rho)
+    loose = irmad_details(x1, x2, valid, tol=1.0)
+    assert loose["iterations"] == 2 and loose["converged"]
+    # sampled, by strips of 5 rows: the strips are read twice (sample, final map)
+    feedback = _CountingFeedback()
+    s = irmad_details(x1, x2, valid, strip_rows=5, sample_pixels=n // 3, feedback=feedback)
+    assert s["sampled_every"] == math.ceil(n / (n // 3)) == 4
+    assert feedback.checks == 5 + s["iterations"] + 5
+    with pytest.raises(Cancelled):
+        irmad_details(x1, x2, valid, strip_rows=5, sample_pixels=n // 3, feedback=_CountingFeedback(7))
+    # the wrapper: the square root of chi2, strips and feedback passed on (24 rows in strips of 5: 5 reads)
+    feedback = _CountingFeedback()
+    np.testing.assert_allclose(
+        irmad(x1, x2, valid, strip_rows=5, feedback=feedback), np.sqrt(d["chi2"]), rtol=1e-5, equal_nan=True
+    )
+    assert feedback.checks == 5 + d["iterations"]
+
+
+def test_irmad_sampled_iterates_on_every_kth_valid_pixel_and_maps_with_the_final_transform():
+    """The sampled run is, in its iterations, IR-MAD of the sample alone (every k-th valid pixel in row-major
+    order): the same correlations, and on the sampled pixels the same chi2 (its map pass is float32)."""
+    x1, x2, valid, _ = synthetic_pair(7, bands=3, size=30)
+    n = int(valid.sum())
+    full = irmad_details(x1, x2, valid, sample_pixels=n)
+    assert full["sampled_every"] == 1
+    s = irmad_details(x1, x2, valid, sample_pixels=n // 5)
+    every = s["sampled_every"]
+    assert every == math.ceil(n / (n // 5)) == 6
+    a, b = x1[:, valid][:, ::every], x2[:, valid][:, ::every]
+    alone = irmad_details(a[:, None, :], b[:, None, :], np.ones((1, a.shape[1]), bool))
+    assert s["rho"] == alone["rho"] and s["iterations"] == alone["iterations"]
+    np.testing.assert_allclose(s["chi2"][valid][::every], alone["chi2"][0], rtol=2e-4, atol=1e-4)
+    assert np.isfinite(s["chi2"][valid]).all() and np.isnan(s["chi2"][~valid]).all()
+    assert s["chi2"].dtype == np.float32
+    # strips of one row: the same sample, the same transform, the same map
+    one = irmad_details(x1, x2, valid, sample_pixels=n // 5, strip_rows=1)
+    assert one["rho"] == s["rho"]
+    np.testing.assert_allclose(one["chi2"][valid], s["chi2"][valid], rtol=1e-6, atol=1e-6)
+    # a strip without a valid pixel is skipped, the strips after it are mapped
+    holed = valid.copy()
+    holed[3] = False
+    h = irmad_details(x1, x2, holed, sample_pixels=n // 5, strip_rows=1)
+    assert h["sampled_every"] > 1 and np.isfinite(h["chi2"][holed]).all() and np.isnan(h["chi2"][~holed]).all()
+    # the default sample: memory.irmad_sample_pixels(bands) pixels
+    from hypernet_qgis.core import memory
+
+    assert irmad_details(x1, x2, valid)["sampled_every"] == math.ceil(n / memory.irmad_sample_pixels(3)) == 1
+
+
+def test_irmad_ridge_keeps_two_equal_bands_invertible():
+    """Two identical bands (a singular covariance): the ridge, relative to the mean variance, lets the
+    Cholesky factorisation through; without it there is none."""
+    x1, x2, valid, truth = synthetic_pair(8, bands=3)
+    x1[2] = x1[1]
+    d = irmad_details(x1, x2, valid)
+    assert d["bands_used"] == [1, 2, 3] and np.isfinite(d["chi2"][valid]).all()
+    assert roc_auc(d["chi2"], np.where(valid, truth, 255)) > 0.99
+    with pytest.raises(np.linalg.LinAlgError):
+        irmad_details(x1, x2, valid, ridge=0.0)
+
+
+def test_irmad_moments_and_chi2_over_two_chunks():
+    """One band: chunks of 2^21 pixels, so 2^21 + 3 pixels are summed in two chunks (the second of 3 pixels)."""
+    from hypernet_qgis.core.classic.baselines import _chi2, _chunk_columns, _weighted_moments
+
+    n = _chunk_columns(1) + 3
+    rng = np.random.default_rng(13)
+    x = rng.normal(size=(1, n)).astype(np.float32)
+    y = (0.5 * x + rng.normal(size=(1, n))).astype(np.float32)
+    x[0, -3:] = 40.0  # the second chunk weighs in
+    w = rng.random(n)
+    mean, cov = _weighted_moments(x, y, w)
+    z = np.concatenate([x, y]).astype(np.float64)
+    expected_mean = (z @ w) / w.sum()
+    d = z - expected_mean[:, None]
+    np.testing.assert_allclose(mean, expected_mean, rtol=1e-9)
+    np.testing.assert_allclose(cov, (d * w) @ d.T / w.sum(), rtol=1e-9)
+    ca, cb, var = np.array([[1.5]]), np.array([[-0.5]]), np.array([2.0])
+    chi2 = _chi2(x, y, ca, cb, mean, var)
+    mad = 1.5 * (z[0] - mean[0]) + 0.5 * (z[1] - mean[1])
+    np.testing.assert_allclose(chi2, mad**2 / 2.0, rtol=1e-9)
+
+
+def test_irmad_not_square_one_band_left_and_the_default_sample_counts_bands():
+    """Strips run over the rows (here 30 rows of 8 columns, all read); one band not constant in both dates is
+    enough; the default sample is memory.irmad_sample_pixels(bands): 2900 pixels of 3 bands are all used (it is
+    not counted from the rows)."""
+    from hypernet_qgis.core import memory
+
+    x1, x2, valid, truth = synthetic_pair(9, bands=3, size=30)
+    x1, x2, valid, truth = x1[:, :, :8], x2[:, :, :8], valid[:, :8], truth[:, :8]
+    feedback = _CountingFeedback()
+    d = irmad_details(x1, x2, valid, feedback=feedback)
+    assert feedback.checks == 1 + d["iterations"]
+    b = irmad_details(x1[:, :, :], x2, valid, strip_rows=30)
+    np.testing.assert_array_equal(b["chi2"], d["chi2"])
+    assert np.isfinite(d["chi2"][valid]).all() and d["chi2"].shape == (30, 8)
+    flat1, flat2 = x1.copy(), x2.copy()
+    flat1[0] = 1.0
+    flat2[2] = 2.0
+    one = irmad_details(flat1, flat2, valid)
+    assert one["bands_used"] == [2] and len(one["rho"]) == 1
+    # a tall one-column image: 2900 pixels > 8 M // 2900 but far under 8 M // 3
+    rng = np.random.default_rng(14)
+    t1 = rng.normal(size=(3, 2900, 1)).astype(np.float32)
+    t2 = (t1 + 0.5 * rng.normal(size=t1.shape)).astype(np.float32)
+    assert memory.irmad_sample_pixels(2900) < 2900 < memory.irmad_sample_pixels(3)
+    assert irmad_details(t1, t2, np.ones((2900, 1), bool))["sampled_every"] == 1
+
+
+def test_irmad_first_iteration_is_the_ridged_cca_written_out():
+    """With weights 1 (max_iter=1) the correlations are the canonical correlations of the standardised dates,
+    each covariance block plus ridge * (its mean variance) on the diagonal, smallest first."""
+    rng = np.random.default_rng(15)
+    x1 = rng.normal(size=(2, 20, 20))
+    x2 = (np.einsum("ij,jrc->irc", [[0.9, 0.3], [-0.2, 0.5]], x1) + 0.6 * rng.normal(size=x1.shape)).astype(np.float32)
+    x1 = x1.astype(np.float32)
+    valid = np.ones((20, 20), bool)
+    a = x1.reshape(2, -1).astype(np.float64)
+    b = x2.reshape(2, -1).astype(np.float64)
+    a = (a - a.mean(axis=1, keepdims=True)) / a.std(axis=1, keepdims=True)
+    b = (b - b.mean(axis=1, keepdims=True)) / b.std(axis=1, keepdims=True)
+    n = a.shape[1]
+    sxx, syy, sxy = a @ a.T / n, b @ b.T / n, a @ b.T / n
+
+    def inv_sqrt(m):
+        e, v = np.linalg.eigh(m)
+        return v @ np.diag(e**-0.5) @ v.T
+
+    for ridge in (0.0, 0.5, 3.0):
+        kx = sxx + ridge * np.trace(sxx) / 2 * np.eye(2)
+        ky = syy + ridge * np.trace(syy) / 2 * np.eye(2)
+        expected = np.sort(np.linalg.svd(inv_sqrt(kx) @ sxy @ inv_sqrt(ky), compute_uv=False))
+        got = irmad_details(x1, x2, valid, ridge=ridge, max_iter=1)["rho"]
+        np.testing.assert_allclose(got, expected, rtol=1e-6)
+
+
+def test_irmad_of_identical_dates_clips_the_correlations_at_1():
+    for seed in range(6):
+        x = np.random.default_rng(seed).normal(size=(4, 20, 20)).astype(np.float32)
+        d = irmad_details(x, x.copy(), np.ones((20, 20), bool), ridge=0.0, max_iter=1)
+        assert all(0.999999 < r <= 1.0 for r in d["rho"])

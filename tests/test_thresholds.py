@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 
@@ -242,3 +244,342 @@ def test_binary_change_map_default_fixed_and_nodata():
     big[:3] = 10.0
     m, _ = mrf_change(big, np.ones((6, 6), bool), beta=0.5, radius=1)
     np.testing.assert_array_equal(m, np.repeat([[1], [0]], 3, axis=0).repeat(6, axis=1))
+
+
+# ------------------------------------------------------------------------------ the mixture fit, exact behaviour
+
+
+def _normal_sample(n: int, mean: float, sd: float) -> np.ndarray:
+    """``n`` evenly spaced quantiles of N(mean, sd): a deterministic 'sample' whose moments are known."""
+    from statistics import NormalDist
+
+    return np.array([NormalDist(mean, sd).inv_cdf((i + 0.5) / n) for i in range(n)])
+
+
+def _em_written_out(values: np.ndarray, max_iter: int = 200):
+    """fit_mixture as its docstring describes it, written with densities instead of log-sum-exp: EM from Otsu's
+    split until the means move by at most 1e-6 (relative) + 1e-12 * range, then the first point of 2001 between
+    the means where the changed class's weighted density is above the unchanged one's."""
+    v = np.sort(values)
+    n, scale = v.size, v[-1] - v[0]
+    t = otsu_threshold(v)
+    lo, hi = v[v <= t], v[v > t]
+    w = np.array([lo.size / n, hi.size / n])
+    mu = np.array([lo.mean(), hi.mean()])
+    sd = np.array([lo.std(), hi.std()]) + 1e-9 * scale
+    for _ in range(max_iter):
+        dens = [w[k] / sd[k] * np.exp(-0.5 * ((v - mu[k]) / sd[k]) ** 2) for k in (0, 1)]
+        r = [dens[k] / (dens[0] + dens[1]) for k in (0, 1)]
+        nk = np.array([r[0].sum(), r[1].sum()])
+        mu_new = np.array([(r[k] * v).sum() / nk[k] for k in (0, 1)])
+        sd_new = np.array([np.sqrt((r[k] * (v - mu_new[k]) ** 2).sum() / nk[k]) for k in (0, 1)]) + 1e-9 * scale
+        done = bool(np.all(np.abs(mu_new - mu) <= 1e-12 * scale + 1e-6 * np.abs(mu)))
+        w, mu, sd = nk / n, mu_new, sd_new
+        if done:
+            break
+    grid = np.linspace(mu[0], mu[1], 2001)
+    log_d = [-0.5 * ((grid - mu[k]) / sd[k]) ** 2 - np.log(sd[k]) + np.log(w[k]) for k in (0, 1)]
+    return w, mu, sd, float(grid[np.nonzero(log_d[1] > log_d[0])[0][0]])
+
+
+@pytest.mark.parametrize("max_iter", [1, 3, 200])
+def test_fit_mixture_equals_em_written_out(max_iter):
+    from hypernet_qgis.core.classic.thresholds import fit_mixture, mixture_threshold
+
+    # 600 unchanged values N(0, 1), 200 changed N(3, 0.6): overlapping, so EM moves off Otsu's start
+    values = np.r_[_normal_sample(200, 3.0, 0.6), _normal_sample(600, 0.0, 1.0)]
+    m = fit_mixture(values, max_iter)
+    w, mu, sd, threshold = _em_written_out(values, max_iter)
+    np.testing.assert_allclose(m.weights, w, rtol=1e-9)
+    np.testing.assert_allclose(m.means, mu, rtol=1e-9)
+    np.testing.assert_allclose(m.sds, sd, rtol=1e-9)
+    assert m.threshold == pytest.approx(threshold, rel=1e-12)
+    assert mixture_threshold(values, max_iter) == m.threshold
+    if max_iter == 200:  # converged near the classes the sample was drawn from
+        assert m.weights == pytest.approx((0.75, 0.25), abs=0.02)
+        assert m.means == pytest.approx((0.0, 3.0), abs=0.05) and m.sds == pytest.approx((1.0, 0.6), abs=0.05)
+        assert m.means[0] < m.threshold < m.means[1]
+        assert all(isinstance(x, float) for x in (*m.weights, *m.means, *m.sds, m.threshold))
+
+
+def test_fit_mixture_of_two_constant_classes():
+    """Two values repeated: each class is one value, its sd the floor 1e-9 * range; the split is the first of the
+    2001 points between the means past the middle (the weights are lost against the huge quadratic terms)."""
+    from hypernet_qgis.core.classic.thresholds import Mixture, fit_mixture
+
+    assert fit_mixture(np.array([0.0, 0.0, 5.0])) == Mixture((2 / 3, 1 / 3), (0.0, 5.0), (5e-9, 5e-9), 2.5025)
+    m = fit_mixture(np.array([5.0, 0.0, 5.0, 5.0]))  # only the lowest value differs; unsorted
+    assert m.weights == (0.25, 0.75) and m.means == (0.0, 5.0) and m.sds == pytest.approx((5e-9, 5e-9), rel=1e-12)
+    # a range under 1: the floor follows it down
+    m = fit_mixture(np.array([0.0, 0.0, 0.5]))
+    assert m.sds == pytest.approx((5e-10, 5e-10), rel=1e-12) and m.threshold == pytest.approx(0.25025)
+    # not at 0: the range is max - min
+    m = fit_mixture(np.array([1.5, 1.0, 1.0, np.nan]))
+    assert m.means == (1.0, 1.5) and m.sds == pytest.approx((5e-10, 5e-10), rel=1e-12)
+    assert m.threshold == pytest.approx(1.25025, rel=1e-12)
+
+
+def test_fit_mixture_where_otsu_splits_onto_a_value():
+    """Two adjacent doubles: Otsu's midpoint rounds onto one of them. Onto the lower one, the classes are still
+    the two values; onto the upper one, the upper class is empty: no mixture, and mixture_threshold falls back to
+    Otsu's threshold."""
+    from hypernet_qgis.core.classic.thresholds import fit_mixture, mixture_threshold
+
+    a = 1.0
+    b = float(np.nextafter(a, 2.0))
+    assert otsu_threshold(np.array([a, b])) == a
+    m = fit_mixture(np.array([b, a]))
+    assert m.weights == (0.5, 0.5) and m.means == (a, b)
+    c = float(np.nextafter(b, 2.0))
+    assert otsu_threshold(np.array([b, c])) == c
+    assert fit_mixture(np.array([b, c])) is None
+    assert mixture_threshold(np.array([c, b])) == c
+    assert mixture_threshold(np.array([3.0])) == 3.0  # one value: constant
+
+
+def test_fit_mixture_of_a_large_input_fits_evenly_spaced_order_statistics():
+    from hypernet_qgis.core.classic.thresholds import MIXTURE_SAMPLE, fit_mixture
+
+    assert MIXTURE_SAMPLE == 65536
+    # 2 * 65536 - 1 distinct values: the sample is exactly every other order statistic, the first and last included
+    rng = np.random.default_rng(4)
+    v = np.r_[rng.normal(0, 1, 98303), rng.normal(10, 1, 32768)]
+    assert v.size == 2 * MIXTURE_SAMPLE - 1 and np.unique(v).size == v.size
+    sample = np.sort(v)[::2]
+    assert sample.size == MIXTURE_SAMPLE
+    assert fit_mixture(v) == fit_mixture(sample)
+    assert fit_mixture(v) != fit_mixture(np.sort(v)[1::2])  # (one order statistic off is seen)
+
+
+# ------------------------------------------------------------------------------- the log-likelihood ratio by hand
+
+
+def test_log_likelihood_ratio_hand_computed_and_held_monotone():
+    from hypernet_qgis.core.classic.thresholds import Mixture
+
+    # unchanged N(0, 0.5), changed N(4, 2), equal weights: the raw ratio 2 x^2 - (x - 4)^2 / 8 - 2 ln 2 rises
+    # again in the left tail (the changed class is wider)
+    m = Mixture((0.5, 0.5), (0.0, 4.0), (0.5, 2.0), 1.1)
+
+    def raw(x):
+        return 2 * x**2 - (x - 4) ** 2 / 8 - 2 * math.log(2)
+
+    x = np.array([[5.0, -3.0, 1.0], [0.0, 2.0, 1.1]], dtype=np.float32)  # float32 in, float64 math
+    xs = x.astype(np.float64)
+    llr = m.log_likelihood_ratio(x)
+    assert llr.shape == (2, 3) and llr.dtype == np.float64
+    # above 1.1 each value keeps the largest ratio from 1.1 up to itself (here its own: rising);
+    # at and below 1.1 the smallest from itself up to 1.1
+    expected = np.array(
+        [
+            [raw(xs[0, 0]), raw(xs[1, 0]), raw(xs[0, 2])],  # -3: min(raw(-3) = 10.5, raw(0), ...) = raw(0)
+            [raw(xs[1, 0]), raw(xs[1, 1]), raw(xs[1, 2])],
+        ]
+    )
+    np.testing.assert_allclose(llr, expected, rtol=1e-12)
+    assert raw(-3.0) > 10 and llr[0, 1] == pytest.approx(-2 - 2 * math.log(2))
+    # a value exactly at the threshold is on the lower side: it holds -3 down to its own ratio
+    at = m.log_likelihood_ratio(np.array([-3.0, 1.1]))
+    np.testing.assert_allclose(at, [raw(1.1), raw(1.1)], rtol=1e-12)
+    # weights count: log(w1 / w0) is added
+    m2 = Mixture((0.8, 0.2), (0.0, 4.0), (0.5, 2.0), 1.1)
+    assert m2.log_likelihood_ratio(np.array([2.0]))[0] == pytest.approx(raw(2.0) + math.log(0.25), rel=1e-12)
+
+
+# ------------------------------------------------------------------------------------- the MRF map, exact sweeps
+
+
+def _icm_written_out(intensity, valid, beta, radius, max_iterations):
+    """mrf_change's ICM pixel by pixel: all pixels at once per sweep, each to change where
+    llr + beta * (changed - unchanged valid neighbours in its window) > 0."""
+    from hypernet_qgis.core.classic.thresholds import fit_mixture
+
+    ok = valid & np.isfinite(intensity)
+    m = fit_mixture(intensity[ok])
+    llr = np.zeros(intensity.shape)
+    llr[ok] = m.log_likelihood_ratio(intensity[ok])
+    rows, cols = intensity.shape
+    changed = ok & (llr > 0)
+    for _ in range(max_iterations):
+        new = np.zeros_like(changed)
+        for r in range(rows):
+            for c in range(cols):
+                if not ok[r, c]:
+                    continue
+                vote = 0
+                for rr in range(max(0, r - radius), min(rows, r + radius + 1)):
+                    for cc in range(max(0, c - radius), min(cols, c + radius + 1)):
+                        if (rr, cc) != (r, c) and ok[rr, cc]:
+                            vote += 1 if changed[rr, cc] else -1
+                new[r, c] = llr[r, c] + beta * vote > 0
+        if np.array_equal(new, changed):
+            break
+        changed = new
+    out = np.full(intensity.shape, 255, np.uint8)
+    out[ok] = changed[ok]
+    return out, m.threshold, llr
+
+
+def _mrf_scene(seed=5, size=14):
+    rng = np.random.default_rng(seed)
+    x = rng.normal(1.0, 0.45, (size, size))
+    x[3:9, 4:11] = rng.normal(3.0, 0.8, (6, 7))
+    valid = np.ones((size, size), bool)
+    valid[0, :5] = False
+    valid[10:12, 6:9] = False
+    x[~valid] = np.nan
+    x[0, 5] = np.inf  # not finite: invalid as well
+    return x, valid
+
+
+@pytest.mark.parametrize(
+    "beta, radius, max_iterations", [(0.25, 2, 20), (1.0, 1, 20), (0.6, 1, 1), (0.6, 1, 2), (0.4, 3, 20), (0.3, 2, 0)]
+)
+def test_mrf_change_equals_icm_written_out(beta, radius, max_iterations):
+    x, valid = _mrf_scene()
+    out, threshold = mrf_change_args(x, valid, beta, radius, max_iterations)
+    expected, expected_threshold, llr = _icm_written_out(x, valid, beta, radius, max_iterations)
+    assert out.dtype == np.uint8 and threshold == expected_threshold
+    np.testing.assert_array_equal(out, expected)
+    assert out[0, 5] == 255 and (out[~valid] == 255).all()
+    if max_iterations == 0:  # no sweep: the mixture's own split of the (held) ratio
+        np.testing.assert_array_equal(out[valid & np.isfinite(x)], (llr > 0)[valid & np.isfinite(x)])
+
+
+def mrf_change_args(x, valid, beta, radius, max_iterations):
+    from hypernet_qgis.core.classic.thresholds import MRF_BETA, MRF_MAX_ITERATIONS, MRF_RADIUS, mrf_change
+
+    if (beta, radius, max_iterations) == (MRF_BETA, MRF_RADIUS, MRF_MAX_ITERATIONS):
+        return mrf_change(x, valid)  # the defaults
+    return mrf_change(x, valid, beta=beta, radius=radius, max_iterations=max_iterations)
+
+
+def test_mrf_change_sweeps_change_the_map_and_invalid_pixels_are_neither_side():
+    """Facts the written-out ICM above must show on this scene (so that it is not trivially the pixel-wise map):
+    sweeps flip pixels, and an invalid pixel neither pulls nor pushes its neighbours."""
+    from hypernet_qgis.core.classic.thresholds import mrf_change
+
+    x, valid = _mrf_scene()
+    start, _ = mrf_change(x, valid, beta=0.6, radius=1, max_iterations=0)
+    one, _ = mrf_change(x, valid, beta=0.6, radius=1, max_iterations=1)
+    final, _ = mrf_change(x, valid, beta=0.6, radius=1)
+    assert (start != one).sum() > 0 and (one != final).sum() > 0
+    # weak pixels next to a hole: the map is the written-out ICM's, where only valid pixels are neighbours
+    v = np.ones((5, 5), bool)
+    v[:, :2] = False
+    flat = np.where(v, 0.0, np.nan)
+    flat[:, 2:] = [[0.0, 0.0, 0.1], [0.1, 0.0, 0.0], [0.0, 0.1, 0.0], [5.0, 5.0, 5.0], [5.0, 5.0, 5.0]]
+    out, _ = mrf_change(flat, v, beta=0.5, radius=1)
+    expected, _, _ = _icm_written_out(flat, v, 0.5, 1, 20)
+    np.testing.assert_array_equal(out, expected)
+    assert (out[:, :2] == 255).all()
+
+
+def test_mrf_of_a_constant_or_unsplittable_intensity_is_the_mixture_map():
+    from hypernet_qgis.core.classic.thresholds import mrf_change
+
+    x = np.array([[2.0, 2.0], [np.nan, 2.0]])
+    valid = np.array([[True, True], [True, False]])
+    out, t = mrf_change(x, valid)
+    assert t == 2.0 and out.dtype == np.uint8
+    np.testing.assert_array_equal(out, [[0, 0], [255, 255]])
+    b = float(np.nextafter(1.0, 2.0))
+    c = float(np.nextafter(b, 2.0))
+    out, t = mrf_change(np.array([[b, c, c]]), np.ones((1, 3), bool))
+    assert t == c  # Otsu's fallback
+    np.testing.assert_array_equal(out, [[0, 0, 0]])
+
+
+# ------------------------------------------------------------------- small edges of Otsu, k-means and the names
+
+
+def test_otsu_edges_float32_and_one_value():
+    # only the lowest (or the highest) value differs: not constant
+    assert otsu_threshold(np.array([0.0, 5.0, 5.0])) == 2.5 and otsu_threshold(np.array([0.0, 0.0, 5.0])) == 2.5
+    assert otsu_threshold(np.array([3.0])) == 3.0 and kmeans_threshold(np.array([3.0])) == 3.0
+    # float32 values are thresholded in float64: the midpoint of two adjacent float32 values is between them
+    b = np.nextafter(np.float32(1.0), np.float32(2.0))
+    t = otsu_threshold(np.array([1.0, b], dtype=np.float32))
+    assert t == 0.5 * (1.0 + float(b)) and 1.0 < t < float(b)
+
+
+def test_otsu_histogram_version_hand_computed():
+    # bins of 2 over 0..10: counts 3, 1, 0, 0, 1 at centres 1, 3, 5, 7, 9. Splits after bin 0..3:
+    # 3*2*(1-6)^2 = 150, then 4*1*(1.5-9)^2 = 225 three times: the first wins -> upper edge of bin 1 = 4
+    assert otsu_threshold(np.array([0, 0, 1, 3, 10.0]), bins=5) == 4.0
+    # 10 bins by default would differ: counts 2,1,1,0,0,0,0,0,0,1 (bin edges 0,1,...,10)
+    assert otsu_threshold(np.array([0, 0, 1, 3, 10.0]), bins=10) == 4.0
+
+
+def test_method_names_and_default():
+    from hypernet_qgis.core.classic.thresholds import mixture_threshold
+
+    v = np.array([0, 1, 2, 6, 10.0])
+    assert compute_threshold(v) == otsu_threshold(v)
+    assert compute_threshold(v, "k-means") == compute_threshold(v, "K-Means") == kmeans_threshold(v)
+    assert compute_threshold(v, "mrf") == compute_threshold(v, "MRF") == mixture_threshold(v)
+    assert compute_threshold(v, "Mixture") == mixture_threshold(v)
+
+
+# --------------------------------------------------------------------------------- HyperNet's root threshold
+
+
+def test_threshold_feature_distance_each_method():
+    from hypernet_qgis.core.classic.thresholds import (
+        mixture_threshold,
+        mrf_change,
+        threshold_feature_distance,
+    )
+
+    intensity = np.array([[0.0, 1.0, 4.0], [9.0, np.nan, 16.0], [-0.5, 2.0, 16.0]])
+    valid = np.array([[True, True, True], [True, True, True], [True, False, True]])
+    ok = valid & np.isfinite(intensity)
+    # fixed: in intensity units, change strictly above, nodata 255 where invalid or not finite
+    out, t = threshold_feature_distance(intensity, valid, "fixed", 4.0)
+    assert t == 4.0 and out.dtype == np.uint8
+    np.testing.assert_array_equal(out, [[0, 0, 0], [1, 255, 1], [0, 255, 1]])
+    with pytest.raises(InputError, match="fixed threshold needs"):
+        threshold_feature_distance(intensity, valid, "fixed")
+    # otsu (the default) on the square root: roots 0, 1, 2, 3, 4, 0 (-0.5 counts as 0), 4 ->
+    # sorted 0 0 | 1 2 3 4 4: splits 0|..: 2*5*(0-2.8)^2 = 78.4; 0 0 1|: 3*4*(1/3-3.25)^2 = 102.1;
+    # 0 0 1 2|: 4*3*(0.75-11/3)^2 = 102.1; ..3|4 4: 5*2*(1.2-4)^2 = 78.4 -> first best: root 1.5, 2.25 squared
+    out, t = threshold_feature_distance(intensity, valid)
+    assert t == pytest.approx(2.25, rel=1e-12)
+    np.testing.assert_array_equal(out, [[0, 0, 1], [1, 255, 1], [0, 255, 1]])
+    # Otsu of the raw values would split elsewhere (between 4 and 9)
+    assert otsu_threshold(intensity[ok]) == 6.5
+    # k-means on the roots: 10th/90th percentiles 0 and 4 -> t 2: {0,0,1,2} mean 0.75 | {3,4,4} 11/3 ->
+    # t 2.2083: same split -> root 2.2083, squared
+    out, t = threshold_feature_distance(intensity, valid, "kmeans")
+    assert t == pytest.approx(((0.75 + 11 / 3) / 2) ** 2, rel=1e-12)
+    np.testing.assert_array_equal(out, [[0, 0, 0], [1, 255, 1], [0, 255, 1]])
+    # mixture and mrf: the mixture of the roots, squared; the mrf map is mrf_change's on the roots
+    roots = np.sqrt(np.maximum(intensity, 0.0))
+    out, t = threshold_feature_distance(intensity, valid, "mixture")
+    assert t == pytest.approx(mixture_threshold(roots[ok]) ** 2, rel=1e-12)
+    np.testing.assert_array_equal(out[ok], (intensity[ok] > t).astype(np.uint8))
+    assert (out[~ok] == 255).all()
+    out, t = threshold_feature_distance(intensity, valid, "mrf")
+    expected, root = mrf_change(roots, valid)
+    assert t == pytest.approx(root**2, rel=1e-12)
+    np.testing.assert_array_equal(out, expected)
+
+
+def test_kmeans_from_the_extremes_starts_at_the_largest_value():
+    # 19 zeros, 14, 33: both percentiles 0, start 0 / 33 -> t 16.5: {0 x19, 14} mean 0.7 | {33} -> t 16.85, same
+    # split. Started at 0 / 14 it would settle on the other local optimum, {0 x19} | {14, 33} -> 11.75.
+    assert kmeans_threshold(np.r_[np.zeros(19), 33.0, 14.0]) == pytest.approx(16.85)
+
+
+def test_threshold_feature_distance_mrf_is_the_regularised_map_not_the_pixelwise_one():
+    from hypernet_qgis.core.classic.thresholds import binary_change, mrf_change, threshold_feature_distance
+
+    x, valid = _mrf_scene()
+    x = np.abs(x)
+    intensity = x**2  # a squared distance whose root is the scene
+    out, t = threshold_feature_distance(intensity, valid, "mrf")
+    expected, root = mrf_change(x, valid)
+    np.testing.assert_array_equal(out, expected)
+    assert t == pytest.approx(root**2, rel=1e-12)
+    pixelwise, _ = binary_change(intensity, valid, "fixed", t)
+    assert (out != pixelwise).sum() > 0  # the neighbours changed some labels
