@@ -24,6 +24,7 @@ import numpy as np
 from osgeo import gdal, osr
 
 from ..errors import InputError
+from .paths import ENVI_DATA_SUFFIXES
 
 __all__ = [
     "RasterInfo",
@@ -42,23 +43,6 @@ __all__ = [
 ]
 
 _DEFAULT_GT = (0.0, 1.0, 0.0, 0.0, 0.0, 1.0)
-_ENVI_DATA_SUFFIXES = (
-    "",
-    ".img",
-    ".IMG",
-    ".dat",
-    ".DAT",
-    ".bsq",
-    ".BSQ",
-    ".bil",
-    ".BIL",
-    ".bip",
-    ".BIP",
-    ".raw",
-    ".RAW",
-    ".bin",
-    ".BIN",
-)
 
 
 @dataclass
@@ -134,7 +118,7 @@ def resolve_raster_path(path: str | os.PathLike) -> str:
     p = Path(os.fspath(path)).expanduser()
     if p.suffix.lower() == ".hdr":
         stem = p.with_suffix("")
-        for suffix in _ENVI_DATA_SUFFIXES:
+        for suffix in ENVI_DATA_SUFFIXES:
             candidate = Path(str(stem) + suffix)
             if candidate.is_file() and candidate != p:
                 return str(candidate)
