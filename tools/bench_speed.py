@@ -283,7 +283,7 @@ def case_job_budget(folder: str, side: int, bands: int, budget: int, epochs: int
     import torch
 
     from hypernet_qgis.core.hypernet.training import TrainConfig
-    from hypernet_qgis.core.memory import detection_plan
+    from hypernet_qgis.core.memory import detection_plan, working_budget_mb
     from hypernet_qgis.core.pipeline import detect_files
 
     # the inputs are written by another process: GDAL's cache while writing them is not the job's memory
@@ -313,7 +313,8 @@ def case_job_budget(folder: str, side: int, bands: int, budget: int, epochs: int
         feedback=log,
     )
     width = res.train.model.width if res.train else 0
-    plan = detection_plan(bands, width, side, side, budget, res.train.model.halo()) if res.train else None
+    work = working_budget_mb(budget, res.pair.held_mb)  # what the job's detection got (pipeline.py)
+    plan = detection_plan(bands, width, side, side, work, res.train.model.halo()) if res.train else None
     return {
         "case": "job_budget",
         "size": f"{side}x{side}x{bands}",
@@ -682,16 +683,17 @@ def _update_benchmarks_md(section: str, tag: str = "SPEED") -> None:
 
 def _scale_plan(args) -> list[tuple[list[str], int | None, int, str]]:
     """The --scale-only cases, in order: tiled/whole, the big scene end to end, the job-budget rows."""
-    plan: list[tuple[list[str], int | None, int, str]] = [
+    timed: list[tuple[list[str], int | None, int, str]] = [
         (["tiled", "1000", "100"], 2, 1800, "system"),
         (["big", "2000", "224"], 2, 3600, "tcmalloc"),
     ]
+    jobs: list[tuple[list[str], int | None, int, str]] = []
     for size in args.job_sizes.split(","):
         side, bands = size.split("x")
         for budget in (1024, 2048, 4096):
             for alloc in ("system", "tcmalloc"):
-                plan.append((["job_budget", side, bands, str(budget), str(args.job_epochs)], 2, 3600, alloc))
-    return plan
+                jobs.append((["job_budget", side, bands, str(budget), str(args.job_epochs)], 2, 3600, alloc))
+    return jobs + timed if args.jobs_first else timed + jobs
 
 
 def _markdown_scale(results: dict) -> str:
@@ -700,8 +702,8 @@ def _markdown_scale(results: dict) -> str:
         "<!-- SCALE -->",
         f"`python tools/bench_speed.py --scale-only`, one run: {results['date']} to "
         f"{results.get('end', '(running)')}, {results['machine']}, torch {results['torch']}, "
-        f"OMP_NUM_THREADS=2, nothing else running. Each case a fresh process; peak RSS of the whole process "
-        "(engine import included).",
+        f"OMP_NUM_THREADS=2, {results.get('load', 'nothing else running')}. Each case a fresh process; peak RSS "
+        "of the whole process (engine import included).",
         "",
     ]
     tiled = [r for r in results["cases"] if r.get("case") == "tiled" and "error" not in r]
@@ -747,6 +749,8 @@ def _scale_run(args) -> int:
         "machine": f"{os.cpu_count()} CPUs, {platform.machine()}, {platform.python_version()}",
         "cases": [],
     }
+    if args.load:
+        results["load"] = args.load
     for child, threads, timeout, alloc in _scale_plan(args):
         results["cases"].append(_run_child(child, threads, timeout, alloc))
         out.write_text(json.dumps(results, indent=2))
@@ -790,6 +794,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--job-sizes", default="1500x100,2000x224", help="side x bands of the job-budget pairs")
     p.add_argument("--job-epochs", type=int, default=2, help="training epochs of the job-budget runs")
+    p.add_argument(
+        "--jobs-first",
+        action="store_true",
+        help="--scale-only: the job-budget rows (peak RSS, which load does not change) before the timed cases",
+    )
+    p.add_argument("--load", help="--scale-only: what else ran during the run, for the report's header")
     p.add_argument("--quick", action="store_true", help="only the 307x241x154 paper epochs (a smoke run)")
     p.add_argument("--epochs", type=int, default=2, help="paper epochs per case, the first is the warm-up")
     p.add_argument("--out", default=str(REPO / "bench-results" / "speed.json"))
