@@ -29,7 +29,15 @@ from ..errors import InputError
 from ..io.atomic import atomic_file
 
 # the torch-free checks and their names live in model_metadata; re-exported here for the engine's callers
-from .model_metadata import FORMAT, FORMAT_VERSION, _code, _damaged, read_metadata, validate_metadata  # noqa: F401
+from .model_metadata import (  # noqa: F401
+    FORMAT,
+    FORMAT_VERSION,
+    TensorInfo,
+    _code,
+    check_shapes,
+    read_metadata,
+    validate_metadata,
+)
 from .network import HyperNet
 
 
@@ -95,28 +103,9 @@ def expected_state(meta: dict) -> dict[str, tuple[tuple[int, ...], torch.dtype]]
     return {f"members.{i}.{k}": v for i in range(members) for k, v in single.items()}
 
 
-def _check_state(state: Any, meta: dict, path: Path) -> None:
-    """The weights are exactly the tensors the metadata implies (keys, shapes, dtypes) and all finite."""
-    if not isinstance(state, dict) or not all(
-        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()
-    ):
-        raise _damaged(path, "its weights are not a dict of tensors")
-    expected = expected_state(meta)
-    missing, extra = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
-    if missing or extra:
-        raise InputError(
-            f"{path} is damaged: its weights do not fit a HyperNet of {meta['bands']} bands and width "
-            f"{meta['width']} ({'missing ' + missing[0] if missing else 'unexpected ' + extra[0]}). "
-            "Train the model again."
-        )
-    for key, (shape, dtype) in expected.items():
-        t = state[key]
-        if tuple(t.shape) != shape or t.dtype != dtype:
-            raise InputError(
-                f"{path} is damaged: its weights do not fit a HyperNet of {meta['bands']} bands and "
-                f"width {meta['width']} ({key} is {tuple(t.shape)} {t.dtype}, expected {shape} "
-                f"{dtype}). Train the model again."
-            )
+def _tensor_info(value: Any) -> TensorInfo | None:
+    """A loaded tensor as model_metadata's TensorInfo (shape, dtype as torch prints it), for check_shapes."""
+    return TensorInfo(tuple(value.shape), str(value.dtype)) if isinstance(value, torch.Tensor) else None
 
 
 def _check_finite(state: dict, path: Path) -> None:
@@ -142,8 +131,8 @@ def _read_checked(path: Path) -> tuple[dict, dict]:
             raise _code(path) from None
         raise InputError(f"{path} is damaged or not a HyperNet model file. Train the model again.") from None
     state = payload.get("state_dict") if isinstance(payload, dict) else None
-    _check_state(state, meta, path)
-    return meta, cast(dict, state)  # _check_state refused anything but a dict of tensors
+    check_shapes(state, meta, path, describe=_tensor_info)  # the loaded weights, as the torch-free check saw them
+    return meta, cast(dict, state)  # check_shapes refused anything but a dict of tensors
 
 
 def load_model(

@@ -21,7 +21,7 @@ import json
 import os
 import pickle  # nosec B403: only a restricted unpickler (find_class allows the tensor format's names, no code)
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -359,15 +359,22 @@ def expected_shapes(meta: dict) -> dict[str, tuple[tuple[int, ...], str]]:
     return {f"members.{i}.{k}": v for i in range(members) for k, v in single.items()}
 
 
-def check_shapes(state: Any, meta: dict, path: Path) -> None:
-    """The unpickled state dict holds exactly the tensors (TensorInfo) the metadata implies: keys, shapes, dtypes.
+def _as_tensor_info(value: Any) -> TensorInfo | None:
+    return value if isinstance(value, TensorInfo) else None
 
-    The messages are those of ``model_file``'s check with torch, which ``load_model`` runs on the loaded tensors.
+
+def check_shapes(
+    state: Any, meta: dict, path: Path, describe: Callable[[Any], TensorInfo | None] = _as_tensor_info
+) -> None:
+    """The state dict holds exactly the tensors the metadata implies: keys, shapes, dtypes.
+
+    ``describe`` gives a value's TensorInfo, or None when it is not a tensor: by default the unpickled stand-ins;
+    ``model_file`` passes one for torch's tensors, so that the loaded weights get the same check and messages.
     """
-    if not isinstance(state, dict) or not all(
-        isinstance(k, str) and isinstance(v, TensorInfo) for k, v in state.items()
-    ):
+    described = {k: describe(v) for k, v in state.items()} if isinstance(state, dict) else {}
+    if not isinstance(state, dict) or not all(isinstance(k, str) and t is not None for k, t in described.items()):
         raise _damaged(path, "its weights are not a dict of tensors")
+    infos = {k: t for k, t in described.items() if t is not None}
     expected = expected_shapes(meta)
     missing, extra = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
     if missing or extra:
@@ -377,7 +384,7 @@ def check_shapes(state: Any, meta: dict, path: Path) -> None:
             "Train the model again."
         )
     for key, (shape, dtype) in expected.items():
-        t = state[key]
+        t = infos[key]
         if t.shape != shape or t.dtype != dtype:
             raise InputError(
                 f"{path} is damaged: its weights do not fit a HyperNet of {meta['bands']} bands and "
