@@ -4,15 +4,16 @@ A 2000x2000x224 date is 3.6 GB as float32; holding both dates raw and standardis
 
 1. one pass over both inputs by windows aligned to the files' blocks (``memory.read_windows``: each block is
    decoded once, whatever the budget) finds the pair's valid mask and each date's per-band mean and standard
-   deviation (merged window by window; float64 sums of float32 differences from a reference value) and writes
-   each date's raw values to a scratch file, pixel-interleaved (rows, cols, bands);
-2. a second pass over the scratch files (not the inputs) standardises them in place by row strips, in float32,
-   and computes the CVA of the standardised dates (for mask g, as ``training.select_training_pixels``);
+   deviation (float64, merged window by window) and writes each date's raw values to a scratch file,
+   pixel-interleaved (rows, cols, bands);
+2. a second pass over the scratch files (not the inputs) standardises them in place by row strips (in float64,
+   as ``scaling.standardize``: the same z-scores as in memory) and computes the CVA of the standardised dates
+   (for mask g, as ``training.select_training_pixels``);
 3. training (default schedule) reads its random crops and detection reads its haloed tiles through
    :class:`WindowReader` with ``os.preadv``: no memory map, so the page cache never counts in the process' memory.
 
 ``pair.open_pair`` decides between this and reading the pair whole; the jobs in ``pipeline.py`` are the same
-code either way. The z-scores equal ``scaling.standardize``'s up to float32 rounding.
+code either way.
 
 Peak memory is then the windows, the per-pixel maps (valid, mask g, intensity, change: ``memory.JOB_MAP_BYTES``
 a pixel) and the training step / detection tile that the memory budget sizes.
@@ -124,32 +125,25 @@ class StreamedPair:
 
 
 class _BandMoments:
-    """Per-band count, mean and centred sum of squares over valid pixels, merged window by window (Chan et al.).
-
-    Each window's sums are float64 sums of float32 differences from a reference value per band (the first
-    window's first valid pixel), so that large offsets cancel before squaring: exact for integer data below 2^24,
-    else within float32 rounding of the differences."""
+    """Per-band count, mean and centred sum of squares over valid pixels, merged window by window (Chan et al.),
+    in float64 as ``scaling.band_stats``: the two routes' z-scores must agree to the last bit, or training (which
+    amplifies any difference) would not give the same model both ways."""
 
     def __init__(self, bands: int) -> None:
         self.n = 0
         self.mean = np.zeros(bands)
         self.m2 = np.zeros(bands)
-        self.ref: np.ndarray | None = None
 
     def add(self, x: np.ndarray, valid: np.ndarray) -> None:
         """Add a window (bands, rows, cols) of one date at its ``valid`` pixels."""
-        v = x.reshape(x.shape[0], -1) if valid.all() else x[:, valid]
+        v = (x.reshape(x.shape[0], -1) if valid.all() else x[:, valid]).astype(np.float64)
         m = v.shape[1]
         if not m:
             return
-        if self.ref is None:
-            self.ref = v[:, :1].copy()
-        d = v - self.ref
-        s = d.sum(1, dtype=np.float64)
-        ss = np.einsum("ij,ij->i", d, d, dtype=np.float64)
-        del d
-        mean_b = self.ref[:, 0].astype(np.float64) + s / m
-        m2_b = np.maximum(ss - s * s / m, 0.0)
+        mean_b = v.mean(1)
+        v -= mean_b[:, None]
+        m2_b = np.einsum("ij,ij->i", v, v)
+        del v
         delta = mean_b - self.mean
         n = self.n + m
         self.m2 += m2_b + delta**2 * (self.n * m / n)
@@ -205,12 +199,23 @@ def _read_rows(fd: int, r0: int, r1: int, cols: int, bands: int) -> np.ndarray:
     return out
 
 
+#: Values per float64 temporary of the standardising pass (32 MB).
+STANDARDISE_CHUNK_VALUES = 4 * 2**20
+
+
 def _standardise_in_place(z: np.ndarray, valid: np.ndarray, stats: dict) -> np.ndarray:
-    """(z - mean) / std per band of a (rows, cols, bands) float32 strip, in place; invalid pixels and constant
-    bands 0 (as scaling.apply_stats, in float32)."""
-    std = np.asarray(stats["std"])
-    z -= np.asarray(stats["mean"], dtype=np.float32)
-    z /= np.where(std > 0, std, 1.0).astype(np.float32)
+    """(z - mean) / std per band of a (rows, cols, bands) float32 strip, in place, computed in float64 as
+    scaling.apply_stats (the same bits); invalid pixels and constant bands 0."""
+    mean = np.asarray(stats["mean"], dtype=np.float64)
+    std = np.asarray(stats["std"], dtype=np.float64)
+    std = np.where(std > 0, std, 1.0)
+    flat = z.reshape(-1, z.shape[-1])
+    step = max(1, STANDARDISE_CHUNK_VALUES // max(1, z.shape[-1]))
+    for i in range(0, flat.shape[0], step):
+        t = flat[i : i + step].astype(np.float64)
+        t -= mean
+        t /= std
+        flat[i : i + step] = t
     if stats["constant_bands"]:
         z[:, :, [b - 1 for b in stats["constant_bands"]]] = 0.0
     z[~valid] = 0.0
