@@ -378,39 +378,44 @@ def _read_block(
             block = ds.ReadAsArray(col0, row0, ncols, nrows, band_list=[int(b) for b in band_list])
         except RuntimeError:  # GDAL exceptions turned on by other code
             block = None
-        message = gdal.GetLastErrorMsg()
-    if block is not None and block.ndim == 2:
-        block = block[None]
+    if block is None:
+        raise _unreadable_band(ds, band_list, row0, nrows, col0, ncols)
+    block = block.reshape(len(band_list), nrows, ncols)  # one band comes back 2-D
     for k, b in enumerate(band_list):
         band = ds.GetRasterBand(b)
-        arr = None if block is None else block[k]
-        if arr is None:
-            with quiet_gdal():  # find the band that fails, for the message
-                try:
-                    arr = band.ReadAsArray(col0, row0, ncols, nrows)
-                except RuntimeError:
-                    arr = None
-                message = gdal.GetLastErrorMsg() or message
-        if arr is None:
-            raise InputError(
-                f"Band {b} of {os.path.basename(ds.GetDescription())} could not be read (GDAL: {message}). "
-                "The file may be truncated or corrupt; re-export it."
-            )
-        bad = ~np.isfinite(arr) if arr.dtype.kind in "fc" else np.zeros(arr.shape, dtype=bool)
+        arr = block[k]
+        bad = ~np.isfinite(arr)
         nd = band.GetNoDataValue()
         if nd is not None and not math.isnan(nd) and _representable(nd, arr.dtype):  # NaN: caught above
             bad |= arr == np.asarray(nd).astype(arr.dtype)
         flags = band.GetMaskFlags()
-        if not (flags & gdal.GMF_ALL_VALID) and not (flags & gdal.GMF_NODATA):
-            mask = band.GetMaskBand().ReadAsArray(col0, row0, ncols, nrows)
-            if mask is not None:
-                bad |= mask == 0
+        if not (flags & gdal.GMF_ALL_VALID) and not (flags & gdal.GMF_NODATA):  # a mask band or alpha
+            bad |= band.GetMaskBand().ReadAsArray(col0, row0, ncols, nrows) == 0
         data[k] = arr
         valid &= ~bad
         if empty is not None and bad.all():
             empty.append(int(b))
     data[:, ~valid] = np.nan
     return data, valid
+
+
+def _unreadable_band(
+    ds: gdal.Dataset, band_list: Sequence[int], row0: int, nrows: int, col0: int, ncols: int
+) -> InputError:
+    """The error for a window GDAL could not read, naming the first band that fails on its own."""
+    for b in band_list:
+        with quiet_gdal():
+            try:
+                failed = ds.GetRasterBand(b).ReadAsArray(col0, row0, ncols, nrows) is None
+            except RuntimeError:
+                failed = True
+            message = gdal.GetLastErrorMsg()
+        if failed:
+            break
+    return InputError(
+        f"Band {b} of {os.path.basename(ds.GetDescription())} could not be read (GDAL: {message}). "
+        "The file may be truncated or corrupt; re-export it."
+    )
 
 
 def _representable(value: float, dtype: np.dtype) -> bool:
@@ -451,8 +456,6 @@ def read_raster(
 
 
 def _subset_info(info: RasterInfo, band_list: Sequence[int]) -> RasterInfo:
-    if list(band_list) == list(range(1, info.bands + 1)):
-        return info
     idx = [b - 1 for b in band_list]
     return RasterInfo(
         path=info.path,
