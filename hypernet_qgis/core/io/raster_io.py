@@ -209,7 +209,7 @@ def _parse_number_list(text: str) -> list[float] | None:
         return None
 
 
-def _wavelengths_nm(ds: gdal.Dataset, resolved: str) -> list[float] | None:
+def _wavelengths_nm(ds: gdal.Dataset) -> list[float] | None:
     """Per-band centre wavelengths in nm, or None when the file does not give one for every band."""
     n = ds.RasterCount
     # 1. per-band metadata (GDAL's ENVI driver writes these too)
@@ -283,8 +283,6 @@ def _info_from_dataset(ds: gdal.Dataset, resolved: str) -> RasterInfo:
             f"{name} has no raster bands (it may be a vector file or a container of subdatasets). "
             "Choose a raster with image bands."
         )
-    if rows == 0 or cols == 0:
-        raise InputError(f"{name} has no pixels ({cols} x {rows}). Choose a non-empty raster.")
     complex_bands = [i for i in range(1, bands + 1) if gdal.DataTypeIsComplex(ds.GetRasterBand(i).DataType)]
     if complex_bands:
         raise InputError(
@@ -299,16 +297,15 @@ def _info_from_dataset(ds: gdal.Dataset, resolved: str) -> RasterInfo:
         nd = b.GetNoDataValue()
         nodata.append(None if nd is None else float(nd))
         names.append(b.GetDescription() or f"band {i}")
-    gt = ds.GetGeoTransform(can_return_null=True)
     return RasterInfo(
         path=resolved,
         rows=rows,
         cols=cols,
         bands=bands,
-        geotransform=tuple(float(v) for v in gt) if gt else _DEFAULT_GT,
+        geotransform=tuple(float(v) for v in ds.GetGeoTransform()),  # GDAL's default (_DEFAULT_GT) when none
         crs_wkt=ds.GetProjection() or "",
         nodata=nodata,
-        wavelengths_nm=_wavelengths_nm(ds, resolved),
+        wavelengths_nm=_wavelengths_nm(ds),
         band_names=names,
         dtype=gdal.GetDataTypeName(ds.GetRasterBand(1).DataType),
         driver=ds.GetDriver().ShortName,
