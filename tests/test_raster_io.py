@@ -1102,3 +1102,73 @@ def test_block_row_mb(tmp_path):
     text = tmp_path / "notes.tif"
     text.write_text("not a raster")
     assert block_row_mb(str(text)) == 0.0
+
+
+# -------------------------------------------------------------------------------------- info, exact
+
+
+def test_info_of_a_plain_file_and_of_an_envi_pair(tmp_path):
+    path = str(tmp_path / "plain.tif")
+    ds = gdal.GetDriverByName("GTiff").Create(path, 5, 3, 2, gdal.GDT_UInt16)
+    ds.GetRasterBand(2).SetDescription("nir")
+    del ds
+    info = raster_info(path)
+    assert info == RasterInfo(
+        path=path,
+        rows=3,
+        cols=5,
+        bands=2,
+        geotransform=(0.0, 1.0, 0.0, 0.0, 0.0, 1.0),
+        crs_wkt="",
+        nodata=[None, None],
+        wavelengths_nm=None,
+        band_names=["band 1", "nir"],
+        dtype="UInt16",
+        driver="GTiff",
+        files=[path],
+    )
+    assert not info.has_georeference and info.name == "plain.tif"
+    (tmp_path / "scene.img").write_bytes(np.zeros((2, 3, 4), np.uint8).tobytes())
+    (tmp_path / "scene.hdr").write_text(
+        "ENVI\nsamples = 4\nlines = 3\nbands = 2\nheader offset = 0\nfile type = ENVI Standard\n"
+        "data type = 1\ninterleave = bsq\nbyte order = 0\n"
+    )
+    envi = raster_info(tmp_path / "scene.hdr")
+    assert envi.files == [str(tmp_path / "scene.img"), str(tmp_path / "scene.hdr")] and envi.driver == "ENVI"
+    (tmp_path / "lonely.hdr").write_text("ENVI\n")
+    with pytest.raises(InputError) as e:
+        resolve_raster_path(tmp_path / "lonely.hdr")
+    assert _message(e) == (
+        "lonely.hdr is an ENVI header but no data file was found next to it (looked for lonely, lonely.img, .dat, "
+        ".bsq, .bil, .bip, .raw). Put the data file beside the header, or pass the data file itself."
+    )
+
+
+def test_no_bands_and_complex_bands_are_refused(tmp_path):
+    gpkg = str(tmp_path / "two.gpkg")  # two raster tables: subdatasets, no bands of its own
+    src = gdal.GetDriverByName("MEM").Create("", 4, 4, 1, gdal.GDT_Byte)
+    src.SetGeoTransform((0.0, 1.0, 0.0, 0.0, 0.0, -1.0))
+    gdal.Translate(gpkg, src, format="GPKG", creationOptions=["RASTER_TABLE=a"])
+    gdal.Translate(gpkg, src, format="GPKG", creationOptions=["RASTER_TABLE=b", "APPEND_SUBDATASET=YES"])
+    with pytest.raises(InputError) as e:
+        raster_info(gpkg)
+    assert _message(e) == (
+        "two.gpkg has no raster bands (it may be a vector file or a container of subdatasets). Choose a raster "
+        "with image bands."
+    )
+    for name, types, band, type_name in (
+        ("c1.vrt", ("CFloat32", "Float32"), 1, "CFloat32"),
+        ("c2.vrt", ("Float32", "CInt16"), 2, "CInt16"),
+    ):
+        vrt = tmp_path / name
+        vrt.write_text(
+            '<VRTDataset rasterXSize="3" rasterYSize="2">'
+            + "".join(f'<VRTRasterBand dataType="{t}" band="{i + 1}"/>' for i, t in enumerate(types))
+            + "</VRTDataset>"
+        )
+        with pytest.raises(InputError) as e:
+            raster_info(vrt)
+        assert _message(e) == (
+            f"{name} has complex-valued bands (band {band}: {type_name}); change detection needs real values. "
+            "Convert it first, e.g. to the magnitude with gdal_calc.py --calc='abs(A)'."
+        )
