@@ -724,14 +724,22 @@ def test_read_mask_float_values_and_messages(tmp_path):
     assert read_mask(path, like_info(2, 3, gt=(0.0, 1.0, 0.0, 0.0, 0.0, 1.0))).sum() == 2
 
 
-def test_read_mask_of_a_corrupt_file(tmp_path):
+@pytest.mark.parametrize("exceptions", [False, True])
+def test_read_mask_of_a_corrupt_file(tmp_path, exceptions):
     path = str(tmp_path / "bad.tif")
     ds = gdal.GetDriverByName("GTiff").Create(path, 32, 32, 1, gdal.GDT_Byte, ["TILED=YES", "COMPRESS=DEFLATE"])
     ds.GetRasterBand(1).WriteArray(np.ones((32, 32), np.uint8))
     ds = None
     _corrupt_tile(path, 1, 0, 0)
-    with pytest.raises(InputError) as e:
-        read_mask(path, like_info(32, 32))
+    was_on = gdal.GetUseExceptions()
+    if exceptions:
+        gdal.UseExceptions()
+    try:
+        with pytest.raises(InputError) as e:
+            read_mask(path, like_info(32, 32))
+    finally:
+        if exceptions and not was_on:
+            gdal.DontUseExceptions()
     assert _message(e) == "The mask bad.tif could not be read. Re-export it as a GeoTIFF."
 
 

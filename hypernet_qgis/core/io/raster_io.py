@@ -518,7 +518,11 @@ def read_mask(path: str | os.PathLike, like: RasterInfo) -> np.ndarray:
         if info.has_georeference and like.has_georeference:
             _check_geotransform(info, like, (info.name, like.name))
         band = ds.GetRasterBand(1)
-        arr = band.ReadAsArray()
+        with quiet_gdal():
+            try:
+                arr = band.ReadAsArray()
+            except RuntimeError:  # GDAL exceptions turned on by other code
+                arr = None
         if arr is None:
             raise InputError(f"The mask {info.name} could not be read. Re-export it as a GeoTIFF.")
         out = arr != 0
