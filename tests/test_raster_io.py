@@ -672,9 +672,12 @@ def test_a_mask_band_marks_pixels_invalid(tmp_path):
     mask = np.full((4, 5), 255, np.uint8)
     mask[1, 2] = mask[3, 4] = 0
     ds.GetRasterBand(1).GetMaskBand().WriteArray(mask)
+    ds.GetRasterBand(2).WriteArray(np.array([[np.nan]], np.float32), 0, 3)  # unmasked, but NaN
     ds = None
     x, valid, _ = read_raster(path)
-    np.testing.assert_array_equal(valid, mask == 255)
+    expected = mask == 255
+    expected[3, 0] = False
+    np.testing.assert_array_equal(valid, expected)
     assert np.isnan(x[:, 1, 2]).all() and x[1, 0, 0] == 10
     x, valid = read_window(path, [2], 1, 3, 2, 3)
     np.testing.assert_array_equal(valid, mask[1:4, 2:5] == 255)
@@ -842,7 +845,20 @@ def test_check_same_grid_messages_name_what_to_do():
     )
 
 
-def test_grids_without_a_crs_or_with_unreadable_ones():
+@pytest.mark.parametrize("osr_exceptions", [False, True])
+def test_grids_without_a_crs_or_with_unreadable_ones(osr_exceptions):
+    """osr.UseExceptions() (other code in QGIS may call it) must not turn an unreadable CRS into a RuntimeError."""
+    was_on = osr.GetUseExceptions()
+    if osr_exceptions:
+        osr.UseExceptions()
+    try:
+        _grids_without_a_crs_or_with_unreadable_ones()
+    finally:
+        if osr_exceptions and not was_on:
+            osr.DontUseExceptions()
+
+
+def _grids_without_a_crs_or_with_unreadable_ones():
     plain = like_info(4, 4, 1, epsg=0)
     check_same_grid(plain, like_info(4, 4, 1, epsg=0))  # neither has a CRS: only the grid counts
     weird = like_info(4, 4, 1)
@@ -855,6 +871,8 @@ def test_grids_without_a_crs_or_with_unreadable_ones():
     assert "different coordinate reference systems" in _grid_error(weird, other)
     assert "different coordinate reference systems" in _grid_error(like_info(4, 4, 1), other)
     assert "different coordinate reference systems" in _grid_error(other, like_info(4, 4, 1))
+    for first, second in ((plain, like_info(4, 4, 1)), (like_info(4, 4, 1), plain)):
+        assert "has no coordinate reference system" in _grid_error(first, second)
 
 
 def test_the_same_crs_in_other_words_is_the_same():

@@ -538,13 +538,13 @@ def read_mask(path: str | os.PathLike, like: RasterInfo) -> np.ndarray:
 
 
 def _same_crs(a: str, b: str) -> bool:
-    if not a and not b:
-        return True
-    if not a or not b:
-        return False
+    """The same CRS; texts osr cannot read (an empty one too) are compared as text."""
     sa, sb = osr.SpatialReference(), osr.SpatialReference()
     with quiet_gdal():
-        if sa.ImportFromWkt(a) != 0 or sb.ImportFromWkt(b) != 0:
+        try:
+            if sa.ImportFromWkt(a) != 0 or sb.ImportFromWkt(b) != 0:
+                return a == b
+        except RuntimeError:  # osr exceptions turned on by other code
             return a == b
         return bool(sa.IsSame(sb))
 
