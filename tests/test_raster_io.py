@@ -1065,6 +1065,31 @@ def test_a_full_disk_keeps_the_old_file(tmp_path, exceptions):
 
 
 @pytest.mark.parametrize("exceptions", [False, True])
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # GDAL's close, exceptions on
+def test_a_full_disk_while_a_band_is_written(tmp_path, exceptions):
+    """With a block cache smaller than a band, GDAL writes blocks while the band is written: the error names it."""
+    from hypernet_qgis.core.io.raster_io import gdal_cache
+
+    out = tmp_path / "big.tif"
+    arr = np.random.default_rng(0).normal(size=(2, 1024, 1024)).astype(np.float32)
+    was_on = gdal.GetUseExceptions()
+    if exceptions:
+        gdal.UseExceptions()
+    try:
+        with gdal_cache(1), pytest.raises(InputError) as e:
+            _write_with_file_size_limit(200000, lambda: write_raster(out, arr, like_info(1024, 1024, 2)))
+    finally:
+        if exceptions and not was_on:
+            gdal.DontUseExceptions()
+    assert re.fullmatch(
+        f"Writing {re.escape(str(out))} failed \\(GDAL band 1: TIFF\\w+:[^()]+\\); the previous file, if any, is "
+        "unchanged. Check the free disk space.",
+        _message(e),
+    ), _message(e)
+    assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.parametrize("exceptions", [False, True])
 def test_a_temporary_file_gdal_cannot_create(tmp_path, exceptions):
     """A name that fits the folder, whose longer temporary name does not: GDAL's create fails, nothing changes."""
     out = tmp_path / ("x" * 240 + ".tif")

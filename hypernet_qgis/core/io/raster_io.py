@@ -710,10 +710,9 @@ def _write_temp(out: RasterOutput, like: RasterInfo, tmp: str) -> None:
         except RuntimeError as exc:
             raise _GdalWriteError(str(exc)) from None
         finally:
-            try:
-                ds = None  # closes and finishes the file (GDAL reports errors of the close in its error state)
-            except RuntimeError as exc:
-                raise _GdalWriteError(f"close: {exc}") from None
+            # closes and finishes the file; GDAL reports errors of the close in its error state (a destructor
+            # cannot raise, not even with GDAL exceptions on)
+            ds = None
         _gdal_check("close")
         _verify(tmp, arr, out_dtype)
 
