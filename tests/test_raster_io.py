@@ -1223,3 +1223,25 @@ def test_no_bands_and_complex_bands_are_refused(tmp_path):
             f"{name} has complex-valued bands (band {band}: {type_name}); change detection needs real values. "
             "Convert it first, e.g. to the magnitude with gdal_calc.py --calc='abs(A)'."
         )
+
+
+def test_envi_header_wavelengths_as_other_software_writes_them(tmp_path):
+    """GDAL's ENVI driver passes the header on (per band and in the ENVI domain); braces around the unit, other
+    spellings of the keys, lists without braces or commas all give the same wavelengths; a unit that is no length
+    gives none (it used to crash when braced)."""
+    head = (
+        "ENVI\nsamples = 2\nlines = 2\nbands = 3\nheader offset = 0\nfile type = ENVI Standard\ndata type = 1\n"
+        "interleave = bsq\nbyte order = 0\n"
+    )
+    cases = {
+        "braced": ("wavelength units = {Micrometers}\nwavelength = {0.5, 0.6, 0.7}\n", [500.0, 600.0, 700.0]),
+        "upper": ("WAVELENGTH = {0.5, 0.6, 0.7}\nWAVELENGTH UNITS = Micrometers\n", [500.0, 600.0, 700.0]),
+        "plain": ("wavelength = 0.5, 0.6, 0.7\n", [500.0, 600.0, 700.0]),
+        "spaces": ("wavelength = {500 600 700}\nwavelength units = nm\n", [500.0, 600.0, 700.0]),
+        "nonlength": ("wavelength = {2000, 2100, 2200}\nwavelength units = {Wavenumber}\n", None),
+    }
+    for name, (lines, expected) in cases.items():
+        (tmp_path / name).write_bytes(np.zeros(12, np.uint8).tobytes())
+        (tmp_path / f"{name}.hdr").write_text(head + lines)
+        got = raster_info(tmp_path / name).wavelengths_nm
+        assert got == (None if expected is None else pytest.approx(expected)), name

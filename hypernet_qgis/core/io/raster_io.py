@@ -3,8 +3,8 @@
 Reading gives ``float32`` arrays shaped ``(bands, rows, cols)`` with invalid pixels (nodata, NaN, inf, masked)
 set to NaN, and a ``valid`` mask ``bool (rows, cols)`` that is True where every band is usable.
 Bands are 1-based everywhere the user sees them. Wavelengths are returned in nanometres when the file has them
-(per-band ``wavelength``/``wavelength_units``, the IMAGERY domain's ``CENTRAL_WAVELENGTH_UM``, a dataset-level
-``wavelength`` list, or the ENVI header read with ``spectral``).
+(per-band ``wavelength``/``wavelength_units``, the IMAGERY domain's ``CENTRAL_WAVELENGTH_UM``, or a
+dataset-level ``wavelength`` list, which is where GDAL's ENVI driver puts the header's: the ENVI domain).
 
 Writing goes to a temporary file in the output folder that is renamed over the target only when complete,
 so a failed run never leaves a partial output. Every GDAL dataset is closed before a function returns.
@@ -189,7 +189,7 @@ _UNIT_TO_NM = {
 def _unit_factor(units: str | None, values: Sequence[float]) -> float | None:
     """nm per unit; guess from the magnitude when the unit is missing (< 30 means micrometres)."""
     if units:
-        factor = _UNIT_TO_NM.get(units.strip().lower())
+        factor = _UNIT_TO_NM.get(units.strip(" \t{}").lower())  # ENVI headers may brace it: {Micrometers}
         if factor is None or math.isnan(factor):
             return None
         if factor > 0:
@@ -250,25 +250,6 @@ def _wavelengths_nm(ds: gdal.Dataset) -> list[float] | None:
                 factor = _unit_factor(md.get("wavelength_units") or md.get("wavelength units"), nums)
                 if factor is not None:
                     return [v * factor for v in nums]
-    # 4. an ENVI header next to the data file, read with spectral
-    if ds.GetDriver().ShortName == "ENVI":
-        for f in ds.GetFileList() or []:
-            if f.lower().endswith(".hdr"):
-                try:
-                    from spectral.io import envi
-
-                    header = envi.read_envi_header(f)
-                except Exception:  # noqa: BLE001  (a malformed header only means: no wavelengths)
-                    return None
-                w = header.get("wavelength")
-                if w and len(w) == n:
-                    try:
-                        nums = [float(v) for v in w]
-                    except ValueError:
-                        return None
-                    factor = _unit_factor(header.get("wavelength units"), nums)
-                    if factor is not None:
-                        return [v * factor for v in nums]
     return None
 
 
