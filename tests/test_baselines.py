@@ -473,6 +473,10 @@ def test_irmad_details_fields_iterations_and_cancel_checks():
     )
     assert np.isnan(d["no_change_probability"][~valid]).all() and np.isnan(d["chi2"][~valid]).all()
     assert d["chi2"].dtype == d["no_change_probability"].dtype == np.float32
+    # without the probability map: the same chi2, no map (irmad's fusion does not need it)
+    lean = irmad_details(x1, x2, valid, probability=False)
+    assert "no_change_probability" not in lean
+    np.testing.assert_array_equal(lean["chi2"], d["chi2"])
     # stopped by max_iter: not converged, the count says so
     k = d["iterations"] - 1
     short = irmad_details(x1, x2, valid, max_iter=k)

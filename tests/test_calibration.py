@@ -9,7 +9,12 @@ import pytest
 import torch
 
 from hypernet_qgis.core.errors import Cancelled
-from hypernet_qgis.core.hypernet.calibration import backbone_batchnorms, batchnorm_statistics_tiled, calibrate_batchnorm
+from hypernet_qgis.core.hypernet.calibration import (
+    backbone_batchnorms,
+    batchnorm_statistics_tiled,
+    calibrate_batchnorm,
+    features_with_own_statistics,
+)
 from hypernet_qgis.core.hypernet.detection import change_intensity
 from hypernet_qgis.core.hypernet.network import HyperNet
 from hypernet_qgis.core.hypernet.tiling import fused_features_tiled, pooled_statistics
@@ -39,6 +44,24 @@ def test_calibrated_eval_equals_training_mode_batch_statistics():
     torch.testing.assert_close(got, expected, rtol=1e-9, atol=1e-9)
     assert (running - expected).abs().max() > 1e-2  # the paper's eval mode is a different thing
     assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), _model().state_dict().values()))
+
+
+def test_one_pass_features_equal_the_calibrated_copys():
+    """Whole-image detection runs one training-mode pass per date: its output is the calibrated copy's eval
+    features, and the model given is not changed."""
+    model = _model()
+    before = copy.deepcopy(model.state_dict())
+    x = np.random.default_rng(3).normal(-1.0, 2.0, (6, 19, 27))
+    t = torch.from_numpy(x).unsqueeze(0)
+    one_pass = features_with_own_statistics(model, x, torch.device("cpu"))
+    with torch.no_grad():
+        two_passes = calibrate_batchnorm(model, x, torch.device("cpu"))(t)[0]
+    assert one_pass.shape == (2 * model.width, 19, 27)
+    torch.testing.assert_close(one_pass, two_passes, rtol=1e-10, atol=1e-10)
+    assert not model.training
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    f32 = features_with_own_statistics(model.float(), x.astype(np.float32), torch.device("cpu"))
+    torch.testing.assert_close(f32.double(), two_passes, rtol=1e-4, atol=1e-4)
 
 
 def test_detection_uses_each_dates_own_statistics():

@@ -9,6 +9,7 @@ import sys
 import textwrap
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from hypernet_qgis.core import memory
@@ -41,6 +42,46 @@ def test_strips_follow_the_budget():
     # both dates' strips, raw and standardised (+ a float64 temporary), within a quarter of the budget
     assert small * 2 * (4 + 4 + 8) <= 0.25 * 1024 * memory.MB
     assert memory.strip_values(1, 224, 2000) == 224 * 2000  # at least a row
+
+
+def _covers_once_without_cutting_blocks(windows, rows, cols, block):
+    seen = np.zeros((rows, cols), int)
+    for r0, r1, c0, c1 in windows:
+        seen[r0:r1, c0:c1] += 1
+        assert r0 % block[0] == 0 and (r1 % block[0] == 0 or r1 == rows)
+        assert c0 % block[1] == 0 and (c1 % block[1] == 0 or c1 == cols)
+    assert (seen == 1).all()
+
+
+@pytest.mark.parametrize(
+    "rows, cols, bands, block, values, expected",
+    [
+        # a block row fits: full-width strips of whole block rows (3 block rows of 4 x 50 x 2 = 1200 values)
+        (23, 50, 2, (4, 16), 1250, [(0, 12, 0, 50), (12, 23, 0, 50)]),
+        # a block row does not fit: one block row by whole blocks (2 blocks of 4 x 16 x 2 = 256 values)
+        (9, 50, 2, (4, 16), 300, [(r, min(9, r + 4), c, min(50, c + 32)) for r in (0, 4, 8) for c in (0, 32)]),
+        # less than one block: one block a window (GDAL decodes no less)
+        (9, 50, 2, (4, 16), 10, [(r, min(9, r + 4), c, min(50, c + 16)) for r in (0, 4, 8) for c in (0, 16, 32, 48)]),
+        # striped files (one row a block): rows by the budget
+        (10, 7, 3, (1, 7), 50, [(0, 2, 0, 7), (2, 4, 0, 7), (4, 6, 0, 7), (6, 8, 0, 7), (8, 10, 0, 7)]),
+        # blocks larger than the raster
+        (5, 6, 1, (256, 256), 1000, [(0, 5, 0, 6)]),
+    ],
+)
+def test_read_windows_follow_the_blocks(rows, cols, bands, block, values, expected):
+    windows = memory.read_windows(rows, cols, bands, block, values)
+    assert windows == expected
+    _covers_once_without_cutting_blocks(windows, rows, cols, (min(block[0], rows), min(block[1], cols)))
+
+
+def test_read_windows_of_a_big_tiled_scene_at_a_small_budget():
+    """2000 x 2000 x 224 in 256 x 256 tiles at 1024 MB: a block row (458 MB a date) is over the share, so windows
+    are single tiles, not 18-row strips that decode every tile 14 times (BENCHMARKS.md, SCALE)."""
+    values = memory.strip_values(1024, 224, 2000)
+    windows = memory.read_windows(2000, 2000, 224, (256, 256), values)
+    assert len(windows) == 64 and windows[0] == (0, 256, 0, 256)
+    _covers_once_without_cutting_blocks(windows, 2000, 2000, (256, 256))
+    assert memory.read_windows(2000, 2000, 224, (256, 256), memory.strip_values(4096, 224, 2000))[0] == (0, 256, 0, 512)
 
 
 def test_gdal_cache_rule():
@@ -178,7 +219,8 @@ def test_an_in_memory_pair_leaves_half_the_budget_to_training_and_detection(tmp_
 
     need = in_memory_mb(raster_info(t1))
     with open_pair(t1, t2, memory_budget_mb=1.5 * need) as pair:
-        assert pair.windowed and pair.held_mb == 0
+        # a windowed pair holds its per-pixel maps (16 bytes a pixel): the job's tiles get the rest
+        assert pair.windowed and pair.held_mb == 16 * 64 * 64 / 2**20
     with open_pair(t1, t2, memory_budget_mb=2 * need) as pair:
         assert not pair.windowed and pair.held_mb == need
         assert memory.working_budget_mb(2 * need, pair.held_mb) == need

@@ -14,9 +14,11 @@ the working memory of a job. What it decides:
   tiles, the layer-by-layer passes (``layerwise.py``) keep their intermediate maps, ``SCRATCH_WIDTH_MAPS``
   width-channel maps per pixel at the peak, in memory when they fit the budget next to the tile, else in
   disk scratch files read by windows;
-* **read strips** of the streamed route (:func:`strip_values`): both dates' strips, raw and standardised, in a
-  quarter of the budget, capped at ``STRIP_VALUES``;
-* **whole pair or windows** (:func:`whole_pair_mb`): the in-memory route holds both dates raw and standardised;
+* **read windows** of the streamed route (:func:`strip_values`, :func:`read_windows`): both dates' windows, raw
+  and standardised, in a quarter of the budget, capped at ``STRIP_VALUES``, aligned to the files' blocks;
+* **whole pair or windows** (:func:`whole_pair_mb`): the in-memory route holds both dates raw and standardised,
+  the windowed route its per-pixel maps (:func:`windowed_pair_mb`); training and detection get the rest
+  (:func:`working_budget_mb`);
   a series' shared model holds all its pairs at once, each within an equal share (:func:`shared_pair_budget_mb`).
 * **IR-MAD** (the fusion's classic evidence, :func:`irmad_sample_pixels`, :func:`irmad_strip_rows`): its
   iterations hold at most ``IRMAD_SAMPLE_VALUES`` values of each date (a regular sample of the valid pixels), and
@@ -25,9 +27,10 @@ the working memory of a job. What it decides:
   machine's memory (1.2 GB on 24 GB), outside any budget; the engine lowers it to what one row of blocks of both
   dates needs, at most ``GDAL_CACHE_SHARE`` of the budget, and restores it after reading.
 
-Peak RSS also carries the engine itself (~0.3 GB imported) and the per-pixel maps of the job (valid mask,
-intensity, change map: about 10 bytes a pixel), which the budget does not size; ``tests/test_memory.py`` checks
-that peak RSS stays within the budget plus 0.5 GB. Torch is imported only when a CUDA budget is asked for.
+Peak RSS also carries the engine itself (~0.3 GB imported), which the budget does not size, and whatever the C
+allocator keeps of freed blocks (tiled detection hands them back after each pass, :func:`release_free_memory`);
+``tests/test_memory.py`` checks that peak RSS stays within the budget plus 0.5 GB. Torch is imported only when a
+CUDA budget is asked for.
 """
 
 from __future__ import annotations
@@ -61,8 +64,10 @@ TRAIN_FIXED_MB = 256
 CUDA_SHARE = 0.8
 #: Most float32 values of one input strip of the streamed route (per date): 32 M values = 128 MB.
 STRIP_VALUES = 32 * 2**20
-#: Share of the budget that the streamed route's read strips may take (both dates, raw and standardised).
+#: Share of the budget that the streamed route's read windows may take (both dates).
 STRIP_SHARE = 0.25
+#: Float32 copies of each date's window that the streamed route's read holds at once (see :func:`strip_values`).
+STRIP_COPIES = 4
 
 MB = 2**20
 #: Most float32 values of each date that IR-MAD's iterations hold (32 MB a date): every valid pixel up to about
@@ -236,6 +241,16 @@ def whole_pair_mb(bands: int, rows: int, cols: int) -> float:
     return 4 * bands * rows * cols * FLOAT_BYTES / MB
 
 
+#: Bytes per pixel of the per-pixel maps a job holds next to a windowed pair's scratch files: valid mask (1), CVA
+#: (4), change intensity (4), classic evidence (4), change map (1), training's mask g and spare (2).
+JOB_MAP_BYTES = 16
+
+
+def windowed_pair_mb(rows: int, cols: int) -> float:
+    """Memory (MB) that a job holds beside a windowed pair: its per-pixel maps (JOB_MAP_BYTES a pixel)."""
+    return JOB_MAP_BYTES * rows * cols / MB
+
+
 def pair_fits_in_memory(pair_mb: float, memory_budget_mb: float) -> bool:
     """The in-memory route: the pair takes at most PAIR_SHARE of the budget."""
     return pair_mb <= PAIR_SHARE * memory_budget_mb
@@ -247,12 +262,35 @@ def working_budget_mb(memory_budget_mb: float, held_mb: float) -> float:
 
 
 def strip_values(memory_budget_mb: float | None, bands: int = 1, cols: int = 1) -> int:
-    """Float32 values of one date's read strip: STRIP_SHARE of the budget over both dates raw and standardised
-    (and a float64 standardising temporary: 4 copies of 4 bytes + 2 of 8), at most STRIP_VALUES, at least a row."""
+    """Float32 values of one date's read window: STRIP_SHARE of the budget over both dates, each held as
+    STRIP_COPIES float32 copies (GDAL's values, the float32 window, its pixel-interleaved copy, the moments'
+    differences), at most STRIP_VALUES, at least a row."""
     if memory_budget_mb is None:
         return STRIP_VALUES
-    values = int(STRIP_SHARE * memory_budget_mb * MB / (2 * (2 * FLOAT_BYTES + 8)))
+    values = int(STRIP_SHARE * memory_budget_mb * MB / (2 * STRIP_COPIES * FLOAT_BYTES))
     return max(bands * cols, min(STRIP_VALUES, values))
+
+
+def read_windows(
+    rows: int, cols: int, bands: int, block: tuple[int, int], values: int
+) -> list[tuple[int, int, int, int]]:
+    """Windows (r0, r1, c0, c1) that read a raster of ``rows`` x ``cols`` by its ``block`` (rows, cols) grid.
+
+    Full-width strips of whole block rows when one block row of ``bands`` bands fits ``values`` values (a date's
+    share, :func:`strip_values`), else one block row by whole blocks across. A window never cuts a block, so each
+    block is decoded once however small the budget; a single block over ``values`` is still read whole (GDAL
+    decodes no less)."""
+    block_rows, block_cols = max(1, min(block[0], rows)), max(1, min(block[1], cols))
+    per_row = cols * bands
+    if block_rows * per_row <= values:
+        height = block_rows * max(1, values // (per_row * block_rows))
+        return [(r, min(rows, r + height), 0, cols) for r in range(0, rows, height)]
+    width = block_cols * max(1, values // (block_rows * block_cols * bands))
+    return [
+        (r, min(rows, r + block_rows), c, min(cols, c + width))
+        for r in range(0, rows, block_rows)
+        for c in range(0, cols, width)
+    ]
 
 
 def irmad_sample_pixels(bands: int) -> int:

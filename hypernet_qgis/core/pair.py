@@ -46,7 +46,7 @@ class ImagePair:
     x2: np.ndarray | None = field(default=None, repr=False)
     cva: np.ndarray | None = field(default=None, repr=False)
     windowed_source: streaming.StreamedPair | None = field(default=None, repr=False)
-    #: MB the pair holds in memory (both dates raw and standardised; 0 for a windowed pair)
+    #: MB the pair holds in memory (both dates raw and standardised; a windowed pair: its per-pixel maps)
     held_mb: float = 0.0
     kept_report_dates: tuple[np.ndarray, np.ndarray, list[float] | None] | None = field(default=None, repr=False)
 
@@ -228,6 +228,7 @@ def open_pair(
         source.scaling,
         cva=source.cva,
         windowed_source=source,
+        held_mb=memory.windowed_pair_mb(info1.rows, info1.cols),
     )
 
 

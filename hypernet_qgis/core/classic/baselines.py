@@ -219,6 +219,7 @@ def irmad_details(
     strip_rows: int | None = None,
     sample_pixels: int | None = None,
     feedback: Feedback | None = None,
+    probability: bool = True,
 ) -> dict:
     """IR-MAD (Nielsen 2007) with everything it computed: chi2 map, correlations, iterations, weights.
 
@@ -234,7 +235,8 @@ def irmad_details(
     most ``sample_pixels`` valid pixels (default ``memory.irmad_sample_pixels(bands)``: all of them up to about
     37 000 pixels of 224 bands; beyond, every k-th in row-major order); the final transform then gives every
     pixel its chi2 in a second pass. IR-MAD is invariant to per-band affine maps, so raw and standardised dates
-    give one result.
+    give one result. ``probability``: also map every pixel's no-change probability P(chi2_p > chi2) (112 terms a
+    pixel at 224 bands; :func:`irmad` does not need it).
     """
     feedback = feedback or NullFeedback()
     _check_pair(x1, x2, valid)
@@ -299,15 +301,17 @@ def irmad_details(
             sa = (np.asarray(x1[:, r0:r1, :], dtype=np.float32)[keep][:, v] - loc1) / scale1
             sb = (np.asarray(x2[:, r0:r1, :], dtype=np.float32)[keep][:, v] - loc2) / scale2
             chi2_map[r0:r1][v] = _chi2(sa, sb, *final)
-    return {
+    details = {
         "chi2": chi2_map,
         "rho": rho.tolist(),
         "iterations": iterations,
         "converged": converged,
         "bands_used": (np.nonzero(keep)[0] + 1).tolist(),
         "sampled_every": every,
-        "no_change_probability": _with_nan(chi2_sf(chi2_map[valid], p), valid),
     }
+    if probability:
+        details["no_change_probability"] = _with_nan(chi2_sf(chi2_map[valid], p), valid)
+    return details
 
 
 def irmad(x1, x2, valid: np.ndarray, *, strip_rows: int | None = None, feedback: Feedback | None = None) -> np.ndarray:
@@ -318,7 +322,7 @@ def irmad(x1, x2, valid: np.ndarray, *, strip_rows: int | None = None, feedback:
     Taizhou kappa 0.934 with k-means, as in FINDINGS.md (0.23 on the raw chi-square).
     ``irmad_details(...)["chi2"]`` gives the statistic itself; ``strip_rows``: see irmad_details.
     """
-    return np.sqrt(irmad_details(x1, x2, valid, strip_rows=strip_rows, feedback=feedback)["chi2"])
+    return np.sqrt(irmad_details(x1, x2, valid, strip_rows=strip_rows, feedback=feedback, probability=False)["chi2"])
 
 
 # ----------------------------------------------------------------------------------------- PCA-k-means

@@ -23,7 +23,13 @@ from .layerwise import Scratch, backbone_batchnorms, date_features
 from .network import HyperNet
 from .tiling import resolve_device
 
-__all__ = ["BATCHNORM_MODES", "backbone_batchnorms", "batchnorm_statistics_tiled", "calibrate_batchnorm"]
+__all__ = [
+    "BATCHNORM_MODES",
+    "backbone_batchnorms",
+    "batchnorm_statistics_tiled",
+    "calibrate_batchnorm",
+    "features_with_own_statistics",
+]
 
 
 def _running(bn: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -58,6 +64,21 @@ def calibrate_batchnorm(
     rows, cols = x.shape[1:]
     if tile is not None and tile < max(rows, cols):
         return batchnorm_statistics_tiled(model, x, tile, device, feedback, memory_budget_mb)
+    return _whole_image_pass(model, x, device)[0]
+
+
+@torch.no_grad()
+def features_with_own_statistics(model: HyperNet, x: np.ndarray, device: torch.device) -> torch.Tensor:
+    """One date's fused features (D, rows, cols) normalised by its own whole-image BatchNorm statistics.
+
+    The training-mode pass that :func:`calibrate_batchnorm` runs already normalises every layer by those
+    statistics, so its output is the features: one forward pass of the image instead of two (calibrate, then
+    infer). Equal to the calibrated copy's eval-mode features up to float32 rounding."""
+    return _whole_image_pass(model, x, device)[1][0]
+
+
+def _whole_image_pass(model: HyperNet, x: np.ndarray, device: torch.device) -> tuple[HyperNet, torch.Tensor]:
+    """(eval-mode copy with ``x``'s whole-image statistics, the training-mode output of that pass)."""
     calibrated = copy.deepcopy(model).to(device)
     bns = backbone_batchnorms(calibrated)
     saved = [bn.momentum for bn in bns]
@@ -67,13 +88,14 @@ def calibrate_batchnorm(
     calibrated.train()
     dtype = next(calibrated.parameters()).dtype
     t = torch.from_numpy(np.ascontiguousarray(x)).unsqueeze(0).to(device=device, dtype=dtype)
-    calibrated(t)
-    n = t.shape[0] * t.shape[2] * t.shape[3]
+    out = calibrated(t)
+    del t
+    n = out.shape[0] * out.shape[2] * out.shape[3]
     for bn, momentum in zip(bns, saved):
         if n > 1:
             _running(bn)[1].mul_((n - 1) / n)
         bn.momentum = momentum
-    return calibrated.eval()
+    return calibrated.eval(), out
 
 
 @torch.no_grad()

@@ -10,7 +10,7 @@ from ..classic.thresholds import CHANGED, NODATA, UNCHANGED, binary_change, choo
 from ..errors import InputError
 from ..options import DEFAULT_MEMORY_BUDGET_MB, DISTANCES, THRESHOLD_METHODS  # noqa: F401 (one home: core/options.py)
 from ..progress import Feedback, NullFeedback, SubFeedback, check_cancelled
-from .calibration import BATCHNORM_MODES, calibrate_batchnorm
+from .calibration import BATCHNORM_MODES, features_with_own_statistics
 from .device import describe_device, resolve_device
 from .layerwise import DateFeatures, Scratch, date_features
 from .network import HyperNet
@@ -205,8 +205,9 @@ def change_intensity(
 def _whole_image_features(model: HyperNet, x, batchnorm: str, dev: torch.device) -> torch.Tensor:
     """One date's fused features in one pass: its own BatchNorm statistics ("per-date") or the running ones."""
     x = np.asarray(x)  # a window reader reads the whole image here (the plan found that it fits)
-    date_model = calibrate_batchnorm(model, x, dev) if batchnorm == "per-date" else model
-    return fused_features(date_model, x, dev)
+    if batchnorm == "per-date":
+        return features_with_own_statistics(model, x, dev)
+    return fused_features(model, x, dev)
 
 
 def _tiled_intensity(

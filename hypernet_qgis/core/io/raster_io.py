@@ -31,6 +31,8 @@ __all__ = [
     "raster_info",
     "read_raster",
     "read_window",
+    "open_windows",
+    "RasterWindows",
     "read_mask",
     "check_same_grid",
     "require_bands",
@@ -467,6 +469,30 @@ def read_window(
                 f"{info.name} ({info.rows} x {info.cols})"
             )
         return _read_block(ds, band_list, row0, nrows, col0, ncols)
+
+
+class RasterWindows:
+    """An open raster read window by window (:func:`open_windows`): the dataset stays open, so GDAL's block
+    cache keeps its decoded blocks from one window to the next. ``block`` (rows, cols) is the file's block size:
+    windows aligned to it decode each block once."""
+
+    def __init__(self, ds: gdal.Dataset, resolved: str, bands: Sequence[int] | None) -> None:
+        self._ds = ds
+        self.info = _info_from_dataset(ds, resolved)
+        self.band_list = _band_list(bands, self.info)
+        block_cols, block_rows = ds.GetRasterBand(self.band_list[0]).GetBlockSize()
+        self.block = (max(1, int(block_rows)), max(1, int(block_cols)))
+
+    def read(self, row0: int, nrows: int, col0: int, ncols: int) -> tuple[np.ndarray, np.ndarray]:
+        """One window, as :func:`read_window`: (float32 (bands, nrows, ncols), NaN invalid; valid (nrows, ncols))."""
+        return _read_block(self._ds, self.band_list, row0, nrows, col0, ncols)
+
+
+@contextlib.contextmanager
+def open_windows(path: str | os.PathLike, bands: Sequence[int] | None = None) -> Iterator[RasterWindows]:
+    """Open ``path`` (1-based ``bands``, default all) to read it window by window."""
+    with _open(path) as (ds, resolved):
+        yield RasterWindows(ds, resolved, bands)
 
 
 def constant_bands(x: np.ndarray, valid: np.ndarray, rtol: float = 0.0) -> list[int]:

@@ -1,20 +1,21 @@
-"""Scenes larger than memory: read by strips, standardise to a scratch file, train and detect by windows.
+"""Scenes larger than memory: read by windows, standardise in a scratch file, train and detect by windows.
 
 A 2000x2000x224 date is 3.6 GB as float32; holding both dates raw and standardised needs 14 GB. Here:
 
-1. one pass over both inputs by row strips (``raster_io.read_window``) finds the pair's valid mask and each date's
-   per-band mean and standard deviation (float64, merged strip by strip: the same z-scores as ``scaling.standardize``
-   up to rounding);
-2. a second pass writes each standardised date to a scratch file, pixel-interleaved (rows, cols, bands), and the
-   CVA of the standardised dates (for mask g, as ``training.select_training_pixels``);
+1. one pass over both inputs by windows aligned to the files' blocks (``memory.read_windows``: each block is
+   decoded once, whatever the budget) finds the pair's valid mask and each date's per-band mean and standard
+   deviation (merged window by window; float64 sums of float32 differences from a reference value) and writes
+   each date's raw values to a scratch file, pixel-interleaved (rows, cols, bands);
+2. a second pass over the scratch files (not the inputs) standardises them in place by row strips, in float32,
+   and computes the CVA of the standardised dates (for mask g, as ``training.select_training_pixels``);
 3. training (default schedule) reads its random crops and detection reads its haloed tiles through
    :class:`WindowReader` with ``os.preadv``: no memory map, so the page cache never counts in the process' memory.
 
 ``pair.open_pair`` decides between this and reading the pair whole; the jobs in ``pipeline.py`` are the same
-code either way.
+code either way. The z-scores equal ``scaling.standardize``'s up to float32 rounding.
 
-Peak memory is then the strips, the per-pixel maps (valid, mask g, intensity, change: 10 bytes a pixel) and the
-training step / detection tile that the memory budget sizes.
+Peak memory is then the windows, the per-pixel maps (valid, mask g, intensity, change: ``memory.JOB_MAP_BYTES``
+a pixel) and the training step / detection tile that the memory budget sizes.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from .. import memory
 from ..errors import InputError
 from ..progress import Feedback, NullFeedback, check_cancelled
 from . import raster_io
+from .layout import band_layout, pixel_layout
 
 #: Most float32 values of one input strip (the memory model's; the budget may ask for fewer, memory.strip_values).
 STRIP_VALUES = memory.STRIP_VALUES
@@ -84,7 +86,7 @@ class WindowReader:
                 got = os.preadv(self._fd, [memoryview(buf[i]).cast("B")], ((r * cols + c0) * bands) * 4)
                 if got != row_bytes:
                     raise OSError(f"short read from {self.path} (row {r})")
-        return np.ascontiguousarray(buf[:, :, b0:b1].transpose(2, 0, 1))
+        return band_layout(buf[:, :, b0:b1])
 
     def __array__(self, dtype=None, copy=None) -> np.ndarray:
         out = self[:, :, :]
@@ -122,20 +124,32 @@ class StreamedPair:
 
 
 class _BandMoments:
-    """Per-band count, mean and centred sum of squares over valid pixels, merged strip by strip (Chan et al.)."""
+    """Per-band count, mean and centred sum of squares over valid pixels, merged window by window (Chan et al.).
+
+    Each window's sums are float64 sums of float32 differences from a reference value per band (the first
+    window's first valid pixel), so that large offsets cancel before squaring: exact for integer data below 2^24,
+    else within float32 rounding of the differences."""
 
     def __init__(self, bands: int) -> None:
         self.n = 0
         self.mean = np.zeros(bands)
         self.m2 = np.zeros(bands)
+        self.ref: np.ndarray | None = None
 
     def add(self, x: np.ndarray, valid: np.ndarray) -> None:
-        v = x[:, valid].astype(np.float64)
+        """Add a window (bands, rows, cols) of one date at its ``valid`` pixels."""
+        v = x.reshape(x.shape[0], -1) if valid.all() else x[:, valid]
         m = v.shape[1]
         if not m:
             return
-        mean_b = v.mean(1)
-        m2_b = ((v - mean_b[:, None]) ** 2).sum(1)
+        if self.ref is None:
+            self.ref = v[:, :1].copy()
+        d = v - self.ref
+        s = d.sum(1, dtype=np.float64)
+        ss = np.einsum("ij,ij->i", d, d, dtype=np.float64)
+        del d
+        mean_b = self.ref[:, 0].astype(np.float64) + s / m
+        m2_b = np.maximum(ss - s * s / m, 0.0)
         delta = mean_b - self.mean
         n = self.n + m
         self.m2 += m2_b + delta**2 * (self.n * m / n)
@@ -163,14 +177,43 @@ def _strips(rows: int, cols: int, bands: int, strip_values: int) -> list[tuple[i
     return [(r, min(rows, r + step)) for r in range(0, rows, step)]
 
 
-def _standardise(x: np.ndarray, valid: np.ndarray, stats: dict) -> np.ndarray:
-    """(x - mean) / std per band in float32; invalid pixels and constant bands 0 (as scaling.apply_stats)."""
-    mean = np.asarray(stats["mean"])[:, None, None]
-    std = np.asarray(stats["std"])[:, None, None]
-    z = ((x.astype(np.float64) - mean) / np.where(std > 0, std, 1.0)).astype(np.float32)
-    for b in stats["constant_bands"]:
-        z[b - 1] = 0.0
-    z[:, ~valid] = 0.0
+def _write_window(fd: int, a: np.ndarray, r0: int, c0: int, cols: int) -> None:
+    """Write a (rows, cols_w, bands) float32 window at (r0, c0) of a pixel-interleaved file of ``cols`` columns."""
+    rows_w, cols_w, bands = a.shape
+    if cols_w == cols:
+        _pwrite_all(fd, a.data.cast("B"), r0 * cols * bands * 4)
+        return
+    for i in range(rows_w):
+        _pwrite_all(fd, a[i].data.cast("B"), ((r0 + i) * cols + c0) * bands * 4)
+
+
+def _pwrite_all(fd: int, data: memoryview, offset: int) -> None:
+    while len(data):
+        done = os.pwrite(fd, data, offset)
+        data, offset = data[done:], offset + done
+
+
+def _read_rows(fd: int, r0: int, r1: int, cols: int, bands: int) -> np.ndarray:
+    """Rows r0:r1 of a pixel-interleaved float32 file as (rows, cols, bands)."""
+    out = np.empty((r1 - r0, cols, bands), dtype=np.float32)
+    view, offset = out.data.cast("B"), r0 * cols * bands * 4
+    while len(view):
+        got = os.preadv(fd, [view], offset)
+        if got <= 0:
+            raise OSError("short read from a scratch file")
+        view, offset = view[got:], offset + got
+    return out
+
+
+def _standardise_in_place(z: np.ndarray, valid: np.ndarray, stats: dict) -> np.ndarray:
+    """(z - mean) / std per band of a (rows, cols, bands) float32 strip, in place; invalid pixels and constant
+    bands 0 (as scaling.apply_stats, in float32)."""
+    std = np.asarray(stats["std"])
+    z -= np.asarray(stats["mean"], dtype=np.float32)
+    z /= np.where(std > 0, std, 1.0).astype(np.float32)
+    if stats["constant_bands"]:
+        z[:, :, [b - 1 for b in stats["constant_bands"]]] = 0.0
+    z[~valid] = 0.0
     return z
 
 
@@ -183,9 +226,9 @@ def load_pair_streamed(
     strip_values: int | None = None,
     memory_budget_mb: float | None = None,
 ) -> StreamedPair:
-    """Read, check and standardise a pair strip by strip into scratch files (see the module docstring).
+    """Read, check and standardise a pair window by window into scratch files (see the module docstring).
 
-    ``strip_values``: float32 values per strip and date; by default what ``memory_budget_mb`` allows
+    ``strip_values``: float32 values per window and date; by default what ``memory_budget_mb`` allows
     (``memory.strip_values``)."""
     start = time.perf_counter()
     feedback = feedback or NullFeedback()
@@ -196,42 +239,55 @@ def load_pair_streamed(
     if strip_values is None:
         strip_values = memory.strip_values(memory_budget_mb, nb, cols)
     strips = _strips(rows, cols, nb, strip_values)
-    valid = np.zeros((rows, cols), dtype=bool)
-    moments = [_BandMoments(nb), _BandMoments(nb)]
-    total = 2 * len(strips)
-    for i, (r0, r1) in enumerate(strips):  # pass 1: valid mask and band moments
-        check_cancelled(feedback)
-        a, va = raster_io.read_window(t1, bands, r0, r1 - r0, 0, cols)
-        b, vb = raster_io.read_window(t2, bands, r0, r1 - r0, 0, cols)
-        v = va & vb
-        valid[r0:r1] = v
-        moments[0].add(a, v)
-        moments[1].add(b, v)
-        feedback.set_progress((i + 1) / total)
-    if not valid.any():
-        raise InputError(
-            "No pixel is valid in both dates: every pixel is nodata or NaN in T1 or in T2. "
-            "Check the layers' nodata values and that the two images overlap."
-        )
-    s1, s2 = moments[0].stats(), moments[1].stats()
-    if not (np.any(s1["std"]) or np.any(s2["std"])):
-        raise InputError("Every band is constant over the valid pixels of both dates; there is nothing to compare.")
     scratch = tempfile.mkdtemp(prefix="hypernet-scratch-", dir=scratch_dir)
     try:
         paths = [os.path.join(scratch, "t1.f32"), os.path.join(scratch, "t2.f32")]
-        cva = np.full((rows, cols), np.nan, dtype=np.float32)
-        with open(paths[0], "wb") as f1, open(paths[1], "wb") as f2:
-            for i, (r0, r1) in enumerate(strips):  # pass 2: standardise, write pixel-interleaved, CVA
+        valid = np.zeros((rows, cols), dtype=bool)
+        moments = [_BandMoments(nb), _BandMoments(nb)]
+        with (
+            raster_io.open_windows(t1, bands) as in1,
+            raster_io.open_windows(t2, bands) as in2,
+            open(paths[0], "w+b") as f1,
+            open(paths[1], "w+b") as f2,
+        ):
+            block = (max(in1.block[0], in2.block[0]), max(in1.block[1], in2.block[1]))
+            windows = memory.read_windows(rows, cols, nb, block, strip_values)
+            total = len(windows) + len(strips)
+            for i, (r0, r1, c0, c1) in enumerate(windows):  # pass 1: inputs -> raw scratch, valid, band moments
+                check_cancelled(feedback)
+                a, va = in1.read(r0, r1 - r0, c0, c1 - c0)
+                b, vb = in2.read(r0, r1 - r0, c0, c1 - c0)
+                v = va & vb
+                valid[r0:r1, c0:c1] = v
+                for x, m, f in ((a, moments[0], f1), (b, moments[1], f2)):
+                    m.add(x, v)
+                    _write_window(f.fileno(), pixel_layout(x), r0, c0, cols)
+                del a, b
+                feedback.set_progress((i + 1) / total)
+            if not valid.any():
+                raise InputError(
+                    "No pixel is valid in both dates: every pixel is nodata or NaN in T1 or in T2. "
+                    "Check the layers' nodata values and that the two images overlap."
+                )
+            s1, s2 = moments[0].stats(), moments[1].stats()
+            if not (np.any(s1["std"]) or np.any(s2["std"])):
+                raise InputError(
+                    "Every band is constant over the valid pixels of both dates; there is nothing to compare."
+                )
+            cva = np.full((rows, cols), np.nan, dtype=np.float32)
+            for i, (r0, r1) in enumerate(strips):  # pass 2: standardise the scratch files in place, CVA
                 check_cancelled(feedback)
                 v = valid[r0:r1]
-                z1 = _standardise(raster_io.read_window(t1, bands, r0, r1 - r0, 0, cols)[0], v, s1)
-                z2 = _standardise(raster_io.read_window(t2, bands, r0, r1 - r0, 0, cols)[0], v, s2)
-                d = np.sqrt(((z2.astype(np.float64) - z1) ** 2).sum(0)).astype(np.float32)
+                z1 = _standardise_in_place(_read_rows(f1.fileno(), r0, r1, cols, nb), v, s1)
+                z2 = _standardise_in_place(_read_rows(f2.fileno(), r0, r1, cols, nb), v, s2)
+                _write_window(f1.fileno(), z1, r0, 0, cols)
+                _write_window(f2.fileno(), z2, r0, 0, cols)
+                z2 -= z1
+                del z1
+                d = np.sqrt(np.einsum("ijk,ijk->ij", z2, z2, dtype=np.float64)).astype(np.float32)
                 cva[r0:r1] = np.where(v, d, np.nan)
-                f1.write(np.ascontiguousarray(z1.transpose(1, 2, 0)).data)
-                f2.write(np.ascontiguousarray(z2.transpose(1, 2, 0)).data)
-                del z1, z2
-                feedback.set_progress((len(strips) + i + 1) / total)
+                del z2
+                feedback.set_progress((len(windows) + i + 1) / total)
         shape = (nb, rows, cols)
         return StreamedPair(
             WindowReader(paths[0], shape),
