@@ -16,6 +16,7 @@ from hypernet_qgis.core.io.raster_io import (
     check_same_grid,
     check_same_grid_2d,
     constant_bands,
+    open_windows,
     raster_info,
     read_mask,
     read_raster,
@@ -1245,3 +1246,35 @@ def test_envi_header_wavelengths_as_other_software_writes_them(tmp_path):
         (tmp_path / f"{name}.hdr").write_text(head + lines)
         got = raster_info(tmp_path / name).wavelengths_nm
         assert got == (None if expected is None else pytest.approx(expected)), name
+
+
+def test_open_windows_reads_as_read_window_and_reports_the_block(tmp_path):
+    data = np.arange(3 * 40 * 70, dtype=np.float32).reshape(3, 40, 70)
+    data[2, 5, 6] = -1
+    tiled = str(tmp_path / "tiled.tif")
+    ds = gdal.GetDriverByName("GTiff").Create(
+        tiled, 70, 40, 3, gdal.GDT_Float32, ["TILED=YES", "BLOCKXSIZE=32", "BLOCKYSIZE=16"]
+    )
+    for b in range(3):
+        ds.GetRasterBand(b + 1).WriteArray(data[b])
+        ds.GetRasterBand(b + 1).SetNoDataValue(-1)
+    del ds
+    with open_windows(tiled, [3, 1]) as windows:
+        assert windows.block == (16, 32) and windows.band_list == [3, 1]
+        assert windows.info == raster_info(tiled)
+        for window in ((0, 16, 0, 32), (4, 20, 3, 60), (39, 1, 69, 1)):
+            x, valid = windows.read(*window)
+            xw, vw = read_window(tiled, [3, 1], *window)
+            np.testing.assert_array_equal(x, xw)
+            np.testing.assert_array_equal(valid, vw)
+        assert not windows.read(0, 16, 0, 32)[1][5, 6]
+    with open_windows(tiled) as windows:
+        assert windows.band_list == [1, 2, 3]
+    striped = str(tmp_path / "striped.tif")  # one row a strip: blocks of 1 x 70
+    ds = gdal.GetDriverByName("GTiff").Create(striped, 70, 40, 1, gdal.GDT_Float32, ["BLOCKYSIZE=1"])
+    del ds
+    with open_windows(striped) as windows:
+        assert windows.block == (1, 70)
+    with pytest.raises(InputError, match="BANDS asks for band 4 but tiled.tif has 3 bands"):
+        with open_windows(tiled, [4]):
+            pass
