@@ -1275,6 +1275,11 @@ def test_open_windows_reads_as_read_window_and_reports_the_block(tmp_path):
     del ds
     with open_windows(striped) as windows:
         assert windows.block == (1, 70)
+    column = str(tmp_path / "column.tif")  # one column: blocks one pixel wide
+    ds = gdal.GetDriverByName("GTiff").Create(column, 1, 40, 1, gdal.GDT_Float32, ["BLOCKYSIZE=8"])
+    del ds
+    with open_windows(column) as windows:
+        assert windows.block == (8, 1)
     with pytest.raises(InputError, match="BANDS asks for band 4 but tiled.tif has 3 bands"):
         with open_windows(tiled, [4]):
             pass
