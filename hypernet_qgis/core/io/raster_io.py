@@ -3,8 +3,8 @@
 Reading gives ``float32`` arrays shaped ``(bands, rows, cols)`` with invalid pixels (nodata, NaN, inf, masked)
 set to NaN, and a ``valid`` mask ``bool (rows, cols)`` that is True where every band is usable.
 Bands are 1-based everywhere the user sees them. Wavelengths are returned in nanometres when the file has them
-(per-band ``wavelength``/``wavelength_units``, the IMAGERY domain's ``CENTRAL_WAVELENGTH_UM``, a dataset-level
-``wavelength`` list, or the ENVI header read with ``spectral``).
+(per-band ``wavelength``/``wavelength_units``, the IMAGERY domain's ``CENTRAL_WAVELENGTH_UM``, or a
+dataset-level ``wavelength`` list, which is where GDAL's ENVI driver puts the header's: the ENVI domain).
 
 Writing goes to a temporary file in the output folder that is renamed over the target only when complete,
 so a failed run never leaves a partial output. Every GDAL dataset is closed before a function returns.
@@ -191,7 +191,7 @@ _UNIT_TO_NM = {
 def _unit_factor(units: str | None, values: Sequence[float]) -> float | None:
     """nm per unit; guess from the magnitude when the unit is missing (< 30 means micrometres)."""
     if units:
-        factor = _UNIT_TO_NM.get(units.strip().lower())
+        factor = _UNIT_TO_NM.get(units.strip(" \t{}").lower())  # ENVI headers may brace it: {Micrometers}
         if factor is None or math.isnan(factor):
             return None
         if factor > 0:
@@ -211,7 +211,7 @@ def _parse_number_list(text: str) -> list[float] | None:
         return None
 
 
-def _wavelengths_nm(ds: gdal.Dataset, resolved: str) -> list[float] | None:
+def _wavelengths_nm(ds: gdal.Dataset) -> list[float] | None:
     """Per-band centre wavelengths in nm, or None when the file does not give one for every band."""
     n = ds.RasterCount
     # 1. per-band metadata (GDAL's ENVI driver writes these too)
@@ -252,25 +252,6 @@ def _wavelengths_nm(ds: gdal.Dataset, resolved: str) -> list[float] | None:
                 factor = _unit_factor(md.get("wavelength_units") or md.get("wavelength units"), nums)
                 if factor is not None:
                     return [v * factor for v in nums]
-    # 4. an ENVI header next to the data file, read with spectral
-    if ds.GetDriver().ShortName == "ENVI":
-        for f in ds.GetFileList() or []:
-            if f.lower().endswith(".hdr"):
-                try:
-                    from spectral.io import envi
-
-                    header = envi.read_envi_header(f)
-                except Exception:  # noqa: BLE001  (a malformed header only means: no wavelengths)
-                    return None
-                w = header.get("wavelength")
-                if w and len(w) == n:
-                    try:
-                        nums = [float(v) for v in w]
-                    except ValueError:
-                        return None
-                    factor = _unit_factor(header.get("wavelength units"), nums)
-                    if factor is not None:
-                        return [v * factor for v in nums]
     return None
 
 
@@ -285,8 +266,6 @@ def _info_from_dataset(ds: gdal.Dataset, resolved: str) -> RasterInfo:
             f"{name} has no raster bands (it may be a vector file or a container of subdatasets). "
             "Choose a raster with image bands."
         )
-    if rows == 0 or cols == 0:
-        raise InputError(f"{name} has no pixels ({cols} x {rows}). Choose a non-empty raster.")
     complex_bands = [i for i in range(1, bands + 1) if gdal.DataTypeIsComplex(ds.GetRasterBand(i).DataType)]
     if complex_bands:
         raise InputError(
@@ -301,16 +280,15 @@ def _info_from_dataset(ds: gdal.Dataset, resolved: str) -> RasterInfo:
         nd = b.GetNoDataValue()
         nodata.append(None if nd is None else float(nd))
         names.append(b.GetDescription() or f"band {i}")
-    gt = ds.GetGeoTransform(can_return_null=True)
     return RasterInfo(
         path=resolved,
         rows=rows,
         cols=cols,
         bands=bands,
-        geotransform=tuple(float(v) for v in gt) if gt else _DEFAULT_GT,
+        geotransform=tuple(float(v) for v in ds.GetGeoTransform()),  # GDAL's default (_DEFAULT_GT) when none
         crs_wkt=ds.GetProjection() or "",
         nodata=nodata,
-        wavelengths_nm=_wavelengths_nm(ds, resolved),
+        wavelengths_nm=_wavelengths_nm(ds),
         band_names=names,
         dtype=gdal.GetDataTypeName(ds.GetRasterBand(1).DataType),
         driver=ds.GetDriver().ShortName,
@@ -380,39 +358,44 @@ def _read_block(
             block = ds.ReadAsArray(col0, row0, ncols, nrows, band_list=[int(b) for b in band_list])
         except RuntimeError:  # GDAL exceptions turned on by other code
             block = None
-        message = gdal.GetLastErrorMsg()
-    if block is not None and block.ndim == 2:
-        block = block[None]
+    if block is None:
+        raise _unreadable_band(ds, band_list, row0, nrows, col0, ncols)
+    block = block.reshape(len(band_list), nrows, ncols)  # one band comes back 2-D
     for k, b in enumerate(band_list):
         band = ds.GetRasterBand(b)
-        arr = None if block is None else block[k]
-        if arr is None:
-            with quiet_gdal():  # find the band that fails, for the message
-                try:
-                    arr = band.ReadAsArray(col0, row0, ncols, nrows)
-                except RuntimeError:
-                    arr = None
-                message = gdal.GetLastErrorMsg() or message
-        if arr is None:
-            raise InputError(
-                f"Band {b} of {os.path.basename(ds.GetDescription())} could not be read (GDAL: {message}). "
-                "The file may be truncated or corrupt; re-export it."
-            )
-        bad = ~np.isfinite(arr) if arr.dtype.kind in "fc" else np.zeros(arr.shape, dtype=bool)
+        arr = block[k]
+        bad = ~np.isfinite(arr)
         nd = band.GetNoDataValue()
         if nd is not None and not math.isnan(nd) and _representable(nd, arr.dtype):  # NaN: caught above
             bad |= arr == np.asarray(nd).astype(arr.dtype)
         flags = band.GetMaskFlags()
-        if not (flags & gdal.GMF_ALL_VALID) and not (flags & gdal.GMF_NODATA):
-            mask = band.GetMaskBand().ReadAsArray(col0, row0, ncols, nrows)
-            if mask is not None:
-                bad |= mask == 0
+        if not (flags & gdal.GMF_ALL_VALID) and not (flags & gdal.GMF_NODATA):  # a mask band or alpha
+            bad |= band.GetMaskBand().ReadAsArray(col0, row0, ncols, nrows) == 0
         data[k] = arr
         valid &= ~bad
         if empty is not None and bad.all():
             empty.append(int(b))
     data[:, ~valid] = np.nan
     return data, valid
+
+
+def _unreadable_band(
+    ds: gdal.Dataset, band_list: Sequence[int], row0: int, nrows: int, col0: int, ncols: int
+) -> InputError:
+    """The error for a window GDAL could not read, naming the first band that fails on its own."""
+    for b in band_list:
+        with quiet_gdal():
+            try:
+                failed = ds.GetRasterBand(b).ReadAsArray(col0, row0, ncols, nrows) is None
+            except RuntimeError:
+                failed = True
+            message = gdal.GetLastErrorMsg()
+        if failed:
+            break
+    return InputError(
+        f"Band {b} of {os.path.basename(ds.GetDescription())} could not be read (GDAL: {message}). "
+        "The file may be truncated or corrupt; re-export it."
+    )
 
 
 def _representable(value: float, dtype: np.dtype) -> bool:
@@ -453,8 +436,6 @@ def read_raster(
 
 
 def _subset_info(info: RasterInfo, band_list: Sequence[int]) -> RasterInfo:
-    if list(band_list) == list(range(1, info.bands + 1)):
-        return info
     idx = [b - 1 for b in band_list]
     return RasterInfo(
         path=info.path,
@@ -544,7 +525,11 @@ def read_mask(path: str | os.PathLike, like: RasterInfo) -> np.ndarray:
         if info.has_georeference and like.has_georeference:
             _check_geotransform(info, like, (info.name, like.name))
         band = ds.GetRasterBand(1)
-        arr = band.ReadAsArray()
+        with quiet_gdal():
+            try:
+                arr = band.ReadAsArray()
+            except RuntimeError:  # GDAL exceptions turned on by other code
+                arr = None
         if arr is None:
             raise InputError(f"The mask {info.name} could not be read. Re-export it as a GeoTIFF.")
         out = arr != 0
@@ -560,13 +545,13 @@ def read_mask(path: str | os.PathLike, like: RasterInfo) -> np.ndarray:
 
 
 def _same_crs(a: str, b: str) -> bool:
-    if not a and not b:
-        return True
-    if not a or not b:
-        return False
+    """The same CRS; texts osr cannot read (an empty one too) are compared as text."""
     sa, sb = osr.SpatialReference(), osr.SpatialReference()
     with quiet_gdal():
-        if sa.ImportFromWkt(a) != 0 or sb.ImportFromWkt(b) != 0:
+        try:
+            if sa.ImportFromWkt(a) != 0 or sb.ImportFromWkt(b) != 0:
+                return a == b
+        except RuntimeError:  # osr exceptions turned on by other code
             return a == b
         return bool(sa.IsSame(sb))
 
@@ -732,10 +717,9 @@ def _write_temp(out: RasterOutput, like: RasterInfo, tmp: str) -> None:
         except RuntimeError as exc:
             raise _GdalWriteError(str(exc)) from None
         finally:
-            try:
-                ds = None  # closes and finishes the file (GDAL reports errors of the close in its error state)
-            except RuntimeError as exc:
-                raise _GdalWriteError(f"close: {exc}") from None
+            # closes and finishes the file; GDAL reports errors of the close in its error state (a destructor
+            # cannot raise, not even with GDAL exceptions on)
+            ds = None
         _gdal_check("close")
         _verify(tmp, arr, out_dtype)
 
