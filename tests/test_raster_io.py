@@ -945,6 +945,14 @@ def test_write_rejects_programming_errors_before_writing(tmp_path):
             {"dtype": "uint16"},
             "NaN values cannot be written to an integer raster without a nodata value",
         ),
+        # a cast would wrap them silently (300 -> 44 in uint8)
+        (np.full((4, 6), 300.0), {"dtype": "uint8"}, "values 300.0..300.0 do not fit the uint8 output (0..255)"),
+        (np.arange(-1, 23).reshape(4, 6), {"dtype": "uint16"}, "values -1..22 do not fit the uint16 output (0..65535)"),
+        (
+            np.full((4, 6), np.nan),
+            {"dtype": "uint8", "nodata": 256},
+            "values 256.0..256.0 do not fit the uint8 output (0..255)",
+        ),
     )
     for array, kwargs, message in cases:
         with pytest.raises(ValueError) as e:

@@ -659,6 +659,10 @@ def _prepared(out: RasterOutput, like: RasterInfo) -> tuple[np.ndarray, np.dtype
                 raise ValueError("NaN values cannot be written to an integer raster without a nodata value")
             arr = np.where(bad, out.nodata, arr)
         arr = np.rint(arr)
+    if out_dtype.kind in "iu" and arr.size:
+        lo, hi = np.iinfo(out_dtype).min, np.iinfo(out_dtype).max
+        if arr.min() < lo or arr.max() > hi:  # a cast would wrap them (300 -> 44 in uint8), not store them
+            raise ValueError(f"values {arr.min()}..{arr.max()} do not fit the {out_dtype} output ({lo}..{hi})")
     return arr, out_dtype
 
 
