@@ -286,6 +286,8 @@ def test_window_reader_slices_like_the_array(tmp_path):
     ]:
         np.testing.assert_array_equal(r[key], x[key])
     np.testing.assert_array_equal(np.asarray(r), x)
+    for r0, r1 in ((0, 7), (2, 5), (6, 7), (4, 4)):  # rows as stored, (rows, cols, bands)
+        np.testing.assert_array_equal(r.pixels(r0, r1), x[:, r0:r1].transpose(1, 2, 0))
     with pytest.raises(TypeError):
         r[:, ::2]
     r.close()

@@ -182,11 +182,19 @@ def _row_strips(rows: int, strip_rows: int | None) -> list[tuple[int, int]]:
     return [(r, min(rows, r + step)) for r in range(0, rows, step)]
 
 
+def _pixel_rows(x, r0: int, r1: int) -> np.ndarray:
+    """Rows r0:r1 of a date as (rows, cols, bands): a window source's stored layout (``x.pixels``, no copy of the
+    bands' order), or a view of an array."""
+    if hasattr(x, "pixels"):
+        return x.pixels(r0, r1)
+    return np.moveaxis(np.asarray(x[:, r0:r1, :]), 0, -1)
+
+
 def _irmad_sample(
     x1, x2, valid: np.ndarray, strips: list[tuple[int, int]], every: int, feedback: Feedback
 ) -> tuple[np.ndarray, np.ndarray]:
     """Every ``every``-th valid pixel (row-major order) of both dates as float32 columns (bands, pixels), read
-    strip by strip from arrays or window sources (``x[:, r0:r1, :]``)."""
+    strip by strip from arrays or window sources (``x[:, r0:r1, :]`` or ``x.pixels(r0, r1)``)."""
     parts1, parts2 = [], []
     seen = 0
     for r0, r1 in strips:
@@ -195,16 +203,16 @@ def _irmad_sample(
         m = int(v.sum())
         if not m:
             continue
-        a = np.asarray(x1[:, r0:r1, :])[:, v]
-        b = np.asarray(x2[:, r0:r1, :])[:, v]
+        a = _pixel_rows(x1, r0, r1)[v]
+        b = _pixel_rows(x2, r0, r1)[v]
         if every > 1:
             take = (np.arange(seen, seen + m) % every) == 0
-            a, b = a[:, take], b[:, take]
-        parts1.append(a.astype(np.float32, copy=False))
-        parts2.append(b.astype(np.float32, copy=False))
+            a, b = a[take], b[take]
+        parts1.append(a.astype(np.float32, copy=False).T)
+        parts2.append(b.astype(np.float32, copy=False).T)
         seen += m
     if len(parts1) == 1:
-        return parts1[0], parts2[0]
+        return np.ascontiguousarray(parts1[0]), np.ascontiguousarray(parts2[0])
     return np.concatenate(parts1, axis=1), np.concatenate(parts2, axis=1)
 
 
@@ -298,9 +306,10 @@ def irmad_details(
             v = valid[r0:r1]
             if not v.any():
                 continue
-            sa = (np.asarray(x1[:, r0:r1, :], dtype=np.float32)[keep][:, v] - loc1) / scale1
-            sb = (np.asarray(x2[:, r0:r1, :], dtype=np.float32)[keep][:, v] - loc2) / scale2
-            chi2_map[r0:r1][v] = _chi2(sa, sb, *final)
+            # (pixels, bands) as read; the transposed views go to _chi2's matrix products as they are
+            sa = (_pixel_rows(x1, r0, r1)[v][:, keep].astype(np.float32, copy=False) - loc1[:, 0]) / scale1[:, 0]
+            sb = (_pixel_rows(x2, r0, r1)[v][:, keep].astype(np.float32, copy=False) - loc2[:, 0]) / scale2[:, 0]
+            chi2_map[r0:r1][v] = _chi2(sa.T, sb.T, *final)
     details = {
         "chi2": chi2_map,
         "rho": rho.tolist(),

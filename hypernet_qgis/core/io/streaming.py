@@ -89,6 +89,14 @@ class WindowReader:
                     raise OSError(f"short read from {self.path} (row {r})")
         return band_layout(buf[:, :, b0:b1])
 
+    def pixels(self, r0: int, r1: int) -> np.ndarray:
+        """Rows r0:r1 as stored, (rows, cols, bands): one read, no transposition (IR-MAD's strips)."""
+        bands, rows, cols = self.shape
+        r0, r1 = self._range(slice(r0, r1), rows)
+        if self._fd is None:
+            raise OSError(f"{self.path} is closed")
+        return _read_rows(self._fd, r0, r1, cols, bands)
+
     def __array__(self, dtype=None, copy=None) -> np.ndarray:
         out = self[:, :, :]
         return out if dtype is None else out.astype(dtype, copy=False)
@@ -190,6 +198,8 @@ def _pwrite_all(fd: int, data: memoryview, offset: int) -> None:
 def _read_rows(fd: int, r0: int, r1: int, cols: int, bands: int) -> np.ndarray:
     """Rows r0:r1 of a pixel-interleaved float32 file as (rows, cols, bands)."""
     out = np.empty((r1 - r0, cols, bands), dtype=np.float32)
+    if not out.size:
+        return out
     view, offset = out.data.cast("B"), r0 * cols * bands * 4
     while len(view):
         got = os.preadv(fd, [view], offset)
