@@ -5,6 +5,8 @@ cancellation and the refusals; the scratch files and WindowReader's edges. Fast:
 from __future__ import annotations
 
 import os
+import shutil
+import warnings
 
 import numpy as np
 import pytest
@@ -191,6 +193,23 @@ def test_cancelling_stops_either_pass_and_removes_the_scratch_files(pair_files, 
     assert os.listdir(scratch_dir) == []
 
 
+def test_a_scratch_folder_removed_meanwhile_does_not_hide_the_error(pair_files, tmp_path):
+    """A temp cleaner removes the scratch folder while the read runs; the user cancels: Cancelled comes through
+    (not the clean-up's FileNotFoundError)."""
+    scratch_dir = tmp_path / "scratch"
+    scratch_dir.mkdir()
+
+    class Cleaner(Recorder):
+        def is_cancelled(self):
+            for entry in os.listdir(scratch_dir):
+                shutil.rmtree(scratch_dir / entry)
+            return len(self.progress) >= 1
+
+    with pytest.raises(Cancelled):
+        load_pair_streamed(*pair_files, scratch_dir=str(scratch_dir), feedback=Cleaner(), strip_values=1)
+    assert os.listdir(scratch_dir) == []
+
+
 def test_whole_pair_mb_counts_the_bands_read(pair_files):
     info = raster_io.raster_info(pair_files[0])
     assert streaming.whole_pair_mb(info) == memory.whole_pair_mb(5, ROWS, COLS) == 4 * 5 * 64 * 96 * 4 / 2**20
@@ -214,7 +233,9 @@ def test_standardising_by_chunks_gives_the_same_bits(monkeypatch):
     ).astype(np.float32)
     expected[:, :, [1, 4]] = 0.0
     expected[~valid] = 0.0
-    whole = streaming._standardise_in_place(z.copy(), valid, stats)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no division by a zero std (band 2): no RuntimeWarning
+        whole = streaming._standardise_in_place(z.copy(), valid, stats)
     np.testing.assert_array_equal(whole, expected)
     monkeypatch.setattr(streaming, "STANDARDISE_CHUNK_VALUES", 12)  # 2 pixels of 5 bands a chunk
     np.testing.assert_array_equal(streaming._standardise_in_place(z.copy(), valid, stats), expected)
