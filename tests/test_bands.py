@@ -324,6 +324,7 @@ def test_bands_for_model_by_wavelength(tmp_path):
     assert bands.bands_for_model(t1, meta, feedback=log) == [1, 2]
     assert log.lines == ["Bands chosen by wavelength to match the model: 1-2 (the model's own numbers were 3-4)."]
     assert bands.bands_for_model(t1, {"wavelengths_nm": [905.5]}, tolerance_nm=6.0) == [2]
+    assert bands.bands_for_model(t1, {"wavelengths_nm": [905.0, 1395.0]}) == [2, 3]  # 5 nm: within
     with pytest.raises(InputError) as err:
         bands.bands_for_model(t1, {"wavelengths_nm": [450.0, 905.1, 2200.0]})
     assert str(err.value) == (

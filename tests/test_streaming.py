@@ -4,8 +4,11 @@ cancellation and the refusals; the scratch files and WindowReader's edges. Fast:
 
 from __future__ import annotations
 
+import errno
 import os
+import resource
 import shutil
+import signal
 import warnings
 
 import numpy as np
@@ -252,6 +255,25 @@ def test_a_truncated_scratch_file_is_a_short_read(tmp_path):
             streaming._read_rows(fd, 3, 5, 4, 3)
     finally:
         os.close(fd)
+
+
+def test_a_write_cut_short_is_continued_then_reports_the_error(tmp_path):
+    """The file-size limit (as a full disk) lets a write through in part: the rest is retried where the first
+    part ended, and the second attempt's error (EFBIG) comes through."""
+    path = tmp_path / "x.f32"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT)
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (4096 + 100, hard))
+    try:
+        with pytest.raises(OSError) as err:
+            streaming._pwrite_all(fd, memoryview(bytes(range(200))), 4096 - 50)
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+        signal.signal(signal.SIGXFSZ, handler)
+        os.close(fd)
+    assert err.value.errno == errno.EFBIG
+    assert path.read_bytes()[4096 - 50 :] == bytes(range(150))
 
 
 def test_window_reader_edges(tmp_path):

@@ -102,11 +102,9 @@ def choose_bands(
     if drop_bad:
         for what, path, info in (("T1", t1, info1), ("T2", t2, info2)):
             found = bad_bands(path)
-            if found is None:
+            if found is None or info.bands != n:  # another band count: the grid check reports it
                 continue
             bad, source = found
-            if info.bands != n:
-                continue  # the grid check reports the band counts
             hit = [b for b in bad if b in selected]
             if hit:
                 feedback.info(
