@@ -201,8 +201,11 @@ def test_bad_band_lists_in_any_case_and_spelling(tmp_path, capfd):
         [2, 6],
         "the bbl metadata",
     )
-    per_band = {1: {"BBL": "0"}, 2: {"bbl": "1"}, 4: {"Bbl": "0.0"}, 5: {"bbl": "x"}}
-    assert bands.bad_bands(write_tif(tmp_path / "b.tif", x, band_md=per_band)) == ([1, 4], "the bands' bbl metadata")
+    per_band = {1: {"BBL": "0"}, 2: {"bbl": "1"}, 4: {"Bbl": "0.0"}, 5: {"bbl": "x"}, 6: {"bbl": "0"}}
+    assert bands.bad_bands(write_tif(tmp_path / "b.tif", x, band_md=per_band)) == (
+        [1, 4, 6],
+        "the bands' bbl metadata",
+    )
     # a list of the wrong length or with a word in it is no list; the bands' own items are then read
     wrong = write_tif(tmp_path / "c.tif", x, band_md={3: {"bbl": "0"}}, dataset_md={"bbl": "{1, 0, 1}"})
     assert bands.bad_bands(wrong) == ([3], "the bands' bbl metadata")

@@ -133,7 +133,7 @@ class _BandMoments:
 
     def add(self, x: np.ndarray, valid: np.ndarray) -> None:
         """Add a window (bands, rows, cols) of one date at its ``valid`` pixels."""
-        v = (x.reshape(x.shape[0], -1) if valid.all() else x[:, valid]).astype(np.float64)
+        v = np.array(x.reshape(x.shape[0], -1) if valid.all() else x[:, valid], dtype=np.float64)
         m = v.shape[1]
         if not m:
             return
@@ -193,7 +193,7 @@ def _read_rows(fd: int, r0: int, r1: int, cols: int, bands: int) -> np.ndarray:
     view, offset = out.data.cast("B"), r0 * cols * bands * 4
     while len(view):
         got = os.preadv(fd, [view], offset)
-        if got <= 0:
+        if not got:  # end of file (an error raises)
             raise OSError("short read from a scratch file")
         view, offset = view[got:], offset + got
     return out
@@ -206,13 +206,14 @@ STANDARDISE_CHUNK_VALUES = 4 * 2**20
 def _standardise_in_place(z: np.ndarray, valid: np.ndarray, stats: dict) -> np.ndarray:
     """(z - mean) / std per band of a (rows, cols, bands) float32 strip, in place, computed in float64 as
     scaling.apply_stats (the same bits); invalid pixels and constant bands 0."""
-    mean = np.asarray(stats["mean"], dtype=np.float64)
-    std = np.asarray(stats["std"], dtype=np.float64)
+    mean = np.asarray(stats["mean"])  # Python floats: float64
+    std = np.asarray(stats["std"])
     std = np.where(std > 0, std, 1.0)
-    flat = z.reshape(-1, z.shape[-1])
-    step = STANDARDISE_CHUNK_VALUES // z.shape[-1]
+    rows, cols, bands = z.shape
+    flat = z.reshape(rows * cols, bands)
+    step = STANDARDISE_CHUNK_VALUES // bands
     for i in range(0, flat.shape[0], step):
-        t = flat[i : i + step].astype(np.float64)
+        t = np.array(flat[i : i + step], dtype=np.float64)
         t -= mean
         t /= std
         flat[i : i + step] = t
