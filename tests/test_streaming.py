@@ -145,6 +145,21 @@ def test_budget_sets_the_strips_and_all_bands_are_read(pair_files, tmp_path):
     pair.close()  # a second close does nothing
 
 
+def test_partial_windows_of_as_many_bands_as_columns(tmp_path):
+    """32 bands, 32 columns, tiles of 16x16 and a budget of one tile: windows half a row wide, each written row by
+    row into the scratch file (a window's band count equal to the file's width must not pass for a whole row)."""
+    rng = np.random.default_rng(4)
+    x1 = rng.normal(0, 1, (32, 32, 32)).astype(np.float32)
+    x2 = (x1 + rng.normal(0, 0.5, x1.shape)).astype(np.float32)
+    x1[:, 3, 20:25] = NODATA
+    tiles = ["TILED=YES", "BLOCKYSIZE=16", "BLOCKXSIZE=16"]
+    t1, t2 = write_tif(tmp_path / "t1.tif", x1, tiles), write_tif(tmp_path / "t2.tif", x2, tiles)
+    log = Recorder()
+    with load_pair_streamed(t1, t2, feedback=log, strip_values=16 * 16 * 32) as pair:
+        assert len(log.progress) == 4 + 4  # 2x2 windows of a tile, then strips of 8 rows
+        assert_same_as_in_memory(pair, load_pair(t1, t2), None)
+
+
 def test_a_window_without_valid_pixels_adds_nothing_to_the_moments(tmp_path):
     """T1's first block row (rows 0-31, the first window) is all nodata: the statistics are those of rows 32-63."""
     x1, x2 = dates(1)
