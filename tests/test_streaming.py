@@ -197,6 +197,8 @@ def test_refusals_leave_no_scratch_files(tmp_path):
     with load_pair_streamed(c1, v2, strip_values=1) as pair:
         assert pair.scaling["t1"]["constant_bands"] == [1, 2] and pair.scaling["t2"]["constant_bands"] == [2]
         assert not np.asarray(pair.x1s).any() and np.asarray(pair.x2s)[0].any()
+    with load_pair_streamed(v2, c1, strip_values=1) as pair:  # and the other way round
+        assert pair.scaling["t1"]["constant_bands"] == [2] and pair.scaling["t2"]["constant_bands"] == [1, 2]
 
 
 @pytest.mark.parametrize("cancel_after, progress", [(0, 0), (2, 2), (3, 3)])
