@@ -17,11 +17,14 @@ def test_band_and_pixel_layouts_are_the_transpositions(shape):
     np.testing.assert_array_equal(got, x.transpose(2, 0, 1))
     np.testing.assert_array_equal(band_layout(x[:, :, 1:]), x[:, :, 1:].transpose(2, 0, 1))
     back = pixel_layout(got)
-    assert back.flags.c_contiguous
+    assert back.flags.c_contiguous and back.dtype == np.float32
     np.testing.assert_array_equal(back, x)
     np.testing.assert_array_equal(pixel_layout(got[1:, :, 1:]), x[:, 1:, 1:])
     y = np.random.default_rng(1).integers(0, 9, size=shape[::-1]).astype(np.float64)
     np.testing.assert_array_equal(pixel_layout(y), y.transpose(1, 2, 0))
+    assert pixel_layout(y).dtype == band_layout(y.transpose(1, 2, 0)).dtype == np.float64
+    i16 = y.astype(np.int16)
+    assert pixel_layout(i16).dtype == band_layout(i16).dtype == np.int16
 
 
 def test_blocks_cover_every_pixel_once():

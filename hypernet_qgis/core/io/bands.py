@@ -42,44 +42,24 @@ def _flags(text: str | None, count: int) -> list[bool] | None:
 def bad_bands(path: str) -> tuple[list[int], str] | None:
     """1-based bands the file marks bad, and where it says so; None when it marks none (no bad band list)."""
     resolved = raster_io.resolve_raster_path(path)
-    gdal.PushErrorHandler("CPLQuietErrorHandler")
-    try:
-        ds = gdal.Open(resolved)
-    finally:
-        gdal.PopErrorHandler()
+    with raster_io.quiet_gdal():
+        try:
+            ds = gdal.Open(resolved)
+        except RuntimeError:  # when some other code turned GDAL exceptions on
+            ds = None
     if ds is None:
         return None
-    try:
-        n = ds.RasterCount
-        for domain, source in (("ENVI", "the ENVI header's bbl"), ("", "the bbl metadata")):
-            md = ds.GetMetadata(domain) or {}
-            text = md.get("bbl") or md.get("BBL")
-            good = _flags(text, n)
-            if good is not None:
-                return [i + 1 for i, ok in enumerate(good) if not ok], source
-        per_band = [
-            ds.GetRasterBand(i).GetMetadataItem("bbl") or ds.GetRasterBand(i).GetMetadataItem("BBL")
-            for i in range(1, n + 1)
-        ]
-        if any(v is not None for v in per_band):
-            bad = [i + 1 for i, v in enumerate(per_band) if v is not None and _flags(v, 1) == [False]]
-            return bad, "the bands' bbl metadata"
-        if ds.GetDriver().ShortName == "ENVI":  # a header GDAL did not expose: read it with spectral
-            for f in ds.GetFileList() or []:
-                if f.lower().endswith(".hdr"):
-                    try:
-                        from spectral.io import envi
-
-                        header = envi.read_envi_header(f)
-                    except Exception:  # noqa: BLE001  (a malformed header only means: no bad band list)
-                        return None
-                    value = header.get("bbl")
-                    good = _flags(",".join(value) if isinstance(value, list) else value, n)
-                    if good is not None:
-                        return [i + 1 for i, ok in enumerate(good) if not ok], "the ENVI header's bbl"
-        return None
-    finally:
-        ds = None
+    n = ds.RasterCount
+    # GetMetadataItem finds a key whatever its case (bbl, BBL, Bbl); GDAL's ENVI driver puts every header
+    # field in the ENVI domain, so no second parse of the header is needed
+    for domain, source in (("ENVI", "the ENVI header's bbl"), ("", "the bbl metadata")):
+        good = _flags(ds.GetMetadataItem("bbl", domain), n)
+        if good is not None:
+            return [i + 1 for i, ok in enumerate(good) if not ok], source
+    per_band = [ds.GetRasterBand(i).GetMetadataItem("bbl") for i in range(1, n + 1)]
+    if any(v is not None for v in per_band):
+        return [i + 1 for i, v in enumerate(per_band) if _flags(v, 1) == [False]], "the bands' bbl metadata"
+    return None
 
 
 def water_bands(wavelengths_nm: Sequence[float]) -> list[int]:
@@ -122,11 +102,9 @@ def choose_bands(
     if drop_bad:
         for what, path, info in (("T1", t1, info1), ("T2", t2, info2)):
             found = bad_bands(path)
-            if found is None:
+            if found is None or info.bands != n:  # another band count: the grid check reports it
                 continue
             bad, source = found
-            if info.bands != n:
-                continue  # the grid check reports the band counts
             hit = [b for b in bad if b in selected]
             if hit:
                 feedback.info(

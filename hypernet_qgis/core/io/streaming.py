@@ -71,13 +71,11 @@ class WindowReader:
         return start, max(start, stop)
 
     def __getitem__(self, key) -> np.ndarray:
-        if not isinstance(key, tuple):
-            key = (key,)
-        key = key + (slice(None),) * (3 - len(key))
+        kb, kr, kc = ((key if isinstance(key, tuple) else (key,)) + (slice(None), slice(None)))[:3]
         bands, rows, cols = self.shape
-        b0, b1 = self._range(key[0], bands)
-        r0, r1 = self._range(key[1], rows)
-        c0, c1 = self._range(key[2], cols)
+        b0, b1 = self._range(kb, bands)
+        r0, r1 = self._range(kr, rows)
+        c0, c1 = self._range(kc, cols)
         buf = np.empty((r1 - r0, c1 - c0, bands), dtype=np.float32)
         if buf.size:
             if self._fd is None:
@@ -98,8 +96,7 @@ class WindowReader:
         return _read_rows(self._fd, r0, r1, cols, bands)
 
     def __array__(self, dtype=None, copy=None) -> np.ndarray:
-        out = self[:, :, :]
-        return out if dtype is None else out.astype(dtype, copy=False)
+        return np.asarray(self[:, :, :], dtype=dtype)
 
 
 @dataclass
@@ -144,7 +141,7 @@ class _BandMoments:
 
     def add(self, x: np.ndarray, valid: np.ndarray) -> None:
         """Add a window (bands, rows, cols) of one date at its ``valid`` pixels."""
-        v = (x.reshape(x.shape[0], -1) if valid.all() else x[:, valid]).astype(np.float64)
+        v = np.array(x.reshape(x.shape[0], -1) if valid.all() else x[:, valid], dtype=np.float64)
         m = v.shape[1]
         if not m:
             return
@@ -159,12 +156,11 @@ class _BandMoments:
         self.n = n
 
     def stats(self, rtol: float = 1e-6) -> dict:
-        """The scaling.band_stats dictionary (population std; constant bands listed 1-based)."""
-        std = np.sqrt(self.m2 / max(1, self.n))
-        if not (np.isfinite(self.mean).all() and np.isfinite(std).all()):
-            bad = int(np.flatnonzero(~(np.isfinite(self.mean) & np.isfinite(std)))[0]) + 1
-            raise InputError(f"Band {bad} has non-finite values on valid pixels; check the input's nodata.")
-        constant = [b + 1 for b in range(len(std)) if std[b] == 0.0 or std[b] <= rtol * abs(self.mean[b])]
+        """The scaling.band_stats dictionary (population std; constant bands listed 1-based). Needs a valid pixel
+        (``n`` > 0). Its values are finite: raster_io counts a non-finite value as nodata, and float32 values
+        cannot overflow float64 sums."""
+        std = np.sqrt(self.m2 / self.n)
+        constant = [b + 1 for b in range(len(std)) if std[b] <= rtol * abs(self.mean[b])]
         return {
             "method": "zscore",
             "mean": self.mean.tolist(),
@@ -175,18 +171,22 @@ class _BandMoments:
 
 
 def _strips(rows: int, cols: int, bands: int, strip_values: int) -> list[tuple[int, int]]:
-    step = max(1, strip_values // max(1, cols * bands))
+    step = max(1, strip_values // (cols * bands))
     return [(r, min(rows, r + step)) for r in range(0, rows, step)]
 
 
 def _write_window(fd: int, a: np.ndarray, r0: int, c0: int, cols: int) -> None:
     """Write a (rows, cols_w, bands) float32 window at (r0, c0) of a pixel-interleaved file of ``cols`` columns."""
-    rows_w, cols_w, bands = a.shape
-    if cols_w == cols:
-        _pwrite_all(fd, a.data.cast("B"), r0 * cols * bands * 4)
+    if a.shape[1] == cols:
+        _write_rows(fd, a, r0)
         return
-    for i in range(rows_w):
-        _pwrite_all(fd, a[i].data.cast("B"), ((r0 + i) * cols + c0) * bands * 4)
+    for i in range(a.shape[0]):
+        _pwrite_all(fd, a[i].data.cast("B"), ((r0 + i) * cols + c0) * a.shape[2] * 4)
+
+
+def _write_rows(fd: int, a: np.ndarray, r0: int) -> None:
+    """Write whole rows (rows, cols, bands) float32 at row ``r0`` of a pixel-interleaved file of ``cols`` columns."""
+    _pwrite_all(fd, a.data.cast("B"), r0 * a.shape[1] * a.shape[2] * 4)
 
 
 def _pwrite_all(fd: int, data: memoryview, offset: int) -> None:
@@ -203,7 +203,7 @@ def _read_rows(fd: int, r0: int, r1: int, cols: int, bands: int) -> np.ndarray:
     view, offset = out.data.cast("B"), r0 * cols * bands * 4
     while len(view):
         got = os.preadv(fd, [view], offset)
-        if got <= 0:
+        if not got:  # end of file (an error raises)
             raise OSError("short read from a scratch file")
         view, offset = view[got:], offset + got
     return out
@@ -216,18 +216,18 @@ STANDARDISE_CHUNK_VALUES = 4 * 2**20
 def _standardise_in_place(z: np.ndarray, valid: np.ndarray, stats: dict) -> np.ndarray:
     """(z - mean) / std per band of a (rows, cols, bands) float32 strip, in place, computed in float64 as
     scaling.apply_stats (the same bits); invalid pixels and constant bands 0."""
-    mean = np.asarray(stats["mean"], dtype=np.float64)
-    std = np.asarray(stats["std"], dtype=np.float64)
+    mean = np.asarray(stats["mean"])  # Python floats: float64
+    std = np.asarray(stats["std"])
     std = np.where(std > 0, std, 1.0)
-    flat = z.reshape(-1, z.shape[-1])
-    step = max(1, STANDARDISE_CHUNK_VALUES // max(1, z.shape[-1]))
+    rows, cols, bands = z.shape
+    flat = z.reshape(rows * cols, bands)
+    step = STANDARDISE_CHUNK_VALUES // bands
     for i in range(0, flat.shape[0], step):
-        t = flat[i : i + step].astype(np.float64)
+        t = np.array(flat[i : i + step], dtype=np.float64)
         t -= mean
         t /= std
         flat[i : i + step] = t
-    if stats["constant_bands"]:
-        z[:, :, [b - 1 for b in stats["constant_bands"]]] = 0.0
+    z[:, :, [b - 1 for b in stats["constant_bands"]]] = 0.0
     z[~valid] = 0.0
     return z
 
@@ -295,12 +295,12 @@ def load_pair_streamed(
                 v = valid[r0:r1]
                 z1 = _standardise_in_place(_read_rows(f1.fileno(), r0, r1, cols, nb), v, s1)
                 z2 = _standardise_in_place(_read_rows(f2.fileno(), r0, r1, cols, nb), v, s2)
-                _write_window(f1.fileno(), z1, r0, 0, cols)
-                _write_window(f2.fileno(), z2, r0, 0, cols)
+                _write_rows(f1.fileno(), z1, r0)
+                _write_rows(f2.fileno(), z2, r0)
                 z2 -= z1
                 del z1
-                d = np.sqrt(np.einsum("ijk,ijk->ij", z2, z2, dtype=np.float64)).astype(np.float32)
-                cva[r0:r1] = np.where(v, d, np.nan)
+                d = np.sqrt(np.einsum("ijk,ijk->ij", z2, z2, dtype=np.float64))
+                cva[r0:r1] = np.where(v, d, np.nan)  # float64 -> float32 on assignment
                 del z2
                 feedback.set_progress((len(windows) + i + 1) / total)
         shape = (nb, rows, cols)
