@@ -168,16 +168,23 @@ _DETECT_SCRIPT = textwrap.dedent(
 )
 
 
-def detection_peak_mb(side: int, bands: int, width: int, budget: int, alloc: str = "system") -> dict:
-    """Peak RSS (MB, whole process: engine import included) of a detection of a disk-backed side x side pair."""
+def _child_env(alloc: str, threads: int) -> dict[str, str]:
+    """The environment of a measured child process: this checkout, ``threads`` threads, the system allocator or
+    tcmalloc preloaded (skips when tcmalloc is not installed)."""
     from hypernet_qgis.core.hypernet import allocator
 
     env = {k: v for k, v in os.environ.items() if k not in ("LD_PRELOAD", allocator.ENV_DONE, allocator.ENV_CHOICE)}
-    env.update(PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
+    env.update(PYTHONPATH=str(REPO), OMP_NUM_THREADS=str(threads))
     if alloc == "tcmalloc":
         env = allocator.preload_environment(env)
         if env is None:
             pytest.skip("tcmalloc is not installed")
+    return env
+
+
+def detection_peak_mb(side: int, bands: int, width: int, budget: int, alloc: str = "system") -> dict:
+    """Peak RSS (MB, whole process: engine import included) of a detection of a disk-backed side x side pair."""
+    env = _child_env(alloc, threads=1)
     res = subprocess.run(
         [sys.executable, "-c", _DETECT_SCRIPT, str(side), str(bands), str(width), str(budget)],
         capture_output=True,
@@ -251,20 +258,11 @@ def test_a_whole_detect_job_stays_within_budget_plus_half_a_gigabyte(tmp_path, a
     in memory) at a 1024 MB budget goes by windows and tiles, and the whole process (engine included) peaks
     within budget + 0.5 GB on both allocators. A job used to hold training's freed blocks and each tiled pass's
     through detection (1000 x 1000 x 224 at 1024 MB: 1.53 GB, BENCHMARKS.md)."""
-    import sys
-
     sys.path.insert(0, str(REPO / "tools"))
     import bench_speed
 
-    from hypernet_qgis.core.hypernet import allocator
-
     bench_speed._write_geotiffs(str(tmp_path), 224, 700, 700)
-    env = {k: v for k, v in os.environ.items() if k not in ("LD_PRELOAD", allocator.ENV_DONE, allocator.ENV_CHOICE)}
-    env.update(PYTHONPATH=str(REPO), OMP_NUM_THREADS="2")
-    if alloc == "tcmalloc":
-        env = allocator.preload_environment(env)
-        if env is None:
-            pytest.skip("tcmalloc is not installed")
+    env = _child_env(alloc, threads=2)
     budget = 1024
     res = subprocess.run(
         [
