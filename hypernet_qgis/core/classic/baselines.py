@@ -216,6 +216,52 @@ def _irmad_sample(
     return np.concatenate(parts1, axis=1), np.concatenate(parts2, axis=1)
 
 
+def _transform_on_stored_values(
+    bands: int,
+    keep: np.ndarray,
+    ca: np.ndarray,
+    cb: np.ndarray,
+    mean: np.ndarray,
+    centring: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray],
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The final MAD transform as it applies to the dates' stored values (all bands): M = (x - l1) A - (y - l2) B
+    - offset, so that a strip needs one subtraction and one matrix product a date and no selection of bands.
+
+    ``ca^T ((x_keep - loc1) / scale1 - mean_1)`` is ``(ca / scale1)^T (x_keep - loc1) - ca^T mean_1``: A is
+    ``ca / scale1`` on the kept bands and 0 on the others (l1: loc1 there, 0 elsewhere). float32, from the
+    float64 fit; the centring stays a subtraction (folding it into the offset would cancel in float32 on raw
+    values far from 0)."""
+    loc1, scale1, loc2, scale2 = centring
+    p = ca.shape[1]
+    a_all, b_all = np.zeros((bands, p)), np.zeros((bands, p))
+    l1, l2 = np.zeros(bands), np.zeros(bands)
+    a_all[keep], b_all[keep] = ca / scale1, cb / scale2
+    l1[keep], l2[keep] = loc1[:, 0], loc2[:, 0]
+    offset = ca.T @ mean[:p] - cb.T @ mean[p:]
+    return tuple(t.astype(np.float32) for t in (l1, a_all, l2, b_all, offset))  # type: ignore[return-value]
+
+
+def _centred_pixels(x, r0: int, r1: int, loc: np.ndarray) -> np.ndarray:
+    """Rows r0:r1 of a date minus ``loc`` (bands,), as a (pixels, bands) float32 matrix (in place in a window
+    source's fresh read; an array's bands are read through a transposed view)."""
+    if hasattr(x, "pixels"):
+        m = x.pixels(r0, r1).reshape(-1, int(x.shape[0]))
+        m -= loc
+        return m
+    return np.asarray(x[:, r0:r1, :], dtype=np.float32).reshape(int(x.shape[0]), -1).T - loc
+
+
+def _chi2_of_rows(x1, x2, r0: int, r1: int, transform: tuple[np.ndarray, ...], var: np.ndarray) -> np.ndarray:
+    """chi2 of every pixel of rows r0:r1 (row-major, invalid pixels included), float32."""
+    l1, a, l2, b, offset = transform
+    mad = _centred_pixels(x1, r0, r1, l1) @ a
+    mad -= _centred_pixels(x2, r0, r1, l2) @ b
+    mad -= offset
+    mad *= mad
+    mad /= var
+    return mad.sum(axis=1)
+
+
 def irmad_details(
     x1,
     x2,
@@ -300,16 +346,14 @@ def irmad_details(
     else:  # the final transform on every pixel, strip by strip
         chi2_map = np.full(valid.shape, np.nan, dtype=np.float32)
         # in float32 (twice the speed of float64 on every pixel; the transform came from float64 iterations)
-        final = [t.astype(np.float32) for t in (ca, cb, mean, var)]
+        transform = _transform_on_stored_values(int(x1.shape[0]), keep, ca, cb, mean, (loc1, scale1, loc2, scale2))
+        var32 = var.astype(np.float32)
         for r0, r1 in strips:
             check_cancelled(feedback)
             v = valid[r0:r1]
-            if not v.any():
-                continue
-            # (pixels, bands) as read; the transposed views go to _chi2's matrix products as they are
-            sa = (_pixel_rows(x1, r0, r1)[v][:, keep].astype(np.float32, copy=False) - loc1[:, 0]) / scale1[:, 0]
-            sb = (_pixel_rows(x2, r0, r1)[v][:, keep].astype(np.float32, copy=False) - loc2[:, 0]) / scale2[:, 0]
-            chi2_map[r0:r1][v] = _chi2(sa.T, sb.T, *final)
+            if v.any():
+                with np.errstate(over="ignore", invalid="ignore"):  # (nodata values of invalid pixels, dropped)
+                    chi2_map[r0:r1][v] = _chi2_of_rows(x1, x2, r0, r1, transform, var32)[v.ravel()]
     details = {
         "chi2": chi2_map,
         "rho": rho.tolist(),
