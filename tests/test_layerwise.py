@@ -58,8 +58,10 @@ def test_per_date_features_equal_training_mode_whole_image(image, tile, in_memor
     with Scratch(rows, cols, np.float64, in_memory, str(tmp_path)) as scratch:
         date = date_features(model, image, tile, "cpu", scratch, "a_", per_date=True)
         np.testing.assert_allclose(_all_features(date, rows, cols, tile), expected, rtol=1e-9, atol=1e-9)
-        if not in_memory:
-            assert len(list(tmp_path.glob("hypernet-layers-*/*.bin"))) == 2  # only the fuse maps are left
+        assert set(scratch.maps) == {"a_fs", "a_fq"}  # only the fuse maps are in use
+        if not in_memory:  # a dropped map's file was overwritten by a later map: no more files than the most
+            # maps in use at once (q1 and the second spatial pass's inputs and outputs)
+            assert len(list(tmp_path.glob("hypernet-layers-*/*.bin"))) <= 5
     assert not list(tmp_path.iterdir())  # scratch files removed
 
 
@@ -175,3 +177,44 @@ def test_cancelled(image):
 
     with Scratch(31, 27, np.float64, True) as scratch, pytest.raises(Cancelled):
         date_features(_model(), image, 8, "cpu", scratch, feedback=Cancel())
+
+
+@pytest.mark.parametrize("in_memory", [True, False])
+def test_scratch_reuses_a_dropped_map_of_the_same_size(in_memory, tmp_path):
+    """A dropped map serves the next map of as many channels (same file or array, overwritten); a map of another
+    size frees the kept ones first; close deletes every file. Windows come back as written, pixel-interleaved."""
+    a = np.arange(2 * 5 * 7 * 3, dtype=np.float32).reshape(1, 3, 10, 7)
+    with Scratch(10, 7, np.float32, in_memory, str(tmp_path)) as scratch:
+        scratch.new("a", 3)
+        scratch.write("a", (0, 10, 0, 7), torch.from_numpy(a))
+        np.testing.assert_array_equal(scratch.read("a", (2, 6, 1, 5)), a[0, :, 2:6, 1:5].transpose(1, 2, 0))
+        first = scratch.maps["a"]
+        scratch.drop("a")
+        scratch.new("b", 3)
+        assert scratch.maps["b"] is first
+        scratch.write("b", (0, 10, 0, 7), torch.from_numpy(-a).contiguous(memory_format=torch.channels_last))
+        np.testing.assert_array_equal(scratch.read("b", (0, 10, 0, 7)), -a[0].transpose(1, 2, 0))
+        scratch.drop("b")
+        scratch.new("c", 4)
+        assert scratch.maps["c"] is not first
+        if not in_memory:
+            assert len(list(tmp_path.glob("hypernet-layers-*/*.bin"))) == 1  # b's file went with it
+    assert not list(tmp_path.iterdir())
+
+
+def test_tiled_passes_over_a_window_reader_equal_the_array(tmp_path):
+    """A scratch-file date (streaming.WindowReader, read pixel-interleaved) gives the features of the same array."""
+    from hypernet_qgis.core.io.streaming import WindowReader
+
+    model = _model().float()
+    x = np.random.default_rng(3).normal(size=(6, 23, 19)).astype(np.float32)
+    path = tmp_path / "x.f32"
+    path.write_bytes(np.ascontiguousarray(x.transpose(1, 2, 0)).tobytes())
+    reader = WindowReader(str(path), x.shape)
+    out = []
+    for source in (x, reader):
+        with Scratch(23, 19, np.float32, True) as scratch:
+            date = date_features(model, source, 8, "cpu", scratch)
+            out.append(np.stack([_all_features(date, 23, 19, 8)]))
+    reader.close()
+    np.testing.assert_array_equal(out[0], out[1])

@@ -268,7 +268,7 @@ def test_a_truncated_scratch_file_is_a_short_read(tmp_path):
     fd = os.open(path, os.O_RDONLY)
     try:
         np.testing.assert_array_equal(streaming._read_rows(fd, 1, 4, 4, 3), x[1:4])
-        with pytest.raises(OSError, match="^short read from a scratch file$"):
+        with pytest.raises(OSError, match=r"^short read from a scratch file \(row 4\)$"):
             streaming._read_rows(fd, 3, 5, 4, 3)
     finally:
         os.close(fd)

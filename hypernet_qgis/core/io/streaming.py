@@ -76,24 +76,28 @@ class WindowReader:
         b0, b1 = self._range(kb, bands)
         r0, r1 = self._range(kr, rows)
         c0, c1 = self._range(kc, cols)
-        buf = np.empty((r1 - r0, c1 - c0, bands), dtype=np.float32)
-        if buf.size:
-            if self._fd is None:
-                raise OSError(f"{self.path} is closed")
-            row_bytes = (c1 - c0) * bands * 4
-            for i, r in enumerate(range(r0, r1)):
-                got = os.preadv(self._fd, [memoryview(buf[i]).cast("B")], ((r * cols + c0) * bands) * 4)
-                if got != row_bytes:
-                    raise OSError(f"short read from {self.path} (row {r})")
-        return band_layout(buf[:, :, b0:b1])
+        return band_layout(self.pixel_window(r0, r1, c0, c1)[:, :, b0:b1])
 
-    def pixels(self, r0: int, r1: int) -> np.ndarray:
-        """Rows r0:r1 as stored, (rows, cols, bands): one read, no transposition (IR-MAD's strips)."""
+    def pixel_window(self, r0: int, r1: int, c0: int, c1: int) -> np.ndarray:
+        """The window rows r0:r1, columns c0:c1 as stored, (rows, cols, bands): whole rows in one read, else one
+        ``preadv`` a row; no transposition (IR-MAD's strips, the tiled passes' channels-last windows)."""
         bands, rows, cols = self.shape
         r0, r1 = self._range(slice(r0, r1), rows)
+        c0, c1 = self._range(slice(c0, c1), cols)
         if self._fd is None:
             raise OSError(f"{self.path} is closed")
-        return _read_rows(self._fd, r0, r1, cols, bands)
+        if c0 == 0 and c1 == cols:
+            return _read_rows(self._fd, r0, r1, cols, bands, self.path)
+        buf = np.empty((r1 - r0, c1 - c0, bands), dtype=np.float32)
+        row_bytes = (c1 - c0) * bands * 4
+        for i, r in enumerate(range(r0, r1)):
+            if os.preadv(self._fd, [memoryview(buf[i]).cast("B")], ((r * cols + c0) * bands) * 4) != row_bytes:
+                raise OSError(f"short read from {self.path} (row {r})")
+        return buf
+
+    def pixels(self, r0: int, r1: int) -> np.ndarray:
+        """Rows r0:r1 as stored, (rows, cols, bands)."""
+        return self.pixel_window(r0, r1, 0, self.shape[2])
 
     def __array__(self, dtype=None, copy=None) -> np.ndarray:
         return np.asarray(self[:, :, :], dtype=dtype)
@@ -195,8 +199,8 @@ def _pwrite_all(fd: int, data: memoryview, offset: int) -> None:
         data, offset = data[done:], offset + done
 
 
-def _read_rows(fd: int, r0: int, r1: int, cols: int, bands: int) -> np.ndarray:
-    """Rows r0:r1 of a pixel-interleaved float32 file as (rows, cols, bands)."""
+def _read_rows(fd: int, r0: int, r1: int, cols: int, bands: int, name: str = "a scratch file") -> np.ndarray:
+    """Rows r0:r1 of a pixel-interleaved float32 file as (rows, cols, bands); ``name`` for a short read's message."""
     out = np.empty((r1 - r0, cols, bands), dtype=np.float32)
     if not out.size:
         return out
@@ -204,7 +208,7 @@ def _read_rows(fd: int, r0: int, r1: int, cols: int, bands: int) -> np.ndarray:
     while len(view):
         got = os.preadv(fd, [view], offset)
         if not got:  # end of file (an error raises)
-            raise OSError("short read from a scratch file")
+            raise OSError(f"short read from {name} (row {offset // (cols * bands * 4)})")
         view, offset = view[got:], offset + got
     return out
 
