@@ -218,3 +218,20 @@ def test_tiled_passes_over_a_window_reader_equal_the_array(tmp_path):
             out.append(np.stack([_all_features(date, 23, 19, 8)]))
     reader.close()
     np.testing.assert_array_equal(out[0], out[1])
+
+
+def test_windows_become_channels_last_tensors_without_a_copy():
+    """A pixel-interleaved window is a channels-last tensor over the same memory, with the strides of a
+    channels-last batch: oneDNN then keeps the format, so a conv's output goes back to scratch as a view (a batch
+    stride torch did not expect made the convs channels-first again: slower, and a copy a row on every write)."""
+    from hypernet_qgis.core.hypernet.layerwise import as_pixels, as_tensor
+
+    pixels = np.random.default_rng(0).normal(size=(9, 11, 6)).astype(np.float32)
+    t = as_tensor(pixels)
+    assert t.shape == (1, 6, 9, 11) and t.is_contiguous(memory_format=torch.channels_last)
+    assert t.data_ptr() == pixels.ctypes.data and t.stride() == (9 * 11 * 6, 1, 11 * 6, 6)
+    out = nn.functional.conv2d(t[..., 1:8, 2:10], torch.randn(4, 6, 3, 3), padding=1)
+    assert out.is_contiguous(memory_format=torch.channels_last)
+    back = as_pixels(out)
+    assert back.shape == (7, 8, 4) and back.flags.c_contiguous  # a view: rows go to pwrite as they are
+    np.testing.assert_array_equal(as_pixels(t), pixels)
