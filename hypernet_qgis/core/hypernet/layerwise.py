@@ -291,11 +291,6 @@ class DateFeatures:
             [batch_norm(bn1, self.norms[bn1], spatial), batch_norm(bn2, self.norms[bn2], spectral)], dim=1
         )[0]
 
-    def drop(self) -> None:
-        """Delete this date's maps."""
-        for name in ("fs", "fq"):
-            self.scratch.drop(self.prefix + name)
-
 
 class _Passes:
     """The passes of one date (see the module docstring)."""
