@@ -623,3 +623,37 @@ def test_irmad_of_identical_dates_clips_the_correlations_at_1():
         x = np.random.default_rng(seed).normal(size=(4, 20, 20)).astype(np.float32)
         d = irmad_details(x, x.copy(), np.ones((20, 20), bool), ridge=0.0, max_iter=1)
         assert all(0.999999 < r <= 1.0 for r in d["rho"])
+
+
+@pytest.mark.parametrize("source", ["arrays", "window readers"])
+def test_irmad_map_pass_folds_the_centring_and_band_selection_into_the_transform(source, tmp_path):
+    """The final map pass (stored values, all bands, one product a date) gives sum_i M_i^2 / var_i of the MAD
+    variates on the kept bands after IR-MAD's own centring and scaling: raw values near 1000, a dropped band."""
+    from hypernet_qgis.core.classic.baselines import _chi2, _chi2_of_rows, _transform_on_stored_values
+    from hypernet_qgis.core.io.streaming import WindowReader
+
+    rng = np.random.default_rng(5)
+    bands, rows, cols, p = 5, 6, 7, 4
+    x = rng.normal(1000.0, 30.0, (bands, rows, cols)).astype(np.float32)
+    y = rng.normal(-500.0, 10.0, (bands, rows, cols)).astype(np.float32)
+    keep = np.array([True, True, False, True, True])
+    ca, cb = rng.normal(size=(p, p)), rng.normal(size=(p, p))
+    mean, var = rng.normal(scale=0.1, size=2 * p), rng.uniform(0.5, 2.0, p)
+    loc1, scale1 = rng.normal(1000.0, 1.0, (p, 1)), rng.uniform(20.0, 40.0, (p, 1))
+    loc2, scale2 = rng.normal(-500.0, 1.0, (p, 1)), rng.uniform(5.0, 15.0, (p, 1))
+    sa = (x[keep].reshape(p, -1).astype(np.float64) - loc1) / scale1
+    sb = (y[keep].reshape(p, -1).astype(np.float64) - loc2) / scale2
+    expected = _chi2(sa, sb, ca, cb, mean, var)
+    transform = _transform_on_stored_values(bands, keep, ca, cb, mean, (loc1, scale1, loc2, scale2))
+    if source == "arrays":
+        d1, d2 = x, y
+    else:
+        readers = []
+        for name, d in (("x", x), ("y", y)):
+            (tmp_path / name).write_bytes(np.ascontiguousarray(d.transpose(1, 2, 0)).tobytes())
+            readers.append(WindowReader(str(tmp_path / name), d.shape))
+        d1, d2 = readers
+    got = np.concatenate([_chi2_of_rows(d1, d2, r, r + 2, transform, var.astype(np.float32)) for r in (0, 2, 4)])
+    np.testing.assert_allclose(got, expected, rtol=2e-4)
+    if source != "arrays":  # the reads were changed in place, not the files
+        np.testing.assert_array_equal(np.asarray(d1), x)

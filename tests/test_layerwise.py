@@ -59,6 +59,8 @@ def test_per_date_features_equal_training_mode_whole_image(image, tile, in_memor
         date = date_features(model, image, tile, "cpu", scratch, "a_", per_date=True)
         np.testing.assert_allclose(_all_features(date, rows, cols, tile), expected, rtol=1e-9, atol=1e-9)
         assert set(scratch.maps) == {"a_fs", "a_fq"}  # only the fuse maps are in use
+        if in_memory:  # the arrays kept for reuse are freed with the date's passes (files are kept)
+            assert not scratch._kept
         if not in_memory:  # a dropped map's file was overwritten by a later map: no more files than the most
             # maps in use at once (q1 and the second spatial pass's inputs and outputs)
             assert len(list(tmp_path.glob("hypernet-layers-*/*.bin"))) <= 5
@@ -156,13 +158,22 @@ def test_tiled_detection_equals_whole_image_on_disk_scratch(tmp_path):
     assert np.nanmax(np.abs(tiled - whole)) <= 1e-4 * (np.nanmax(whole) - np.nanmin(whole))
 
 
-def test_channel_stats_merge_equals_whole():
+@pytest.mark.parametrize("way", ["numpy", "numpy in chunks of 7 pixels", "torch (the CUDA path)"])
+def test_channel_stats_merge_equals_whole(way, monkeypatch):
+    """Tiles of a channels-last map, one of a single pixel and an empty one: the whole map's moments."""
+    from hypernet_qgis.core.hypernet import layerwise
+
+    if "chunks" in way:
+        monkeypatch.setattr(layerwise, "STATS_CHUNK_PIXELS", 7)
     rng = np.random.default_rng(0)
-    a = torch.from_numpy(rng.normal(3.0, 2.0, (1, 4, 30, 20)))
+    a = torch.from_numpy(rng.normal(3.0, 2.0, (1, 4, 30, 20))).contiguous(memory_format=torch.channels_last)
     stats = ChannelStats()
-    for r0 in range(0, 30, 7):
-        stats.add(a[:, :, r0 : r0 + 7])
-    stats.add(a[:, :, :0])
+    add = stats.add_by_torch if way.startswith("torch") else stats.add
+    for r0 in range(0, 29, 7):
+        add(a[:, :, r0 : min(29, r0 + 7)])
+    add(a[:, :, 29:, :19])
+    add(a[:, :, 29:, 19:])  # one pixel
+    add(a[:, :, :0])
     mean, var = stats.norm(torch.float64)
     torch.testing.assert_close(mean, a.mean(dim=(0, 2, 3)), rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(var, a.var(dim=(0, 2, 3), unbiased=False), rtol=1e-12, atol=1e-12)
@@ -203,7 +214,8 @@ def test_scratch_reuses_a_dropped_map_of_the_same_size(in_memory, tmp_path):
 
 
 def test_tiled_passes_over_a_window_reader_equal_the_array(tmp_path):
-    """A scratch-file date (streaming.WindowReader, read pixel-interleaved) gives the features of the same array."""
+    """A scratch-file date (streaming.WindowReader, read pixel-interleaved) and a read-only array give the features
+    of the same array."""
     from hypernet_qgis.core.io.streaming import WindowReader
 
     model = _model().float()
@@ -211,13 +223,16 @@ def test_tiled_passes_over_a_window_reader_equal_the_array(tmp_path):
     path = tmp_path / "x.f32"
     path.write_bytes(np.ascontiguousarray(x.transpose(1, 2, 0)).tobytes())
     reader = WindowReader(str(path), x.shape)
+    read_only = x.copy()
+    read_only.setflags(write=False)
     out = []
-    for source in (x, reader):
+    for source in (x, reader, read_only):
         with Scratch(23, 19, np.float32, True) as scratch:
             date = date_features(model, source, 8, "cpu", scratch)
             out.append(np.stack([_all_features(date, 23, 19, 8)]))
     reader.close()
     np.testing.assert_array_equal(out[0], out[1])
+    np.testing.assert_array_equal(out[0], out[2])
 
 
 def test_windows_become_channels_last_tensors_without_a_copy():

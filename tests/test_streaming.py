@@ -230,6 +230,31 @@ def test_a_scratch_folder_removed_meanwhile_does_not_hide_the_error(pair_files, 
     assert os.listdir(scratch_dir) == []
 
 
+@pytest.mark.parametrize("which", [0, 1])
+def test_an_unreadable_tile_of_either_date_is_reported_from_its_thread(tmp_path, which):
+    """The dates are read in two threads: a corrupt tile of either one stops the read with raster_io's message
+    (GDAL's reason captured in that thread), and the scratch files go."""
+    scratch_dir = tmp_path / "scratch"
+    scratch_dir.mkdir()
+    x1, x2 = dates()
+    paths = [
+        write_tif(tmp_path / f"d{k}.tif", x, TILED_32x16 + ["COMPRESS=DEFLATE", "INTERLEAVE=BAND"])
+        for k, x in enumerate((x1, x2))
+    ]
+    ds = gdal.Open(paths[which])
+    band = ds.GetRasterBand(3)
+    offset, size = (int(band.GetMetadataItem(f"BLOCK_{k}_1_1", "TIFF")) for k in ("OFFSET", "SIZE"))
+    band = ds = None
+    with open(paths[which], "r+b") as fh:
+        fh.seek(offset)
+        fh.write(b"\xff" * size)
+    with pytest.raises(InputError) as err:
+        load_pair_streamed(*paths, scratch_dir=str(scratch_dir), strip_values=1)
+    assert str(err.value).startswith(f"Band 3 of d{which}.tif could not be read (GDAL: ")
+    assert "TIFFReadEncodedTile" in str(err.value)
+    assert os.listdir(scratch_dir) == []
+
+
 def test_whole_pair_mb_counts_the_bands_read(pair_files):
     info = raster_io.raster_info(pair_files[0])
     assert streaming.whole_pair_mb(info) == memory.whole_pair_mb(5, ROWS, COLS) == 4 * 5 * 64 * 96 * 4 / 2**20
@@ -284,7 +309,7 @@ def test_a_write_cut_short_is_continued_then_reports_the_error(tmp_path):
     resource.setrlimit(resource.RLIMIT_FSIZE, (4096 + 100, hard))
     try:
         with pytest.raises(OSError) as err:
-            streaming._pwrite_all(fd, memoryview(bytes(range(200))), 4096 - 50)
+            streaming.pwrite_all(fd, memoryview(bytes(range(200))), 4096 - 50)
     finally:
         resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
         signal.signal(signal.SIGXFSZ, handler)

@@ -35,6 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..io.streaming import pwrite_all
 from ..memory import release_free_memory
 from ..progress import Feedback, check_cancelled
 from .network import RCAB, RSAB, ChannelAttention, HyperNet, part
@@ -87,7 +88,7 @@ class _DiskMap:
 
     def write(self, r0: int, c0: int, a: np.ndarray) -> None:
         for i in range(a.shape[0]):
-            os.pwrite(self.fd, np.ascontiguousarray(a[i]).data.cast("B"), self._offset(r0 + i, c0))
+            pwrite_all(self.fd, np.ascontiguousarray(a[i]).data.cast("B"), self._offset(r0 + i, c0))
 
     def read(self, win: Tile) -> np.ndarray:
         r0, r1, c0, c1 = win
@@ -116,6 +117,7 @@ class _MemoryMap:
         self.array[r0 : r0 + a.shape[0], c0 : c0 + a.shape[1]] = a
 
     def read(self, win: Tile) -> np.ndarray:
+        """The window (a view when it is whole rows: a pass never writes the maps it reads)."""
         r0, r1, c0, c1 = win
         return np.ascontiguousarray(self.array[r0:r1, c0:c1])
 
@@ -204,11 +206,7 @@ class ChannelStats:
         if not m:
             return
         if a.device.type != "cpu":
-            # a training-mode batch_norm with momentum 1 leaves the batch mean and unbiased variance in its buffers
-            mean_b = torch.zeros(a.shape[1], dtype=a.dtype, device=a.device)
-            var_b = torch.ones_like(mean_b)
-            F.batch_norm(a, mean_b, var_b, None, None, True, 1.0, 1e-5)
-            self._merge(m, mean_b.double(), var_b.double() * (m - 1), a.amax(dim=(0, 2, 3)), a.amin(dim=(0, 2, 3)))
+            self.add_by_torch(a)
             return
         # on the CPU, over the (pixels, channels) matrix by numpy, chunk by chunk: torch's reductions over the pixels
         # of a channels-last map, or over the rows of that matrix, are 4-7x slower (C = 50: 68 ms against 17)
@@ -222,6 +220,13 @@ class ChannelStats:
             del centred
             hi, lo = chunk.max(axis=0), chunk.min(axis=0)
             self._merge(len(chunk), *(torch.from_numpy(np.asarray(v)) for v in (mean_b, m2_b, hi, lo)))
+
+    def add_by_torch(self, a: torch.Tensor) -> None:
+        """:meth:`add` by torch's reductions, where the map is (a CUDA device); any number of pixels, one too."""
+        m = a.shape[0] * a.shape[2] * a.shape[3]
+        if m:
+            var_b, mean_b = torch.var_mean(a, dim=(0, 2, 3), correction=0)
+            self._merge(m, mean_b.double(), var_b.double() * m, a.amax(dim=(0, 2, 3)), a.amin(dim=(0, 2, 3)))
 
     def _merge(self, m: int, mean_b: torch.Tensor, m2_b: torch.Tensor, hi: torch.Tensor, lo: torch.Tensor) -> None:
         """Merge the count, mean and centred sum of squares (float64), max and min of ``m`` more pixels."""

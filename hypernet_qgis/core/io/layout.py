@@ -3,7 +3,8 @@
 Training and the in-memory route compute on band-sequential arrays (torch's channels-first); scenes larger than
 memory are kept pixel-interleaved in scratch files (a window is then one contiguous run a row). These copies go
 between the two: the input windows into the scratch files, a training crop out of them. (The tiled detection
-passes need none: they take pixel-interleaved windows as channels-last tensors, ``hypernet/layerwise.py``.) One
+passes take pixel-interleaved windows of scratch files as channels-last tensors, ``hypernet/layerwise.py``: no
+copy; an in-memory array's window is one copy to channels-last there, by torch.) One
 strided copy of a whole window thrashes the cache when the bands are many: 2.4 s for 1000x1000x224 float32 on
 one core, 0.5 s by blocks of BLOCK_PIXELS pixels.
 """

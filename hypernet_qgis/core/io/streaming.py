@@ -80,8 +80,9 @@ class WindowReader:
         return band_layout(self.pixel_window(r0, r1, c0, c1)[:, :, b0:b1])
 
     def pixel_window(self, r0: int, r1: int, c0: int, c1: int) -> np.ndarray:
-        """The window rows r0:r1, columns c0:c1 as stored, (rows, cols, bands): whole rows in one read, else one
-        ``preadv`` a row; no transposition (IR-MAD's strips, the tiled passes' channels-last windows)."""
+        """The window rows r0:r1, columns c0:c1 as stored, (rows, cols, bands), in a new array the caller may
+        change: whole rows in one read, else one ``preadv`` a row; no transposition (IR-MAD's strips, the tiled
+        passes' channels-last windows)."""
         bands, rows, cols = self.shape
         r0, r1 = self._range(slice(r0, r1), rows)
         c0, c1 = self._range(slice(c0, c1), cols)
@@ -145,15 +146,24 @@ class _BandMoments:
         self.m2 = np.zeros(bands)
 
     def add(self, x: np.ndarray, valid: np.ndarray) -> None:
-        """Add a window (bands, rows, cols) of one date at its ``valid`` pixels."""
-        v = np.array(x.reshape(x.shape[0], -1) if valid.all() else x[:, valid], dtype=np.float64)
+        """Add a window (bands, rows, cols) of one date at its ``valid`` pixels, by chunks of pixels (float64
+        temporaries of STANDARDISE_CHUNK_VALUES values: the two dates are added at once, in two threads)."""
+        flat, keep = x.reshape(x.shape[0], -1), valid.reshape(-1)
+        step = max(1, STANDARDISE_CHUNK_VALUES // max(1, x.shape[0]))
+        for i in range(0, flat.shape[1], step):
+            part = flat[:, i : i + step]
+            if not keep[i : i + step].all():
+                part = part[:, keep[i : i + step]]
+            self._merge(np.array(part, dtype=np.float64))
+
+    def _merge(self, v: np.ndarray) -> None:
+        """Merge the moments of the pixels ``v`` (bands, pixels; float64, changed in place)."""
         m = v.shape[1]
         if not m:
             return
         mean_b = v.mean(1)
         v -= mean_b[:, None]
         m2_b = np.einsum("ij,ij->i", v, v)
-        del v
         delta = mean_b - self.mean
         n = self.n + m
         self.m2 += m2_b + delta**2 * (self.n * m / n)
@@ -186,15 +196,16 @@ def _write_window(fd: int, a: np.ndarray, r0: int, c0: int, cols: int) -> None:
         _write_rows(fd, a, r0)
         return
     for i in range(a.shape[0]):
-        _pwrite_all(fd, a[i].data.cast("B"), ((r0 + i) * cols + c0) * a.shape[2] * 4)
+        pwrite_all(fd, a[i].data.cast("B"), ((r0 + i) * cols + c0) * a.shape[2] * 4)
 
 
 def _write_rows(fd: int, a: np.ndarray, r0: int) -> None:
     """Write whole rows (rows, cols, bands) float32 at row ``r0`` of a pixel-interleaved file of ``cols`` columns."""
-    _pwrite_all(fd, a.data.cast("B"), r0 * a.shape[1] * a.shape[2] * 4)
+    pwrite_all(fd, a.data.cast("B"), r0 * a.shape[1] * a.shape[2] * 4)
 
 
-def _pwrite_all(fd: int, data: memoryview, offset: int) -> None:
+def pwrite_all(fd: int, data: memoryview, offset: int) -> None:
+    """Write all of ``data`` at ``offset`` (``os.pwrite`` may write less than asked)."""
     while len(data):
         done = os.pwrite(fd, data, offset)
         data, offset = data[done:], offset + done
@@ -214,7 +225,7 @@ def _read_rows(fd: int, r0: int, r1: int, cols: int, bands: int, name: str = "a 
     return out
 
 
-#: Values per float64 temporary of the standardising pass (32 MB).
+#: Values per float64 temporary of the band moments and of the standardising pass (32 MB).
 STANDARDISE_CHUNK_VALUES = 4 * 2**20
 
 
