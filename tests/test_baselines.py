@@ -657,3 +657,22 @@ def test_irmad_map_pass_folds_the_centring_and_band_selection_into_the_transform
     np.testing.assert_allclose(got, expected, rtol=2e-4)
     if source != "arrays":  # the reads were changed in place, not the files
         np.testing.assert_array_equal(np.asarray(d1), x)
+
+
+def test_irmad_sample_read_pixel_by_pixel_from_scratch_files_is_the_same(tmp_path):
+    """From window sources that read single pixels (a windowed pair's scratch files) the sample is read pixel by
+    pixel: the same pixels as strip by strip from the arrays, so the same fit and the same map."""
+    from hypernet_qgis.core.io.streaming import WindowReader
+
+    x1, x2, valid, _ = synthetic_pair(7, bands=3, size=30)
+    valid[4:9, 2:20] = False
+    n = int(valid.sum())
+    readers = []
+    for name, x in (("x1", x1), ("x2", x2)):
+        (tmp_path / name).write_bytes(np.ascontiguousarray(x.transpose(1, 2, 0), dtype=np.float32).tobytes())
+        readers.append(WindowReader(str(tmp_path / name), x.shape))
+    a = irmad_details(x1.astype(np.float32), x2.astype(np.float32), valid, sample_pixels=n // 5)
+    b = irmad_details(*readers, valid, sample_pixels=n // 5)
+    assert a["sampled_every"] == b["sampled_every"] == 6
+    assert a["rho"] == b["rho"] and a["iterations"] == b["iterations"]
+    np.testing.assert_array_equal(a["chi2"], b["chi2"])

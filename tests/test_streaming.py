@@ -340,7 +340,18 @@ def test_window_reader_edges(tmp_path):
     r.close()  # a second close does nothing
     with pytest.raises(OSError, match=f"^{path} is closed$"):
         r[:, 0:1]
+    r = WindowReader(str(path), (3, 7, 5))
+    np.testing.assert_array_equal(r.pixels_at(np.array([34, 0, 7])), x.reshape(3, -1)[:, [34, 0, 7]].T)
+    assert r.pixels_at(np.array([], dtype=int)).shape == (0, 3)
+    for outside in (-1, 35):
+        with pytest.raises(IndexError, match=f"^pixel {outside} is outside the 7x5 image$"):
+            r.pixels_at(np.array([outside]))
+    r.close()
+    with pytest.raises(OSError, match=f"^{path} is closed$"):
+        r.pixels_at(np.array([0]))
     short = WindowReader(str(path), (3, 8, 5))  # one row more than the file holds
+    with pytest.raises(OSError, match=f"^short read from {path} \\(row 7\\)$"):
+        short.pixels_at(np.array([36]))
     np.testing.assert_array_equal(short[:, 6:7], x[:, 6:7])
     with pytest.raises(OSError, match=f"^short read from {path} \\(row 7\\)$"):
         short[:, 6:8]

@@ -194,7 +194,12 @@ def _irmad_sample(
     x1, x2, valid: np.ndarray, strips: list[tuple[int, int]], every: int, feedback: Feedback
 ) -> tuple[np.ndarray, np.ndarray]:
     """Every ``every``-th valid pixel (row-major order) of both dates as float32 columns (bands, pixels), read
-    strip by strip from arrays or window sources (``x[:, r0:r1, :]`` or ``x.pixels(r0, r1)``)."""
+    strip by strip from arrays or window sources (``x[:, r0:r1, :]`` or ``x.pixels(r0, r1)``); from sources that
+    read single pixels (``x.pixels_at``: a windowed pair's scratch files) only those pixels are read."""
+    if every > 1 and hasattr(x1, "pixels_at") and hasattr(x2, "pixels_at"):
+        check_cancelled(feedback)
+        at = np.flatnonzero(valid)[::every]
+        return np.ascontiguousarray(x1.pixels_at(at).T), np.ascontiguousarray(x2.pixels_at(at).T)
     parts1, parts2 = [], []
     seen = 0
     for r0, r1 in strips:

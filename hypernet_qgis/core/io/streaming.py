@@ -97,6 +97,21 @@ class WindowReader:
                 raise OSError(f"short read from {self.path} (row {r})")
         return buf
 
+    def pixels_at(self, flat: np.ndarray) -> np.ndarray:
+        """The pixels of row-major indices ``flat`` (rows * cols), as (pixels, bands): one ``preadv`` a pixel (a
+        sample of a scene without reading all of it; IR-MAD's)."""
+        bands, rows, cols = self.shape
+        out = np.empty((len(flat), bands), dtype=np.float32)
+        if self._fd is None:
+            raise OSError(f"{self.path} is closed")
+        pixel_bytes = bands * 4
+        for i, f in enumerate(np.asarray(flat, dtype=np.int64).tolist()):
+            if not 0 <= f < rows * cols:
+                raise IndexError(f"pixel {f} is outside the {rows}x{cols} image")
+            if os.preadv(self._fd, [out[i].data.cast("B")], f * pixel_bytes) != pixel_bytes:
+                raise OSError(f"short read from {self.path} (row {f // cols})")
+        return out
+
     def pixels(self, r0: int, r1: int) -> np.ndarray:
         """Rows r0:r1 as stored, (rows, cols, bands)."""
         return self.pixel_window(r0, r1, 0, self.shape[2])
