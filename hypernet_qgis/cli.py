@@ -230,7 +230,7 @@ def _check_polygon_args(args: argparse.Namespace, inputs: list) -> None:
         raise InputError("--min-area and --sieve apply to the change polygons; add --polygons P.gpkg.")
 
 
-def _finish(args: argparse.Namespace, res, fb, memory_budget_mb: int = 4096) -> dict:
+def _finish(args: argparse.Namespace, res, fb, memory_budget_mb: float = options.DEFAULT_MEMORY_BUDGET_MB) -> dict:
     """Polygons and changed area after a detection; the JSON fields they add."""
     from .core.io.polygons import finish_detection, parse_dates
 

@@ -691,7 +691,7 @@ class HyperNetAlgorithm(QgsProcessingAlgorithm):
             )
 
     def finish_polygons(
-        self, job: Job, result: Any, feedback: QgisFeedback, memory_budget_mb: int = 4096
+        self, job: Job, result: Any, feedback: QgisFeedback, memory_budget_mb: float = options.DEFAULT_MEMORY_BUDGET_MB
     ) -> dict[str, Any]:
         """After the detection: polygons (if asked for), changed area in the log; the outputs they give."""
         from ..core.io.polygons import finish_detection

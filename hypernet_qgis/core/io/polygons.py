@@ -24,6 +24,7 @@ import numpy as np
 from osgeo import gdal, ogr, osr
 
 from ..errors import InputError
+from ..options import DEFAULT_MEMORY_BUDGET_MB
 from ..progress import Feedback, NullFeedback, check_cancelled
 from . import raster_io
 
@@ -217,7 +218,7 @@ def polygonize_change(
     connectivity: int = 8,
     sieve: bool = False,
     dates: tuple[str, str] | None = None,
-    memory_budget_mb: int = 4096,
+    memory_budget_mb: float = DEFAULT_MEMORY_BUDGET_MB,
     feedback: Feedback | None = None,
 ) -> PolygonResult:
     """Write the change polygons of ``change_path`` to the GeoPackage ``out_path``; see the module docstring.
@@ -470,7 +471,7 @@ def finish_detection(
     connectivity: int = 8,
     sieve: bool = False,
     dates: tuple[str, str] | None = None,
-    memory_budget_mb: int = 4096,
+    memory_budget_mb: float = DEFAULT_MEMORY_BUDGET_MB,
     feedback: Feedback | None = None,
 ) -> PolygonResult | None:
     """After detect_files/baseline_files: the change polygons (when asked for) and the changed area.
