@@ -412,187 +412,204 @@ def job_paths(args: argparse.Namespace) -> tuple[dict[str, str | None], list[str
     return report, [args.model]
 
 
+def _reading(args: argparse.Namespace) -> dict:
+    """How the pair jobs read their inputs: bands, bad and water bands, alignment."""
+    return {
+        "bands": args.bands,
+        "align": args.align,
+        "resampling": args.resampling,
+        "drop_bad_bands": not args.keep_bad_bands,
+        "drop_water": args.drop_water,
+    }
+
+
+def _detect(args: argparse.Namespace, fb) -> dict:
+    from .core import pipeline
+
+    method, value = _split_threshold(args.threshold)
+    _check_polygon_args(args, [args.t1, args.t2, args.model, args.unchanged_mask, args.report])
+    if args.model and args.save_model:
+        raise InputError(
+            "--save-model saves a model trained on the pair, but --model is given (nothing is "
+            "trained). Leave one of them out."
+        )
+    res = pipeline.detect_files(
+        args.t1,
+        args.t2,
+        args.output,
+        intensity_out=args.intensity,
+        model=args.model,
+        threshold=method,
+        threshold_value=value,
+        unchanged_mask=args.unchanged_mask,
+        distance=args.distance,
+        batchnorm=args.batchnorm,
+        evidence=args.evidence,
+        config=_config(args),
+        feedback=fb,
+        **_reading(args),
+    )
+    args.written += [p for p in (args.output, args.intensity) if p]
+    extra = _finish(args, res, fb, args.memory_budget_mb)
+    if args.save_model and res.train is not None:
+        from .core.hypernet.model_file import save_model
+
+        save_model(args.save_model, res.train.model, res.train.metadata())
+        args.written.append(args.save_model)
+        extra["model"] = args.save_model
+    if args.report:
+        from .core.report.report import write_detection_report
+
+        write_detection_report(args.report, res)
+    return {
+        "output": res.change_path,
+        "intensity": res.intensity_path,
+        "threshold": res.threshold,
+        "changed_pixels": res.changed_pixels,
+        "changed_fraction": float(res.changed_fraction),
+        **extra,
+    }
+
+
+def _train(args: argparse.Namespace, fb) -> dict:
+    from .core import pipeline
+
+    res = pipeline.train_files(
+        args.t1,
+        args.t2,
+        args.output,
+        unchanged_mask=args.unchanged_mask,
+        config=_config(args),
+        feedback=fb,
+        **_reading(args),
+    )
+    args.written.append(args.output)
+    if args.report:
+        from .core.report.report import write_training_report
+
+        write_training_report(args.report, res)
+    return {
+        "model": args.output,
+        "final_loss": res.loss_history[-1],
+        "seconds": round(res.seconds, 2),
+        "device": res.device_name,
+    }
+
+
+def _baseline(args: argparse.Namespace, fb) -> dict:
+    from .core import pipeline
+
+    method, value = _split_threshold(args.threshold)
+    _check_polygon_args(args, [args.t1, args.t2])
+    res = pipeline.baseline_files(
+        args.method,
+        args.t1,
+        args.t2,
+        args.output,
+        intensity_out=args.intensity,
+        threshold=method,
+        threshold_value=value,
+        feedback=fb,
+        **_reading(args),
+    )
+    extra = _finish(args, res, fb)
+    return {
+        "output": res.change_path,
+        "threshold": res.threshold,
+        "changed_pixels": res.changed_pixels,
+        "changed_fraction": float(res.changed_fraction),
+        **extra,
+    }
+
+
+def _series(args: argparse.Namespace, fb) -> dict:
+    from .core.series import series_files
+
+    method, value = _split_threshold(args.threshold)
+    kwargs: dict = {"bands": args.bands, "drop_bad_bands": not args.keep_bad_bands, "drop_water": args.drop_water}
+    if method is not None:
+        kwargs.update(threshold=method, threshold_value=value)
+    if args.method == "hypernet":
+        kwargs.update(model=args.model, unchanged_mask=args.unchanged_mask, config=_config(args))
+    elif args.model:
+        raise InputError("--model applies to --method hypernet only.")
+    dates = [d.strip() for d in args.dates.split(",")] if args.dates else None
+    res = series_files(
+        args.images,
+        args.output_dir,
+        dates=dates,
+        method=args.method,
+        training=args.training,
+        align=args.align,
+        resampling=args.resampling,
+        polygons=args.polygons,
+        min_area=args.min_area,
+        connectivity=args.connectivity,
+        feedback=fb,
+        **kwargs,
+    )
+    return {
+        "dates": res.dates,
+        "images": res.images,
+        "pair_maps": res.pair_maps,
+        "first_change": res.first_change,
+        "change_count": res.change_count,
+        "polygons": res.polygons,
+        "changed_pixels": res.changed_pixels,
+        "training": res.training,
+        "model": res.model,
+        "aligned": res.aligned,
+    }
+
+
+def _evaluate(args: argparse.Namespace, fb) -> dict:
+    from .core import pipeline
+
+    metrics = pipeline.evaluate_files(
+        args.change, args.reference, changed=args.changed, unchanged=args.unchanged, ignore=args.ignore
+    )
+    if args.report:
+        from .core.report.report import write_evaluation_report
+
+        write_evaluation_report(args.report, args.change, args.reference, args.changed, args.unchanged, args.ignore)
+    return metrics
+
+
+def _inspect(args: argparse.Namespace, fb) -> dict:
+    from .core.hypernet.model_metadata import read_metadata  # torch-free: inspect runs without torch
+
+    meta = read_metadata(args.model)
+    if args.report:
+        from .core.report.report import model_report
+
+        model_report(args.report, meta, source=args.model)
+    return meta
+
+
+#: One function a subcommand: runs the job, returns what is printed as JSON.
+COMMANDS = {
+    "detect": _detect,
+    "train": _train,
+    "baseline": _baseline,
+    "series": _series,
+    "evaluate": _evaluate,
+    "inspect": _inspect,
+}
+
+
 def run(args: argparse.Namespace) -> int:
     """Run one subcommand; every output path is checked against the inputs before any work starts."""
-    from .core import pipeline
     from .core.io.paths import check_job_paths
     from .core.progress import StderrFeedback
 
     outputs, inputs = job_paths(args)
     check_job_paths(outputs, inputs)
     args.written = []  # outputs already written, for the messages of a later failure or Ctrl-C
-    fb = StderrFeedback(quiet=args.quiet)
-    if args.command == "detect":
-        method, value = _split_threshold(args.threshold)
-        _check_polygon_args(args, [args.t1, args.t2, args.model, args.unchanged_mask, args.report])
-        if args.model and args.save_model:
-            raise InputError(
-                "--save-model saves a model trained on the pair, but --model is given (nothing is "
-                "trained). Leave one of them out."
-            )
-        res = pipeline.detect_files(
-            args.t1,
-            args.t2,
-            args.output,
-            intensity_out=args.intensity,
-            model=args.model,
-            threshold=method,
-            threshold_value=value,
-            bands=args.bands,
-            unchanged_mask=args.unchanged_mask,
-            distance=args.distance,
-            batchnorm=args.batchnorm,
-            evidence=args.evidence,
-            config=_config(args),
-            feedback=fb,
-            align=args.align,
-            resampling=args.resampling,
-            drop_bad_bands=not args.keep_bad_bands,
-            drop_water=args.drop_water,
-        )
-        args.written += [p for p in (args.output, args.intensity) if p]
-        extra = _finish(args, res, fb, args.memory_budget_mb)
-        if args.save_model and res.train is not None:
-            from .core.hypernet.model_file import save_model
-
-            save_model(args.save_model, res.train.model, res.train.metadata())
-            args.written.append(args.save_model)
-            extra["model"] = args.save_model
-        if args.report:
-            from .core.report.report import write_detection_report
-
-            write_detection_report(args.report, res)
-        print(
-            json.dumps(
-                {
-                    "output": res.change_path,
-                    "intensity": res.intensity_path,
-                    "threshold": res.threshold,
-                    "changed_pixels": res.changed_pixels,
-                    "changed_fraction": float(res.changed_fraction),
-                    **extra,
-                }
-            )
-        )
-    elif args.command == "train":
-        res = pipeline.train_files(
-            args.t1,
-            args.t2,
-            args.output,
-            bands=args.bands,
-            unchanged_mask=args.unchanged_mask,
-            config=_config(args),
-            feedback=fb,
-            align=args.align,
-            resampling=args.resampling,
-            drop_bad_bands=not args.keep_bad_bands,
-            drop_water=args.drop_water,
-        )
-        args.written.append(args.output)
-        if args.report:
-            from .core.report.report import write_training_report
-
-            write_training_report(args.report, res)
-        print(
-            json.dumps(
-                {
-                    "model": args.output,
-                    "final_loss": res.loss_history[-1],
-                    "seconds": round(res.seconds, 2),
-                    "device": res.device_name,
-                }
-            )
-        )
-    elif args.command == "baseline":
-        method, value = _split_threshold(args.threshold)
-        _check_polygon_args(args, [args.t1, args.t2])
-        res = pipeline.baseline_files(
-            args.method,
-            args.t1,
-            args.t2,
-            args.output,
-            intensity_out=args.intensity,
-            threshold=method,
-            threshold_value=value,
-            bands=args.bands,
-            feedback=fb,
-            align=args.align,
-            resampling=args.resampling,
-            drop_bad_bands=not args.keep_bad_bands,
-            drop_water=args.drop_water,
-        )
-        extra = _finish(args, res, fb)
-        print(
-            json.dumps(
-                {
-                    "output": res.change_path,
-                    "threshold": res.threshold,
-                    "changed_pixels": res.changed_pixels,
-                    "changed_fraction": float(res.changed_fraction),
-                    **extra,
-                }
-            )
-        )
-    elif args.command == "series":
-        from .core.series import series_files
-
-        method, value = _split_threshold(args.threshold)
-        kwargs: dict = {"bands": args.bands, "drop_bad_bands": not args.keep_bad_bands, "drop_water": args.drop_water}
-        if method is not None:
-            kwargs.update(threshold=method, threshold_value=value)
-        if args.method == "hypernet":
-            kwargs.update(model=args.model, unchanged_mask=args.unchanged_mask, config=_config(args))
-        elif args.model:
-            raise InputError("--model applies to --method hypernet only.")
-        dates = [d.strip() for d in args.dates.split(",")] if args.dates else None
-        res = series_files(
-            args.images,
-            args.output_dir,
-            dates=dates,
-            method=args.method,
-            training=args.training,
-            align=args.align,
-            resampling=args.resampling,
-            polygons=args.polygons,
-            min_area=args.min_area,
-            connectivity=args.connectivity,
-            feedback=fb,
-            **kwargs,
-        )
-        print(
-            json.dumps(
-                {
-                    "dates": res.dates,
-                    "images": res.images,
-                    "pair_maps": res.pair_maps,
-                    "first_change": res.first_change,
-                    "change_count": res.change_count,
-                    "polygons": res.polygons,
-                    "changed_pixels": res.changed_pixels,
-                    "training": res.training,
-                    "model": res.model,
-                    "aligned": res.aligned,
-                }
-            )
-        )
-    elif args.command == "evaluate":
-        metrics = pipeline.evaluate_files(
-            args.change, args.reference, changed=args.changed, unchanged=args.unchanged, ignore=args.ignore
-        )
-        if args.report:
-            from .core.report.report import write_evaluation_report
-
-            write_evaluation_report(args.report, args.change, args.reference, args.changed, args.unchanged, args.ignore)
-        print(json.dumps(metrics, indent=1, default=float))
-    elif args.command == "inspect":
-        from .core.hypernet.model_metadata import read_metadata  # torch-free: inspect runs without torch
-
-        meta = read_metadata(args.model)
-        if args.report:
-            from .core.report.report import model_report
-
-            model_report(args.report, meta, source=args.model)
-        print(json.dumps(meta, indent=1))
+    result = COMMANDS[args.command](args, StderrFeedback(quiet=args.quiet))
+    if args.command in ("evaluate", "inspect"):  # (indented: read by people)
+        print(json.dumps(result, indent=1, default=float))
+    else:
+        print(json.dumps(result))
     return 0
 
 
