@@ -526,7 +526,7 @@ def _series(args: argparse.Namespace, fb) -> dict:
     from .core.series import series_files
 
     method, value = _split_threshold(args.threshold)
-    kwargs: dict = {"bands": args.bands, "drop_bad_bands": not args.keep_bad_bands, "drop_water": args.drop_water}
+    kwargs: dict = _reading(args)
     if method is not None:
         kwargs.update(threshold=method, threshold_value=value)
     if args.method == "hypernet":
@@ -540,8 +540,6 @@ def _series(args: argparse.Namespace, fb) -> dict:
         dates=dates,
         method=args.method,
         training=args.training,
-        align=args.align,
-        resampling=args.resampling,
         polygons=args.polygons,
         min_area=args.min_area,
         connectivity=args.connectivity,
