@@ -158,13 +158,20 @@ def test_tiled_detection_equals_whole_image_on_disk_scratch(tmp_path):
     assert np.nanmax(np.abs(tiled - whole)) <= 1e-4 * (np.nanmax(whole) - np.nanmin(whole))
 
 
-@pytest.mark.parametrize("way", ["numpy", "numpy in chunks of 7 pixels", "torch (the CUDA path)"])
+@pytest.mark.parametrize(
+    "way",
+    ["numpy", "numpy in chunks of 7 pixels", "numpy in chunks of 12 pixels, lanes of 4", "torch (the CUDA path)"],
+)
 def test_channel_stats_merge_equals_whole(way, monkeypatch):
-    """Tiles of a channels-last map, one of a single pixel and an empty one: the whole map's moments."""
+    """Tiles of a channels-last map, one of a single pixel and an empty one: the whole map's moments (chunks
+    reduced across lanes and the pixels left over, see ``_chunk_moments``)."""
     from hypernet_qgis.core.hypernet import layerwise
 
-    if "chunks" in way:
+    if "chunks of 7" in way:
         monkeypatch.setattr(layerwise, "STATS_CHUNK_PIXELS", 7)
+    if "lanes" in way:
+        monkeypatch.setattr(layerwise, "STATS_CHUNK_PIXELS", 12)
+        monkeypatch.setattr(layerwise, "STATS_LANES", 4)
     rng = np.random.default_rng(0)
     a = torch.from_numpy(rng.normal(3.0, 2.0, (1, 4, 30, 20))).contiguous(memory_format=torch.channels_last)
     stats = ChannelStats()

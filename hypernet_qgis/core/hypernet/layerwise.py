@@ -48,6 +48,8 @@ Norm = tuple[torch.Tensor, torch.Tensor]
 PASSES = 7
 #: Pixels per float64 chunk of :class:`ChannelStats` on the CPU (1 MB at 32 channels: in cache, 15 % faster than 16 MB).
 STATS_CHUNK_PIXELS = 4096
+#: Pixels that a chunk's reductions run across at once (:func:`_chunk_moments`; it divides STATS_CHUNK_PIXELS).
+STATS_LANES = 256
 
 
 def backbone_batchnorms(model: HyperNet) -> list[nn.BatchNorm2d]:
@@ -212,17 +214,17 @@ class ChannelStats:
         # of a channels-last map, or over the rows of that matrix, are 4-7x slower (C = 50: 68 ms against 17)
         pixels = a.detach().permute(0, 2, 3, 1).reshape(m, a.shape[1]).numpy()
         # one float64 buffer for all chunks: a new one a chunk cost a page fault a page with glibc (6 of 43 s)
-        buffer = np.empty((min(m, STATS_CHUNK_PIXELS), a.shape[1]), dtype=np.float64)
+        buffer = np.empty(min(m, STATS_CHUNK_PIXELS) * a.shape[1], dtype=np.float64)
         for i in range(0, m, STATS_CHUNK_PIXELS):
             chunk = pixels[i : i + STATS_CHUNK_PIXELS]
-            centred = buffer[: len(chunk)]
-            centred[...] = chunk
-            mean_b = centred.mean(axis=0)
-            centred -= mean_b
-            m2_b = np.einsum("ij,ij->j", centred, centred)
-            del centred
-            hi, lo = chunk.max(axis=0), chunk.min(axis=0)
-            self._merge(len(chunk), *(torch.from_numpy(np.asarray(v)) for v in (mean_b, m2_b, hi, lo)))
+            whole = len(chunk) - len(chunk) % STATS_LANES
+            if whole:
+                self._merge_numpy(whole, _chunk_moments(chunk[:whole], buffer))
+            if whole < len(chunk):
+                self._merge_numpy(len(chunk) - whole, _few_moments(chunk[whole:]))
+
+    def _merge_numpy(self, m: int, moments: tuple[np.ndarray, ...]) -> None:
+        self._merge(m, *(torch.from_numpy(np.asarray(v)) for v in moments))
 
     def add_by_torch(self, a: torch.Tensor) -> None:
         """:meth:`add` by torch's reductions, where the map is (a CUDA device); any number of pixels, one too."""
@@ -248,6 +250,34 @@ class ChannelStats:
         if self.mean is None or self.m2 is None:
             raise RuntimeError("no pixel was accumulated")
         return self.mean.to(dtype), (self.m2 / self.n).to(dtype)
+
+
+def _chunk_moments(pixels: np.ndarray, buffer: np.ndarray) -> tuple[np.ndarray, ...]:
+    """(mean, centred sum of squares, max, min) per channel of a (k * STATS_LANES, C) float32 chunk, the sums in
+    float64 (``buffer``: at least as many values as the chunk).
+
+    numpy reduces the rows of a (pixels, C) matrix with an inner loop of C values (slow for HyperNet's 32-64), so
+    the chunk is reduced as (k, STATS_LANES * C) rows (long inner loops) and then over its STATS_LANES lanes:
+    twice as fast, the same numbers up to summation order."""
+    lanes, c = STATS_LANES, pixels.shape[1]
+    k = pixels.shape[0] // lanes
+    wide = pixels.reshape(k, lanes * c)
+    hi = wide.max(axis=0).reshape(lanes, c).max(axis=0)
+    lo = wide.min(axis=0).reshape(lanes, c).min(axis=0)
+    centred = buffer[: k * lanes * c].reshape(k, lanes * c)
+    centred[...] = wide
+    mean = centred.sum(axis=0).reshape(lanes, c).sum(axis=0) / (k * lanes)
+    centred -= np.tile(mean, lanes)
+    np.square(centred, out=centred)
+    return mean, centred.sum(axis=0).reshape(lanes, c).sum(axis=0), hi, lo
+
+
+def _few_moments(pixels: np.ndarray) -> tuple[np.ndarray, ...]:
+    """:func:`_chunk_moments` of fewer than STATS_LANES pixels (any number, one or more)."""
+    centred = pixels.astype(np.float64)
+    mean = centred.mean(axis=0)
+    centred -= mean
+    return mean, np.einsum("ij,ij->j", centred, centred), pixels.max(axis=0), pixels.min(axis=0)
 
 
 def batch_norm(bn: nn.BatchNorm2d, norm: Norm, t: torch.Tensor) -> torch.Tensor:
