@@ -1256,6 +1256,44 @@ def test_envi_header_wavelengths_as_other_software_writes_them(tmp_path):
         assert got == (None if expected is None else pytest.approx(expected)), name
 
 
+@pytest.mark.parametrize("case", ["int16, nodata in two of three bands", "float32 with NaN", "dataset mask"])
+def test_open_windows_pixel_read_follows_the_band_read_rules(case, tmp_path):
+    """The windowed (pixel-interleaved) read finds the same invalid pixels as read_window band by band: a band's
+    nodata (only in the bands that have one), NaN and infinity, a per-dataset mask band; the values are equal."""
+    rng = np.random.default_rng(3)
+    gdt = gdal.GDT_Int16 if case.startswith("int16") else gdal.GDT_Float32
+    data = rng.integers(0, 50, (3, 24, 40)).astype(np.int16 if gdt == gdal.GDT_Int16 else np.float32)
+    if case.startswith("int16"):  # (Erdas Imagine: a nodata value a band; a GeoTIFF's is the file's)
+        path = str(tmp_path / "x.img")
+        ds = gdal.GetDriverByName("HFA").Create(path, 40, 24, 3, gdt)
+    else:
+        path = str(tmp_path / "x.tif")
+        ds = gdal.GetDriverByName("GTiff").Create(path, 40, 24, 3, gdt, ["INTERLEAVE=PIXEL", "TILED=YES"])
+    if case.startswith("int16"):
+        data[0, 2, 3] = data[2, 7, 8] = -7  # nodata of bands 1 and 3
+        data[1, 9, 9] = -7  # band 2 has no nodata: a value like any other
+    elif case.startswith("float32"):
+        data[1, 4, 5], data[2, 6, 7] = np.nan, np.inf
+    else:
+        ds.CreateMaskBand(gdal.GMF_PER_DATASET)
+        mask = np.full((24, 40), 255, np.uint8)
+        mask[10:12, 20:30] = 0
+        ds.GetRasterBand(1).GetMaskBand().WriteArray(mask)
+    for b in range(3):
+        ds.GetRasterBand(b + 1).WriteArray(data[b])
+        if case.startswith("int16") and b != 1:
+            ds.GetRasterBand(b + 1).SetNoDataValue(-7)
+    del ds
+    with open_windows(path) as windows:
+        for window in ((0, 24, 0, 40), (1, 20, 3, 30)):
+            x, valid = windows.read(*window)
+            xw, vw = read_window(path, None, *window)
+            np.testing.assert_array_equal(valid, vw)
+            assert (~valid).sum() == {"int": 2, "flo": 2, "dat": 20}[case[:3]] or window != (0, 24, 0, 40)
+            np.testing.assert_array_equal(x, np.moveaxis(xw, 0, -1))
+            assert x.dtype == np.float32 and x.flags.c_contiguous
+
+
 def test_open_windows_reads_as_read_window_and_reports_the_block(tmp_path):
     data = np.arange(3 * 40 * 70, dtype=np.float32).reshape(3, 40, 70)
     data[2, 5, 6] = -1
@@ -1273,7 +1311,7 @@ def test_open_windows_reads_as_read_window_and_reports_the_block(tmp_path):
         for window in ((0, 16, 0, 32), (4, 20, 3, 60), (39, 1, 69, 1)):
             x, valid = windows.read(*window)
             xw, vw = read_window(tiled, [3, 1], *window)
-            np.testing.assert_array_equal(x, xw)
+            np.testing.assert_array_equal(x, np.moveaxis(xw, 0, -1))  # (pixel-interleaved)
             np.testing.assert_array_equal(valid, vw)
         assert not windows.read(0, 16, 0, 32)[1][5, 6]
     with open_windows(tiled) as windows:

@@ -36,7 +36,7 @@ from .. import memory
 from ..errors import InputError
 from ..progress import Feedback, NullFeedback, check_cancelled
 from . import raster_io
-from .layout import band_layout, pixel_layout
+from .layout import band_layout
 
 #: Most float32 values of one input strip (the memory model's; the budget may ask for fewer, memory.strip_values).
 STRIP_VALUES = memory.STRIP_VALUES
@@ -161,24 +161,24 @@ class _BandMoments:
         self.m2 = np.zeros(bands)
 
     def add(self, x: np.ndarray, valid: np.ndarray) -> None:
-        """Add a window (bands, rows, cols) of one date at its ``valid`` pixels, by chunks of pixels (float64
+        """Add a window (rows, cols, bands) of one date at its ``valid`` pixels, by chunks of pixels (float64
         temporaries of STANDARDISE_CHUNK_VALUES values: the two dates are added at once, in two threads)."""
-        flat, keep = x.reshape(x.shape[0], -1), valid.reshape(-1)
-        step = max(1, STANDARDISE_CHUNK_VALUES // max(1, x.shape[0]))
-        for i in range(0, flat.shape[1], step):
-            part = flat[:, i : i + step]
+        flat, keep = x.reshape(-1, x.shape[2]), valid.reshape(-1)
+        step = max(1, STANDARDISE_CHUNK_VALUES // max(1, x.shape[2]))
+        for i in range(0, flat.shape[0], step):
+            part = flat[i : i + step]
             if not keep[i : i + step].all():
-                part = part[:, keep[i : i + step]]
+                part = part[keep[i : i + step]]
             self._merge(np.array(part, dtype=np.float64))
 
     def _merge(self, v: np.ndarray) -> None:
-        """Merge the moments of the pixels ``v`` (bands, pixels; float64, changed in place)."""
-        m = v.shape[1]
+        """Merge the moments of the pixels ``v`` (pixels, bands; float64, changed in place)."""
+        m = v.shape[0]
         if not m:
             return
-        mean_b = v.mean(1)
-        v -= mean_b[:, None]
-        m2_b = np.einsum("ij,ij->i", v, v)
+        mean_b = v.mean(0)
+        v -= mean_b
+        m2_b = np.einsum("ij,ij->j", v, v)
         delta = mean_b - self.mean
         n = self.n + m
         self.m2 += m2_b + delta**2 * (self.n * m / n)
@@ -240,8 +240,9 @@ def _read_rows(fd: int, r0: int, r1: int, cols: int, bands: int, name: str = "a 
     return out
 
 
-#: Values per float64 temporary of the band moments and of the standardising pass (32 MB).
-STANDARDISE_CHUNK_VALUES = 4 * 2**20
+#: Values per float64 temporary of the band moments and of the standardising pass (2 MB: in the CPU's cache, both
+#: are 3x faster than with 32 MB).
+STANDARDISE_CHUNK_VALUES = 2**18
 
 
 def _standardise_in_place(z: np.ndarray, valid: np.ndarray, stats: dict) -> np.ndarray:
@@ -315,7 +316,7 @@ def load_pair_streamed(
 
                 def keep(x, m, f, r0=r0, c0=c0, v=v):
                     m.add(x, v)
-                    _write_window(f.fileno(), pixel_layout(x), r0, c0, cols)
+                    _write_window(f.fileno(), x, r0, c0, cols)
 
                 both(keep, (a, moments[0], f1), (b, moments[1], f2), star=True)
                 del a, b
