@@ -285,6 +285,15 @@ def batch_norm(bn: nn.BatchNorm2d, norm: Norm, t: torch.Tensor) -> torch.Tensor:
     return F.batch_norm(t, norm[0], norm[1], bn.weight, bn.bias, False, 0.0, bn.eps)
 
 
+def attended_batch_norm(bn: nn.BatchNorm2d, norm: Norm, weights: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """``batch_norm(bn, norm, t) * weights`` (channel attention's (1, C, 1, 1) weights) in one pass: the
+    weights scale the BatchNorm's affine map (the same numbers up to rounding)."""
+    w = weights.reshape(-1)
+    weight = bn.weight * w if bn.weight is not None else w
+    bias = bn.bias * w if bn.bias is not None else None
+    return F.batch_norm(t, norm[0], norm[1], weight, bias, False, 0.0, bn.eps)
+
+
 def pooled_after_batchnorm(bn: nn.BatchNorm2d, norm: Norm, stats: ChannelStats) -> tuple[torch.Tensor, torch.Tensor]:
     """Global (avg, max), each (1, C, 1, 1), of ``batch_norm(bn, norm, c)`` over the whole map ``c`` of ``stats``.
 
@@ -424,10 +433,10 @@ class _Passes:
         out[f"r{k}"] = block.shortcut[0](h) if isinstance(block.shortcut, nn.Sequential) else h
 
     def _finish_rsab(self, block: RSAB, weights: torch.Tensor, c: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
-        out = block.sa(batch_norm(block.bn, self.result.norms[block.bn], c) * weights)
+        out = block.sa(attended_batch_norm(block.bn, self.result.norms[block.bn], weights, c))
         if isinstance(block.shortcut, nn.Sequential):
             bn = part(block.shortcut, 1, nn.BatchNorm2d)
-            r = batch_norm(bn, self.result.norms[bn], r)
+            return out.add_(batch_norm(bn, self.result.norms[bn], r)).relu_()
         return F.relu(out + r)
 
     @staticmethod
@@ -437,8 +446,8 @@ class _Passes:
             out[f"u{k}"] = g
 
     def _finish_rcab(self, block: RCAB, weights: torch.Tensor, q: torch.Tensor, u: torch.Tensor | None) -> torch.Tensor:
-        out = batch_norm(block.bn, self.result.norms[block.bn], q) * weights
-        return F.relu(u + out) if u is not None else out
+        out = attended_batch_norm(block.bn, self.result.norms[block.bn], weights, q)
+        return out.add_(u).relu_() if u is not None else out
 
     def features(self) -> DateFeatures:
         m = self.model
