@@ -15,6 +15,7 @@ from hypernet_qgis.core.hypernet.detection import change_intensity
 from hypernet_qgis.core.hypernet.layerwise import ChannelStats, Scratch, backbone_batchnorms, date_features
 from hypernet_qgis.core.hypernet.network import HyperNet
 from hypernet_qgis.core.hypernet.tiling import tiles
+from hypernet_qgis.core.io.streaming import finish_removals
 from hypernet_qgis.core.progress import NullFeedback
 
 
@@ -64,6 +65,7 @@ def test_per_date_features_equal_training_mode_whole_image(image, tile, in_memor
         if not in_memory:  # a dropped map's file was overwritten by a later map: no more files than the most
             # maps in use at once (q1 and the second spatial pass's inputs and outputs)
             assert len(list(tmp_path.glob("hypernet-layers-*/*.bin"))) <= 5
+    finish_removals()  # (deleted in the background; a pair's close waits the same way)
     assert not list(tmp_path.iterdir())  # scratch files removed
 
 
@@ -154,6 +156,7 @@ def test_tiled_detection_equals_whole_image_on_disk_scratch(tmp_path):
         model, x1, x2, valid, "cosine", "cpu", memory_budget_mb=0.5, feedback=Record(), scratch_dir=str(tmp_path)
     )
     assert any("disk scratch" in m for m in messages), messages
+    finish_removals()
     assert max(files) >= 4 and not list(tmp_path.iterdir())
     assert np.nanmax(np.abs(tiled - whole)) <= 1e-4 * (np.nanmax(whole) - np.nanmin(whole))
 
@@ -217,6 +220,7 @@ def test_scratch_reuses_a_dropped_map_of_the_same_size(in_memory, tmp_path):
         assert scratch.maps["c"] is not first
         if not in_memory:
             assert len(list(tmp_path.glob("hypernet-layers-*/*.bin"))) == 1  # b's file went with it
+    finish_removals()
     assert not list(tmp_path.iterdir())
 
 

@@ -64,11 +64,18 @@ def test_train_by_windows_saves_the_same_model_metadata(synthetic_pair, tmp_path
     assert (windows.training_mask != whole.training_mask).sum() <= 2
 
 
-def test_detect_by_windows_writes_the_same_map_and_a_report(synthetic_pair, tmp_path):
+def test_detect_by_windows_writes_the_same_map_and_a_report(synthetic_pair, tmp_path, monkeypatch):
     """The report used to fail on every pair over the budget ("carries no images"). HyperNet's own intensity is
-    compared here; the default fusion by windows is compared in test_the_fused_default_is_the_same_by_windows."""
+    compared here; the default fusion by windows is compared in test_the_fused_default_is_the_same_by_windows.
+    Every scratch file (the pair's, and detection's layer maps, deleted in the background) is gone when a job
+    returns."""
+    import tempfile
+
     from hypernet_qgis.core.report.report import write_detection_report
 
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
     t1, t2 = str(synthetic_pair["t1"]), str(synthetic_pair["t2"])
     model = str(tmp_path / "m.hypernet")
     pipeline.train_files(t1, t2, model, config=_config())
@@ -83,6 +90,7 @@ def test_detect_by_windows_writes_the_same_map_and_a_report(synthetic_pair, tmp_
             config=_config(budget),
             evidence="hypernet",
         )
+        assert not [p.name for p in scratch.iterdir() if p.name.startswith("hypernet-")], name
         write_detection_report(str(tmp_path / f"{name}.html"), result)
         runs[name] = result
     assert runs["windows"].extra.get("streamed") and not runs["whole"].extra.get("streamed")

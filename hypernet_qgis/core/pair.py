@@ -101,7 +101,9 @@ class ImagePair:
             self.kept_report_dates = self.report_dates()
 
     def close(self) -> None:
-        """Delete the scratch files of a windowed pair (nothing to do in memory)."""
+        """Delete the scratch files of a windowed pair, and wait for those of the work done on the pair (detection's
+        layer maps) that are being deleted in the background (``streaming.remove_soon``)."""
+        streaming.finish_removals()
         if self.windowed_source is not None:
             self.windowed_source.close()
 

@@ -25,7 +25,6 @@ Equal to the whole-image forward pass up to floating-point summation order (test
 from __future__ import annotations
 
 import os
-import shutil
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -35,7 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..io.streaming import pwrite_all
+from ..io.streaming import pwrite_all, remove_soon
 from ..memory import release_free_memory
 from ..progress import Feedback, check_cancelled
 from .network import RCAB, RSAB, ChannelAttention, HyperNet, part
@@ -101,10 +100,16 @@ class _DiskMap:
                 raise OSError(f"short read from {self.path} (row {r0 + i})")
         return buf
 
-    def close(self) -> None:
+    def release(self) -> None:
+        """Close the file (its folder's owner deletes it)."""
         if self.fd >= 0:
             os.close(self.fd)
             self.fd = -1
+
+    def close(self) -> None:
+        """Close and delete the file."""
+        if self.fd >= 0:
+            self.release()
             os.unlink(self.path)
 
 
@@ -125,6 +130,8 @@ class _MemoryMap:
 
     def close(self) -> None:
         self.array = np.empty((0, 0, 0))
+
+    release = close
 
 
 class Scratch:
@@ -175,11 +182,14 @@ class Scratch:
             self._kept.pop().close()
 
     def close(self) -> None:
+        """Free the maps; the files' folder is deleted in the background (``streaming.remove_soon``: the pair's close
+        waits for it)."""
         for name in list(self.maps):
-            self.drop(name)
-        self.trim()
+            self.maps.pop(name).release()
+        while self._kept:
+            self._kept.pop().release()
         if self.folder is not None:
-            shutil.rmtree(self.folder, ignore_errors=True)
+            remove_soon(self.folder)
 
     def __enter__(self) -> Scratch:
         return self
