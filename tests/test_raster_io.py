@@ -1256,7 +1256,10 @@ def test_envi_header_wavelengths_as_other_software_writes_them(tmp_path):
         assert got == (None if expected is None else pytest.approx(expected)), name
 
 
-@pytest.mark.parametrize("case", ["int16, nodata in two of three bands", "float32 with NaN", "dataset mask"])
+@pytest.mark.parametrize(
+    "case",
+    ["int16, nodata in two of three bands", "float32 with NaN", "dataset mask", "ENVI BSQ, read by bands (mask too)"],
+)
 def test_open_windows_pixel_read_follows_the_band_read_rules(case, tmp_path):
     """The windowed (pixel-interleaved) read finds the same invalid pixels as read_window band by band: a band's
     nodata (only in the bands that have one), NaN and infinity, a per-dataset mask band; the values are equal."""
@@ -1266,6 +1269,10 @@ def test_open_windows_pixel_read_follows_the_band_read_rules(case, tmp_path):
     if case.startswith("int16"):  # (Erdas Imagine: a nodata value a band; a GeoTIFF's is the file's)
         path = str(tmp_path / "x.img")
         ds = gdal.GetDriverByName("HFA").Create(path, 40, 24, 3, gdt)
+    elif case.startswith("ENVI"):
+        path = str(tmp_path / "x.bsq")
+        ds = gdal.GetDriverByName("ENVI").Create(path, 40, 24, 3, gdt, ["INTERLEAVE=BSQ"])
+        data[2, 7, 8] = -7
     else:
         path = str(tmp_path / "x.tif")
         ds = gdal.GetDriverByName("GTiff").Create(path, 40, 24, 3, gdt, ["INTERLEAVE=PIXEL", "TILED=YES"])
@@ -1281,7 +1288,7 @@ def test_open_windows_pixel_read_follows_the_band_read_rules(case, tmp_path):
         ds.GetRasterBand(1).GetMaskBand().WriteArray(mask)
     for b in range(3):
         ds.GetRasterBand(b + 1).WriteArray(data[b])
-        if case.startswith("int16") and b != 1:
+        if (case.startswith("int16") and b != 1) or case.startswith("ENVI"):
             ds.GetRasterBand(b + 1).SetNoDataValue(-7)
     del ds
     with open_windows(path) as windows:
@@ -1289,7 +1296,7 @@ def test_open_windows_pixel_read_follows_the_band_read_rules(case, tmp_path):
             x, valid = windows.read(*window)
             xw, vw = read_window(path, None, *window)
             np.testing.assert_array_equal(valid, vw)
-            assert (~valid).sum() == {"int": 2, "flo": 2, "dat": 20}[case[:3]] or window != (0, 24, 0, 40)
+            assert (~valid).sum() == {"int": 2, "flo": 2, "dat": 20, "ENV": 21}[case[:3]] or window != (0, 24, 0, 40)
             np.testing.assert_array_equal(x, np.moveaxis(xw, 0, -1))
             assert x.dtype == np.float32 and x.flags.c_contiguous
 

@@ -24,6 +24,7 @@ import numpy as np
 from osgeo import gdal, osr
 
 from ..errors import InputError
+from .layout import pixel_layout
 from .paths import ENVI_DATA_SUFFIXES
 
 __all__ = [
@@ -401,16 +402,29 @@ def _read_pixel_block(
     valid mask, by the same rules (a value that is not finite, the band's nodata, its mask band), checked on all
     bands at once.
 
-    One GDAL read in the file's type straight into (rows, cols, bands): nothing to transpose for a pixel-interleaved
-    scratch file (:func:`open_windows` opens the file for direct reads: fast in this layout)."""
+    One GDAL read in the file's type; a pixel-interleaved file goes straight into (rows, cols, bands)
+    (:func:`open_windows` opens it for direct reads: fast in this layout), the layout of the scratch files."""
+    # a file stored band or line by band (ENVI BSQ / BIL) is read by bands and copied by cache-sized blocks (GDAL's
+    # pixel-interleaved read of it is 1.5-2x slower)
+    by_pixel = (ds.GetMetadataItem("INTERLEAVE", "IMAGE_STRUCTURE") or "").upper() == "PIXEL"
     with quiet_gdal():
         try:
-            block = ds.ReadAsArray(col0, row0, ncols, nrows, band_list=[int(b) for b in band_list], interleave="pixel")
+            block = ds.ReadAsArray(
+                col0,
+                row0,
+                ncols,
+                nrows,
+                band_list=[int(b) for b in band_list],
+                interleave="pixel" if by_pixel else "band",
+            )
         except RuntimeError:  # GDAL exceptions turned on by other code
             block = None
     if block is None:
         raise _unreadable_band(ds, band_list, row0, nrows, col0, ncols)
-    block = block.reshape(nrows, ncols, len(band_list))
+    if by_pixel:
+        block = block.reshape(nrows, ncols, len(band_list))
+    else:
+        block = pixel_layout(block.reshape(len(band_list), nrows, ncols))
     bad = np.zeros((nrows, ncols), dtype=bool)
     if block.dtype.kind in "fc":
         bad |= ~np.isfinite(block).all(axis=2)
