@@ -13,6 +13,7 @@ from osgeo import gdal
 from hypernet_qgis.core import pipeline
 from hypernet_qgis.core.hypernet.model_file import load_model
 from hypernet_qgis.core.options import TrainConfig
+from hypernet_qgis.core.progress import NullFeedback
 
 #: A budget far below what the 40x36x8 test pair needs in memory (~0.2 MB): everything goes by windows.
 TINY_MB = 0.02
@@ -103,6 +104,39 @@ def test_detect_by_windows_writes_the_same_map_and_a_report(synthetic_pair, tmp_
     assert _sections(tmp_path / "windows.html") == _sections(tmp_path / "whole.html")
     text = open(tmp_path / "windows.html", encoding="utf-8").read()
     assert re.search(r'id="v-changed">[0-9,]+<', text) and "data:image/png;base64," in text
+
+
+def test_a_job_waits_for_its_layer_maps_deleted_in_the_background(synthetic_pair, tmp_path, monkeypatch):
+    """A pair in memory whose detection keeps its layer maps on disk (0.5 MB): they are deleted in a background
+    thread, and the job returns only once they are gone, however slow the file system (rmtree slowed down here)."""
+    import shutil
+    import tempfile
+    import time
+
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+    real_rmtree = shutil.rmtree
+
+    def slow_rmtree(*args, **kwargs):
+        time.sleep(0.5)
+        real_rmtree(*args, **kwargs)
+
+    monkeypatch.setattr(shutil, "rmtree", slow_rmtree)
+    t1, t2 = str(synthetic_pair["t1"]), str(synthetic_pair["t2"])
+    model = str(tmp_path / "m.hypernet")
+    pipeline.train_files(t1, t2, model, config=_config())
+    messages = []
+
+    class Log(NullFeedback):
+        def info(self, text):
+            messages.append(text)
+
+    result = pipeline.detect_files(
+        t1, t2, str(tmp_path / "c.tif"), model=model, config=_config(0.5), evidence="hypernet", feedback=Log()
+    )
+    assert not result.extra.get("streamed") and any("disk scratch" in m for m in messages), messages
+    assert not [p.name for p in scratch.iterdir() if p.name.startswith("hypernet-")]
 
 
 def test_the_fused_default_is_the_same_by_windows(synthetic_pair, tmp_path):

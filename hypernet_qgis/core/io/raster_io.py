@@ -354,6 +354,18 @@ def _band_list(bands: Sequence[int] | None, info: RasterInfo) -> list[int]:
 # ---------------------------------------------------------------------------------------------- reading
 
 
+def _usable_nodata(band: gdal.Band, dtype: np.dtype) -> float | None:
+    """The band's nodata value, where it can mark values of ``dtype`` (a NaN nodata is caught as not finite)."""
+    nd = band.GetNoDataValue()
+    return nd if nd is not None and not math.isnan(nd) and _representable(nd, dtype) else None
+
+
+def _has_mask_band(band: gdal.Band) -> bool:
+    """Whether the band's validity comes from a mask band or alpha (not from all-valid or its nodata value)."""
+    flags = band.GetMaskFlags()
+    return not (flags & gdal.GMF_ALL_VALID) and not (flags & gdal.GMF_NODATA)
+
+
 def _read_block(
     ds: gdal.Dataset,
     band_list: Sequence[int],
@@ -381,11 +393,10 @@ def _read_block(
         band = ds.GetRasterBand(b)
         arr = block[k]
         bad = ~np.isfinite(arr)
-        nd = band.GetNoDataValue()
-        if nd is not None and not math.isnan(nd) and _representable(nd, arr.dtype):  # NaN: caught above
+        nd = _usable_nodata(band, arr.dtype)
+        if nd is not None:
             bad |= arr == np.asarray(nd).astype(arr.dtype)
-        flags = band.GetMaskFlags()
-        if not (flags & gdal.GMF_ALL_VALID) and not (flags & gdal.GMF_NODATA):  # a mask band or alpha
+        if _has_mask_band(band):
             bad |= band.GetMaskBand().ReadAsArray(col0, row0, ncols, nrows) == 0
         data[k] = arr
         valid &= ~bad
@@ -432,15 +443,15 @@ def _read_pixel_block(
     dataset_mask_read = False
     for k, b in enumerate(band_list):
         band = ds.GetRasterBand(b)
-        nd = band.GetNoDataValue()
-        if nd is not None and not math.isnan(nd) and _representable(nd, block.dtype):  # NaN: caught above
+        nd = _usable_nodata(band, block.dtype)
+        if nd is not None:
             with_nodata[k] = nd
-        flags = band.GetMaskFlags()
-        if not (flags & gdal.GMF_ALL_VALID) and not (flags & gdal.GMF_NODATA):  # a mask band or alpha
-            if flags & gdal.GMF_PER_DATASET and dataset_mask_read:  # (one mask for every band: read once)
+        if _has_mask_band(band):
+            per_dataset = bool(band.GetMaskFlags() & gdal.GMF_PER_DATASET)
+            if per_dataset and dataset_mask_read:  # (one mask for every band: read once)
                 continue
             bad |= band.GetMaskBand().ReadAsArray(col0, row0, ncols, nrows) == 0
-            dataset_mask_read = dataset_mask_read or bool(flags & gdal.GMF_PER_DATASET)
+            dataset_mask_read = dataset_mask_read or per_dataset
     if with_nodata:
         values = np.asarray(list(with_nodata.values())).astype(block.dtype)
         bands = block if len(with_nodata) == block.shape[2] else block[:, :, list(with_nodata)]
@@ -607,8 +618,8 @@ def read_mask(path: str | os.PathLike, like: RasterInfo) -> np.ndarray:
         out = arr != 0
         if arr.dtype.kind == "f":
             out &= np.isfinite(arr)
-        nd = band.GetNoDataValue()
-        if nd is not None and not math.isnan(nd) and _representable(nd, arr.dtype):
+        nd = _usable_nodata(band, arr.dtype)
+        if nd is not None:
             out &= arr != np.asarray(nd).astype(arr.dtype)
     return out
 
